@@ -1,0 +1,89 @@
+//! Helpers for fixtures written against the raw `wasi:http@0.2` bindings.
+
+pub use wasip2;
+use wasip2::http::types::{
+    ErrorCode, Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+use wasip2::io::streams::StreamError;
+
+/// Largest chunk written to an output stream at once.
+pub const CHUNK: usize = 4096;
+
+/// Responds with `status`, a content type and `body`.
+pub fn respond(out: ResponseOutparam, status: u16, content_type: &str, body: &[u8]) {
+    let headers = Fields::from_list(&[(
+        "content-type".to_string(),
+        content_type.as_bytes().to_vec(),
+    )])
+    .expect("valid header");
+    let response = OutgoingResponse::new(headers);
+    response.set_status_code(status).expect("valid status");
+    let outgoing = response.body().expect("body once");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = outgoing.write().expect("stream once");
+    for chunk in body.chunks(CHUNK) {
+        stream.blocking_write_and_flush(chunk).expect("write body");
+    }
+    drop(stream);
+    OutgoingBody::finish(outgoing, None).expect("finish body");
+}
+
+/// Responds with a plain-text body.
+pub fn text(out: ResponseOutparam, status: u16, body: &str) {
+    respond(out, status, "text/plain; charset=utf-8", body.as_bytes());
+}
+
+/// Answers the request with an error code instead of a response.
+pub fn fail(out: ResponseOutparam, code: ErrorCode) {
+    ResponseOutparam::set(out, Err(code));
+}
+
+/// The request's path (without the query).
+pub fn path(request: &IncomingRequest) -> String {
+    let pq = request.path_with_query().unwrap_or_default();
+    pq.split('?').next().unwrap_or("/").to_string()
+}
+
+/// The value of query parameter `name`, if present.
+pub fn query(request: &IncomingRequest, name: &str) -> Option<String> {
+    let pq = request.path_with_query()?;
+    let (_, q) = pq.split_once('?')?;
+    q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| v.to_string())
+    })
+}
+
+/// Reads the whole request body.
+pub fn read_body(request: &IncomingRequest) -> Vec<u8> {
+    let body = request.consume().expect("body once");
+    let stream = body.stream().expect("stream once");
+    let mut all = Vec::new();
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => all.extend_from_slice(&chunk),
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(e)) => panic!("body read failed: {}", e.to_debug_string()),
+        }
+    }
+    all
+}
+
+/// Minimal JSON string escaping.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

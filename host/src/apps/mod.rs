@@ -1,0 +1,181 @@
+//! The desired state: deployed apps, their components, and the live route table.
+//!
+//! The registry is an immutable [`Snapshot`] behind an atomic pointer. Requests load the
+//! current snapshot once and keep their `Arc`s, so a deploy that swaps in a new
+//! snapshot never disturbs requests in flight: they finish on the version they
+//! started with, and new requests see the new version. Writers (deploy, undeploy) are
+//! serialized by a mutex and build the next snapshot completely (including the route
+//! table, which refuses conflicts) before swapping it in.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::manifest::{ComponentSpec, Manifest};
+use crate::routes::{RouteMatch, RouteTable};
+use crate::runtime::{ComponentId, LoadInfo, PreparedComponent};
+
+/// One deployed component version.
+pub struct DeployedComponent {
+    /// App, component, version.
+    pub id: ComponentId,
+    /// The manifest section it was deployed from.
+    pub spec: ComponentSpec,
+    /// sha256 of the component bytes (`sha256:<hex>`).
+    pub digest: String,
+    /// Ready to instantiate.
+    pub prepared: PreparedComponent,
+    /// How it was loaded at deploy time (cache hit or compile).
+    pub load: LoadInfo,
+    /// Counters shown in status.
+    pub stats: ComponentStats,
+}
+
+/// Per-component counters.
+#[derive(Default)]
+pub struct ComponentStats {
+    /// Invocations started.
+    pub invocations: AtomicU64,
+    /// Invocations that failed (trap, timeout, error).
+    pub failures: AtomicU64,
+    /// Unix milliseconds of the last invocation start (0 = never).
+    pub last_invocation_ms: AtomicU64,
+}
+
+impl ComponentStats {
+    /// Records the start of an invocation.
+    pub fn started(&self) {
+        self.invocations.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.last_invocation_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Records a failed invocation.
+    pub fn failed(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a deployment was made from, kept so the host can restore it after a restart.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DeploySource {
+    /// The manifest text.
+    pub manifest: String,
+    /// Where the manifest came from (shown in errors).
+    pub origin: String,
+    /// `source` as written in the manifest → content digest of the uploaded bytes.
+    pub sources: BTreeMap<String, String>,
+}
+
+/// One deployed app version.
+pub struct App {
+    /// The manifest it came from.
+    pub manifest: Manifest,
+    /// Its components, in manifest order.
+    pub components: Vec<Arc<DeployedComponent>>,
+    /// When it was deployed.
+    pub deployed_at: SystemTime,
+    /// How to deploy it again.
+    pub source: DeploySource,
+}
+
+impl App {
+    /// The app's name.
+    pub fn name(&self) -> &str {
+        &self.manifest.app.name
+    }
+}
+
+/// An immutable view of everything deployed.
+#[derive(Default)]
+pub struct Snapshot {
+    /// Apps by name.
+    pub apps: BTreeMap<String, Arc<App>>,
+    /// The live route table.
+    pub routes: RouteTable<Arc<DeployedComponent>>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from apps, refusing route conflicts between them.
+    pub fn build(apps: BTreeMap<String, Arc<App>>) -> Result<Snapshot, String> {
+        let mut routes = RouteTable::default();
+        for app in apps.values() {
+            for c in &app.components {
+                let owner = format!("app {}, component {}", app.name(), c.id.component);
+                for r in &c.spec.routes {
+                    routes.insert(r.method.clone(), &r.path, &owner, c.clone())?;
+                }
+            }
+        }
+        Ok(Snapshot { apps, routes })
+    }
+
+    /// Finds the component serving `method path`.
+    pub fn route<'a>(
+        &'a self,
+        method: &http::Method,
+        path: &'a str,
+    ) -> RouteMatch<'a, Arc<DeployedComponent>> {
+        self.routes.lookup(method, path)
+    }
+}
+
+/// The registry of deployed apps.
+#[derive(Default)]
+pub struct Apps {
+    current: ArcSwap<Snapshot>,
+    writer: tokio::sync::Mutex<()>,
+}
+
+impl Apps {
+    /// The current snapshot. Cheap; hold it for the duration of one request.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Replaces (or adds) `app`. `commit` runs after the new snapshot is built and
+    /// before it is published (persistence); if either fails nothing changes. Returns
+    /// the version that was replaced, if any.
+    pub async fn put(
+        &self,
+        app: App,
+        commit: impl FnOnce(&App) -> Result<(), String>,
+    ) -> Result<Option<Arc<App>>, String> {
+        let _w = self.writer.lock().await;
+        let current = self.current.load_full();
+        let mut apps = current.apps.clone();
+        let name = app.name().to_string();
+        let app = Arc::new(app);
+        let previous = apps.insert(name, app.clone());
+        let next = Snapshot::build(apps)?;
+        commit(&app)?;
+        self.current.store(Arc::new(next));
+        Ok(previous)
+    }
+
+    /// Removes the app called `name`; `commit` runs before publishing. Returns it, or
+    /// `None` if no such app is deployed.
+    pub async fn remove(
+        &self,
+        name: &str,
+        commit: impl FnOnce() -> Result<(), String>,
+    ) -> Result<Option<Arc<App>>, String> {
+        let _w = self.writer.lock().await;
+        let current = self.current.load_full();
+        if !current.apps.contains_key(name) {
+            return Ok(None);
+        }
+        let mut apps = current.apps.clone();
+        let removed = apps.remove(name);
+        let next = Snapshot::build(apps)?;
+        commit()?;
+        self.current.store(Arc::new(next));
+        Ok(removed)
+    }
+}

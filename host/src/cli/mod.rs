@@ -1,0 +1,200 @@
+//! The `wasmhive` command line: `up`, `deploy`, `undeploy`, `status`, `validate`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DEFAULT_ADMIN_ADDR, HostConfig};
+use crate::control::client::AdminClient;
+use crate::telemetry::{self, LogFormat};
+
+/// A host for serverless microservices written as WebAssembly components.
+#[derive(Parser)]
+#[command(name = "wasmhive", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "WASMHIVE_LOG_FORMAT",
+        value_enum,
+        default_value = "auto"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a host and deploy the given manifests.
+    Up {
+        /// App manifests to deploy at start-up.
+        manifests: Vec<PathBuf>,
+        /// Public HTTP address.
+        #[arg(long, env = "WASMHIVE_HTTP")]
+        http: Option<std::net::SocketAddr>,
+        /// Admin API address.
+        #[arg(long, env = "WASMHIVE_ADMIN")]
+        admin: Option<std::net::SocketAddr>,
+        /// Data directory (compile cache, components, deployments).
+        #[arg(long, env = "WASMHIVE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Host configuration file (TOML); flags override it.
+        #[arg(long, env = "WASMHIVE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Deploy (or upgrade) an app on a running host.
+    Deploy {
+        /// The app manifest.
+        manifest: PathBuf,
+        /// The host's admin address.
+        #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
+        admin: String,
+    },
+    /// Remove an app from a running host.
+    Undeploy {
+        /// The app's name.
+        app: String,
+        /// The host's admin address.
+        #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
+        admin: String,
+    },
+    /// Show what a running host serves.
+    Status {
+        /// Print the status document as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The host's admin address.
+        #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
+        admin: String,
+    },
+    /// Check a manifest and its components without a running host.
+    Validate {
+        /// The app manifest.
+        manifest: PathBuf,
+        /// Data directory whose compile cache to use.
+        #[arg(long, env = "WASMHIVE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Up {
+            manifests,
+            http,
+            admin,
+            data_dir,
+            config,
+        } => {
+            let mut cfg = match config {
+                Some(path) => HostConfig::load(&path)?,
+                None => HostConfig::default(),
+            };
+            if let Some(a) = http {
+                cfg.http_addr = a;
+            }
+            if let Some(a) = admin {
+                cfg.admin_addr = a;
+            }
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal_shutdown(shutdown.clone()));
+            crate::host::run(cfg, manifests, shutdown).await
+        }
+        Command::Deploy { manifest, admin } => {
+            let report = AdminClient::new(&admin).deploy(&manifest).await?;
+            match &report.replaced {
+                Some(old) => println!(
+                    "deployed {} {} (replaced {old})",
+                    report.app, report.version
+                ),
+                None => println!("deployed {} {}", report.app, report.version),
+            }
+            for c in &report.components {
+                println!(
+                    "  {} {} [{}] loaded from {} in {:.1} ms: {}",
+                    c.name,
+                    &c.digest[..c.digest.len().min(19)],
+                    c.flavor,
+                    c.loaded_from,
+                    c.load_ms,
+                    c.routes.join(", ")
+                );
+            }
+            Ok(())
+        }
+        Command::Undeploy { app, admin } => {
+            AdminClient::new(&admin).undeploy(&app).await?;
+            println!("undeployed {app}");
+            Ok(())
+        }
+        Command::Status { json, admin } => {
+            let status = AdminClient::new(&admin).status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(())
+        }
+        Command::Validate { manifest, data_dir } => {
+            let data_dir = data_dir.unwrap_or_else(|| HostConfig::default().data_dir);
+            let report = crate::validate::validate(&manifest, &data_dir).await?;
+            print!("{report}");
+            Ok(())
+        }
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+async fn signal_shutdown(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                token.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    token.cancel();
+}

@@ -1,0 +1,264 @@
+//! Host configuration: where the host listens, where it keeps data, and the defaults
+//! and pools every component shares.
+//!
+//! Host configuration is not an app manifest: it belongs to the operator of one host
+//! and is read once at start-up from an optional TOML file (`wasmhive up --config
+//! FILE`), then overridden by command-line flags and environment variables. Every
+//! default is the constant next to its field; the README's configuration reference
+//! lists them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::manifest::{Location, ManifestError, parse_duration, parse_size};
+
+/// Public HTTP listener (`--http`, `WASMHIVE_HTTP`).
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// Admin listener: health, metrics, the deploy API (`--admin`, `WASMHIVE_ADMIN`).
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
+/// Data directory: compile cache, uploaded components, deployments (`--data-dir`, `WASMHIVE_DATA_DIR`).
+pub const DEFAULT_DATA_DIR: &str = ".wasmhive";
+
+/// Linear memory a component may use when its manifest sets no `limits.memory`.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 128 << 20;
+/// Wall-clock deadline per invocation when the manifest sets no `limits.timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Component instances alive at once across the host (pooling allocator slots).
+pub const DEFAULT_POOL_INSTANCES: u32 = 1000;
+/// Ceiling for any one linear memory; a manifest asking for more is refused.
+pub const DEFAULT_POOL_MAX_MEMORY: u64 = 1 << 30;
+/// Bytes of each linear memory slot reset in place (memset) instead of returned to the
+/// kernel between instances. Avoids page faults and TLB shootdowns on the hot path.
+pub const DEFAULT_MEMORY_KEEP_RESIDENT: u64 = 16 << 20;
+/// Same for tables.
+pub const DEFAULT_TABLE_KEEP_RESIDENT: u64 = 1 << 20;
+/// Same for async (fiber) stacks.
+pub const DEFAULT_STACK_KEEP_RESIDENT: u64 = 1 << 20;
+/// How long shutdown waits for in-flight requests before exiting anyway.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open client connections on the public listener; more wait in the kernel's backlog.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// The resolved host configuration.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Public HTTP listener address.
+    pub http_addr: SocketAddr,
+    /// Admin listener address.
+    pub admin_addr: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Defaults for components whose manifest is silent.
+    pub defaults: ComponentDefaults,
+    /// The instance pool shared by all components.
+    pub pool: PoolConfig,
+    /// Shutdown drain bound.
+    pub drain_timeout: Duration,
+    /// Public listener connection bound.
+    pub max_connections: usize,
+}
+
+/// Defaults applied to every component unless its manifest says otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentDefaults {
+    /// Linear memory cap in bytes.
+    pub memory: u64,
+    /// Deadline per invocation.
+    pub timeout: Duration,
+}
+
+/// Sizing of the pooling instance allocator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Component instances alive at once.
+    pub instances: u32,
+    /// Maximum size of one linear memory.
+    pub max_memory: u64,
+    /// Bytes of memory kept resident per slot.
+    pub memory_keep_resident: u64,
+    /// Bytes of table kept resident per slot.
+    pub table_keep_resident: u64,
+    /// Bytes of async stack kept resident per slot.
+    pub stack_keep_resident: u64,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            http_addr: DEFAULT_HTTP_ADDR.parse().expect("valid default address"),
+            admin_addr: DEFAULT_ADMIN_ADDR.parse().expect("valid default address"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            defaults: ComponentDefaults {
+                memory: DEFAULT_MEMORY_LIMIT,
+                timeout: DEFAULT_TIMEOUT,
+            },
+            pool: PoolConfig {
+                instances: DEFAULT_POOL_INSTANCES,
+                max_memory: DEFAULT_POOL_MAX_MEMORY,
+                memory_keep_resident: DEFAULT_MEMORY_KEEP_RESIDENT,
+                table_keep_resident: DEFAULT_TABLE_KEEP_RESIDENT,
+                stack_keep_resident: DEFAULT_STACK_KEEP_RESIDENT,
+            },
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHostConfig {
+    http: Option<String>,
+    admin: Option<String>,
+    data_dir: Option<PathBuf>,
+    drain_timeout: Option<String>,
+    max_connections: Option<usize>,
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    pool: RawPool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    memory: Option<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    instances: Option<u32>,
+    max_memory: Option<String>,
+    memory_keep_resident: Option<String>,
+    table_keep_resident: Option<String>,
+    stack_keep_resident: Option<String>,
+}
+
+impl HostConfig {
+    /// Reads a host configuration file over the defaults.
+    pub fn load(path: &Path) -> Result<HostConfig, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        HostConfig::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses host configuration text; `origin` labels errors.
+    pub fn parse(text: &str, origin: &str) -> Result<HostConfig, ManifestError> {
+        let raw: RawHostConfig = toml::from_str(text).map_err(|e| ManifestError::Syntax {
+            location: Location::from_span(origin, text, e.span()),
+            field: None,
+            message: e.message().trim().to_string(),
+        })?;
+        let bad = |field: &str, message: String| ManifestError::Invalid {
+            location: Location {
+                origin: origin.to_string(),
+                line: None,
+                column: None,
+            },
+            field: field.to_string(),
+            message,
+        };
+        let mut cfg = HostConfig::default();
+        if let Some(a) = raw.http {
+            cfg.http_addr = a.parse().map_err(|e| bad("http", format!("{a:?}: {e}")))?;
+        }
+        if let Some(a) = raw.admin {
+            cfg.admin_addr = a.parse().map_err(|e| bad("admin", format!("{a:?}: {e}")))?;
+        }
+        if let Some(d) = raw.data_dir {
+            cfg.data_dir = d;
+        }
+        if let Some(t) = raw.drain_timeout {
+            cfg.drain_timeout = parse_duration(&t).map_err(|e| bad("drain_timeout", e))?;
+        }
+        if let Some(n) = raw.max_connections {
+            cfg.max_connections = n.max(1);
+        }
+        if let Some(m) = raw.defaults.memory {
+            cfg.defaults.memory = parse_size(&m).map_err(|e| bad("defaults.memory", e))?;
+        }
+        if let Some(t) = raw.defaults.timeout {
+            cfg.defaults.timeout = parse_duration(&t).map_err(|e| bad("defaults.timeout", e))?;
+        }
+        let p = raw.pool;
+        if let Some(n) = p.instances {
+            if n == 0 {
+                return Err(bad("pool.instances", "must be at least 1".into()));
+            }
+            cfg.pool.instances = n;
+        }
+        let size = |v: Option<String>, field: &str, into: &mut u64| -> Result<(), ManifestError> {
+            if let Some(v) = v {
+                *into = parse_size(&v).map_err(|e| bad(field, e))?;
+            }
+            Ok(())
+        };
+        size(p.max_memory, "pool.max_memory", &mut cfg.pool.max_memory)?;
+        size(
+            p.memory_keep_resident,
+            "pool.memory_keep_resident",
+            &mut cfg.pool.memory_keep_resident,
+        )?;
+        size(
+            p.table_keep_resident,
+            "pool.table_keep_resident",
+            &mut cfg.pool.table_keep_resident,
+        )?;
+        size(
+            p.stack_keep_resident,
+            "pool.stack_keep_resident",
+            &mut cfg.pool.stack_keep_resident,
+        )?;
+        cfg.check().map_err(|(field, msg)| bad(field, msg))?;
+        Ok(cfg)
+    }
+
+    /// Cross-field checks.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.defaults.memory > self.pool.max_memory {
+            return Err((
+                "defaults.memory",
+                format!(
+                    "{} is more than pool.max_memory ({})",
+                    bytesize::ByteSize(self.defaults.memory),
+                    bytesize::ByteSize(self.pool.max_memory)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let cfg = HostConfig::parse("", "h.toml").unwrap();
+        assert_eq!(cfg.defaults.memory, DEFAULT_MEMORY_LIMIT);
+        assert_eq!(cfg.pool.instances, DEFAULT_POOL_INSTANCES);
+    }
+
+    #[test]
+    fn overrides_and_errors() {
+        let cfg = HostConfig::parse(
+            "[defaults]\ntimeout = \"2s\"\n[pool]\ninstances = 10\n",
+            "h.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.defaults.timeout, Duration::from_secs(2));
+        assert_eq!(cfg.pool.instances, 10);
+        let e = HostConfig::parse("[pool]\ninstancez = 1\n", "h.toml").unwrap_err();
+        assert!(e.to_string().contains("instancez"), "{e}");
+        let e = HostConfig::parse("[defaults]\nmemory = \"8GiB\"\n", "h.toml").unwrap_err();
+        assert!(e.to_string().contains("defaults.memory"), "{e}");
+    }
+}

@@ -1,0 +1,135 @@
+//! The admin listener: health, readiness and the versioned JSON API the CLI uses.
+//!
+//! | method | path | what |
+//! | --- | --- | --- |
+//! | GET | `/healthz` | 200 while the process serves |
+//! | GET | `/readyz` | 200 once start-up deployments are done, else 503 |
+//! | GET | `/v1/status` | [`HostStatus`](super::status::HostStatus) as JSON |
+//! | HEAD | `/v1/blobs/{digest}` | 200 if the component bytes are stored, else 404 |
+//! | PUT | `/v1/blobs/{digest}` | store component bytes (checked against the digest) |
+//! | POST | `/v1/apps` | deploy ([`DeployRequest`](super::DeployRequest) JSON) → [`DeployReport`](super::DeployReport) |
+//! | DELETE | `/v1/apps/{name}` | undeploy |
+//!
+//! Errors are JSON `{"error": "..."}` with 400 (refused deploy), 404 (unknown app or
+//! blob), 413 (upload too large) or 500.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::{ControlPlane, DeployError, DeployRequest};
+use crate::body::{self, Body};
+
+/// Largest component upload accepted.
+pub const MAX_UPLOAD: usize = 512 << 20;
+/// Largest deploy request (manifest text and digests) accepted.
+pub const MAX_DEPLOY_REQUEST: usize = 4 << 20;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    body::json(
+        status,
+        &ErrorBody {
+            error: message.into(),
+        },
+    )
+}
+
+/// Handles one admin request.
+pub async fn handle(control: Arc<ControlPlane>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => body::text(StatusCode::OK, "ok"),
+        (&Method::GET, ["readyz"]) => {
+            if control.is_ready() {
+                body::text(StatusCode::OK, "ready")
+            } else {
+                body::text(StatusCode::SERVICE_UNAVAILABLE, "starting")
+            }
+        }
+        (&Method::GET, ["v1", "status"]) => body::json(StatusCode::OK, &control.status()),
+        (&Method::HEAD, ["v1", "blobs", digest]) => {
+            if control.blobs().contains(digest) {
+                Response::new(body::empty())
+            } else {
+                let mut r = Response::new(body::empty());
+                *r.status_mut() = StatusCode::NOT_FOUND;
+                r
+            }
+        }
+        (&Method::PUT, ["v1", "blobs", digest]) => {
+            let digest = digest.to_string();
+            let bytes = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("uploads are limited to {MAX_UPLOAD} bytes"),
+                    );
+                }
+            };
+            let blobs = control.blobs().clone();
+            match tokio::task::spawn_blocking(move || blobs.put(&digest, &bytes)).await {
+                Ok(Ok(())) => body::text(StatusCode::CREATED, "stored"),
+                Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        (&Method::POST, ["v1", "apps"]) => {
+            let bytes = match Limited::new(req.into_body(), MAX_DEPLOY_REQUEST)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "deploy request too large"),
+            };
+            let request: DeployRequest = match serde_json::from_slice(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid deploy request: {e}"),
+                    );
+                }
+            };
+            match control.deploy(request).await {
+                Ok(report) => body::json(StatusCode::OK, &report),
+                Err(e) => {
+                    tracing::warn!(error = %e, "deploy refused");
+                    error(deploy_status(&e), e.to_string())
+                }
+            }
+        }
+        (&Method::DELETE, ["v1", "apps", name]) => match control.undeploy(name).await {
+            Ok(()) => body::text(StatusCode::OK, format!("undeployed {name}")),
+            Err(e) => error(deploy_status(&e), e.to_string()),
+        },
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint {method} {path}"),
+        ),
+    }
+}
+
+fn deploy_status(e: &DeployError) -> StatusCode {
+    match e {
+        DeployError::NotFound(_) => StatusCode::NOT_FOUND,
+        DeployError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// Extracts the message from an admin error response body.
+pub fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).trim().to_string())
+}

@@ -1,0 +1,110 @@
+//! The admin API client the CLI uses (`deploy`, `undeploy`, `status`).
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+use super::status::HostStatus;
+use super::{BlobSink, DeployReport, request_from_file};
+
+/// A client for one host's admin listener.
+pub struct AdminClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// `admin` is `http://host:port` or just `host:port`.
+    pub fn new(admin: &str) -> Self {
+        let base = if admin.contains("://") {
+            admin.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", admin.trim_end_matches('/'))
+        };
+        AdminClient {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        anyhow::anyhow!(
+            "cannot reach the wasmhive admin API at {} ({e}); is the host running (`just up`)?",
+            self.base
+        )
+    }
+
+    async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        bail!("{} ({status})", super::api::error_message(&body))
+    }
+
+    /// Uploads the manifest's components (only those the host lacks) and deploys it.
+    pub async fn deploy(&self, manifest: &Path) -> anyhow::Result<DeployReport> {
+        let request = request_from_file(manifest, self).await?;
+        let resp = self
+            .http
+            .post(format!("{}/v1/apps", self.base))
+            .json(&request)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(Self::check(resp).await?.json().await?)
+    }
+
+    /// Removes an app.
+    pub async fn undeploy(&self, app: &str) -> anyhow::Result<()> {
+        let resp = self
+            .http
+            .delete(format!("{}/v1/apps/{app}", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Self::check(resp).await?;
+        Ok(())
+    }
+
+    /// The host's status.
+    pub async fn status(&self) -> anyhow::Result<HostStatus> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/status", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Self::check(resp)
+            .await?
+            .json()
+            .await
+            .context("invalid status document")
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobSink for AdminClient {
+    async fn has(&self, digest: &str) -> anyhow::Result<bool> {
+        let resp = self
+            .http
+            .head(format!("{}/v1/blobs/{digest}", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(resp.status().is_success())
+    }
+
+    async fn put(&self, digest: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        let resp = self
+            .http
+            .put(format!("{}/v1/blobs/{digest}", self.base))
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Self::check(resp).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,377 @@
+//! The control plane: deploy, undeploy, status, and restoring deployments at start-up.
+//!
+//! A deploy is checked completely before it touches the running version: the
+//! manifest, every component's bytes (valid wasm, compiles, imports only what the host
+//! provides, exports a handler), limits against the host's pool, and routes against
+//! every other app. Only then is the new version persisted and swapped in atomically
+//! (see [`crate::apps`]). A refused deploy changes nothing and says why.
+//!
+//! Served over HTTP by [`api`]; the CLI talks to it with [`client`].
+
+pub mod api;
+pub mod blobs;
+pub mod client;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime};
+
+use crate::apps::{App, Apps, DeploySource, DeployedComponent};
+use crate::config::HostConfig;
+use crate::manifest::{Manifest, ManifestError};
+use crate::runtime::{ComponentId, Grants, Runtime, RuntimeError};
+use blobs::BlobStore;
+
+/// Why a deploy or undeploy was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeployError {
+    /// The manifest is invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A component's `source` was not uploaded with the deploy.
+    #[error("component {component}: source {source_path:?} was not uploaded with the deploy")]
+    MissingSource {
+        /// Component name.
+        component: String,
+        /// `source` as written.
+        source_path: String,
+    },
+    /// A component failed to compile, link or pass the import/export checks.
+    #[error("component {component}: {error}")]
+    Component {
+        /// Component name.
+        component: String,
+        /// What is wrong.
+        error: RuntimeError,
+    },
+    /// A manifest value exceeds what this host allows.
+    #[error("component {component}: {message}")]
+    Limit {
+        /// Component name.
+        component: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Routes conflict with another app's.
+    #[error("app {app}: {message}")]
+    Routes {
+        /// App name.
+        app: String,
+        /// The conflict.
+        message: String,
+    },
+    /// No app by that name is deployed.
+    #[error("no app named {0:?} is deployed")]
+    NotFound(String),
+    /// Persisting the deployment failed.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+/// A deploy as sent by the CLI: the manifest text and the digests of uploaded sources.
+pub type DeployRequest = DeploySource;
+
+/// The outcome of a successful deploy.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DeployReport {
+    /// App name.
+    pub app: String,
+    /// The version now serving.
+    pub version: String,
+    /// The version it replaced, if any.
+    pub replaced: Option<String>,
+    /// Per component: name, digest, flavor, routes, and whether it came from the cache.
+    pub components: Vec<status::ComponentStatus>,
+}
+
+/// The host's control plane.
+pub struct ControlPlane {
+    runtime: Arc<Runtime>,
+    apps: Arc<Apps>,
+    blobs: BlobStore,
+    config: HostConfig,
+    records: PathBuf,
+    ready: AtomicBool,
+    started: Instant,
+}
+
+impl ControlPlane {
+    /// Opens the blob store and deployment records under the data dir.
+    pub fn new(runtime: Arc<Runtime>, apps: Arc<Apps>, config: HostConfig) -> anyhow::Result<Self> {
+        let blobs = BlobStore::open(&config.data_dir)?;
+        let records = config.data_dir.join("apps");
+        std::fs::create_dir_all(&records)?;
+        Ok(ControlPlane {
+            runtime,
+            apps,
+            blobs,
+            config,
+            records,
+            ready: AtomicBool::new(false),
+            started: Instant::now(),
+        })
+    }
+
+    /// The blob store (for uploads and local deploys).
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// Marks start-up complete (`/readyz` turns 200).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether start-up is complete.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Checks and deploys an app; swaps it in atomically only if everything passes.
+    pub async fn deploy(&self, request: DeployRequest) -> Result<DeployReport, DeployError> {
+        let manifest = Manifest::parse(&request.manifest, &request.origin)?;
+        let mut components = Vec::with_capacity(manifest.components.len());
+        for spec in &manifest.components {
+            components.push(Arc::new(self.prepare(&manifest, spec, &request).await?));
+        }
+        let app = App {
+            manifest,
+            components,
+            deployed_at: SystemTime::now(),
+            source: request,
+        };
+        let name = app.name().to_string();
+        let version = app.manifest.app.version.clone();
+        let report_components = app
+            .components
+            .iter()
+            .map(|c| status::ComponentStatus::of(c))
+            .collect();
+        let previous = self
+            .apps
+            .put(app, |app| self.persist(app))
+            .await
+            .map_err(|message| DeployError::Routes {
+                app: name.clone(),
+                message,
+            })?;
+        tracing::info!(app = %name, %version, replaced = ?previous.as_ref().map(|p| p.manifest.app.version.clone()), "deployed");
+        Ok(DeployReport {
+            app: name,
+            version,
+            replaced: previous.map(|p| p.manifest.app.version.clone()),
+            components: report_components,
+        })
+    }
+
+    async fn prepare(
+        &self,
+        manifest: &Manifest,
+        spec: &crate::manifest::ComponentSpec,
+        request: &DeployRequest,
+    ) -> Result<DeployedComponent, DeployError> {
+        let component_err = |error| DeployError::Component {
+            component: spec.name.clone(),
+            error,
+        };
+        let digest = request.sources.get(&spec.source).cloned().ok_or_else(|| {
+            DeployError::MissingSource {
+                component: spec.name.clone(),
+                source_path: spec.source.clone(),
+            }
+        })?;
+        if !self.blobs.contains(&digest) && !self.runtime.is_cached(&digest) {
+            return Err(DeployError::MissingSource {
+                component: spec.name.clone(),
+                source_path: spec.source.clone(),
+            });
+        }
+        let grants = grants_for(manifest, spec, &self.config)?;
+        let runtime = self.runtime.clone();
+        let blobs = self.blobs.clone();
+        let d = digest.clone();
+        let (component, load) =
+            tokio::task::spawn_blocking(move || runtime.load(&d, || blobs.read(&d)))
+                .await
+                .map_err(|e| DeployError::Storage(format!("compile task failed: {e}")))?
+                .map_err(component_err)?;
+        let prepared = self
+            .runtime
+            .prepare(&component, grants)
+            .map_err(component_err)?;
+        tracing::info!(
+            app = %manifest.app.name,
+            component = %spec.name,
+            %digest,
+            origin = ?load.origin,
+            took_ms = load.took.as_secs_f64() * 1000.0,
+            "component loaded"
+        );
+        Ok(DeployedComponent {
+            id: prepared.grants().id.clone(),
+            spec: spec.clone(),
+            digest,
+            prepared,
+            load,
+            stats: Default::default(),
+        })
+    }
+
+    /// Removes an app; its routes answer 404 from now on.
+    pub async fn undeploy(&self, name: &str) -> Result<(), DeployError> {
+        let record = self.record_path(name);
+        let removed = self
+            .apps
+            .remove(name, || match std::fs::remove_file(&record) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(format!("cannot remove {}: {e}", record.display())),
+            })
+            .await
+            .map_err(DeployError::Storage)?;
+        match removed {
+            Some(app) => {
+                tracing::info!(app = %name, version = %app.manifest.app.version, "undeployed");
+                Ok(())
+            }
+            None => Err(DeployError::NotFound(name.to_string())),
+        }
+    }
+
+    /// Everything deployed, for `wasmhive status`.
+    pub fn status(&self) -> status::HostStatus {
+        status::HostStatus::collect(&self.apps.snapshot(), &self.config, self.started.elapsed())
+    }
+
+    /// Re-deploys the apps persisted in the data dir (after a restart). Failures are
+    /// logged and skipped: one broken record does not keep the others down.
+    pub async fn restore(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.records) else {
+            return;
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let request = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    serde_json::from_slice::<DeployRequest>(&b).map_err(|e| e.to_string())
+                });
+            match request {
+                Ok(request) => {
+                    if let Err(e) = self.deploy(request).await {
+                        tracing::error!(record = %path.display(), error = %e, "cannot restore deployment");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(record = %path.display(), error = %e, "unreadable deployment record")
+                }
+            }
+        }
+    }
+
+    fn record_path(&self, app: &str) -> PathBuf {
+        self.records.join(format!("{app}.json"))
+    }
+
+    fn persist(&self, app: &App) -> Result<(), String> {
+        let path = self.record_path(app.name());
+        let bytes = serde_json::to_vec_pretty(&app.source).map_err(|e| e.to_string())?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| format!("cannot persist deployment to {}: {e}", path.display()))
+    }
+}
+
+/// The grants a component gets from its manifest section and the host's defaults.
+pub fn grants_for(
+    manifest: &Manifest,
+    spec: &crate::manifest::ComponentSpec,
+    config: &HostConfig,
+) -> Result<Grants, DeployError> {
+    let memory = spec.limits.memory.unwrap_or(config.defaults.memory);
+    if memory > config.pool.max_memory {
+        return Err(DeployError::Limit {
+            component: spec.name.clone(),
+            message: format!(
+                "limits.memory {} is more than this host's pool.max_memory {}",
+                bytesize::ByteSize(memory),
+                bytesize::ByteSize(config.pool.max_memory)
+            ),
+        });
+    }
+    Ok(Grants {
+        id: ComponentId {
+            app: manifest.app.name.as_str().into(),
+            component: spec.name.as_str().into(),
+            version: manifest.app.version.as_str().into(),
+        },
+        env: spec.env.clone(),
+        outbound: spec.allowed_outbound_hosts.clone(),
+        memory,
+        timeout: spec.limits.timeout.unwrap_or(config.defaults.timeout),
+    })
+}
+
+/// Reads a manifest and the component files it names, storing each in `sink` (the
+/// local blob store, or the admin API of a remote host), and returns the deploy
+/// request. Manifest errors are reported here, before anything is sent.
+pub async fn request_from_file(path: &Path, sink: &dyn BlobSink) -> anyhow::Result<DeployRequest> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read manifest: {e}", path.display()))?;
+    let origin = path.display().to_string();
+    let manifest = Manifest::parse(&text, &origin)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut sources = BTreeMap::new();
+    for c in &manifest.components {
+        if sources.contains_key(&c.source) {
+            continue;
+        }
+        let file = base.join(&c.source);
+        let bytes = std::fs::read(&file).map_err(|e| {
+            anyhow::anyhow!(
+                "{origin}: component {}: cannot read source {} ({e}); build the components first (just build)",
+                c.name,
+                file.display()
+            )
+        })?;
+        let digest = blobs::digest_of(&bytes);
+        if !sink.has(&digest).await? {
+            sink.put(&digest, bytes).await?;
+        }
+        sources.insert(c.source.clone(), digest);
+    }
+    Ok(DeploySource {
+        manifest: text,
+        origin,
+        sources,
+    })
+}
+
+/// Where `request_from_file` puts component bytes.
+#[async_trait::async_trait]
+pub trait BlobSink: Send + Sync {
+    /// Whether the blob is already there.
+    async fn has(&self, digest: &str) -> anyhow::Result<bool>;
+    /// Stores it.
+    async fn put(&self, digest: &str, bytes: Vec<u8>) -> anyhow::Result<()>;
+}
+
+#[async_trait::async_trait]
+impl BlobSink for BlobStore {
+    async fn has(&self, digest: &str) -> anyhow::Result<bool> {
+        Ok(self.contains(digest))
+    }
+
+    async fn put(&self, digest: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        BlobStore::put(self, digest, &bytes).map_err(anyhow::Error::msg)
+    }
+}

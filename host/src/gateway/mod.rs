@@ -1,0 +1,168 @@
+//! The public HTTP listener: match a route, hand the request to the component that
+//! serves it, and turn every failure into a status code in one place ([`error`]).
+//!
+//! Before a guest sees a request the gateway removes headers a client must not be able
+//! to forge (`wasmhive-*`) and adds what the route matched: `wasmhive-route` (the
+//! pattern) and one `wasmhive-param-NAME` per captured parameter. Hop-by-hop headers
+//! are removed by the runtime (see `runtime::hooks`).
+
+mod error;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::apps::Apps;
+use crate::body::{self, Body};
+use crate::routes::RouteMatch;
+
+/// Header prefix reserved for the host; stripped from client requests.
+pub const RESERVED_HEADER_PREFIX: &str = "wasmhive-";
+/// Header carrying the matched route pattern to the guest.
+pub const ROUTE_HEADER: &str = "wasmhive-route";
+/// Prefix of headers carrying captured path parameters to the guest.
+pub const PARAM_HEADER_PREFIX: &str = "wasmhive-param-";
+
+/// The gateway's shared state.
+pub struct Gateway {
+    apps: Arc<Apps>,
+    local_addr: SocketAddr,
+    next_id: AtomicU64,
+}
+
+impl Gateway {
+    /// A gateway serving the apps in `apps`, reachable at `local_addr`.
+    pub fn new(apps: Arc<Apps>, local_addr: SocketAddr) -> Arc<Self> {
+        Arc::new(Gateway {
+            apps,
+            local_addr,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// Handles one request from a client.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let invocation = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let snapshot = self.apps.snapshot();
+        let path = req.uri().path().to_string();
+        let (component, pattern, params) = match snapshot.route(req.method(), &path) {
+            RouteMatch::Found {
+                value,
+                pattern,
+                params,
+            } => (
+                value.clone(),
+                pattern.to_string(),
+                params
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<Vec<_>>(),
+            ),
+            RouteMatch::MethodNotAllowed(allowed) => {
+                let mut r = body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+                let allow = allowed
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if let Ok(v) = HeaderValue::from_str(&allow) {
+                    r.headers_mut().insert(http::header::ALLOW, v);
+                }
+                return r;
+            }
+            RouteMatch::NotFound => {
+                return body::text(
+                    StatusCode::NOT_FOUND,
+                    format!("no route for {} {path}", req.method()),
+                );
+            }
+        };
+        drop(snapshot);
+
+        let req = match self.prepare_request(req, &pattern, &params) {
+            Ok(r) => r,
+            Err(status) => return body::text(status, "bad request"),
+        };
+        component.stats.started();
+        let method = req.method().clone();
+        match component.prepared.handle(req, ()).await {
+            Ok(response) => {
+                tracing::debug!(
+                    invocation,
+                    component = %component.id,
+                    %method,
+                    path = %path,
+                    status = response.status().as_u16(),
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "request served"
+                );
+                response
+            }
+            Err(e) => {
+                component.stats.failed();
+                error::respond(&e, &component.id, invocation, &method, &path)
+            }
+        }
+    }
+
+    /// Rewrites the client's request into what the guest receives.
+    fn prepare_request(
+        &self,
+        req: Request<Incoming>,
+        pattern: &str,
+        params: &[(String, String)],
+    ) -> Result<Request<Body>, StatusCode> {
+        let (mut parts, incoming) = req.into_parts();
+        // Absolute URI: wasi:http needs an authority; use Host, else our own address.
+        let authority = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| self.local_addr.to_string());
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(authority.as_str())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| StatusCode::BAD_REQUEST)?;
+
+        let reserved: Vec<HeaderName> = parts
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with(RESERVED_HEADER_PREFIX))
+            .cloned()
+            .collect();
+        for k in reserved {
+            parts.headers.remove(k);
+        }
+        if let Ok(v) = HeaderValue::from_str(pattern) {
+            parts
+                .headers
+                .insert(HeaderName::from_static(ROUTE_HEADER), v);
+        }
+        for (name, value) in params {
+            let header = HeaderName::from_bytes(
+                format!("{PARAM_HEADER_PREFIX}{}", name.to_ascii_lowercase()).as_bytes(),
+            );
+            if let (Ok(h), Ok(v)) = (header, HeaderValue::from_str(value)) {
+                parts.headers.insert(h, v);
+            }
+        }
+        let body = incoming
+            .map_err(wasmtime_wasi_http::Error::from)
+            .boxed_unsync();
+        Ok(Request::from_parts(parts, body))
+    }
+}

@@ -1,0 +1,110 @@
+//! The composition root: builds a host from its configuration, starts its listeners,
+//! deploys start-up manifests and runs until shutdown.
+//!
+//! This is the only place that picks concrete implementations (the runtime, the app
+//! registry, the control plane) and wires them together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::apps::Apps;
+use crate::config::HostConfig;
+use crate::control::{self, ControlPlane};
+use crate::gateway::Gateway;
+use crate::runtime::Runtime;
+
+/// Admin connections are few (the CLI, probes, scrapers).
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+
+async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for {what} on {addr}; choose another address with {flag}")
+    })
+}
+
+/// Runs a host until `shutdown` is cancelled, then drains and returns.
+pub async fn run(
+    mut config: HostConfig,
+    manifests: Vec<PathBuf>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let http = bind(config.http_addr, "HTTP", "--http").await?;
+    let admin = bind(config.admin_addr, "the admin API", "--admin").await?;
+    config.http_addr = http.local_addr()?;
+    config.admin_addr = admin.local_addr()?;
+
+    let runtime = Arc::new(Runtime::new(&config.pool, &config.data_dir)?);
+    let apps = Arc::new(Apps::default());
+    let control = Arc::new(ControlPlane::new(runtime, apps.clone(), config.clone())?);
+    let gateway = Gateway::new(apps.clone(), config.http_addr);
+
+    let tasks = TaskTracker::new();
+    {
+        let control = control.clone();
+        tasks.spawn(crate::listener::serve(
+            "admin",
+            admin,
+            move |req| control::api::handle(control.clone(), req),
+            ADMIN_MAX_CONNECTIONS,
+            shutdown.clone(),
+            config.drain_timeout,
+        ));
+    }
+    tasks.spawn(crate::listener::serve(
+        "http",
+        http,
+        move |req| gateway.clone().handle(req),
+        config.max_connections,
+        shutdown.clone(),
+        config.drain_timeout,
+    ));
+    tasks.close();
+
+    println!("wasmhive {} serving", env!("CARGO_PKG_VERSION"));
+    println!("  http:  http://{}", config.http_addr);
+    println!("  admin: http://{}", config.admin_addr);
+    println!("  data:  {}", config.data_dir.display());
+
+    control.restore().await;
+    for path in &manifests {
+        let result = async {
+            let request = control::request_from_file(path, control.blobs()).await?;
+            Ok::<_, anyhow::Error>(control.deploy(request).await?)
+        }
+        .await;
+        if let Err(e) = result {
+            shutdown.cancel();
+            tasks.wait().await;
+            return Err(e.context(format!("cannot deploy {}", path.display())));
+        }
+    }
+    control.set_ready();
+
+    let status = control.status();
+    for app in &status.apps {
+        println!("app {} {}", app.name, app.version);
+        for c in &app.components {
+            for r in &c.routes {
+                let (method, path) = r.split_once(' ').unwrap_or(("*", r.as_str()));
+                println!(
+                    "  {:<7} http://{}{}  -> {}",
+                    method, config.http_addr, path, c.name
+                );
+            }
+        }
+    }
+    println!("ready");
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    tasks.wait().await;
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! wasmhive: a host for serverless microservices written as WebAssembly components.
+//!
+//! Module map (arrows point at what a module may use):
+//!
+//! ```text
+//! cli ──► host ──► control ──► apps ──► runtime ──► (wasmtime)
+//!                    │          ▲
+//!                    ▼          │
+//!                 gateway ──────┘
+//! manifest, routes, config, body, listener, telemetry: shared leaves
+//! ```
+//!
+//! - [`runtime`]: engine, compile cache, linker, per-instance state, invocation.
+//! - [`apps`]: the deployed apps and the live route table (atomic snapshots).
+//! - [`control`]: deploy/undeploy/status, the admin API and its client.
+//! - [`gateway`]: the public HTTP listener and status-code mapping.
+//! - [`manifest`]: app manifests, format version 1.
+//! - [`host`]: the composition root that wires a host together.
+
+#![deny(missing_docs)]
+
+pub mod apps;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod gateway;
+pub mod host;
+pub mod listener;
+pub mod manifest;
+pub mod routes;
+pub mod runtime;
+pub mod telemetry;
+pub mod validate;

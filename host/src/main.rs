@@ -1,0 +1,5 @@
+//! The `wasmhive` binary.
+
+fn main() -> std::process::ExitCode {
+    wasmhive::cli::main()
+}

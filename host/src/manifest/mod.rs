@@ -1,0 +1,456 @@
+//! App manifests, format version 1: parse, check, and resolve into a [`Manifest`].
+//!
+//! Loading happens in two stages. [`raw`] holds serde structs that mirror the TOML
+//! exactly (`deny_unknown_fields`, spans kept); this module checks every value that
+//! can be checked without the component bytes (names, routes, durations, sizes,
+//! outbound host patterns, route conflicts inside the app) and produces the typed
+//! [`Manifest`]. Errors name the file, line, column and dotted field path.
+//!
+//! What this module does not do: read component files, compile them, or compare
+//! routes against other deployed apps. The control plane does that at deploy time.
+
+mod error;
+mod outbound;
+mod raw;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+pub use error::{Location, ManifestError};
+pub use outbound::OutboundRule;
+
+/// The only manifest format this host reads.
+pub const MANIFEST_VERSION: i64 = 1;
+
+/// A checked app manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// `[app]`: name and version.
+    pub app: AppMeta,
+    /// `[components.*]`, in name order.
+    pub components: Vec<ComponentSpec>,
+}
+
+/// `[app]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppMeta {
+    /// Unique on a host; lowercase letters, digits and `-`.
+    pub name: String,
+    /// Free-form version label shown in status (semver recommended).
+    pub version: String,
+    /// Optional human description.
+    pub description: Option<String>,
+}
+
+/// `[components.NAME]`: one service.
+#[derive(Debug, Clone)]
+pub struct ComponentSpec {
+    /// The component's name, unique in the app; also its service name in the mesh.
+    pub name: String,
+    /// `source` exactly as written (a path relative to the manifest file).
+    pub source: String,
+    /// HTTP routes this component serves.
+    pub routes: Vec<RouteSpec>,
+    /// Environment variables granted to the guest (nothing else is visible).
+    pub env: Vec<(String, String)>,
+    /// Outbound HTTP destinations the guest may call.
+    pub allowed_outbound_hosts: Vec<OutboundRule>,
+    /// Per-component limits; `None` fields take the host's defaults.
+    pub limits: LimitsSpec,
+}
+
+/// A route: an optional method and a path pattern (`/users/{id}`, `/files/{*path}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// `None` matches any method.
+    pub method: Option<http::Method>,
+    /// The path pattern, in `matchit` syntax.
+    pub path: String,
+}
+
+impl std::fmt::Display for RouteSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.method {
+            Some(m) => write!(f, "{m} {}", self.path),
+            None => write!(f, "{}", self.path),
+        }
+    }
+}
+
+/// `[components.NAME.limits]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitsSpec {
+    /// Linear memory cap in bytes.
+    pub memory: Option<u64>,
+    /// Wall-clock deadline per invocation.
+    pub timeout: Option<Duration>,
+}
+
+impl Manifest {
+    /// Reads and checks a manifest file.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Manifest::parse(&text, &path.display().to_string())
+    }
+
+    /// Checks manifest text; `origin` labels error locations (usually the file path).
+    pub fn parse(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
+        let raw: raw::RawManifest = toml::from_str(text).map_err(|e| {
+            let span = e.span();
+            let field = span
+                .clone()
+                .and_then(|s| error::field_path_at(text, s.start));
+            ManifestError::Syntax {
+                location: Location::from_span(origin, text, span),
+                field,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        Checker { text, origin }.check(raw)
+    }
+
+    /// The component with this name, if the manifest has it.
+    pub fn component(&self, name: &str) -> Option<&ComponentSpec> {
+        self.components.iter().find(|c| c.name == name)
+    }
+}
+
+/// Stage two: value checks with spans at hand.
+struct Checker<'a> {
+    text: &'a str,
+    origin: &'a str,
+}
+
+impl Checker<'_> {
+    fn invalid(
+        &self,
+        span: Range<usize>,
+        field: String,
+        message: impl Into<String>,
+    ) -> ManifestError {
+        ManifestError::Invalid {
+            location: Location::from_span(self.origin, self.text, Some(span)),
+            field,
+            message: message.into(),
+        }
+    }
+
+    fn check(&self, raw: raw::RawManifest) -> Result<Manifest, ManifestError> {
+        if *raw.manifest_version.get_ref() != MANIFEST_VERSION {
+            return Err(self.invalid(
+                raw.manifest_version.span(),
+                "manifest_version".into(),
+                format!(
+                    "unsupported manifest version {}; this host reads version {MANIFEST_VERSION}",
+                    raw.manifest_version.get_ref()
+                ),
+            ));
+        }
+        let name = raw.app.name;
+        if let Err(why) = check_name(name.get_ref()) {
+            return Err(self.invalid(name.span(), "app.name".into(), why));
+        }
+        let version = raw.app.version;
+        let v = version.get_ref();
+        if v.is_empty() || v.len() > 64 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.invalid(
+                version.span(),
+                "app.version".into(),
+                "must be 1 to 64 characters without spaces (e.g. \"1.2.0\")",
+            ));
+        }
+        let app = AppMeta {
+            name: name.into_inner(),
+            version: version.into_inner(),
+            description: raw.app.description,
+        };
+
+        let mut components = Vec::with_capacity(raw.components.len());
+        let mut app_routes = crate::routes::RouteTable::default();
+        for (name, component) in raw.components {
+            components.push(self.component(name, component, &mut app_routes)?);
+        }
+        Ok(Manifest { app, components })
+    }
+
+    fn component(
+        &self,
+        name: toml::Spanned<String>,
+        raw: raw::RawComponent,
+        app_routes: &mut crate::routes::RouteTable<()>,
+    ) -> Result<ComponentSpec, ManifestError> {
+        let field = |rest: &str| format!("components.{}.{rest}", name.get_ref());
+        if let Err(why) = check_name(name.get_ref()) {
+            return Err(self.invalid(name.span(), format!("components.{}", name.get_ref()), why));
+        }
+        if raw.source.get_ref().trim().is_empty() {
+            return Err(self.invalid(raw.source.span(), field("source"), "must not be empty"));
+        }
+
+        let mut routes = Vec::with_capacity(raw.routes.len());
+        for (i, route) in raw.routes.iter().enumerate() {
+            let f = field(&format!("routes[{i}]"));
+            let spec = parse_route(route.get_ref())
+                .map_err(|why| self.invalid(route.span(), f.clone(), why))?;
+            app_routes
+                .insert(
+                    spec.method.clone(),
+                    &spec.path,
+                    &format!("component {}", name.get_ref()),
+                    (),
+                )
+                .map_err(|why| self.invalid(route.span(), f, why))?;
+            routes.push(spec);
+        }
+
+        let mut env = Vec::with_capacity(raw.env.len());
+        for (key, value) in raw.env {
+            if !is_env_name(key.get_ref()) {
+                return Err(self.invalid(
+                    key.span(),
+                    field(&format!("env.{}", key.get_ref())),
+                    "environment variable names are letters, digits and '_', not starting with a digit",
+                ));
+            }
+            env.push((key.into_inner(), value));
+        }
+
+        let mut allowed_outbound_hosts = Vec::with_capacity(raw.allowed_outbound_hosts.len());
+        for (i, host) in raw.allowed_outbound_hosts.iter().enumerate() {
+            let rule = OutboundRule::parse(host.get_ref()).map_err(|why| {
+                self.invalid(
+                    host.span(),
+                    field(&format!("allowed_outbound_hosts[{i}]")),
+                    why,
+                )
+            })?;
+            allowed_outbound_hosts.push(rule);
+        }
+
+        let mut limits = LimitsSpec::default();
+        if let Some(raw_limits) = raw.limits {
+            if let Some(memory) = raw_limits.memory {
+                let bytes = parse_size(memory.get_ref())
+                    .map_err(|why| self.invalid(memory.span(), field("limits.memory"), why))?;
+                if bytes < 64 * 1024 {
+                    return Err(self.invalid(
+                        memory.span(),
+                        field("limits.memory"),
+                        "must be at least 64KiB (one wasm page)",
+                    ));
+                }
+                limits.memory = Some(bytes);
+            }
+            if let Some(timeout) = raw_limits.timeout {
+                let d = parse_duration(timeout.get_ref())
+                    .map_err(|why| self.invalid(timeout.span(), field("limits.timeout"), why))?;
+                limits.timeout = Some(d);
+            }
+        }
+
+        Ok(ComponentSpec {
+            name: name.into_inner(),
+            source: raw.source.into_inner(),
+            routes,
+            env,
+            allowed_outbound_hosts,
+            limits,
+        })
+    }
+}
+
+/// App and component names: DNS-label style, because a component's name is also the
+/// host part of mesh calls (`http://users/...`).
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name {name:?}: use 1 to 63 lowercase letters, digits and '-', starting with a letter"
+        ))
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Parses `"GET /users/{id}"` or `"/files/{*path}"` (any method).
+pub fn parse_route(text: &str) -> Result<RouteSpec, String> {
+    let text = text.trim();
+    let (method, path) = match text.split_once(char::is_whitespace) {
+        Some((m, p)) => (Some(m), p.trim()),
+        None => (None, text),
+    };
+    let method = match method {
+        None => None,
+        Some(m) => {
+            if !m.chars().all(|c| c.is_ascii_uppercase()) {
+                return Err(format!(
+                    "invalid method {m:?}: write it in upper case, e.g. \"GET /path\""
+                ));
+            }
+            Some(
+                http::Method::from_bytes(m.as_bytes())
+                    .map_err(|_| format!("invalid method {m:?}"))?,
+            )
+        }
+    };
+    if !path.starts_with('/') {
+        return Err(format!("route path {path:?} must start with '/'"));
+    }
+    if path.chars().any(char::is_whitespace) {
+        return Err(format!("route path {path:?} must not contain spaces"));
+    }
+    // Let the router judge the pattern syntax, so what we accept is what it serves.
+    let mut probe = matchit::Router::new();
+    probe
+        .insert(path, ())
+        .map_err(|e| format!("invalid route pattern {path:?}: {e}"))?;
+    Ok(RouteSpec {
+        method,
+        path: path.to_string(),
+    })
+}
+
+/// Parses a human duration: `"300ms"`, `"10s"`, `"1m 30s"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("invalid duration {text:?} ({e}); write e.g. \"300ms\", \"10s\", \"2m\"")
+    })?;
+    if d.is_zero() {
+        return Err(format!("duration {text:?} must be greater than zero"));
+    }
+    Ok(d)
+}
+
+/// Parses a byte size: `"64MiB"`, `"512KiB"`, `"1GiB"`, `"1000000"`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let size: bytesize::ByteSize = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("invalid size {text:?} ({e}); write e.g. \"64MiB\""))?;
+    Ok(size.as_u64())
+}
+
+/// Env pairs as a map, for display.
+pub fn env_map(env: &[(String, String)]) -> BTreeMap<&str, &str> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+manifest_version = 1
+[app]
+name = "hello"
+version = "0.1.0"
+
+[components.hello]
+source = "../components/target/wasm32-wasip2/release/hello.wasm"
+routes = ["GET /hello", "GET /hello/{name}", "/files/{*path}"]
+env = { GREETING = "hi" }
+allowed_outbound_hosts = ["http://127.0.0.1:8081"]
+[components.hello.limits]
+memory = "64MiB"
+timeout = "10s"
+"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let m = Manifest::parse(GOOD, "hello.toml").unwrap();
+        assert_eq!(m.app.name, "hello");
+        let c = &m.components[0];
+        assert_eq!(c.routes.len(), 3);
+        assert_eq!(c.routes[0].method, Some(http::Method::GET));
+        assert_eq!(c.routes[2].method, None);
+        assert_eq!(c.env, vec![("GREETING".into(), "hi".into())]);
+        assert_eq!(c.limits.memory, Some(64 * 1024 * 1024));
+        assert_eq!(c.limits.timeout, Some(Duration::from_secs(10)));
+    }
+
+    fn err(text: &str) -> String {
+        Manifest::parse(text, "m.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_line() {
+        let text = GOOD.replace("memory = ", "memroy = ");
+        let e = err(&text);
+        assert!(e.contains("memroy"), "{e}");
+        assert!(e.starts_with("m.toml:14:"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_field() {
+        let e = err(&GOOD.replace("\"10s\"", "\"10 sekunds\""));
+        assert!(e.contains("components.hello.limits.timeout"), "{e}");
+        assert!(e.starts_with("m.toml:15:"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let e = err(&GOOD.replace("version = \"0.1.0\"", "version = 1"));
+        assert!(e.contains("app.version"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_route_in_app_is_refused() {
+        let text =
+            format!("{GOOD}\n[components.other]\nsource = \"x.wasm\"\nroutes = [\"/hello\"]\n");
+        let e = err(&text);
+        assert!(e.contains("components.other.routes[0]"), "{e}");
+        assert!(e.contains("overlaps"), "{e}");
+    }
+
+    #[test]
+    fn same_path_different_methods_is_fine() {
+        let text = format!(
+            "{GOOD}\n[components.other]\nsource = \"x.wasm\"\nroutes = [\"POST /hello\"]\n"
+        );
+        Manifest::parse(&text, "m.toml").unwrap();
+    }
+
+    #[test]
+    fn wrong_version_is_refused() {
+        let e = err(&GOOD.replace("manifest_version = 1", "manifest_version = 2"));
+        assert!(e.contains("manifest_version"), "{e}");
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        let e = err(&GOOD.replace("name = \"hello\"", "name = \"Hello World\""));
+        assert!(e.contains("app.name"), "{e}");
+    }
+
+    #[test]
+    fn routes_parse() {
+        assert!(parse_route("get /x").is_err());
+        assert!(parse_route("GET x").is_err());
+        assert!(parse_route("GET /x/{").is_err());
+        assert_eq!(parse_route("/a/{*rest}").unwrap().method, None);
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert!(parse_size("lots").is_err());
+    }
+}

@@ -1,0 +1,49 @@
+//! Stage one: the manifest exactly as written, as serde structs.
+//!
+//! Every struct denies unknown fields, so a typo is an error naming the key rather
+//! than a silently ignored setting. Values that need checking beyond their TOML type
+//! keep their span (`Spanned`) so stage two can point at the line.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawManifest {
+    pub manifest_version: Spanned<i64>,
+    pub app: RawApp,
+    #[serde(default)]
+    pub components: BTreeMap<Spanned<String>, RawComponent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApp {
+    pub name: Spanned<String>,
+    pub version: Spanned<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawComponent {
+    pub source: Spanned<String>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<Spanned<String>, String>,
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub memory: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+}

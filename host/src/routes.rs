@@ -1,0 +1,226 @@
+//! A route table: path patterns (matchit syntax) with optional methods, mapped to
+//! values; refuses overlapping claims and says which claim is in the way.
+//!
+//! Used twice: by the manifest checker (routes inside one app) and by the app registry
+//! (the live table across all apps).
+
+use http::Method;
+
+/// The outcome of a lookup.
+#[derive(Debug)]
+pub enum RouteMatch<'a, T> {
+    /// A route matched.
+    Found {
+        /// The value stored for the route.
+        value: &'a T,
+        /// The pattern that matched, e.g. `/users/{id}`.
+        pattern: &'a str,
+        /// Captured parameters, in pattern order.
+        params: Vec<(&'a str, &'a str)>,
+    },
+    /// The path matched but not for this method.
+    MethodNotAllowed(Vec<Method>),
+    /// Nothing matched the path.
+    NotFound,
+}
+
+struct Claim<T> {
+    method: Option<Method>,
+    owner: String,
+    value: T,
+}
+
+struct PathEntry<T> {
+    pattern: String,
+    claims: Vec<Claim<T>>,
+}
+
+/// Routes to values of type `T`.
+pub struct RouteTable<T> {
+    router: matchit::Router<usize>,
+    paths: Vec<PathEntry<T>>,
+}
+
+impl<T> Default for RouteTable<T> {
+    fn default() -> Self {
+        RouteTable {
+            router: matchit::Router::new(),
+            paths: Vec::new(),
+        }
+    }
+}
+
+fn show(method: &Option<Method>, path: &str) -> String {
+    match method {
+        Some(m) => format!("{m} {path}"),
+        None => path.to_string(),
+    }
+}
+
+impl<T> RouteTable<T> {
+    /// Claims `method path` for `owner` (a label used in conflict messages).
+    pub fn insert(
+        &mut self,
+        method: Option<Method>,
+        path: &str,
+        owner: &str,
+        value: T,
+    ) -> Result<(), String> {
+        let route = show(&method, path);
+        if let Some(entry) = self.paths.iter_mut().find(|e| e.pattern == path) {
+            if let Some(other) = entry.claims.iter().find(|c| match (&c.method, &method) {
+                (None, _) | (_, None) => true,
+                (Some(a), Some(b)) => a == b,
+            }) {
+                return Err(format!(
+                    "route \"{route}\" overlaps route \"{}\" of {}",
+                    show(&other.method, path),
+                    other.owner
+                ));
+            }
+            entry.claims.push(Claim {
+                method,
+                owner: owner.to_string(),
+                value,
+            });
+            return Ok(());
+        }
+        let idx = self.paths.len();
+        self.router.insert(path, idx).map_err(|e| {
+            let owner_of = |p: &str| {
+                self.paths
+                    .iter()
+                    .find(|x| x.pattern == p)
+                    .and_then(|x| x.claims.first())
+                    .map(|c| format!(" of {}", c.owner))
+                    .unwrap_or_default()
+            };
+            match &e {
+                matchit::InsertError::Conflict { with } => {
+                    format!(
+                        "route \"{route}\" conflicts with route \"{with}\"{}",
+                        owner_of(with)
+                    )
+                }
+                other => format!("route \"{route}\": {other}"),
+            }
+        })?;
+        self.paths.push(PathEntry {
+            pattern: path.to_string(),
+            claims: vec![Claim {
+                method,
+                owner: owner.to_string(),
+                value,
+            }],
+        });
+        Ok(())
+    }
+
+    /// Finds the route for `method path`. A claim for the exact method wins over a
+    /// claim for any method on the same pattern.
+    pub fn lookup<'a>(&'a self, method: &Method, path: &'a str) -> RouteMatch<'a, T> {
+        let Ok(m) = self.router.at(path) else {
+            return RouteMatch::NotFound;
+        };
+        let entry = &self.paths[*m.value];
+        let claim = entry
+            .claims
+            .iter()
+            .find(|c| c.method.as_ref() == Some(method))
+            .or_else(|| entry.claims.iter().find(|c| c.method.is_none()));
+        match claim {
+            Some(c) => RouteMatch::Found {
+                value: &c.value,
+                pattern: &entry.pattern,
+                params: m.params.iter().collect(),
+            },
+            None => RouteMatch::MethodNotAllowed(
+                entry
+                    .claims
+                    .iter()
+                    .filter_map(|c| c.method.clone())
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Every route as `(method, pattern, value)`.
+    pub fn iter(&self) -> impl Iterator<Item = (Option<&Method>, &str, &T)> {
+        self.paths.iter().flat_map(|p| {
+            p.claims
+                .iter()
+                .map(move |c| (c.method.as_ref(), p.pattern.as_str(), &c.value))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_with_params_and_methods() {
+        let mut t = RouteTable::default();
+        t.insert(Some(Method::GET), "/hello", "a", 1).unwrap();
+        t.insert(Some(Method::GET), "/hello/{name}", "a", 2)
+            .unwrap();
+        t.insert(None, "/files/{*path}", "a", 3).unwrap();
+        t.insert(Some(Method::POST), "/hello", "b", 4).unwrap();
+        match t.lookup(&Method::GET, "/hello/bob") {
+            RouteMatch::Found {
+                value,
+                params,
+                pattern,
+            } => {
+                assert_eq!(*value, 2);
+                assert_eq!(pattern, "/hello/{name}");
+                assert_eq!(params, vec![("name", "bob")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match t.lookup(&Method::DELETE, "/files/a/b.txt") {
+            RouteMatch::Found { value, params, .. } => {
+                assert_eq!(*value, 3);
+                assert_eq!(params, vec![("path", "a/b.txt")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            t.lookup(&Method::POST, "/hello"),
+            RouteMatch::Found { value: 4, .. }
+        ));
+        assert!(matches!(
+            t.lookup(&Method::PUT, "/hello"),
+            RouteMatch::MethodNotAllowed(_)
+        ));
+        assert!(matches!(
+            t.lookup(&Method::GET, "/nope"),
+            RouteMatch::NotFound
+        ));
+    }
+
+    #[test]
+    fn conflicts_name_the_owner() {
+        let mut t = RouteTable::default();
+        t.insert(
+            Some(Method::GET),
+            "/users/{id}",
+            "app a, component users",
+            (),
+        )
+        .unwrap();
+        let e = t
+            .insert(
+                Some(Method::GET),
+                "/users/{name}",
+                "app b, component people",
+                (),
+            )
+            .unwrap_err();
+        assert!(e.contains("app a, component users"), "{e}");
+        let e = t
+            .insert(None, "/users/{id}", "app c, component x", ())
+            .unwrap_err();
+        assert!(e.contains("overlaps"), "{e}");
+    }
+}

@@ -1,0 +1,125 @@
+//! The on-disk compile cache: precompiled components keyed by content and engine.
+//!
+//! A component is compiled once per (sha256 of its bytes, engine compatibility hash).
+//! The artifact lives at `DATA/cache/<engine>/<sha256>.cwasm`, written by this host
+//! (temporary file + rename, so a crash never leaves a torn artifact). Only files in
+//! this directory are ever deserialized: `Component::deserialize_file` trusts its input,
+//! and these are the only artifacts the host made itself. A restart, a scale-from-zero
+//! or a redeploy of unchanged bytes loads from here instead of recompiling.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// Where a loaded component came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompileOrigin {
+    /// Deserialized from the on-disk cache.
+    Cache,
+    /// Compiled now (and written to the cache).
+    Compiled,
+}
+
+/// What loading a component cost.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadInfo {
+    /// Cache hit or fresh compile.
+    pub origin: CompileOrigin,
+    /// Wall time spent.
+    pub took: Duration,
+}
+
+/// The cache directory for one engine configuration.
+#[derive(Debug, Clone)]
+pub struct CompileCache {
+    dir: PathBuf,
+}
+
+impl CompileCache {
+    /// Opens (creating) the cache under `data_dir` for `engine`'s configuration.
+    pub fn open(data_dir: &Path, engine: &Engine) -> std::io::Result<Self> {
+        let dir = data_dir.join("cache").join(engine_key(engine));
+        std::fs::create_dir_all(&dir)?;
+        Ok(CompileCache { dir })
+    }
+
+    fn path_for(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}.cwasm"))
+    }
+
+    /// Whether an artifact for `digest` exists.
+    pub fn contains(&self, digest: &str) -> bool {
+        self.path_for(digest).is_file()
+    }
+
+    /// Loads the component with `digest`, from the cache when possible, else by
+    /// compiling `bytes()` and storing the artifact. Blocking: call from a blocking
+    /// thread.
+    pub fn load(
+        &self,
+        engine: &Engine,
+        digest: &str,
+        bytes: impl FnOnce() -> std::io::Result<Vec<u8>>,
+    ) -> anyhow::Result<(Component, LoadInfo)> {
+        let start = Instant::now();
+        let path = self.path_for(digest);
+        if path.is_file() {
+            // SAFETY: the file is in our cache directory, written by `store` below from
+            // `Engine::precompile_component` output of this engine configuration (the
+            // directory name is the engine's compatibility hash). Wasmtime also checks
+            // the header and rejects artifacts from another configuration.
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(c) => {
+                    return Ok((
+                        c,
+                        LoadInfo {
+                            origin: CompileOrigin::Cache,
+                            took: start.elapsed(),
+                        },
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "discarding unreadable compile cache entry");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let wasm = bytes()?;
+        let artifact = engine
+            .precompile_component(&wasm)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        self.store(&path, &artifact)?;
+        drop(artifact);
+        // SAFETY: the artifact was produced just now by this engine and written by us.
+        // Loading it from the file (rather than the buffer) maps the code file-backed,
+        // so idle code pages can be shared and reclaimed by the kernel.
+        let component = unsafe { Component::deserialize_file(engine, &path) }
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        Ok((
+            component,
+            LoadInfo {
+                origin: CompileOrigin::Compiled,
+                took: start.elapsed(),
+            },
+        ))
+    }
+
+    fn store(&self, path: &Path, artifact: &[u8]) -> std::io::Result<()> {
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, artifact)?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+/// A stable directory name for the engine's compatibility hash.
+fn engine_key(engine: &Engine) -> String {
+    // SipHash with fixed keys: stable for a given build of the host, which is all a
+    // cache key needs (a different build may compile differently anyway).
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    format!("{:016x}", h.finish())
+}

@@ -1,0 +1,124 @@
+//! wasi:http hooks: which headers guests may see or set, and where their outgoing
+//! requests may go.
+//!
+//! Forbidden headers are the hop-by-hop ones (connection, keep-alive, te, trailer,
+//! transfer-encoding, upgrade, host, http2-settings) and every `proxy-*` header: they
+//! are stripped from requests before a guest sees them, and a guest cannot set them on
+//! responses or outgoing requests. Outgoing requests are denied (the guest sees
+//! `HttpRequestDenied`) unless the URL matches the component's `allowed_outbound_hosts`.
+
+use std::sync::{Arc, LazyLock};
+
+use http::HeaderName;
+use wasmtime_wasi_http::{
+    DEFAULT_FORBIDDEN_HEADERS, Error as HttpError, ForbiddenHeaderFilter, RequestOptions, WasiBody,
+    WasiHttpHooks,
+};
+
+use super::Grants;
+
+/// Whether `name` is a header guests may neither see nor set.
+pub fn is_forbidden_header(name: &HeaderName) -> bool {
+    let s = name.as_str();
+    DEFAULT_FORBIDDEN_HEADERS.contains(name)
+        || s.starts_with("proxy-")
+        || s == "te"
+        || s == "trailer"
+}
+
+static FORBIDDEN_FILTER: LazyLock<ForbiddenHeaderFilter> =
+    LazyLock::new(|| Arc::new(is_forbidden_header));
+
+/// The hooks of one instance.
+pub struct HostHooks {
+    grants: Arc<Grants>,
+}
+
+impl HostHooks {
+    pub(crate) fn new(grants: Arc<Grants>) -> Self {
+        HostHooks { grants }
+    }
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                ),
+                HttpError,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for HostHooks {
+    fn is_forbidden_header(&mut self, name: &HeaderName) -> bool {
+        is_forbidden_header(name)
+    }
+
+    fn forbidden_header_filter(&mut self) -> ForbiddenHeaderFilter {
+        FORBIDDEN_FILTER.clone()
+    }
+
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> SendFuture {
+        drop(fut);
+        let uri = request.uri();
+        let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
+        let host = uri.host().unwrap_or_default().to_string();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        let allowed = self
+            .grants
+            .outbound
+            .iter()
+            .any(|rule| rule.matches(&scheme, &host, port));
+        if !allowed {
+            tracing::warn!(
+                app = %self.grants.id.app,
+                component = %self.grants.id.component,
+                destination = %format!("{scheme}://{host}:{port}"),
+                "outbound request denied: destination not in allowed_outbound_hosts"
+            );
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_proxy_headers_are_forbidden() {
+        for h in [
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "upgrade",
+            "host",
+            "proxy-authorization",
+            "proxy-foo",
+            "te",
+        ] {
+            assert!(is_forbidden_header(&HeaderName::from_static(h)), "{h}");
+        }
+        for h in ["content-type", "x-request-id", "authorization"] {
+            assert!(!is_forbidden_header(&HeaderName::from_static(h)), "{h}");
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Invoking a prepared component: a fresh `Store` and instance per request, a wall
+//! deadline, and a clear account of how it ended.
+//!
+//! The instance runs in its own task. The caller gets the response as soon as the
+//! guest sets its head; the body streams from the still-running guest. The task owns
+//! the store and whatever guard the caller passes in (a scaler permit), so capacity is
+//! released when the guest finishes, not when the head is sent. Every way an
+//! invocation can fail maps to one [`InvokeError`]: the gateway turns that into a
+//! status code in one place.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+use wasmtime::component::InstancePre;
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::{WasiBody, WasiHttpView};
+
+use super::{Grants, HttpFlavor, InstanceState, RuntimeError};
+
+/// How an invocation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvokeError {
+    /// The instance could not be created because every pooled slot is in use.
+    #[error("instance pool exhausted: {0}")]
+    PoolExhausted(String),
+    /// Instantiation failed for another reason.
+    #[error("instantiation failed: {0}")]
+    Instantiate(String),
+    /// The guest trapped (panic, unreachable, out-of-bounds access, ...).
+    #[error("guest trapped: {0}")]
+    Trap(String),
+    /// The guest hit its memory limit and then failed.
+    #[error("guest exceeded its memory limit of {limit} bytes: {detail}")]
+    MemoryLimit {
+        /// The configured limit.
+        limit: u64,
+        /// The trap that followed.
+        detail: String,
+    },
+    /// The invocation ran past its deadline and was killed.
+    #[error("deadline of {0:?} exceeded")]
+    Timeout(std::time::Duration),
+    /// The guest answered with a wasi:http error code instead of a response.
+    #[error("guest returned error: {0:?}")]
+    Guest(ErrorCode),
+    /// The guest returned without setting a response.
+    #[error("guest returned without a response")]
+    NoResponse,
+    /// The host could not hand the request to the guest.
+    #[error("host error: {0}")]
+    Host(String),
+}
+
+/// A component version ready to serve: pre-instantiated once, instantiated per call.
+#[derive(Clone)]
+pub struct PreparedComponent {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pre: ProxyPre<InstanceState>,
+    grants: Arc<Grants>,
+    flavor: HttpFlavor,
+}
+
+impl PreparedComponent {
+    pub(crate) fn new(
+        pre: InstancePre<InstanceState>,
+        flavor: HttpFlavor,
+        grants: Arc<Grants>,
+    ) -> Result<Self, RuntimeError> {
+        let pre = match flavor {
+            HttpFlavor::P2 => {
+                ProxyPre::new(pre).map_err(|e| RuntimeError::Link(format!("{e:#}")))?
+            }
+            HttpFlavor::P3 => {
+                return Err(RuntimeError::Exports(
+                    "WASI 0.3 components (wasi:http/handler@0.3) are not supported by this host yet; build against wasi:http@0.2".into(),
+                ));
+            }
+        };
+        Ok(PreparedComponent {
+            inner: Arc::new(Inner {
+                pre,
+                grants,
+                flavor,
+            }),
+        })
+    }
+
+    /// The handler flavor this component exports.
+    pub fn flavor(&self) -> HttpFlavor {
+        self.inner.flavor
+    }
+
+    /// The grants the component runs with.
+    pub fn grants(&self) -> &Arc<Grants> {
+        &self.inner.grants
+    }
+
+    /// Serves one request in a fresh instance. `guard` is held until the instance is
+    /// gone (after the response body has been produced or the invocation failed).
+    pub async fn handle<G: Send + 'static>(
+        &self,
+        request: http::Request<WasiBody>,
+        guard: G,
+    ) -> Result<http::Response<WasiBody>, InvokeError> {
+        let inner = self.inner.clone();
+        let timeout = inner.grants.timeout;
+        let deadline = Instant::now() + timeout;
+        let (tx, rx) = oneshot::channel();
+
+        let mut store = Store::new(inner.pre.engine(), InstanceState::new(&inner.grants));
+        let memory_hit = store.data().limiter.hit_flag();
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let task = tokio::spawn(async move {
+            let run = async {
+                let proxy = inner
+                    .pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(|e| classify(e, Phase::Instantiate, &memory_hit, &inner.grants))?;
+                let mut http = store.data_mut().http();
+                let req = http
+                    .new_incoming_request(Scheme::Http, request)
+                    .map_err(|e| InvokeError::Host(format!("{e:#}")))?;
+                let out = http
+                    .new_response_outparam(tx)
+                    .map_err(|e| InvokeError::Host(format!("{e:#}")))?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+                    .map_err(|e| classify(e, Phase::Call, &memory_hit, &inner.grants))
+            };
+            let result = match tokio::time::timeout_at(deadline.into(), run).await {
+                Ok(r) => r,
+                Err(_) => Err(InvokeError::Timeout(timeout)),
+            };
+            drop(store);
+            drop(guard);
+            result
+        });
+
+        match rx.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err(InvokeError::Guest(code)),
+            // The outparam was dropped unset: the task ended; its result says why.
+            Err(_) => match task.await {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Err(InvokeError::NoResponse),
+                Err(join) => Err(InvokeError::Host(format!("invocation task failed: {join}"))),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Phase {
+    Instantiate,
+    Call,
+}
+
+/// Sorts a wasmtime error into what a caller can act on.
+fn classify(
+    e: wasmtime::Error,
+    phase: Phase,
+    memory_hit: &std::sync::atomic::AtomicBool,
+    grants: &Grants,
+) -> InvokeError {
+    if let Some(trap) = e.downcast_ref::<Trap>()
+        && *trap == Trap::Interrupt
+    {
+        return InvokeError::Timeout(grants.timeout);
+    }
+    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
+        return InvokeError::PoolExhausted(format!("{e:#}"));
+    }
+    let detail = format!("{e:#}");
+    if memory_hit.load(Ordering::Relaxed) {
+        return InvokeError::MemoryLimit {
+            limit: grants.memory,
+            detail,
+        };
+    }
+    match phase {
+        Phase::Instantiate => InvokeError::Instantiate(detail),
+        Phase::Call => InvokeError::Trap(detail),
+    }
+}

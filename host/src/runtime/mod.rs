@@ -1,0 +1,179 @@
+//! The wasm runtime: one engine, one linker, the compile cache, and invocation of
+//! prepared components.
+//!
+//! This module narrows wasmtime for the rest of the host. It compiles a component once
+//! per content hash (cached on disk), pre-instantiates it once per deployed version
+//! ([`PreparedComponent`]), and runs each invocation in a fresh `Store` with the
+//! component's [`Grants`] and limits. It knows nothing about routes, subjects, apps or
+//! scaling; callers hand it a request and get a response or an [`InvokeError`].
+
+mod cache;
+mod engine;
+mod hooks;
+mod inspect;
+mod invoke;
+mod state;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+
+pub use cache::{CompileOrigin, LoadInfo};
+pub use hooks::is_forbidden_header;
+pub use inspect::{ComponentInterface, HttpFlavor};
+pub use invoke::{InvokeError, PreparedComponent};
+pub use state::InstanceState;
+
+use crate::config::PoolConfig;
+use crate::manifest::OutboundRule;
+
+/// Identifies one deployed component version in logs and errors.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ComponentId {
+    /// App name.
+    pub app: Arc<str>,
+    /// Component name within the app.
+    pub component: Arc<str>,
+    /// App version.
+    pub version: Arc<str>,
+}
+
+impl std::fmt::Display for ComponentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}@{}", self.app, self.component, self.version)
+    }
+}
+
+/// What one component may do and use: resolved from its manifest and host defaults.
+#[derive(Debug)]
+pub struct Grants {
+    /// Who this is.
+    pub id: ComponentId,
+    /// Environment variables visible to the guest.
+    pub env: Vec<(String, String)>,
+    /// Outbound HTTP destinations allowed.
+    pub outbound: Vec<OutboundRule>,
+    /// Linear memory cap in bytes.
+    pub memory: u64,
+    /// Wall-clock deadline per invocation.
+    pub timeout: Duration,
+}
+
+/// Errors from compiling or preparing a component.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The bytes are not a valid component, or failed to compile.
+    #[error("not a valid WebAssembly component: {0}")]
+    Compile(String),
+    /// The component imports something this host does not provide or the manifest does
+    /// not grant.
+    #[error("{0}")]
+    Imports(String),
+    /// The component exports no handler this host can call.
+    #[error("{0}")]
+    Exports(String),
+    /// Pre-instantiation failed (type mismatch with the host's interfaces).
+    #[error("cannot link component: {0}")]
+    Link(String),
+    /// Reading or writing the compile cache failed.
+    #[error("compile cache: {0}")]
+    Cache(String),
+}
+
+/// The host's wasm runtime.
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<InstanceState>>,
+    cache: cache::CompileCache,
+    _ticker: engine::EpochTicker,
+}
+
+impl Runtime {
+    /// Builds the engine and linker, and opens the compile cache under `data_dir`.
+    pub fn new(pool: &PoolConfig, data_dir: &Path) -> anyhow::Result<Runtime> {
+        let engine = engine::build_engine(pool)?;
+        let mut linker = Linker::new(&engine);
+        add_interfaces(&mut linker)?;
+        let cache = cache::CompileCache::open(data_dir, &engine).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open compile cache under {}: {e}",
+                data_dir.display()
+            )
+        })?;
+        let ticker = engine::EpochTicker::start(engine.clone());
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            cache,
+            _ticker: ticker,
+        })
+    }
+
+    /// The engine (for code that must share it, like tests).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Whether the compile cache holds an artifact for `digest`.
+    pub fn is_cached(&self, digest: &str) -> bool {
+        self.cache.contains(digest)
+    }
+
+    /// Loads a component by digest: from the compile cache, or by compiling the bytes
+    /// `read` returns. Blocking (compilation): run it on a blocking thread.
+    pub fn load(
+        &self,
+        digest: &str,
+        read: impl FnOnce() -> std::io::Result<Vec<u8>>,
+    ) -> Result<(Component, LoadInfo), RuntimeError> {
+        self.cache.load(&self.engine, digest, read).map_err(|e| {
+            if e.downcast_ref::<std::io::Error>().is_some() {
+                RuntimeError::Cache(format!("{e:#}"))
+            } else {
+                RuntimeError::Compile(format!("{e:#}"))
+            }
+        })
+    }
+
+    /// What a compiled component imports and exports.
+    pub fn interface(&self, component: &Component) -> ComponentInterface {
+        inspect::describe(&self.engine, component)
+    }
+
+    /// Checks `component` against what its grants allow and pre-instantiates it.
+    pub fn prepare(
+        &self,
+        component: &Component,
+        grants: Grants,
+    ) -> Result<PreparedComponent, RuntimeError> {
+        let interface = self.interface(component);
+        interface.check_imports()?;
+        let flavor = interface.http_flavor().ok_or_else(|| {
+            RuntimeError::Exports(format!(
+                "component exports no HTTP handler: expected wasi:http/incoming-handler@0.2.x or wasi:http/handler@0.3.x, found [{}]",
+                interface.exports.join(", ")
+            ))
+        })?;
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+        PreparedComponent::new(pre, flavor, Arc::new(grants))
+    }
+}
+
+/// Links every interface the host provides: the whole WASI 0.2 and 0.3 sets and
+/// wasi:http. Linking an interface grants nothing by itself: what a guest can reach
+/// through it (env, files, sockets, outbound HTTP) is decided per instance by
+/// [`InstanceState`] from the component's grants.
+fn add_interfaces(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    wasmtime_wasi::p3::add_to_linker(linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! Logging: `tracing` to stderr, as text on a terminal and JSON lines otherwise.
+//!
+//! Filter with `WASMHIVE_LOG` (or `RUST_LOG`), e.g. `WASMHIVE_LOG=debug`. Guest
+//! stdout/stderr arrive as events with target `wasmhive::guest` and the component's
+//! app, name and version as fields.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Default filter when neither `WASMHIVE_LOG` nor `RUST_LOG` is set.
+pub const DEFAULT_FILTER: &str = "info,wasmtime=warn,cranelift=warn,wasmtime_wasi_http=warn";
+
+/// Installs the global subscriber. Call once, early.
+pub fn init(format: LogFormat) {
+    let filter = std::env::var("WASMHIVE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
