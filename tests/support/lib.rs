@@ -1,1 +1,399 @@
-//! support
+//! Test harness for end-to-end tests: starts the real `wasmhive` binary on free ports
+//! with its own data directory, waits until it is ready, and talks to it as a user
+//! would (HTTP, the CLI).
+//!
+//! Components come from `components/target/wasm32-wasip2/release/` (built by `just
+//! test` before the tests run).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+/// Every fixture under `components/fixtures/`. A test checks this list against the
+/// folder, and that each fixture is used by some test.
+pub const FIXTURES: &[&str] = &[
+    "echo-body",
+    "faults",
+    "inspect-request",
+    "outbound-call",
+    "unknown-import",
+];
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `wasmhive` binary: `$WASMHIVE_BIN`, or the one next to this test executable.
+pub fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("WASMHIVE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/wasmhive
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("wasmhive"))
+        .expect("target dir");
+    assert!(
+        bin.is_file(),
+        "{} not found: build the host first (`cargo build -p wasmhive`; `just test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The absolute path of a built component, by crate name (`echo-body`, `hello`).
+pub fn component(name: &str) -> PathBuf {
+    let file = repo_root()
+        .join("components/target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        file.is_file(),
+        "{} not found: build the components first (`just build-components`)",
+        file.display()
+    );
+    file
+}
+
+/// A temporary directory holding manifests written by a test.
+pub struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Workspace {
+    /// A fresh directory.
+    pub fn new() -> Self {
+        Workspace {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `text` to `name` and returns its path. `{component:NAME}` in the text is
+    /// replaced by the absolute path of that built component.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let mut text = text.to_string();
+        while let Some(start) = text.find("{component:") {
+            let end = start + text[start..].find('}').expect("closing brace");
+            let name = &text[start + "{component:".len()..end];
+            let path = component(name).display().to_string();
+            text.replace_range(start..=end, &path);
+        }
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write file");
+        path
+    }
+}
+
+/// A running `wasmhive up` process.
+pub struct Host {
+    child: Option<Child>,
+    /// Base URL of the public listener, e.g. `http://127.0.0.1:40123`.
+    pub http: String,
+    /// Base URL of the admin listener.
+    pub admin: String,
+    /// The data directory (kept across restarts of the same test).
+    pub data_dir: PathBuf,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    _data: Option<tempfile::TempDir>,
+}
+
+/// Options for starting a host.
+#[derive(Default, Clone)]
+pub struct HostOptions {
+    /// Manifests to deploy at start-up.
+    pub manifests: Vec<PathBuf>,
+    /// Use this data dir instead of a fresh temporary one.
+    pub data_dir: Option<PathBuf>,
+    /// Extra environment variables for the host process.
+    pub env: Vec<(String, String)>,
+    /// Extra arguments after `up`.
+    pub args: Vec<String>,
+}
+
+impl Host {
+    /// Starts a host with `manifests` and waits until it is ready.
+    pub fn start(manifests: &[&Path]) -> Host {
+        Host::start_with(HostOptions {
+            manifests: manifests.iter().map(|p| p.to_path_buf()).collect(),
+            ..Default::default()
+        })
+    }
+
+    /// Starts a host and waits until it prints `ready`. Panics with its output if it
+    /// exits or takes longer than a minute.
+    pub fn start_with(opts: HostOptions) -> Host {
+        match Host::try_start(opts) {
+            Ok(h) => h,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Starts a host; `Err` carries its output if it exits before becoming ready.
+    pub fn try_start(opts: HostOptions) -> Result<Host, String> {
+        let (data_dir, tmp) = match opts.data_dir {
+            Some(d) => (d, None),
+            None => {
+                let t = tempfile::tempdir().expect("tempdir");
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let mut cmd = Command::new(binary());
+        cmd.arg("--log-format")
+            .arg("json")
+            .arg("up")
+            .args(&opts.manifests)
+            .arg("--http")
+            .arg("127.0.0.1:0")
+            .arg("--admin")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(&opts.args)
+            .env_remove("WASMHIVE_HTTP")
+            .env_remove("WASMHIVE_ADMIN")
+            .env_remove("WASMHIVE_DATA_DIR")
+            .env("WASMHIVE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn wasmhive");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        {
+            let out = child.stdout.take().expect("stdout");
+            let stdout = stdout.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    stdout.lock().unwrap().push_str(&format!("{line}\n"));
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        {
+            let mut err = child.stderr.take().expect("stderr");
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    stderr
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let mut http = None;
+        let mut admin = None;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let line = line.trim();
+                    if let Some(u) = line.strip_prefix("http:") {
+                        http = Some(u.trim().to_string());
+                    } else if let Some(u) = line.strip_prefix("admin:") {
+                        admin = Some(u.trim().to_string());
+                    } else if line == "ready" {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    std::thread::sleep(Duration::from_millis(100));
+                    return Err(format!(
+                        "host did not become ready (exit: {status:?})\n--- stdout\n{}\n--- stderr\n{}",
+                        stdout.lock().unwrap(),
+                        stderr.lock().unwrap()
+                    ));
+                }
+            }
+        }
+        Ok(Host {
+            child: Some(child),
+            http: http.expect("host printed its http address"),
+            admin: admin.expect("host printed its admin address"),
+            data_dir,
+            stdout,
+            stderr,
+            _data: tmp,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.http)
+    }
+
+    /// `http://127.0.0.1:ADMINPORT/path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin)
+    }
+
+    /// Runs `wasmhive ARGS... --admin <this host>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .args(args)
+            .arg("--admin")
+            .arg(&self.admin)
+            .output()
+            .expect("run wasmhive cli")
+    }
+
+    /// The status document as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
+
+    /// One component's entry in the status document.
+    pub fn component_status(&self, app: &str, component: &str) -> serde_json::Value {
+        let status = self.status();
+        status["apps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["name"] == app)
+            .flat_map(|a| a["components"].as_array().cloned().unwrap_or_default())
+            .find(|c| c["name"] == component)
+            .unwrap_or_else(|| panic!("no component {app}/{component} in status: {status:#}"))
+    }
+
+    /// Everything the host wrote to stderr (JSON log lines) so far.
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Everything the host wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("host did not exit after SIGTERM\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process (SIGKILL) without any chance to clean up.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An HTTP client with a generous timeout (debug builds are slow; nothing waits forever).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("client")
+}
+
+/// A tiny HTTP/1.1 server on a free loopback port that answers every request with 200
+/// and `body`, counting requests. For outbound-call tests.
+pub struct Upstream {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// The port.
+    pub port: u16,
+    /// Requests served.
+    pub hits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Upstream {
+    /// Starts the server on a background thread.
+    pub fn start(body: &'static str) -> Upstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes());
+            }
+        });
+        Upstream {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            hits,
+        }
+    }
+}

@@ -107,50 +107,52 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 pub(crate) fn field_path_at(text: &str, offset: usize) -> Option<String> {
     use toml::de::{DeTable, DeValue};
 
-    fn descend(table: &DeTable<'_>, offset: usize, path: &mut Vec<String>) -> bool {
+    // Table values do not always span their contents (a `[a.b.c]` header spans only
+    // the header), so search every table; a key or a scalar value must contain the
+    // offset to match.
+    fn in_table(table: &DeTable<'_>, offset: usize, path: &mut Vec<String>) -> bool {
         for (key, value) in table {
-            let in_key = key.span().contains(&offset);
-            let in_value = value.span().contains(&offset);
-            if in_key || in_value {
-                path.push(key.get_ref().to_string());
-                if in_value {
-                    descend_value(value.get_ref(), offset, path);
-                }
+            path.push(key.get_ref().to_string());
+            if key.span().contains(&offset) || in_value(value.get_ref(), value.span(), offset, path)
+            {
                 return true;
             }
+            path.pop();
         }
         false
     }
 
-    fn descend_value(value: &DeValue<'_>, offset: usize, path: &mut Vec<String>) {
+    fn in_value(
+        value: &DeValue<'_>,
+        span: std::ops::Range<usize>,
+        offset: usize,
+        path: &mut Vec<String>,
+    ) -> bool {
         match value {
-            DeValue::Table(table) => {
-                descend(table, offset, path);
-            }
+            DeValue::Table(table) => in_table(table, offset, path) || span.contains(&offset),
             DeValue::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    if item.span().contains(&offset) {
-                        if let Some(last) = path.last_mut() {
-                            last.push_str(&format!("[{i}]"));
+                    if let Some(last) = path.last_mut() {
+                        let base = last.clone();
+                        last.push_str(&format!("[{i}]"));
+                        if in_value(item.get_ref(), item.span(), offset, path) {
+                            return true;
                         }
-                        descend_value(item.get_ref(), offset, path);
-                        break;
+                        *path.last_mut().expect("non-empty") = base;
                     }
                 }
+                span.contains(&offset)
             }
-            _ => {}
+            _ => span.contains(&offset),
         }
     }
 
     let doc = DeTable::parse(text).ok()?;
     let mut path = Vec::new();
-    descend(doc.get_ref(), offset, &mut path);
-    // Headers like `[components.hello.limits]` span only the header line; when the
-    // error points into a table's body, the deepest table containing it still wins.
-    if path.is_empty() {
-        None
-    } else {
+    if in_table(doc.get_ref(), offset, &mut path) && !path.is_empty() {
         Some(path.join("."))
+    } else {
+        None
     }
 }
 

@@ -394,14 +394,14 @@ timeout = "10s"
         let text = GOOD.replace("memory = ", "memroy = ");
         let e = err(&text);
         assert!(e.contains("memroy"), "{e}");
-        assert!(e.starts_with("m.toml:14:"), "{e}");
+        assert!(e.starts_with("m.toml:13:"), "{e}");
     }
 
     #[test]
     fn bad_duration_names_the_field() {
         let e = err(&GOOD.replace("\"10s\"", "\"10 sekunds\""));
         assert!(e.contains("components.hello.limits.timeout"), "{e}");
-        assert!(e.starts_with("m.toml:15:"), "{e}");
+        assert!(e.starts_with("m.toml:14:"), "{e}");
     }
 
     #[test]

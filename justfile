@@ -1,0 +1,58 @@
+# wasmhive: two commands from a fresh clone to a running system.
+#   just up     install what is missing, build, start the host with the example app
+#   just test   the whole test suite
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+components := "components/target/wasm32-wasip2/release"
+
+# List the recipes.
+default:
+    @just --list
+
+# Install what the build needs when it is missing (idempotent, instant when present).
+setup:
+    rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip2
+
+# Build the example and fixture components (wasm32-wasip2).
+build-components: setup
+    cd components && cargo build --target wasm32-wasip2 --release
+
+# Build the host (debug: fast to build; `just bench` builds release).
+build-host:
+    cargo build -p wasmhive
+
+# Build everything.
+build: build-components build-host
+
+# Build everything and start the host with the example app (Ctrl-C stops it).
+up *ARGS: build
+    ./target/debug/wasmhive up manifests/hello.toml {{ARGS}}
+
+# Build components and deploy a manifest to the running host.
+deploy MANIFEST="manifests/hello.toml": build-components
+    test -x ./target/debug/wasmhive || cargo build -p wasmhive
+    ./target/debug/wasmhive deploy {{MANIFEST}}
+
+# Show what the running host serves.
+status:
+    ./target/debug/wasmhive status
+
+# The whole test suite: unit tests and end-to-end tests against the real binary.
+test: build
+    cargo test --workspace
+
+# Format the code.
+fmt:
+    cargo fmt --all
+    cd components && cargo fmt --all
+
+# Lint: formatting and clippy, warnings are errors.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cd components && cargo clippy --target wasm32-wasip2 --all-targets -- -D warnings
+
+# Benchmarks (release build; writes numbers for docs/BENCHMARKS.md).
+bench: build-components
+    ./bench/run.sh

@@ -1,0 +1,390 @@
+//! Serving HTTP: routes, parameters, failures contained, streaming, concurrency,
+//! grants (env, outbound) and forbidden headers. Real binary, real components.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wasmhive_e2e::{Host, Upstream, Workspace, client};
+
+fn hello_manifest(ws: &Workspace) -> std::path::PathBuf {
+    ws.write(
+        "hello.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "hello"
+version = "0.1.0"
+[components.hello]
+source = "{component:hello}"
+routes = ["GET /hello", "GET /hello/{name}"]
+env = { GREETING = "hi" }
+"#,
+    )
+}
+
+/// The faults fixture on its own paths, with a small memory limit and a 1 s deadline.
+fn faults_paths_manifest(ws: &Workspace) -> std::path::PathBuf {
+    ws.write(
+        "faults.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "faults"
+version = "0.1.0"
+[components.faults]
+source = "{component:faults}"
+routes = ["/ok", "/trap", "/loop", "/alloc", "/sleep"]
+[components.faults.limits]
+memory = "32MiB"
+timeout = "1s"
+"#,
+    )
+}
+
+#[tokio::test]
+async fn hello_route_answers() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&hello_manifest(&ws)]);
+    let resp = client().get(host.url("/hello")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "hi, world\n");
+    // The startup output says where to send requests.
+    assert!(host.stdout().contains("/hello"), "{}", host.stdout());
+}
+
+#[tokio::test]
+async fn path_params_reach_the_guest() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&hello_manifest(&ws)]);
+    let body = client()
+        .get(host.url("/hello/ada"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "hi, ada\n");
+
+    let m = ws.write(
+        "inspect.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "inspect"
+version = "1.0.0"
+[components.inspect]
+source = "{component:inspect-request}"
+routes = ["GET /users/{id}/files/{*rest}"]
+"#,
+    );
+    let host = Host::start(&[&m]);
+    let v: serde_json::Value = client()
+        .get(host.url("/users/42/files/a/b.txt?x=1"))
+        .header("wasmhive-param-id", "forged")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["path_with_query"], "/users/42/files/a/b.txt?x=1");
+    let header = |name: &str| -> Vec<String> {
+        v["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h[0] == name)
+            .map(|h| h[1].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(header("wasmhive-param-id"), vec!["42"], "{v:#}");
+    assert_eq!(header("wasmhive-param-rest"), vec!["a/b.txt"]);
+    assert_eq!(header("wasmhive-route"), vec!["/users/{id}/files/{*rest}"]);
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_and_wrong_method_is_405() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&hello_manifest(&ws)]);
+    let c = client();
+    assert_eq!(c.get(host.url("/nope")).send().await.unwrap().status(), 404);
+    let resp = c.post(host.url("/hello")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "GET");
+}
+
+#[tokio::test]
+async fn trap_is_500_and_the_next_request_succeeds() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&faults_paths_manifest(&ws)]);
+    let c = client();
+    let resp = c.get(host.url("/trap")).send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    let resp = c.get(host.url("/ok")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "ok");
+    // Logged once with the component and the trap.
+    let logs = host.logs();
+    assert!(
+        logs.contains("invocation failed") && logs.contains("faults/faults@0.1.0"),
+        "{logs}"
+    );
+    let st = host.component_status("faults", "faults");
+    assert_eq!(st["failures"], 1);
+    assert_eq!(st["invocations"], 2);
+}
+
+#[tokio::test]
+async fn busy_loop_is_504_and_the_host_keeps_serving() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&faults_paths_manifest(&ws)]);
+    let c = client();
+    let resp = c.get(host.url("/loop")).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    assert_eq!(c.get(host.url("/ok")).send().await.unwrap().status(), 200);
+    // A guest blocked in a host call past its deadline is stopped the same way.
+    let resp = c.get(host.url("/sleep?ms=5000")).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    let resp = c.get(host.url("/sleep?ms=10")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "slept 10 ms");
+}
+
+#[tokio::test]
+async fn memory_bomb_is_contained() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&faults_paths_manifest(&ws)]);
+    let c = client();
+    let resp = c.get(host.url("/alloc")).send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    assert!(host.logs().contains("memory limit"), "{}", host.logs());
+    for _ in 0..3 {
+        assert_eq!(c.get(host.url("/ok")).send().await.unwrap().status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn one_mib_echo_streams_both_ways_byte_identical() {
+    let ws = Workspace::new();
+    let m = ws.write(
+        "echo.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "echo"
+version = "0.1.0"
+[components.echo]
+source = "{component:echo-body}"
+routes = ["POST /echo"]
+"#,
+    );
+    let host = Host::start(&[&m]);
+    let addr = host.http.trim_start_matches("http://").to_string();
+    let payload: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+
+    // Send the body in chunks over a raw connection. The first part of the echo must
+    // arrive while most of the request is still unsent: that is only possible if the
+    // host streams the request into the guest and the response out of it.
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nhost: {addr}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (first, rest) = payload.split_at(64 * 1024);
+    stream
+        .write_all(format!("{:x}\r\n", first.len()).as_bytes())
+        .await
+        .unwrap();
+    stream.write_all(first).await.unwrap();
+    stream.write_all(b"\r\n").await.unwrap();
+
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    // Read until the response head and some echoed bytes have arrived.
+    let header_end = loop {
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+            .await
+            .expect("echo should start before the request body is complete")
+            .unwrap();
+        assert!(n > 0, "connection closed early");
+        received.extend_from_slice(&buf[..n]);
+        if let Some(i) = received.windows(4).position(|w| w == b"\r\n\r\n")
+            && received.len() > i + 4 + 1024
+        {
+            break i + 4;
+        }
+    };
+    let head_text = String::from_utf8_lossy(&received[..header_end]).to_string();
+    assert!(head_text.starts_with("HTTP/1.1 200"), "{head_text}");
+
+    for chunk in rest.chunks(64 * 1024) {
+        stream
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .unwrap();
+        stream.write_all(chunk).await.unwrap();
+        stream.write_all(b"\r\n").await.unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    stream.read_to_end(&mut received).await.unwrap();
+
+    let echoed = dechunk(&received[header_end..]);
+    assert_eq!(echoed.len(), payload.len());
+    assert!(echoed == payload, "echoed bytes differ");
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_requests_all_succeed() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&hello_manifest(&ws)]);
+    let c = client();
+    let requests = (0..200).map(|i| {
+        let c = c.clone();
+        let url = host.url(&format!("/hello/n{i}"));
+        async move {
+            let resp = c.get(url).send().await.unwrap();
+            (resp.status(), resp.text().await.unwrap())
+        }
+    });
+    let results = futures::future::join_all(requests).await;
+    for (i, (status, body)) in results.into_iter().enumerate() {
+        assert_eq!(status, 200);
+        assert_eq!(body, format!("hi, n{i}\n"));
+    }
+}
+
+#[tokio::test]
+async fn guests_see_granted_env_and_no_forbidden_headers() {
+    let ws = Workspace::new();
+    let m = ws.write(
+        "inspect.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "inspect"
+version = "1.0.0"
+[components.inspect]
+source = "{component:inspect-request}"
+routes = ["/inspect"]
+env = { COLOR = "blue" }
+"#,
+    );
+    let host = Host::start_with(wasmhive_e2e::HostOptions {
+        manifests: vec![m],
+        env: vec![("HOST_SECRET".into(), "do-not-leak".into())],
+        ..Default::default()
+    });
+    let v: serde_json::Value = client()
+        .get(host.url("/inspect"))
+        .header("x-custom", "yes")
+        .header("proxy-authorization", "Basic c2VjcmV0")
+        .header("proxy-anything", "1")
+        .header("upgrade", "websocket")
+        .header("te", "trailers")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["env"],
+        serde_json::json!({ "COLOR": "blue" }),
+        "only granted env: {v:#}"
+    );
+    let names: Vec<&str> = v["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h[0].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"x-custom"), "{names:?}");
+    for forbidden in [
+        "proxy-authorization",
+        "proxy-anything",
+        "upgrade",
+        "te",
+        "host",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+    ] {
+        assert!(
+            !names.contains(&forbidden),
+            "{forbidden} reached the guest: {names:?}"
+        );
+    }
+    assert!(
+        v["authority"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{v:#}"
+    );
+}
+
+#[tokio::test]
+async fn outbound_http_only_to_listed_hosts() {
+    let allowed = Upstream::start("from upstream");
+    let unlisted = Upstream::start("should never be reached");
+    let ws = Workspace::new();
+    let m = ws.write(
+        "outbound.toml",
+        &format!(
+            r#"
+manifest_version = 1
+[app]
+name = "outbound"
+version = "1.0.0"
+[components.caller]
+source = "{{component:outbound-call}}"
+routes = ["/call"]
+allowed_outbound_hosts = ["{}"]
+"#,
+            allowed.url
+        ),
+    );
+    let host = Host::start(&[&m]);
+    let c = client();
+    let resp = c
+        .get(host.url(&format!("/call?url={}/x", allowed.url)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "status=200\nfrom upstream");
+
+    let resp = c
+        .get(host.url(&format!("/call?url={}/x", unlisted.url)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.text().await.unwrap(), "error=HttpRequestDenied");
+    assert_eq!(unlisted.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(
+        host.logs().contains("outbound request denied"),
+        "{}",
+        host.logs()
+    );
+}
