@@ -53,6 +53,6 @@ lint:
     cargo clippy --workspace --all-targets -- -D warnings
     cd components && cargo clippy --target wasm32-wasip2 --all-targets -- -D warnings
 
-# Benchmarks (release build; writes numbers for docs/BENCHMARKS.md).
-bench: build-components
-    ./bench/run.sh
+# Benchmarks (release build, wrk on loopback); rewrites their blocks in docs/BENCHMARKS.md.
+bench *SCENARIOS: build-components
+    python3 bench/bench.py {{SCENARIOS}}

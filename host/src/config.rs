@@ -26,6 +26,16 @@ pub const DEFAULT_DATA_DIR: &str = ".wasmhive";
 pub const DEFAULT_MEMORY_LIMIT: u64 = 128 << 20;
 /// Wall-clock deadline per invocation when the manifest sets no `limits.timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Instances of one component running at once, when its manifest sets no `scale.max_instances`.
+pub const DEFAULT_MAX_INSTANCES: u32 = 100;
+/// Invocations that may wait for a free instance of one component.
+pub const DEFAULT_QUEUE: u32 = 100;
+/// How long an invocation may wait in a component's queue before a 503.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A component with nothing in flight for this long is scaled to zero.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Loaded components kept even when idle (0 = scale to zero).
+pub const DEFAULT_MIN_INSTANCES: u32 = 0;
 /// Component instances alive at once across the host (pooling allocator slots).
 pub const DEFAULT_POOL_INSTANCES: u32 = 1000;
 /// Ceiling for any one linear memory; a manifest asking for more is refused.
@@ -33,6 +43,20 @@ pub const DEFAULT_POOL_MAX_MEMORY: u64 = 1 << 30;
 /// Bytes of each linear memory slot reset in place (memset) instead of returned to the
 /// kernel between instances. Avoids page faults and TLB shootdowns on the hot path.
 pub const DEFAULT_MEMORY_KEEP_RESIDENT: u64 = 16 << 20;
+/// Linear memory all instances together may use, when not configured: half the
+/// machine's physical memory (read from /proc/meminfo; 4 GiB if unknown).
+pub fn default_total_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024 / 2)
+        .unwrap_or(4 << 30)
+}
 /// Same for tables.
 pub const DEFAULT_TABLE_KEEP_RESIDENT: u64 = 1 << 20;
 /// Same for async (fiber) stacks.
@@ -68,6 +92,23 @@ pub struct ComponentDefaults {
     pub memory: u64,
     /// Deadline per invocation.
     pub timeout: Duration,
+    /// Scaling policy.
+    pub scale: ScaleDefaults,
+}
+
+/// `[defaults.scale]`: the scaling policy of components whose manifest is silent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleDefaults {
+    /// Instances running at once.
+    pub max_instances: u32,
+    /// Invocations waiting for an instance.
+    pub queue: u32,
+    /// Longest wait in the queue.
+    pub queue_timeout: Duration,
+    /// Idle time before scaling to zero.
+    pub idle_timeout: Duration,
+    /// Instances kept loaded when idle.
+    pub min_instances: u32,
 }
 
 /// Sizing of the pooling instance allocator.
@@ -77,6 +118,8 @@ pub struct PoolConfig {
     pub instances: u32,
     /// Maximum size of one linear memory.
     pub max_memory: u64,
+    /// Linear memory of all instances together.
+    pub total_memory: u64,
     /// Bytes of memory kept resident per slot.
     pub memory_keep_resident: u64,
     /// Bytes of table kept resident per slot.
@@ -94,10 +137,18 @@ impl Default for HostConfig {
             defaults: ComponentDefaults {
                 memory: DEFAULT_MEMORY_LIMIT,
                 timeout: DEFAULT_TIMEOUT,
+                scale: ScaleDefaults {
+                    max_instances: DEFAULT_MAX_INSTANCES,
+                    queue: DEFAULT_QUEUE,
+                    queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+                    idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                    min_instances: DEFAULT_MIN_INSTANCES,
+                },
             },
             pool: PoolConfig {
                 instances: DEFAULT_POOL_INSTANCES,
                 max_memory: DEFAULT_POOL_MAX_MEMORY,
+                total_memory: default_total_memory(),
                 memory_keep_resident: DEFAULT_MEMORY_KEEP_RESIDENT,
                 table_keep_resident: DEFAULT_TABLE_KEEP_RESIDENT,
                 stack_keep_resident: DEFAULT_STACK_KEEP_RESIDENT,
@@ -127,6 +178,18 @@ struct RawHostConfig {
 struct RawDefaults {
     memory: Option<String>,
     timeout: Option<String>,
+    #[serde(default)]
+    scale: RawScaleDefaults,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScaleDefaults {
+    max_instances: Option<u32>,
+    queue: Option<u32>,
+    queue_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    min_instances: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +197,7 @@ struct RawDefaults {
 struct RawPool {
     instances: Option<u32>,
     max_memory: Option<String>,
+    total_memory: Option<String>,
     memory_keep_resident: Option<String>,
     table_keep_resident: Option<String>,
     stack_keep_resident: Option<String>,
@@ -187,6 +251,30 @@ impl HostConfig {
         if let Some(t) = raw.defaults.timeout {
             cfg.defaults.timeout = parse_duration(&t).map_err(|e| bad("defaults.timeout", e))?;
         }
+        let sc = raw.defaults.scale;
+        if let Some(n) = sc.max_instances {
+            if n == 0 {
+                return Err(bad(
+                    "defaults.scale.max_instances",
+                    "must be at least 1".into(),
+                ));
+            }
+            cfg.defaults.scale.max_instances = n;
+        }
+        if let Some(n) = sc.queue {
+            cfg.defaults.scale.queue = n;
+        }
+        if let Some(t) = sc.queue_timeout {
+            cfg.defaults.scale.queue_timeout =
+                parse_duration(&t).map_err(|e| bad("defaults.scale.queue_timeout", e))?;
+        }
+        if let Some(t) = sc.idle_timeout {
+            cfg.defaults.scale.idle_timeout =
+                parse_duration(&t).map_err(|e| bad("defaults.scale.idle_timeout", e))?;
+        }
+        if let Some(n) = sc.min_instances {
+            cfg.defaults.scale.min_instances = n;
+        }
         let p = raw.pool;
         if let Some(n) = p.instances {
             if n == 0 {
@@ -201,6 +289,11 @@ impl HostConfig {
             Ok(())
         };
         size(p.max_memory, "pool.max_memory", &mut cfg.pool.max_memory)?;
+        size(
+            p.total_memory,
+            "pool.total_memory",
+            &mut cfg.pool.total_memory,
+        )?;
         size(
             p.memory_keep_resident,
             "pool.memory_keep_resident",
@@ -230,6 +323,12 @@ impl HostConfig {
                     bytesize::ByteSize(self.defaults.memory),
                     bytesize::ByteSize(self.pool.max_memory)
                 ),
+            ));
+        }
+        if self.defaults.scale.min_instances > self.defaults.scale.max_instances {
+            return Err((
+                "defaults.scale.min_instances",
+                "is more than defaults.scale.max_instances".into(),
             ));
         }
         Ok(())

@@ -44,7 +44,11 @@ pub async fn run(
     let runtime = Arc::new(Runtime::new(&config.pool, &config.data_dir)?);
     let apps = Arc::new(Apps::default());
     let control = Arc::new(ControlPlane::new(runtime, apps.clone(), config.clone())?);
-    let gateway = Gateway::new(apps.clone(), config.http_addr);
+    let gateway = Gateway::new(
+        apps.clone(),
+        config.http_addr,
+        control.request_metrics().clone(),
+    );
 
     let tasks = TaskTracker::new();
     {
@@ -66,6 +70,7 @@ pub async fn run(
         shutdown.clone(),
         config.drain_timeout,
     ));
+    tasks.spawn(reaper(control.clone(), shutdown.clone()));
     tasks.close();
 
     println!("wasmhive {} serving", env!("CARGO_PKG_VERSION"));
@@ -107,4 +112,19 @@ pub async fn run(
     tracing::info!("shutting down: draining in-flight requests");
     tasks.wait().await;
     Ok(())
+}
+
+/// How often idle components are checked for scaling to zero.
+const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Scales idle components to zero until shutdown.
+async fn reaper(control: Arc<ControlPlane>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(REAP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => control.reap(),
+        }
+    }
 }

@@ -12,6 +12,7 @@
 //!
 //! - [`runtime`]: engine, compile cache, linker, per-instance state, invocation.
 //! - [`apps`]: the deployed apps and the live route table (atomic snapshots).
+//! - [`scaler`]: per-component admission (bulkhead, queue, shedding) and scale to zero.
 //! - [`control`]: deploy/undeploy/status, the admin API and its client.
 //! - [`gateway`]: the public HTTP listener and status-code mapping.
 //! - [`manifest`]: app manifests, format version 1.
@@ -30,5 +31,6 @@ pub mod listener;
 pub mod manifest;
 pub mod routes;
 pub mod runtime;
+pub mod scaler;
 pub mod telemetry;
 pub mod validate;

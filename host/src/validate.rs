@@ -56,13 +56,12 @@ pub async fn validate(manifest_path: &Path, data_dir: &Path) -> anyhow::Result<S
                 component: spec.name.clone(),
                 error,
             })?;
-        let prepared =
-            runtime
-                .prepare(&component, grants)
-                .map_err(|error| DeployError::Component {
-                    component: spec.name.clone(),
-                    error,
-                })?;
+        let prepared = runtime
+            .prepare(&component, std::sync::Arc::new(grants), Default::default())
+            .map_err(|error| DeployError::Component {
+                component: spec.name.clone(),
+                error,
+            })?;
         let interface = runtime.interface(&component);
         let _ = writeln!(
             out,

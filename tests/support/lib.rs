@@ -397,3 +397,113 @@ impl Upstream {
         }
     }
 }
+
+/// An upstream that holds every request open until [`Gate::release`], then answers
+/// them (and every later request) with 200 and the request path. It records the order
+/// in which requests arrived. For tests that need invocations in flight on purpose.
+pub struct Gate {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    state: Arc<(Mutex<GateState>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct GateState {
+    open: bool,
+    waiting: usize,
+    arrivals: Vec<String>,
+}
+
+impl Gate {
+    /// Starts a closed gate on a background thread.
+    pub fn start() -> Gate {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new((Mutex::new(GateState::default()), std::sync::Condvar::new()));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let state = shared.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&seen);
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    {
+                        let (lock, cvar) = &*state;
+                        let mut s = lock.lock().unwrap();
+                        s.arrivals.push(path.clone());
+                        s.waiting += 1;
+                        cvar.notify_all();
+                        while !s.open {
+                            s = cvar.wait(s).unwrap();
+                        }
+                        s.waiting -= 1;
+                    }
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{path}",
+                        path.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes());
+                });
+            }
+        });
+        Gate {
+            url: format!("http://127.0.0.1:{port}"),
+            state,
+        }
+    }
+
+    /// Requests being held right now.
+    pub fn waiting(&self) -> usize {
+        self.state.0.lock().unwrap().waiting
+    }
+
+    /// Paths of the requests seen so far, in arrival order.
+    pub fn arrivals(&self) -> Vec<String> {
+        self.state.0.lock().unwrap().arrivals.clone()
+    }
+
+    /// Waits until `n` requests are held; panics after 60 s.
+    pub fn wait_for(&self, n: usize) {
+        let (lock, cvar) = &*self.state;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut s = lock.lock().unwrap();
+        while s.waiting < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "gate: {} requests held, waited for {n}",
+                s.waiting
+            );
+            s = cvar.wait_timeout(s, left).unwrap().0;
+        }
+    }
+
+    /// Opens the gate: held requests are answered, later ones are not held.
+    pub fn release(&self) {
+        let (lock, cvar) = &*self.state;
+        lock.lock().unwrap().open = true;
+        cvar.notify_all();
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, panicking with `what` after
+/// `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

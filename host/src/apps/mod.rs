@@ -16,7 +16,8 @@ use arc_swap::ArcSwap;
 
 use crate::manifest::{ComponentSpec, Manifest};
 use crate::routes::{RouteMatch, RouteTable};
-use crate::runtime::{ComponentId, LoadInfo, PreparedComponent};
+use crate::runtime::{ComponentId, HttpFlavor, LoadInfo};
+use crate::scaler::Scaler;
 
 /// One deployed component version.
 pub struct DeployedComponent {
@@ -26,10 +27,14 @@ pub struct DeployedComponent {
     pub spec: ComponentSpec,
     /// sha256 of the component bytes (`sha256:<hex>`).
     pub digest: String,
-    /// Ready to instantiate.
-    pub prepared: PreparedComponent,
+    /// Which HTTP handler it exports.
+    pub flavor: HttpFlavor,
     /// How it was loaded at deploy time (cache hit or compile).
     pub load: LoadInfo,
+    /// Admission and lifecycle; hands out the loaded component.
+    pub scaler: Scaler,
+    /// Live instances (stores) of this component right now.
+    pub instances: Arc<std::sync::atomic::AtomicU32>,
     /// Counters shown in status.
     pub stats: ComponentStats,
 }
@@ -114,6 +119,11 @@ impl Snapshot {
             }
         }
         Ok(Snapshot { apps, routes })
+    }
+
+    /// Every deployed component, app by app.
+    pub fn components(&self) -> impl Iterator<Item = &Arc<DeployedComponent>> {
+        self.apps.values().flat_map(|a| a.components.iter())
     }
 
     /// Finds the component serving `method path`.

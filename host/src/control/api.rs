@@ -4,6 +4,7 @@
 //! | --- | --- | --- |
 //! | GET | `/healthz` | 200 while the process serves |
 //! | GET | `/readyz` | 200 once start-up deployments are done, else 503 |
+//! | GET | `/metrics` | Prometheus text (see [`metrics`](super::metrics)) |
 //! | GET | `/v1/status` | [`HostStatus`](super::status::HostStatus) as JSON |
 //! | HEAD | `/v1/blobs/{digest}` | 200 if the component bytes are stored, else 404 |
 //! | PUT | `/v1/blobs/{digest}` | store component bytes (checked against the digest) |
@@ -54,6 +55,14 @@ pub async fn handle(control: Arc<ControlPlane>, req: Request<Incoming>) -> Respo
             } else {
                 body::text(StatusCode::SERVICE_UNAVAILABLE, "starting")
             }
+        }
+        (&Method::GET, ["metrics"]) => {
+            let mut r = Response::new(body::full(control.metrics_text()));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
         }
         (&Method::GET, ["v1", "status"]) => body::json(StatusCode::OK, &control.status()),
         (&Method::HEAD, ["v1", "blobs", digest]) => {

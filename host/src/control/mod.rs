@@ -11,6 +11,7 @@
 pub mod api;
 pub mod blobs;
 pub mod client;
+pub mod metrics;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -21,8 +22,10 @@ use std::time::{Instant, SystemTime};
 
 use crate::apps::{App, Apps, DeploySource, DeployedComponent};
 use crate::config::HostConfig;
-use crate::manifest::{Manifest, ManifestError};
+use crate::manifest::{ComponentSpec, Manifest, ManifestError};
 use crate::runtime::{ComponentId, Grants, Runtime, RuntimeError};
+use crate::scaler::{HostCapacity, Loader, ScalePolicy, Scaler};
+use crate::telemetry::metrics::RequestMetrics;
 use blobs::BlobStore;
 
 /// Why a deploy or undeploy was refused.
@@ -94,9 +97,12 @@ pub struct ControlPlane {
     apps: Arc<Apps>,
     blobs: BlobStore,
     config: HostConfig,
+    capacity: HostCapacity,
     records: PathBuf,
     ready: AtomicBool,
     started: Instant,
+    requests: Arc<RequestMetrics>,
+    registry: prometheus_client::registry::Registry,
 }
 
 impl ControlPlane {
@@ -105,10 +111,15 @@ impl ControlPlane {
         let blobs = BlobStore::open(&config.data_dir)?;
         let records = config.data_dir.join("apps");
         std::fs::create_dir_all(&records)?;
+        let requests = Arc::new(RequestMetrics::default());
+        let registry = metrics::registry(apps.clone(), &requests, runtime.host_memory().clone());
         Ok(ControlPlane {
             runtime,
             apps,
+            requests,
+            registry,
             blobs,
+            capacity: HostCapacity::new(config.pool.instances),
             config,
             records,
             ready: AtomicBool::new(false),
@@ -119,6 +130,16 @@ impl ControlPlane {
     /// The blob store (for uploads and local deploys).
     pub fn blobs(&self) -> &BlobStore {
         &self.blobs
+    }
+
+    /// Where the gateway records answered requests.
+    pub fn request_metrics(&self) -> &Arc<RequestMetrics> {
+        &self.requests
+    }
+
+    /// Prometheus text for `GET /metrics`.
+    pub fn metrics_text(&self) -> String {
+        metrics::encode(&self.registry)
     }
 
     /// Marks start-up complete (`/readyz` turns 200).
@@ -190,7 +211,18 @@ impl ControlPlane {
                 source_path: spec.source.clone(),
             });
         }
-        let grants = grants_for(manifest, spec, &self.config)?;
+        let grants = Arc::new(grants_for(manifest, spec, &self.config)?);
+        let policy = policy_for(spec, &self.config);
+        let instances = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let runtime = self.runtime.clone();
+        let blobs = self.blobs.clone();
+        let loader: Loader = {
+            let (digest, grants, instances) = (digest.clone(), grants.clone(), instances.clone());
+            Arc::new(move || {
+                let (component, _) = runtime.load(&digest, || blobs.read(&digest))?;
+                runtime.prepare(&component, grants.clone(), instances.clone())
+            })
+        };
         let runtime = self.runtime.clone();
         let blobs = self.blobs.clone();
         let d = digest.clone();
@@ -201,7 +233,7 @@ impl ControlPlane {
                 .map_err(component_err)?;
         let prepared = self
             .runtime
-            .prepare(&component, grants)
+            .prepare(&component, grants.clone(), instances.clone())
             .map_err(component_err)?;
         tracing::info!(
             app = %manifest.app.name,
@@ -212,13 +244,24 @@ impl ControlPlane {
             "component loaded"
         );
         Ok(DeployedComponent {
-            id: prepared.grants().id.clone(),
+            id: grants.id.clone(),
             spec: spec.clone(),
             digest,
-            prepared,
+            flavor: prepared.flavor(),
             load,
+            scaler: Scaler::new(policy, loader, prepared, self.capacity.clone()),
+            instances,
             stats: Default::default(),
         })
+    }
+
+    /// Scales idle components to zero; called periodically.
+    pub fn reap(&self) {
+        for c in self.apps.snapshot().components() {
+            if c.scaler.reap() {
+                tracing::debug!(component = %c.id, "scaled to zero");
+            }
+        }
     }
 
     /// Removes an app; its routes answer 404 from now on.
@@ -319,6 +362,23 @@ pub fn grants_for(
         memory,
         timeout: spec.limits.timeout.unwrap_or(config.defaults.timeout),
     })
+}
+
+/// A component's scaling policy from its manifest section and the host's defaults.
+pub fn policy_for(spec: &ComponentSpec, config: &HostConfig) -> ScalePolicy {
+    let d = &config.defaults.scale;
+    let s = &spec.scale;
+    let max_instances = s.max_instances.unwrap_or(d.max_instances);
+    ScalePolicy {
+        max_instances,
+        queue: s.queue.unwrap_or(d.queue),
+        queue_timeout: s.queue_timeout.unwrap_or(d.queue_timeout),
+        idle_timeout: s.idle_timeout.unwrap_or(d.idle_timeout),
+        min_instances: s
+            .min_instances
+            .unwrap_or(d.min_instances)
+            .min(max_instances),
+    }
 }
 
 /// Reads a manifest and the component files it names, storing each in `sink` (the

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::apps::{DeployedComponent, Snapshot};
 use crate::config::HostConfig;
 use crate::runtime::{CompileOrigin, HttpFlavor};
+use crate::scaler::State;
 
 /// The whole host.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,10 +51,24 @@ pub struct ComponentStatus {
     pub flavor: String,
     /// Routes served.
     pub routes: Vec<String>,
-    /// `cache` when loaded from the compile cache, `compiled` when compiled.
+    /// How the deploy loaded it: `cache` (compile cache) or `compiled`.
     pub loaded_from: String,
-    /// Time the load took, in milliseconds.
+    /// Time the deploy's load took, in milliseconds.
     pub load_ms: f64,
+    /// `zero`, `loading` or `ready`.
+    pub state: State,
+    /// Live instances now.
+    pub instances: u32,
+    /// Invocations admitted and not finished.
+    pub in_flight: u32,
+    /// Invocations waiting for a free instance.
+    pub queued: u32,
+    /// Instances allowed at once.
+    pub max_instances: u32,
+    /// Loads from zero caused by an invocation.
+    pub cold_starts: u64,
+    /// Invocations shed with 503.
+    pub shed: u64,
     /// Invocations so far.
     pub invocations: u64,
     /// Failed invocations so far.
@@ -66,10 +81,11 @@ impl ComponentStatus {
     /// The status of one deployed component.
     pub fn of(c: &DeployedComponent) -> Self {
         let last = c.stats.last_invocation_ms.load(Ordering::Relaxed);
+        let scaler = c.scaler.status();
         ComponentStatus {
             name: c.id.component.to_string(),
             digest: c.digest.clone(),
-            flavor: match c.prepared.flavor() {
+            flavor: match c.flavor {
                 HttpFlavor::P2 => "p2".into(),
                 HttpFlavor::P3 => "p3".into(),
             },
@@ -79,6 +95,13 @@ impl ComponentStatus {
                 CompileOrigin::Compiled => "compiled".into(),
             },
             load_ms: (c.load.took.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+            state: scaler.state,
+            instances: c.instances.load(Ordering::Relaxed),
+            in_flight: scaler.in_flight,
+            queued: scaler.queued,
+            max_instances: c.scaler.policy().max_instances,
+            cold_starts: scaler.cold_starts,
+            shed: scaler.shed,
             invocations: c.stats.invocations.load(Ordering::Relaxed),
             failures: c.stats.failures.load(Ordering::Relaxed),
             last_invocation_ms: (last != 0).then_some(last),
@@ -122,9 +145,15 @@ impl HostStatus {
             "VERSION".into(),
             "COMPONENT".into(),
             "KIND".into(),
-            "LOADED".into(),
+            "STATE".into(),
+            "INST".into(),
+            "FLIGHT".into(),
+            "QUEUED".into(),
+            "COLD".into(),
+            "SHED".into(),
             "CALLS".into(),
             "FAILED".into(),
+            "LAST".into(),
             "ROUTES".into(),
         ]];
         for app in &self.apps {
@@ -134,9 +163,15 @@ impl HostStatus {
                     app.version.clone(),
                     c.name.clone(),
                     c.flavor.clone(),
-                    format!("{} ({:.1} ms)", c.loaded_from, c.load_ms),
+                    c.state.as_str().to_string(),
+                    c.instances.to_string(),
+                    c.in_flight.to_string(),
+                    c.queued.to_string(),
+                    c.cold_starts.to_string(),
+                    c.shed.to_string(),
                     c.invocations.to_string(),
                     c.failures.to_string(),
+                    ago(c.last_invocation_ms),
                     c.routes.join(", "),
                 ]);
             }
@@ -149,7 +184,7 @@ impl HostStatus {
             out.push_str("no apps deployed\n");
             return out;
         }
-        let widths: Vec<usize> = (0..8)
+        let widths: Vec<usize> = (0..rows[0].len())
             .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
             .collect();
         for row in rows {
@@ -162,5 +197,22 @@ impl HostStatus {
             out.push('\n');
         }
         out
+    }
+}
+
+/// `3s ago`, `5m ago`, or `-` for never.
+fn ago(unix_ms: Option<u64>) -> String {
+    let Some(ms) = unix_ms else {
+        return "-".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(ms);
+    let secs = now.saturating_sub(ms) / 1000;
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
     }
 }

@@ -17,9 +17,10 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::apps::Apps;
+use crate::apps::{Apps, DeployedComponent};
 use crate::body::{self, Body};
 use crate::routes::RouteMatch;
+use crate::telemetry::metrics::{RequestLabels, RequestMetrics};
 
 /// Header prefix reserved for the host; stripped from client requests.
 pub const RESERVED_HEADER_PREFIX: &str = "wasmhive-";
@@ -33,15 +34,18 @@ pub struct Gateway {
     apps: Arc<Apps>,
     local_addr: SocketAddr,
     next_id: AtomicU64,
+    metrics: Arc<RequestMetrics>,
 }
 
 impl Gateway {
-    /// A gateway serving the apps in `apps`, reachable at `local_addr`.
-    pub fn new(apps: Arc<Apps>, local_addr: SocketAddr) -> Arc<Self> {
+    /// A gateway serving the apps in `apps`, reachable at `local_addr`, recording
+    /// each answered request in `metrics`.
+    pub fn new(apps: Arc<Apps>, local_addr: SocketAddr, metrics: Arc<RequestMetrics>) -> Arc<Self> {
         Arc::new(Gateway {
             apps,
             local_addr,
             next_id: AtomicU64::new(1),
+            metrics,
         })
     }
 
@@ -91,7 +95,7 @@ impl Gateway {
         };
         component.stats.started();
         let method = req.method().clone();
-        match component.prepared.handle(req, ()).await {
+        let response = match self.invoke(&component, req).await {
             Ok(response) => {
                 tracing::debug!(
                     invocation,
@@ -108,7 +112,30 @@ impl Gateway {
                 component.stats.failed();
                 error::respond(&e, &component.id, invocation, &method, &path)
             }
-        }
+        };
+        self.metrics.record(
+            &RequestLabels {
+                app: component.id.app.to_string(),
+                component: component.id.component.to_string(),
+                trigger: "http",
+                status: response.status().as_u16(),
+            },
+            started.elapsed().as_secs_f64(),
+        );
+        response
+    }
+
+    /// Admits the request (or sheds it), wakes the component if it is at zero, and
+    /// runs it. The admission permit travels with the instance and is released when
+    /// the instance is gone.
+    async fn invoke(
+        &self,
+        component: &DeployedComponent,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, error::Failure> {
+        let permit = component.scaler.admit().await?;
+        let prepared = component.scaler.prepared().await?;
+        Ok(prepared.handle(req, permit).await?)
     }
 
     /// Rewrites the client's request into what the guest receives.

@@ -59,6 +59,8 @@ pub struct ComponentSpec {
     pub allowed_outbound_hosts: Vec<OutboundRule>,
     /// Per-component limits; `None` fields take the host's defaults.
     pub limits: LimitsSpec,
+    /// Scaling; `None` fields take the host's defaults.
+    pub scale: ScaleSpec,
 }
 
 /// A route: an optional method and a path pattern (`/users/{id}`, `/files/{*path}`).
@@ -86,6 +88,21 @@ pub struct LimitsSpec {
     pub memory: Option<u64>,
     /// Wall-clock deadline per invocation.
     pub timeout: Option<Duration>,
+}
+
+/// `[components.NAME.scale]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScaleSpec {
+    /// Instances running at once (the bulkhead).
+    pub max_instances: Option<u32>,
+    /// Invocations that may wait for a free instance.
+    pub queue: Option<u32>,
+    /// How long an invocation may wait in the queue.
+    pub queue_timeout: Option<Duration>,
+    /// Nothing in flight for this long: scale to zero.
+    pub idle_timeout: Option<Duration>,
+    /// Greater than zero keeps the component loaded.
+    pub min_instances: Option<u32>,
 }
 
 impl Manifest {
@@ -253,6 +270,11 @@ impl Checker<'_> {
             }
         }
 
+        let scale = match raw.scale {
+            Some(raw_scale) => self.scale(raw_scale, &field)?,
+            None => ScaleSpec::default(),
+        };
+
         Ok(ComponentSpec {
             name: name.into_inner(),
             source: raw.source.into_inner(),
@@ -260,7 +282,63 @@ impl Checker<'_> {
             env,
             allowed_outbound_hosts,
             limits,
+            scale,
         })
+    }
+
+    fn scale(
+        &self,
+        raw: raw::RawScale,
+        field: &dyn Fn(&str) -> String,
+    ) -> Result<ScaleSpec, ManifestError> {
+        let count = |v: Option<toml::Spanned<i64>>,
+                     key: &str,
+                     min: i64|
+         -> Result<Option<u32>, ManifestError> {
+            match v {
+                None => Ok(None),
+                Some(v) => {
+                    let n = *v.get_ref();
+                    if n < min || n > i64::from(u32::MAX) {
+                        return Err(self.invalid(
+                            v.span(),
+                            field(&format!("scale.{key}")),
+                            format!("must be a whole number from {min} to {}", u32::MAX),
+                        ));
+                    }
+                    Ok(Some(n as u32))
+                }
+            }
+        };
+        let duration = |v: Option<toml::Spanned<String>>,
+                        key: &str|
+         -> Result<Option<Duration>, ManifestError> {
+            match v {
+                None => Ok(None),
+                Some(v) => parse_duration(v.get_ref())
+                    .map(Some)
+                    .map_err(|why| self.invalid(v.span(), field(&format!("scale.{key}")), why)),
+            }
+        };
+        let min_span = raw.min_instances.as_ref().map(|v| v.span());
+        let spec = ScaleSpec {
+            max_instances: count(raw.max_instances, "max_instances", 1)?,
+            queue: count(raw.queue, "queue", 0)?,
+            queue_timeout: duration(raw.queue_timeout, "queue_timeout")?,
+            idle_timeout: duration(raw.idle_timeout, "idle_timeout")?,
+            min_instances: count(raw.min_instances, "min_instances", 0)?,
+        };
+        if let (Some(min), Some(max), Some(span)) =
+            (spec.min_instances, spec.max_instances, min_span)
+            && min > max
+        {
+            return Err(self.invalid(
+                span,
+                field("scale.min_instances"),
+                format!("min_instances ({min}) is more than max_instances ({max})"),
+            ));
+        }
+        Ok(spec)
     }
 }
 
@@ -370,6 +448,12 @@ allowed_outbound_hosts = ["http://127.0.0.1:8081"]
 [components.hello.limits]
 memory = "64MiB"
 timeout = "10s"
+[components.hello.scale]
+max_instances = 50
+queue = 100
+queue_timeout = "2s"
+idle_timeout = "60s"
+min_instances = 0
 "#;
 
     #[test]
@@ -383,6 +467,19 @@ timeout = "10s"
         assert_eq!(c.env, vec![("GREETING".into(), "hi".into())]);
         assert_eq!(c.limits.memory, Some(64 * 1024 * 1024));
         assert_eq!(c.limits.timeout, Some(Duration::from_secs(10)));
+        assert_eq!(c.scale.max_instances, Some(50));
+        assert_eq!(c.scale.queue_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(c.scale.min_instances, Some(0));
+    }
+
+    #[test]
+    fn scale_values_are_checked() {
+        let e = err(&GOOD.replace("max_instances = 50", "max_instances = 0"));
+        assert!(e.contains("components.hello.scale.max_instances"), "{e}");
+        let e = err(&GOOD.replace("min_instances = 0", "min_instances = 60"));
+        assert!(e.contains("components.hello.scale.min_instances"), "{e}");
+        let e = err(&GOOD.replace("idle_timeout = \"60s\"", "idle_timeout = \"soon\""));
+        assert!(e.contains("components.hello.scale.idle_timeout"), "{e}");
     }
 
     fn err(text: &str) -> String {

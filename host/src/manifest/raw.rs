@@ -39,6 +39,8 @@ pub(crate) struct RawComponent {
     pub allowed_outbound_hosts: Vec<Spanned<String>>,
     #[serde(default)]
     pub limits: Option<RawLimits>,
+    #[serde(default)]
+    pub scale: Option<RawScale>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,4 +48,14 @@ pub(crate) struct RawComponent {
 pub(crate) struct RawLimits {
     pub memory: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawScale {
+    pub max_instances: Option<Spanned<i64>>,
+    pub queue: Option<Spanned<i64>>,
+    pub queue_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub min_instances: Option<Spanned<i64>>,
 }

@@ -9,7 +9,7 @@
 //! status code in one place.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, AtomicU32};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -19,6 +19,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
+use super::state::{HostMemory, MemoryHit, MemoryLimiter};
 use super::{Grants, HttpFlavor, InstanceState, RuntimeError};
 
 /// How an invocation failed.
@@ -34,6 +35,9 @@ pub enum InvokeError {
     /// The guest trapped (panic, unreachable, out-of-bounds access, ...).
     #[error("guest trapped: {0}")]
     Trap(String),
+    /// The host's total memory budget is used up; the guest could not grow.
+    #[error("the host's memory budget is exhausted: {0}")]
+    HostMemory(String),
     /// The guest hit its memory limit and then failed.
     #[error("guest exceeded its memory limit of {limit} bytes: {detail}")]
     MemoryLimit {
@@ -66,6 +70,8 @@ struct Inner {
     pre: ProxyPre<InstanceState>,
     grants: Arc<Grants>,
     flavor: HttpFlavor,
+    live: Arc<AtomicU32>,
+    host_memory: Arc<HostMemory>,
 }
 
 impl PreparedComponent {
@@ -73,6 +79,8 @@ impl PreparedComponent {
         pre: InstancePre<InstanceState>,
         flavor: HttpFlavor,
         grants: Arc<Grants>,
+        live: Arc<AtomicU32>,
+        host_memory: Arc<HostMemory>,
     ) -> Result<Self, RuntimeError> {
         let pre = match flavor {
             HttpFlavor::P2 => {
@@ -89,6 +97,8 @@ impl PreparedComponent {
                 pre,
                 grants,
                 flavor,
+                live,
+                host_memory,
             }),
         })
     }
@@ -115,7 +125,10 @@ impl PreparedComponent {
         let deadline = Instant::now() + timeout;
         let (tx, rx) = oneshot::channel();
 
-        let mut store = Store::new(inner.pre.engine(), InstanceState::new(&inner.grants));
+        let mut store = Store::new(
+            inner.pre.engine(),
+            InstanceState::new(&inner.grants, &inner.live, &inner.host_memory),
+        );
         let memory_hit = store.data().limiter.hit_flag();
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
@@ -179,7 +192,7 @@ enum Phase {
 fn classify(
     e: wasmtime::Error,
     phase: Phase,
-    memory_hit: &std::sync::atomic::AtomicBool,
+    memory_hit: &AtomicU8,
     grants: &Grants,
 ) -> InvokeError {
     if let Some(trap) = e.downcast_ref::<Trap>()
@@ -193,11 +206,15 @@ fn classify(
         return InvokeError::PoolExhausted(format!("{e:#}"));
     }
     let detail = format!("{e:#}");
-    if memory_hit.load(Ordering::Relaxed) {
-        return InvokeError::MemoryLimit {
-            limit: grants.memory,
-            detail,
-        };
+    match MemoryLimiter::decode(memory_hit) {
+        MemoryHit::Component => {
+            return InvokeError::MemoryLimit {
+                limit: grants.memory,
+                detail,
+            };
+        }
+        MemoryHit::Host => return InvokeError::HostMemory(detail),
+        MemoryHit::None => {}
     }
     match phase {
         Phase::Instantiate => InvokeError::Instantiate(detail),

@@ -16,6 +16,7 @@ mod state;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use wasmtime::Engine;
@@ -25,7 +26,7 @@ pub use cache::{CompileOrigin, LoadInfo};
 pub use hooks::is_forbidden_header;
 pub use inspect::{ComponentInterface, HttpFlavor};
 pub use invoke::{InvokeError, PreparedComponent};
-pub use state::InstanceState;
+pub use state::{HostMemory, InstanceState};
 
 use crate::config::PoolConfig;
 use crate::manifest::OutboundRule;
@@ -89,6 +90,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<InstanceState>>,
     cache: cache::CompileCache,
+    host_memory: Arc<HostMemory>,
     _ticker: engine::EpochTicker,
 }
 
@@ -109,6 +111,7 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             cache,
+            host_memory: Arc::new(HostMemory::new(pool.total_memory)),
             _ticker: ticker,
         })
     }
@@ -144,11 +147,18 @@ impl Runtime {
         inspect::describe(&self.engine, component)
     }
 
+    /// The linear memory budget shared by all instances.
+    pub fn host_memory(&self) -> &Arc<HostMemory> {
+        &self.host_memory
+    }
+
     /// Checks `component` against what its grants allow and pre-instantiates it.
+    /// Instances it creates are counted in `live` while they exist.
     pub fn prepare(
         &self,
         component: &Component,
-        grants: Grants,
+        grants: Arc<Grants>,
+        live: Arc<AtomicU32>,
     ) -> Result<PreparedComponent, RuntimeError> {
         let interface = self.interface(component);
         interface.check_imports()?;
@@ -162,7 +172,7 @@ impl Runtime {
             .linker
             .instantiate_pre(component)
             .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
-        PreparedComponent::new(pre, flavor, Arc::new(grants))
+        PreparedComponent::new(pre, flavor, grants, live, self.host_memory.clone())
     }
 }
 

@@ -5,7 +5,7 @@
 //! lists and nothing else; no preopened directories, no sockets, no inherited stdio.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use wasmtime::component::ResourceTable;
@@ -23,11 +23,33 @@ pub struct InstanceState {
     http: WasiHttpCtx,
     hooks: HostHooks,
     pub(crate) limiter: MemoryLimiter,
+    _live: LiveInstance,
+}
+
+/// Counts one live instance of a component for as long as its store exists.
+struct LiveInstance(Arc<AtomicU32>);
+
+impl LiveInstance {
+    fn new(counter: Arc<AtomicU32>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        LiveInstance(counter)
+    }
+}
+
+impl Drop for LiveInstance {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl InstanceState {
-    /// Fresh state for one instance of the component `grants` describes.
-    pub fn new(grants: &Arc<Grants>) -> Self {
+    /// Fresh state for one instance of the component `grants` describes, counted in
+    /// `live` while it exists, its memory drawn from `host_memory`.
+    pub(crate) fn new(
+        grants: &Arc<Grants>,
+        live: &Arc<AtomicU32>,
+        host_memory: &Arc<HostMemory>,
+    ) -> Self {
         let mut wasi = WasiCtxBuilder::new();
         wasi.envs(&grants.env)
             .stdout(GuestLog::new(grants.clone(), "stdout"))
@@ -40,7 +62,8 @@ impl InstanceState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             hooks: HostHooks::new(grants.clone()),
-            limiter: MemoryLimiter::new(grants.memory),
+            limiter: MemoryLimiter::new(grants.memory, host_memory.clone()),
+            _live: LiveInstance::new(live.clone()),
         }
     }
 }
@@ -64,24 +87,89 @@ impl WasiHttpView for InstanceState {
     }
 }
 
-/// Caps linear memory growth and remembers whether the cap was hit, so a trap that
-/// follows (a guest aborting on allocation failure) is reported as a memory limit.
-pub struct MemoryLimiter {
-    max_memory: u64,
-    hit: Arc<AtomicBool>,
+/// The linear memory all instances on the host may use together.
+#[derive(Debug)]
+pub struct HostMemory {
+    used: AtomicU64,
+    limit: u64,
 }
 
-impl MemoryLimiter {
-    fn new(max_memory: u64) -> Self {
-        MemoryLimiter {
-            max_memory,
-            hit: Arc::new(AtomicBool::new(false)),
+impl HostMemory {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        HostMemory {
+            used: AtomicU64::new(0),
+            limit,
         }
     }
 
-    /// A handle that reads whether the limit was hit, usable after the store is gone.
-    pub fn hit_flag(&self) -> Arc<AtomicBool> {
+    /// Bytes in use now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_reserve(&self, bytes: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// Which memory limit stopped a growth, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryHit {
+    /// No limit was hit.
+    None,
+    /// The component's own `limits.memory`.
+    Component,
+    /// The host's total memory budget.
+    Host,
+}
+
+/// Caps linear memory growth per instance (the component's limit) and across the host
+/// (the shared budget), and remembers which cap was hit, so a trap that follows (a
+/// guest aborting on allocation failure) is reported as what it is.
+pub struct MemoryLimiter {
+    max_memory: u64,
+    host: Arc<HostMemory>,
+    reserved: u64,
+    hit: Arc<AtomicU8>,
+}
+
+impl MemoryLimiter {
+    fn new(max_memory: u64, host: Arc<HostMemory>) -> Self {
+        MemoryLimiter {
+            max_memory,
+            host,
+            reserved: 0,
+            hit: Arc::new(AtomicU8::new(0)),
+        }
+    }
+
+    /// A handle that reads which limit was hit, usable after the store is gone.
+    pub fn hit_flag(&self) -> Arc<AtomicU8> {
         self.hit.clone()
+    }
+
+    /// Decodes a [`hit_flag`](Self::hit_flag) value.
+    pub fn decode(flag: &AtomicU8) -> MemoryHit {
+        match flag.load(Ordering::Relaxed) {
+            1 => MemoryHit::Component,
+            2 => MemoryHit::Host,
+            _ => MemoryHit::None,
+        }
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.host.release(self.reserved);
     }
 }
 
@@ -92,15 +180,21 @@ const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = (desired as u64) <= self.max_memory && maximum.is_none_or(|m| desired <= m);
-        if !ok {
-            self.hit.store(true, Ordering::Relaxed);
+        if (desired as u64) > self.max_memory || maximum.is_some_and(|m| desired > m) {
+            self.hit.store(1, Ordering::Relaxed);
+            return Ok(false);
         }
-        Ok(ok)
+        let delta = desired.saturating_sub(current) as u64;
+        if !self.host.try_reserve(delta) {
+            self.hit.store(2, Ordering::Relaxed);
+            return Ok(false);
+        }
+        self.reserved += delta;
+        Ok(true)
     }
 
     fn table_growing(

@@ -4,6 +4,8 @@
 //! stdout/stderr arrive as events with target `wasmhive::guest` and the component's
 //! app, name and version as fields.
 
+pub mod metrics;
+
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;

@@ -1,0 +1,464 @@
+//! Scaling: scale to zero and wake on demand, single-flight loads, the per-component
+//! bulkhead with its bounded queue, load shedding (503 + Retry-After), host-wide
+//! limits, and capacity that is never leaked by failing invocations.
+
+use std::time::Duration;
+
+use wasmhive_e2e::{Gate, Host, HostOptions, Workspace, client, wait_until};
+
+/// Polls `host`'s status until `component` of `app` satisfies `pred`.
+async fn wait_status(
+    host: &Host,
+    app: &str,
+    component: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = host.component_status(app, component);
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last status: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (without blocking the runtime) until `gate` holds `n` requests.
+async fn held(gate: &Gate, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while gate.waiting() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gate holds {} requests, expected {n}",
+            gate.waiting()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn outbound_manifest(ws: &Workspace, gates: &[&Gate], scale: &str) -> std::path::PathBuf {
+    let hosts = gates
+        .iter()
+        .map(|g| format!("\"{}\"", g.url))
+        .collect::<Vec<_>>()
+        .join(", ");
+    ws.write(
+        "held.toml",
+        &format!(
+            r#"
+manifest_version = 1
+[app]
+name = "held"
+version = "1.0.0"
+[components.caller]
+source = "{{component:outbound-call}}"
+routes = ["/call"]
+allowed_outbound_hosts = [{hosts}]
+[components.caller.scale]
+{scale}
+"#
+        ),
+    )
+}
+
+fn hello_manifest(ws: &Workspace, scale: &str) -> std::path::PathBuf {
+    ws.write(
+        "hello.toml",
+        &format!(
+            r#"
+manifest_version = 1
+[app]
+name = "hello"
+version = "0.1.0"
+[components.hello]
+source = "{{component:hello}}"
+routes = ["GET /hello"]
+[components.hello.scale]
+{scale}
+"#
+        ),
+    )
+}
+
+fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{name}{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_component_scales_to_zero_and_wakes_on_the_next_request() {
+    let ws = Workspace::new();
+    let m = hello_manifest(&ws, r#"idle_timeout = "1s""#);
+    let host = Host::start(&[&m]);
+    let c = client();
+
+    let s = host.component_status("hello", "hello");
+    assert_eq!(s["state"], "ready", "{s:#}");
+    assert_eq!(s["cold_starts"], 0);
+    assert_eq!(
+        c.get(host.url("/hello")).send().await.unwrap().status(),
+        200
+    );
+
+    wait_status(&host, "hello", "hello", "scale to zero", |s| {
+        s["state"] == "zero"
+    })
+    .await;
+    let text = host.cli(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(text.contains("zero"), "{text}");
+
+    let resp = c.get(host.url("/hello")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "hello, world\n");
+    let s = host.component_status("hello", "hello");
+    assert_eq!(s["cold_starts"], 1, "{s:#}");
+    assert_eq!(s["state"], "ready", "{s:#}");
+    assert_eq!(s["invocations"], 2, "{s:#}");
+
+    // The same counters, scraped.
+    let metrics = c.get(host.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    let labels = r#"app="hello",component="hello""#;
+    assert_eq!(
+        metric(&text, "wasmhive_component_cold_starts_total", labels),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "wasmhive_component_ready", labels),
+        Some(1.0),
+        "{text}"
+    );
+    let ok = r#"app="hello",component="hello",trigger="http",status="200""#;
+    assert_eq!(
+        metric(&text, "wasmhive_requests_total", ok),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "wasmhive_request_duration_seconds_count", ok),
+        Some(2.0),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_max_instances_is_shed_with_503_and_retry_after() {
+    let gate = Gate::start();
+    let ws = Workspace::new();
+    let m = outbound_manifest(&ws, &[&gate], "max_instances = 2\nqueue = 0");
+    let host = Host::start(&[&m]);
+    let c = client();
+    let url = host.url(&format!("/call?url={}/held", gate.url));
+
+    let first = tokio::spawn(c.get(&url).send());
+    let second = tokio::spawn(c.get(&url).send());
+    held(&gate, 2).await;
+
+    let third = c.get(&url).send().await.unwrap();
+    assert_eq!(third.status(), 503);
+    assert!(
+        third.headers().get("retry-after").is_some(),
+        "{:?}",
+        third.headers()
+    );
+    let s = host.component_status("held", "caller");
+    assert_eq!(s["in_flight"], 2, "{s:#}");
+    assert_eq!(s["shed"], 1, "{s:#}");
+    assert_eq!(gate.arrivals().len(), 2, "the shed request never ran");
+
+    gate.release();
+    for r in [first, second] {
+        let r = r.await.unwrap().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "status=200\n/held");
+    }
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queued_requests_are_served_in_turn_and_time_out_past_queue_timeout() {
+    let gate = Gate::start();
+    let stuck = Gate::start();
+    let ws = Workspace::new();
+    let m = outbound_manifest(
+        &ws,
+        &[&gate, &stuck],
+        "max_instances = 1\nqueue = 2\nqueue_timeout = \"20s\"",
+    );
+    let host = Host::start(&[&m]);
+    let c = client();
+    let call = |g: &Gate, path: &str| host.url(&format!("/call?url={}/{path}", g.url));
+
+    // One runs, two wait in order, a fourth finds the queue full.
+    let r1 = tokio::spawn(c.get(call(&gate, "1")).send());
+    held(&gate, 1).await;
+    let r2 = tokio::spawn(c.get(call(&gate, "2")).send());
+    wait_status(&host, "held", "caller", "one queued", |s| s["queued"] == 1).await;
+    let r3 = tokio::spawn(c.get(call(&gate, "3")).send());
+    wait_status(&host, "held", "caller", "two queued", |s| s["queued"] == 2).await;
+    let r4 = c.get(call(&gate, "4")).send().await.unwrap();
+    assert_eq!(r4.status(), 503, "queue full");
+    assert!(r4.headers().get("retry-after").is_some());
+
+    gate.release();
+    for (r, path) in [(r1, "/1"), (r2, "/2"), (r3, "/3")] {
+        let r = r.await.unwrap().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), format!("status=200\n{path}"));
+    }
+    assert_eq!(
+        gate.arrivals(),
+        ["/1", "/2", "/3"],
+        "served in arrival order"
+    );
+    wait_status(&host, "held", "caller", "queue drained", |s| {
+        s["queued"] == 0 && s["in_flight"] == 0
+    })
+    .await;
+
+    // Past queue_timeout: a short one, on a second deploy of the same app.
+    let m = outbound_manifest(
+        &ws,
+        &[&gate, &stuck],
+        "max_instances = 1\nqueue = 5\nqueue_timeout = \"500ms\"",
+    );
+    let out = host.cli(&["deploy", m.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let blocker = tokio::spawn(c.get(call(&stuck, "blocker")).send());
+    held(&stuck, 1).await;
+    let waited = std::time::Instant::now();
+    let late = c.get(call(&gate, "late")).send().await.unwrap();
+    assert_eq!(late.status(), 503, "past queue_timeout");
+    assert!(late.headers().get("retry-after").is_some());
+    assert!(
+        waited.elapsed() >= Duration::from_millis(450),
+        "it waited in the queue first"
+    );
+    assert!(
+        !gate.arrivals().contains(&"/late".to_string()),
+        "the timed-out request never ran"
+    );
+    stuck.release();
+    assert_eq!(blocker.await.unwrap().unwrap().status(), 200);
+    let s = host.component_status("held", "caller");
+    assert_eq!(s["shed"], 1, "{s:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_requests_share_one_load() {
+    let ws = Workspace::new();
+    let m = hello_manifest(
+        &ws,
+        "idle_timeout = \"500ms\"\nmax_instances = 50\nqueue = 1000\nqueue_timeout = \"60s\"",
+    );
+    let host = Host::start(&[&m]);
+    wait_status(&host, "hello", "hello", "scale to zero", |s| {
+        s["state"] == "zero"
+    })
+    .await;
+
+    let c = client();
+    let requests: Vec<_> = (0..300)
+        .map(|_| tokio::spawn(c.get(host.url("/hello")).send()))
+        .collect();
+    for r in requests {
+        assert_eq!(r.await.unwrap().unwrap().status(), 200);
+    }
+    let s = host.component_status("hello", "hello");
+    assert_eq!(s["cold_starts"], 1, "{s:#}");
+    assert_eq!(s["invocations"], 300, "{s:#}");
+    assert_eq!(s["shed"], 0, "{s:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn min_instances_keeps_a_component_loaded() {
+    let ws = Workspace::new();
+    let m = ws.write(
+        "pair.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "pair"
+version = "0.1.0"
+[components.warm]
+source = "{component:hello}"
+routes = ["GET /warm"]
+[components.warm.scale]
+idle_timeout = "200ms"
+min_instances = 1
+[components.cold]
+source = "{component:hello}"
+routes = ["GET /cold"]
+[components.cold.scale]
+idle_timeout = "200ms"
+"#,
+    );
+    let host = Host::start(&[&m]);
+    let c = client();
+    assert_eq!(c.get(host.url("/warm")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(host.url("/cold")).send().await.unwrap().status(), 200);
+    // The reaper is running: the other component goes to zero...
+    wait_status(&host, "pair", "cold", "cold to zero", |s| {
+        s["state"] == "zero"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // ...and the warm one never does.
+    let s = host.component_status("pair", "warm");
+    assert_eq!(s["state"], "ready", "{s:#}");
+    assert_eq!(c.get(host.url("/warm")).send().await.unwrap().status(), 200);
+    let s = host.component_status("pair", "warm");
+    assert_eq!(s["cold_starts"], 0, "{s:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_invocations_release_their_slots() {
+    let ws = Workspace::new();
+    let m = ws.write(
+        "faults.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "faults"
+version = "0.1.0"
+[components.faults]
+source = "{component:faults}"
+routes = ["/faults/{*what}"]
+[components.faults.limits]
+memory = "16MiB"
+timeout = "200ms"
+[components.faults.scale]
+max_instances = 4
+queue = 0
+"#,
+    );
+    let host = Host::start(&[&m]);
+    let c = client();
+    // Four workers, each waiting for its answer before the next request: if any
+    // failure leaked its slot, a later request would be shed (503).
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let c = c.clone();
+            let base = host.url("/faults/");
+            tokio::spawn(async move {
+                let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+                for i in 0..250 {
+                    let what = match (w + i) % 50 {
+                        0 => "loop",
+                        1 => "alloc",
+                        _ => "trap",
+                    };
+                    let s = c
+                        .get(format!("{base}{what}"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status();
+                    *statuses.entry(s.as_u16()).or_default() += 1;
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut total = std::collections::BTreeMap::<u16, u32>::new();
+    for w in workers {
+        for (s, n) in w.await.unwrap() {
+            *total.entry(s).or_default() += n;
+        }
+    }
+    assert_eq!(total.get(&503), None, "no request was shed: {total:?}");
+    assert_eq!(total.values().sum::<u32>(), 1000);
+    assert_eq!(total[&504], 20, "{total:?}");
+    assert_eq!(total[&500], 980, "{total:?}");
+
+    let s = host.component_status("faults", "faults");
+    assert_eq!(s["in_flight"], 0, "{s:#}");
+    assert_eq!(s["instances"], 0, "{s:#}");
+    assert_eq!(s["failures"], 1000, "{s:#}");
+    // All four slots are free: four slow requests run at once.
+    let slow: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(c.get(host.url("/faults/sleep?ms=100")).send()))
+        .collect();
+    for r in slow {
+        assert_eq!(r.await.unwrap().unwrap().status(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn host_wide_limits_shed_with_503() {
+    let gate = Gate::start();
+    let ws = Workspace::new();
+    let config = ws.write(
+        "host.toml",
+        r#"
+[pool]
+instances = 2
+total_memory = "12MiB"
+"#,
+    );
+    let m = outbound_manifest(&ws, &[&gate], "max_instances = 10\nqueue = 0");
+    let faults = ws.write(
+        "faults.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "faults"
+version = "0.1.0"
+[components.faults]
+source = "{component:faults}"
+routes = ["/faults/{*what}"]
+[components.faults.limits]
+memory = "32MiB"
+"#,
+    );
+    let host = Host::start_with(HostOptions {
+        manifests: vec![m, faults],
+        args: vec!["--config".into(), config.display().to_string()],
+        ..Default::default()
+    });
+    let c = client();
+    let url = host.url(&format!("/call?url={}/x", gate.url));
+
+    // Two invocations fill the host's instance pool; a third, even of another
+    // component with its own free slots, is shed.
+    let held_requests: Vec<_> = (0..2).map(|_| tokio::spawn(c.get(&url).send())).collect();
+    held(&gate, 2).await;
+    let r = c.get(host.url("/faults/ok")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    gate.release();
+    for r in held_requests {
+        assert_eq!(r.await.unwrap().unwrap().status(), 200);
+    }
+    wait_until("slots released", Duration::from_secs(10), || {
+        (host.component_status("held", "caller")["in_flight"] == 0).then_some(())
+    });
+
+    // The memory budget: the host has 12 MiB for all instances, less than this
+    // component's own 32 MiB limit, so an allocating guest runs out of host budget
+    // first: 503 (the host is full), not 500 (the component misbehaved).
+    let r = c.get(host.url("/faults/alloc")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    assert!(host.logs().contains("memory budget"), "{}", host.logs());
+    // And the budget is back once the instance is gone.
+    assert_eq!(
+        c.get(host.url("/faults/ok")).send().await.unwrap().status(),
+        200
+    );
+}
