@@ -2,8 +2,13 @@
 """wasmhive benchmarks: `just bench [SCENARIO...]`.
 
 Scenarios:
-  http    the hello route under wasmhive, `wasmtime serve` 48.0.8 (defaults and tuned
-          pooling flags) and a native hyper server, alternating, with wrk on loopback.
+  http      the hello route under wasmhive, `wasmtime serve` 48.0.8 (defaults and tuned
+            pooling flags) and a native hyper server, alternating, with wrk on loopback.
+  coldstart time to first response for hello woken from zero (many wake-ups), next to
+            warm requests and to process start of `wasmtime serve` and of wasmhive.
+  density   host RSS with 1,000 then 10,000 deployed hello components: loaded, scaled to
+            zero, and after touching each once.
+  bulkhead  req/s of a fast component alone, then while a slow component is saturated.
 
 Each scenario prints a markdown table and rewrites its block in docs/BENCHMARKS.md
 (between `<!-- bench:NAME -->` markers), with the exact commands that produced it.
@@ -231,7 +236,287 @@ def scenario_http():
     shutil.rmtree(data, ignore_errors=True)
 
 
-SCENARIOS = {"http": scenario_http}
+import http.client  # noqa: E402
+import json  # noqa: E402
+
+
+def rss_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Host:
+    """A release wasmhive host on free ports with its own data dir."""
+
+    def __init__(self, data, manifests=(), config=None):
+        self.port, self.admin_port = free_port(), free_port()
+        argv = [str(ROOT / "target/release/wasmhive"), "--log-format", "json", "up", *map(str, manifests),
+                "--http", f"127.0.0.1:{self.port}", "--admin", f"127.0.0.1:{self.admin_port}",
+                "--data-dir", str(data)]
+        if config:
+            argv += ["--config", str(config)]
+        self.argv = argv
+        self.server = Server("wasmhive", argv, self.port, env={"WASMHIVE_LOG": "warn"}, ready_line="ready")
+        self.pid = self.server.proc.pid
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def status(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=60)
+        conn.request("GET", "/v1/status")
+        doc = json.loads(conn.getresponse().read())
+        conn.close()
+        return [c for a in doc["apps"] for c in a["components"]]
+
+    def deploy(self, manifest):
+        subprocess.run([str(ROOT / "target/release/wasmhive"), "deploy", str(manifest), "--admin",
+                        f"127.0.0.1:{self.admin_port}"], check=True, capture_output=True)
+
+    def stop(self):
+        return self.server.stop()
+
+
+def percentile(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def hello_manifest(path, app, scale="", components=(("hello", "GET /hello"),)):
+    hello = COMPONENTS / "hello.wasm"
+    text = f'manifest_version = 1\n[app]\nname = "{app}"\nversion = "1.0.0"\n'
+    for name, route in components:
+        text += f'[components.{name}]\nsource = "{hello}"\nroutes = ["{route}"]\n'
+        if scale:
+            text += f"[components.{name}.scale]\n{scale}\n"
+    path.write_text(text)
+    return path
+
+
+def get(conn, path):
+    conn.request("GET", path)
+    r = conn.getresponse()
+    r.read()
+    if r.status != 200:
+        raise RuntimeError(f"GET {path}: {r.status}")
+
+
+def time_to_first_response(argv, port, path, env=None):
+    """Starts a process and times until it answers `path` with 200."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})})
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{argv[0]} exited with {proc.returncode}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                get(conn, path)
+                return (time.perf_counter() - t0) * 1000
+            except (OSError, http.client.HTTPException):
+                time.sleep(0.001)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+
+
+def scenario_coldstart():
+    wakeups = int(os.environ.get("BENCH_WAKEUPS", "200"))
+    data = Path(tempfile.mkdtemp(prefix="wasmhive-bench-"))
+    manifest = hello_manifest(data / "hello.toml", "hello", 'idle_timeout = "50ms"')
+    host = Host(data / "data", [manifest])
+    conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=30)
+    cold, warm = [], []
+    try:
+        for _ in range(wakeups):
+            while host.status()[0]["state"] != "zero":
+                time.sleep(0.02)
+            t0 = time.perf_counter()
+            get(conn, "/hello")
+            cold.append((time.perf_counter() - t0) * 1000)
+        starts = host.status()[0]["cold_starts"]
+        # Warm: back to back on the same connection, well within idle_timeout.
+        for _ in range(wakeups * 5):
+            t0 = time.perf_counter()
+            get(conn, "/hello")
+            warm.append((time.perf_counter() - t0) * 1000)
+    finally:
+        host.stop()
+    if starts != wakeups:
+        print(f"  warning: {starts} cold starts counted for {wakeups} wake-ups")
+
+    rows = [("wasmhive, woken from zero (compile cache on disk)", cold),
+            ("wasmhive, warm (loaded)", warm)]
+    processes = int(os.environ.get("BENCH_PROCESS_STARTS", "10"))
+    wasmtime = os.environ.get("WASMTIME") or shutil.which("wasmtime")
+    hello = COMPONENTS / "hello.wasm"
+    notes = []
+    if wasmtime:
+        cwasm = data / "hello.cwasm"
+        subprocess.run([wasmtime, "compile", str(hello), "-o", str(cwasm)], check=True)
+        for label, args in [("`wasmtime serve` process start, compiles the .wasm", [str(hello)]),
+                            ("`wasmtime serve` process start, precompiled .cwasm",
+                             ["--allow-precompiled", str(cwasm)])]:
+            samples = []
+            for _ in range(processes):
+                port = free_port()
+                samples.append(time_to_first_response(
+                    [wasmtime, "serve", "-Scli", "--addr", f"127.0.0.1:{port}", *args], port, "/hello"))
+            rows.append((label, samples))
+    else:
+        notes.append("`wasmtime` 48.0.8 not found; its rows are missing.")
+    samples = []
+    for _ in range(processes):
+        port, admin = free_port(), free_port()
+        samples.append(time_to_first_response(
+            [str(ROOT / "target/release/wasmhive"), "up", str(manifest), "--http", f"127.0.0.1:{port}",
+             "--admin", f"127.0.0.1:{admin}", "--data-dir", str(data / "data")], port, "/hello",
+            env={"WASMHIVE_LOG": "warn"}))
+    rows.append(("wasmhive process start (compile cache on disk)", samples))
+
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores. Time from sending the request "
+        f"to the full response, on a kept-alive loopback connection, in ms. {wakeups} wake-ups from zero "
+        f"(`idle_timeout = \"50ms\"`; each waits until status shows `zero`), {wakeups * 5} warm requests, "
+        f"{processes} process starts (spawn to first 200, polling every ms).",
+        "",
+        "| what | n | p50 ms | p99 ms | max ms |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for label, v in rows:
+        lines.append(f"| {label} | {len(v)} | {percentile(v, 50):.2f} | {percentile(v, 99):.2f} | {max(v):.2f} |")
+    lines += ["", "Commands:", "", "```sh", "just bench coldstart",
+              "# wasmhive: hello with [components.hello.scale] idle_timeout = \"50ms\"; python http.client timing",
+              "wasmtime serve -Scli --addr 127.0.0.1:PORT components/target/wasm32-wasip2/release/hello.wasm",
+              "wasmtime compile hello.wasm -o hello.cwasm && wasmtime serve -Scli --allow-precompiled --addr 127.0.0.1:PORT hello.cwasm",
+              "```"] + ([""] + notes if notes else [])
+    text = "\n".join(lines)
+    print(text)
+    write_block("coldstart", text)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def scenario_density():
+    sizes = [int(x) for x in os.environ.get("BENCH_DENSITY", "1000,10000").split(",")]
+    per_app = 1000
+    idle = os.environ.get("BENCH_DENSITY_IDLE", "40s")
+    data = Path(tempfile.mkdtemp(prefix="wasmhive-bench-"))
+    host = Host(data / "data")
+    rows = [("host started, nothing deployed", 0, rss_mib(host.pid), "")]
+    deployed = 0
+    conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=60)
+
+    def wait_all(state):
+        while True:
+            states = [c["state"] for c in host.status()]
+            if all(s == state for s in states):
+                return
+            time.sleep(0.5)
+
+    try:
+        for size in sizes:
+            t0 = time.perf_counter()
+            while deployed < size:
+                app = f"d{deployed // per_app}"
+                comps = [(f"c{i:05d}", f"GET /{app}/c{i:05d}") for i in range(deployed, deployed + per_app)]
+                host.deploy(hello_manifest(data / f"{app}.toml", app, f'idle_timeout = "{idle}"', comps))
+                deployed += per_app
+            took = time.perf_counter() - t0
+            rows.append((f"{size:,} deployed (all loaded)", size, rss_mib(host.pid), f"deploy took {took:.1f} s"))
+            wait_all("zero")
+            rows.append((f"{size:,} scaled to zero (idle)", size, rss_mib(host.pid), ""))
+            t0 = time.perf_counter()
+            for i in range(size):
+                get(conn, f"/d{i // per_app}/c{i:05d}")
+            took = time.perf_counter() - t0
+            ready = sum(c["state"] == "ready" for c in host.status())
+            rows.append((f"{size:,} after touching each once", size, rss_mib(host.pid),
+                         f"{took / size * 1000:.2f} ms per wake-up; {ready:,} still loaded"))
+            wait_all("zero")
+            rows.append((f"{size:,} scaled to zero again", size, rss_mib(host.pid), ""))
+            print("\n".join(f"  {r}" for r in rows))
+    finally:
+        host.stop()
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores: one release host, hello components "
+        f"deployed {per_app:,} per app (distinct names and routes, the same component bytes), "
+        f"`idle_timeout = \"{idle}\"`. RSS from /proc/PID/status.",
+        "",
+        "| state | components | host RSS MiB | notes |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    lines += [f"| {label} | {n:,} | {rss:.0f} | {note} |" for label, n, rss, note in rows]
+    lines += ["", "Commands:", "", "```sh", "just bench density", "```"]
+    text = "\n".join(lines)
+    print(text)
+    write_block("density", text)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def scenario_bulkhead():
+    data = Path(tempfile.mkdtemp(prefix="wasmhive-bench-"))
+    faults = COMPONENTS / "faults.wasm"
+    slow = data / "slow.toml"
+    slow.write_text(
+        f'manifest_version = 1\n[app]\nname = "slow"\nversion = "1.0.0"\n'
+        f'[components.slow]\nsource = "{faults}"\nroutes = ["/slow/{{*what}}"]\n'
+        f'[components.slow.scale]\nmax_instances = 8\nqueue = 1000\nqueue_timeout = "30s"\n'
+    )
+    fast = hello_manifest(data / "fast.toml", "fast")
+    host = Host(data / "data", [fast, slow])
+    fast_url, slow_url = host.url("/hello"), host.url("/slow/sleep?ms=200")
+    alone, loaded = [], []
+    try:
+        wrk(fast_url, duration=1)
+        for r in range(ROUNDS):
+            rps, _, _ = wrk(fast_url)
+            alone.append(rps)
+            hog = subprocess.Popen(["wrk", "-t1", "-c64", f"-d{DURATION + 4}s", slow_url],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(2)
+            status = {c["name"]: c for c in host.status()}["slow"]
+            rps, _, _ = wrk(fast_url)
+            loaded.append(rps)
+            hog.wait()
+            print(f"  round {r + 1}: alone {alone[-1]:,.0f} req/s, beside saturated slow {rps:,.0f} req/s "
+                  f"(slow in flight {status['in_flight']}, queued {status['queued']})")
+    finally:
+        host.stop()
+    a, b = statistics.median(alone), statistics.median(loaded)
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores. `fast` is hello; `slow` is the faults "
+        f"fixture answering after 200 ms (`/slow/sleep?ms=200`) with `max_instances = 8`, `queue = 1000`, "
+        f"driven by a second wrk with 64 connections so it stays saturated (8 running, the rest queued). "
+        f"Median of {ROUNDS} rounds.",
+        "",
+        "| fast component | req/s |",
+        "| --- | ---: |",
+        f"| alone | {a:,.0f} |",
+        f"| while `slow` is saturated | {b:,.0f} ({b / a:.0%} of alone) |",
+        "",
+        "Commands:",
+        "",
+        "```sh",
+        "just bench bulkhead",
+        f"wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}s http://127.0.0.1:PORT/hello",
+        f"wrk -t1 -c64 -d{DURATION + 4}s http://127.0.0.1:PORT/slow/sleep?ms=200   # at the same time",
+        "```",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    write_block("bulkhead", text)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+SCENARIOS = {
+    "http": scenario_http,
+    "coldstart": scenario_coldstart,
+    "density": scenario_density,
+    "bulkhead": scenario_bulkhead,
+}
 
 
 def main():

@@ -255,13 +255,17 @@ impl ControlPlane {
         })
     }
 
-    /// Scales idle components to zero; called periodically.
-    pub fn reap(&self) {
+    /// Scales idle components to zero; called periodically. Returns how many it
+    /// unloaded.
+    pub fn reap(&self) -> usize {
+        let mut unloaded = 0;
         for c in self.apps.snapshot().components() {
             if c.scaler.reap() {
                 tracing::debug!(component = %c.id, "scaled to zero");
+                unloaded += 1;
             }
         }
+        unloaded
     }
 
     /// Removes an app; its routes answer 404 from now on.

@@ -91,6 +91,7 @@ impl ComponentStatus {
             },
             routes: c.spec.routes.iter().map(|r| r.to_string()).collect(),
             loaded_from: match c.load.origin {
+                CompileOrigin::Memory => "memory".into(),
                 CompileOrigin::Cache => "cache".into(),
                 CompileOrigin::Compiled => "compiled".into(),
             },

@@ -17,6 +17,8 @@ use wasmtime::component::Component;
 /// Where a loaded component came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompileOrigin {
+    /// Already in memory, loaded for another deployment of the same bytes.
+    Memory,
     /// Deserialized from the on-disk cache.
     Cache,
     /// Compiled now (and written to the cache).

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU8, AtomicU32};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
-use wasmtime::component::InstancePre;
+use wasmtime::component::{Component, InstancePre};
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
@@ -68,6 +68,8 @@ pub struct PreparedComponent {
 
 struct Inner {
     pre: ProxyPre<InstanceState>,
+    /// Keeps the shared loaded code alive (see `Runtime::load`).
+    _component: Arc<Component>,
     grants: Arc<Grants>,
     flavor: HttpFlavor,
     live: Arc<AtomicU32>,
@@ -77,6 +79,7 @@ struct Inner {
 impl PreparedComponent {
     pub(crate) fn new(
         pre: InstancePre<InstanceState>,
+        component: Arc<Component>,
         flavor: HttpFlavor,
         grants: Arc<Grants>,
         live: Arc<AtomicU32>,
@@ -95,6 +98,7 @@ impl PreparedComponent {
         Ok(PreparedComponent {
             inner: Arc::new(Inner {
                 pre,
+                _component: component,
                 grants,
                 flavor,
                 live,

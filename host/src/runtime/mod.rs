@@ -14,9 +14,10 @@ mod inspect;
 mod invoke;
 mod state;
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use wasmtime::Engine;
@@ -90,6 +91,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<InstanceState>>,
     cache: cache::CompileCache,
+    /// Components in memory by digest (entries die with their last user).
+    loaded: std::sync::Mutex<HashMap<String, Weak<Component>>>,
     host_memory: Arc<HostMemory>,
     _ticker: engine::EpochTicker,
 }
@@ -111,6 +114,7 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             cache,
+            loaded: Default::default(),
             host_memory: Arc::new(HostMemory::new(pool.total_memory)),
             _ticker: ticker,
         })
@@ -126,20 +130,45 @@ impl Runtime {
         self.cache.contains(digest)
     }
 
-    /// Loads a component by digest: from the compile cache, or by compiling the bytes
-    /// `read` returns. Blocking (compilation): run it on a blocking thread.
+    /// Loads a component by digest: the copy already in memory if another deployment
+    /// of the same bytes holds one, else from the compile cache, else by compiling the
+    /// bytes `read` returns. Blocking (compilation): run it on a blocking thread.
+    ///
+    /// Loaded code is shared, not duplicated: a hundred apps deploying the same
+    /// component (or one scaled back up while another copy is live) map it once. It
+    /// leaves memory when the last [`PreparedComponent`] using it is dropped.
     pub fn load(
         &self,
         digest: &str,
         read: impl FnOnce() -> std::io::Result<Vec<u8>>,
-    ) -> Result<(Component, LoadInfo), RuntimeError> {
-        self.cache.load(&self.engine, digest, read).map_err(|e| {
+    ) -> Result<(Arc<Component>, LoadInfo), RuntimeError> {
+        let start = std::time::Instant::now();
+        if let Some(c) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+            .and_then(Weak::upgrade)
+        {
+            let info = LoadInfo {
+                origin: CompileOrigin::Memory,
+                took: start.elapsed(),
+            };
+            return Ok((c, info));
+        }
+        let (component, info) = self.cache.load(&self.engine, digest, read).map_err(|e| {
             if e.downcast_ref::<std::io::Error>().is_some() {
                 RuntimeError::Cache(format!("{e:#}"))
             } else {
                 RuntimeError::Compile(format!("{e:#}"))
             }
-        })
+        })?;
+        let component = Arc::new(component);
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(digest.to_string(), Arc::downgrade(&component));
+        Ok((component, info))
     }
 
     /// What a compiled component imports and exports.
@@ -156,7 +185,7 @@ impl Runtime {
     /// Instances it creates are counted in `live` while they exist.
     pub fn prepare(
         &self,
-        component: &Component,
+        component: &Arc<Component>,
         grants: Arc<Grants>,
         live: Arc<AtomicU32>,
     ) -> Result<PreparedComponent, RuntimeError> {
@@ -172,7 +201,14 @@ impl Runtime {
             .linker
             .instantiate_pre(component)
             .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
-        PreparedComponent::new(pre, flavor, grants, live, self.host_memory.clone())
+        PreparedComponent::new(
+            pre,
+            component.clone(),
+            flavor,
+            grants,
+            live,
+            self.host_memory.clone(),
+        )
     }
 }
 
