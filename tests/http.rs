@@ -125,10 +125,10 @@ async fn trap_is_500_and_the_next_request_succeeds() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "ok");
     // Logged once with the component and the trap.
-    let logs = host.logs();
     assert!(
-        logs.contains("invocation failed") && logs.contains("faults/faults@0.1.0"),
-        "{logs}"
+        host.log_contains("invocation failed") && host.log_contains("faults/faults@0.1.0"),
+        "{}",
+        host.logs()
     );
     let st = host.component_status("faults", "faults");
     assert_eq!(st["failures"], 1);
@@ -158,7 +158,7 @@ async fn memory_bomb_is_contained() {
     let c = client();
     let resp = c.get(host.url("/alloc")).send().await.unwrap();
     assert_eq!(resp.status(), 500);
-    assert!(host.logs().contains("memory limit"), "{}", host.logs());
+    assert!(host.log_contains("memory limit"), "{}", host.logs());
     for _ in 0..3 {
         assert_eq!(c.get(host.url("/ok")).send().await.unwrap().status(), 200);
     }
@@ -383,7 +383,7 @@ allowed_outbound_hosts = ["{}"]
     assert_eq!(resp.text().await.unwrap(), "error=HttpRequestDenied");
     assert_eq!(unlisted.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
     assert!(
-        host.logs().contains("outbound request denied"),
+        host.log_contains("outbound request denied"),
         "{}",
         host.logs()
     );

@@ -455,7 +455,7 @@ memory = "32MiB"
     let r = c.get(host.url("/faults/alloc")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("retry-after").is_some());
-    assert!(host.logs().contains("memory budget"), "{}", host.logs());
+    assert!(host.log_contains("memory budget"), "{}", host.logs());
     // And the budget is back once the instance is gone.
     assert_eq!(
         c.get(host.url("/faults/ok")).send().await.unwrap().status(),

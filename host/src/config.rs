@@ -83,6 +83,28 @@ pub struct HostConfig {
     pub drain_timeout: Duration,
     /// Public listener connection bound.
     pub max_connections: usize,
+    /// Where messages flow.
+    pub bus: BusConfig,
+}
+
+/// `[bus]`: how the host reaches NATS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BusConfig {
+    /// NATS server URL(s). `None`: start a managed `nats-server` if one is on PATH,
+    /// else use the in-process bus.
+    pub nats: Option<String>,
+    /// Use the in-process bus even if `nats-server` is available.
+    pub local: bool,
+    /// User name (with `password`).
+    pub user: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// Token.
+    pub token: Option<String>,
+    /// `.creds` file.
+    pub creds: Option<PathBuf>,
+    /// Extra root CA (PEM) for TLS.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Defaults applied to every component unless its manifest says otherwise.
@@ -155,6 +177,7 @@ impl Default for HostConfig {
             },
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            bus: BusConfig::default(),
         }
     }
 }
@@ -168,9 +191,24 @@ struct RawHostConfig {
     drain_timeout: Option<String>,
     max_connections: Option<usize>,
     #[serde(default)]
+    bus: RawBus,
+    #[serde(default)]
     defaults: RawDefaults,
     #[serde(default)]
     pool: RawPool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBus {
+    nats: Option<String>,
+    #[serde(default)]
+    local: bool,
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    creds: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,6 +283,22 @@ impl HostConfig {
         if let Some(n) = raw.max_connections {
             cfg.max_connections = n.max(1);
         }
+        let b = raw.bus;
+        if b.user.is_some() != b.password.is_some() {
+            return Err(bad(
+                "bus.user",
+                "bus.user and bus.password go together".into(),
+            ));
+        }
+        cfg.bus = BusConfig {
+            nats: b.nats,
+            local: b.local,
+            user: b.user,
+            password: b.password,
+            token: b.token,
+            creds: b.creds,
+            tls_ca: b.tls_ca,
+        };
         if let Some(m) = raw.defaults.memory {
             cfg.defaults.memory = parse_size(&m).map_err(|e| bad("defaults.memory", e))?;
         }

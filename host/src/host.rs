@@ -43,7 +43,14 @@ pub async fn run(
 
     let runtime = Arc::new(Runtime::new(&config.pool, &config.data_dir)?);
     let apps = Arc::new(Apps::default());
-    let control = Arc::new(ControlPlane::new(runtime, apps.clone(), config.clone())?);
+    let bus = crate::bus::connect(&config, &shutdown).await?;
+    let control = Arc::new(ControlPlane::new(
+        runtime,
+        apps.clone(),
+        config.clone(),
+        bus.bus.clone(),
+        shutdown.clone(),
+    )?);
     let gateway = Gateway::new(
         apps.clone(),
         config.http_addr,
@@ -77,6 +84,7 @@ pub async fn run(
     println!("  http:  http://{}", config.http_addr);
     println!("  admin: http://{}", config.admin_addr);
     println!("  data:  {}", config.data_dir.display());
+    println!("  bus:   {}", bus.describe());
 
     control.restore().await;
     for path in &manifests {

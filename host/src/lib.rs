@@ -22,6 +22,7 @@
 
 pub mod apps;
 pub mod body;
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -32,5 +33,6 @@ pub mod manifest;
 pub mod routes;
 pub mod runtime;
 pub mod scaler;
+pub mod subscriber;
 pub mod telemetry;
 pub mod validate;

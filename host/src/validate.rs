@@ -67,9 +67,11 @@ pub async fn validate(manifest_path: &Path, data_dir: &Path) -> anyhow::Result<S
             out,
             "  component {}: {} handler, {} imports, routes: {}",
             spec.name,
-            match prepared.flavor() {
-                crate::runtime::HttpFlavor::P2 => "wasi:http 0.2",
-                crate::runtime::HttpFlavor::P3 => "wasi:http 0.3",
+            match (prepared.flavor(), prepared.handles_messages()) {
+                (Some(crate::runtime::HttpFlavor::P2), false) => "wasi:http 0.2",
+                (Some(crate::runtime::HttpFlavor::P3), false) => "wasi:http 0.3",
+                (Some(_), true) => "wasi:http + message",
+                (None, _) => "message",
             },
             interface.imports.len(),
             if spec.routes.is_empty() {

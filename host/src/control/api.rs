@@ -10,6 +10,7 @@
 //! | PUT | `/v1/blobs/{digest}` | store component bytes (checked against the digest) |
 //! | POST | `/v1/apps` | deploy ([`DeployRequest`](super::DeployRequest) JSON) → [`DeployReport`](super::DeployReport) |
 //! | DELETE | `/v1/apps/{name}` | undeploy |
+//! | POST | `/v1/publish` | publish ([`PublishRequest`](super::PublishRequest)); with `request_timeout_ms`, wait for the reply ([`PublishReply`](super::PublishReply)) |
 //!
 //! Errors are JSON `{"error": "..."}` with 400 (refused deploy), 404 (unknown app or
 //! blob), 413 (upload too large) or 500.
@@ -90,6 +91,36 @@ pub async fn handle(control: Arc<ControlPlane>, req: Request<Incoming>) -> Respo
                 Ok(Ok(())) => body::text(StatusCode::CREATED, "stored"),
                 Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        (&Method::POST, ["v1", "publish"]) => {
+            let bytes = match Limited::new(req.into_body(), MAX_DEPLOY_REQUEST)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "message too large"),
+            };
+            let request: super::PublishRequest = match serde_json::from_slice(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid publish request: {e}"),
+                    );
+                }
+            };
+            use crate::bus::BusError;
+            match control.publish(request).await {
+                Ok(reply) => body::json(StatusCode::OK, &reply),
+                Err(e @ BusError::InvalidSubject(_)) => {
+                    error(StatusCode::BAD_REQUEST, e.to_string())
+                }
+                Err(e @ BusError::NoResponders(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+                Err(e @ BusError::Timeout { .. }) => {
+                    error(StatusCode::GATEWAY_TIMEOUT, e.to_string())
+                }
+                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             }
         }
         (&Method::POST, ["v1", "apps"]) => {

@@ -69,6 +69,27 @@ impl AdminClient {
     }
 
     /// The host's status.
+    /// Publishes a message through the host's bus (or sends a request and returns
+    /// the reply).
+    pub async fn publish(
+        &self,
+        request: &super::PublishRequest,
+    ) -> anyhow::Result<Option<super::PublishReply>> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/publish", self.base))
+            .json(request)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Self::check(resp)
+            .await?
+            .json()
+            .await
+            .context("invalid publish reply")
+    }
+
+    /// The host's status document.
     pub async fn status(&self) -> anyhow::Result<HostStatus> {
         let resp = self
             .http

@@ -21,12 +21,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
 use crate::apps::{App, Apps, DeploySource, DeployedComponent};
+use crate::bus::Bus;
 use crate::config::HostConfig;
 use crate::manifest::{ComponentSpec, Manifest, ManifestError};
+use crate::runtime::messaging::BusHandle;
 use crate::runtime::{ComponentId, Grants, Runtime, RuntimeError};
 use crate::scaler::{HostCapacity, Loader, ScalePolicy, Scaler};
 use crate::telemetry::metrics::RequestMetrics;
 use blobs::BlobStore;
+use tokio_util::sync::CancellationToken;
 
 /// Why a deploy or undeploy was refused.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +94,33 @@ pub struct DeployReport {
     pub components: Vec<status::ComponentStatus>,
 }
 
+/// `POST /v1/publish`: a message from a user without a NATS client.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PublishRequest {
+    /// Subject (no wildcards).
+    pub subject: String,
+    /// Payload (UTF-8 text).
+    #[serde(default)]
+    pub data: String,
+    /// Headers.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Wait for a reply (request/reply) for at most this long, in milliseconds.
+    #[serde(default)]
+    pub request_timeout_ms: Option<u64>,
+}
+
+/// The answer to a [`PublishRequest`] sent as a request.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PublishReply {
+    /// The reply's subject.
+    pub subject: String,
+    /// The reply's payload (lossy UTF-8).
+    pub data: String,
+    /// The reply's headers.
+    pub headers: Vec<(String, String)>,
+}
+
 /// The host's control plane.
 pub struct ControlPlane {
     runtime: Arc<Runtime>,
@@ -103,11 +133,22 @@ pub struct ControlPlane {
     started: Instant,
     requests: Arc<RequestMetrics>,
     registry: prometheus_client::registry::Registry,
+    bus: Arc<dyn Bus>,
+    /// Stops the message subscriptions of each deployed app version.
+    subscriptions: std::sync::Mutex<BTreeMap<String, CancellationToken>>,
+    shutdown: CancellationToken,
 }
 
 impl ControlPlane {
     /// Opens the blob store and deployment records under the data dir.
-    pub fn new(runtime: Arc<Runtime>, apps: Arc<Apps>, config: HostConfig) -> anyhow::Result<Self> {
+    /// Messages flow through `bus`; subscriptions end at `shutdown`.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        apps: Arc<Apps>,
+        config: HostConfig,
+        bus: Arc<dyn Bus>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let blobs = BlobStore::open(&config.data_dir)?;
         let records = config.data_dir.join("apps");
         std::fs::create_dir_all(&records)?;
@@ -118,6 +159,9 @@ impl ControlPlane {
             apps,
             requests,
             registry,
+            bus,
+            subscriptions: Default::default(),
+            shutdown,
             blobs,
             capacity: HostCapacity::new(config.pool.instances),
             config,
@@ -167,6 +211,25 @@ impl ControlPlane {
         };
         let name = app.name().to_string();
         let version = app.manifest.app.version.clone();
+        // Subscribe the new version before it takes over, so no message falls between
+        // the versions (both are in the same queue group for a moment).
+        let subscriptions = self.shutdown.child_token();
+        for c in &app.components {
+            if let Err(e) = crate::subscriber::start(
+                c.clone(),
+                self.bus.clone(),
+                self.requests.clone(),
+                subscriptions.clone(),
+            )
+            .await
+            {
+                subscriptions.cancel();
+                return Err(DeployError::Component {
+                    component: c.spec.name.clone(),
+                    error: RuntimeError::Imports(format!("cannot subscribe: {e}")),
+                });
+            }
+        }
         let report_components = app
             .components
             .iter()
@@ -176,10 +239,19 @@ impl ControlPlane {
             .apps
             .put(app, |app| self.persist(app))
             .await
-            .map_err(|message| DeployError::Routes {
-                app: name.clone(),
-                message,
+            .map_err(|message| {
+                subscriptions.cancel();
+                DeployError::Routes {
+                    app: name.clone(),
+                    message,
+                }
             })?;
+        if let Some(old) = self
+            .lock_subscriptions()
+            .insert(name.clone(), subscriptions)
+        {
+            old.cancel();
+        }
         tracing::info!(app = %name, %version, replaced = ?previous.as_ref().map(|p| p.manifest.app.version.clone()), "deployed");
         Ok(DeployReport {
             app: name,
@@ -211,7 +283,9 @@ impl ControlPlane {
                 source_path: spec.source.clone(),
             });
         }
-        let grants = Arc::new(grants_for(manifest, spec, &self.config)?);
+        let mut grants = grants_for(manifest, spec, &self.config)?;
+        grants.bus = Some(BusHandle(self.bus.clone()));
+        let grants = Arc::new(grants);
         let policy = policy_for(spec, &self.config);
         let instances = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let runtime = self.runtime.clone();
@@ -235,6 +309,16 @@ impl ControlPlane {
             .runtime
             .prepare(&component, grants.clone(), instances.clone())
             .map_err(component_err)?;
+        if !spec.routes.is_empty() && prepared.flavor().is_none() {
+            return Err(component_err(RuntimeError::Exports(
+                "routes are set but the component exports no HTTP handler (wasi:http/incoming-handler@0.2.x)".into(),
+            )));
+        }
+        if !spec.messaging.subscribe.is_empty() && !prepared.handles_messages() {
+            return Err(component_err(RuntimeError::Exports(
+                "messaging.subscribe is set but the component exports no message handler (wasmcloud:messaging/handler@0.2.0)".into(),
+            )));
+        }
         tracing::info!(
             app = %manifest.app.name,
             component = %spec.name,
@@ -248,6 +332,7 @@ impl ControlPlane {
             spec: spec.clone(),
             digest,
             flavor: prepared.flavor(),
+            handles_messages: prepared.handles_messages(),
             load,
             scaler: Scaler::new(policy, loader, prepared, self.capacity.clone()),
             instances,
@@ -280,6 +365,11 @@ impl ControlPlane {
             })
             .await
             .map_err(DeployError::Storage)?;
+        if removed.is_some()
+            && let Some(subs) = self.lock_subscriptions().remove(name)
+        {
+            subs.cancel();
+        }
         match removed {
             Some(app) => {
                 tracing::info!(app = %name, version = %app.manifest.app.version, "undeployed");
@@ -287,6 +377,43 @@ impl ControlPlane {
             }
             None => Err(DeployError::NotFound(name.to_string())),
         }
+    }
+
+    fn lock_subscriptions(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, CancellationToken>> {
+        self.subscriptions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes a user's message on the bus, or sends it as a request and returns
+    /// the reply.
+    pub async fn publish(
+        &self,
+        request: PublishRequest,
+    ) -> Result<Option<PublishReply>, crate::bus::BusError> {
+        let message = crate::bus::Message {
+            subject: request.subject,
+            reply_to: None,
+            headers: request.headers,
+            body: request.data.into(),
+        };
+        match request.request_timeout_ms {
+            None => self.bus.publish(message).await.map(|()| None),
+            Some(ms) => {
+                let reply = self
+                    .bus
+                    .request(message, std::time::Duration::from_millis(ms.max(1)))
+                    .await?;
+                Ok(Some(PublishReply {
+                    subject: reply.subject,
+                    data: String::from_utf8_lossy(&reply.body).into_owned(),
+                    headers: reply.headers,
+                }))
+            }
+        }
+    }
+
+    /// The bus this host's components publish to and subscribe on.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
     }
 
     /// Everything deployed, for `wasmhive status`.
@@ -365,6 +492,8 @@ pub fn grants_for(
         outbound: spec.allowed_outbound_hosts.clone(),
         memory,
         timeout: spec.limits.timeout.unwrap_or(config.defaults.timeout),
+        publish: spec.messaging.publish.clone(),
+        bus: None,
     })
 }
 

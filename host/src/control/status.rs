@@ -85,9 +85,12 @@ impl ComponentStatus {
         ComponentStatus {
             name: c.id.component.to_string(),
             digest: c.digest.clone(),
-            flavor: match c.flavor {
-                HttpFlavor::P2 => "p2".into(),
-                HttpFlavor::P3 => "p3".into(),
+            flavor: match (c.flavor, c.handles_messages) {
+                (Some(HttpFlavor::P2), false) => "p2".into(),
+                (Some(HttpFlavor::P3), false) => "p3".into(),
+                (Some(HttpFlavor::P2), true) => "p2+msg".into(),
+                (Some(HttpFlavor::P3), true) => "p3+msg".into(),
+                (None, _) => "msg".into(),
             },
             routes: c.spec.routes.iter().map(|r| r.to_string()).collect(),
             loaded_from: match c.load.origin {

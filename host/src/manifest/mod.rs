@@ -61,6 +61,25 @@ pub struct ComponentSpec {
     pub limits: LimitsSpec,
     /// Scaling; `None` fields take the host's defaults.
     pub scale: ScaleSpec,
+    /// Subscriptions and publish grants.
+    pub messaging: MessagingSpec,
+}
+
+/// `[components.NAME.messaging]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessagingSpec {
+    /// Subjects (NATS wildcards allowed) delivered to the component's message handler.
+    pub subscribe: Vec<String>,
+    /// Queue group; `None` means `APP.COMPONENT`.
+    pub queue_group: Option<String>,
+    /// Subjects (wildcards allowed) the component may publish and send requests to.
+    pub publish: Vec<String>,
+    /// At-least-once delivery through JetStream.
+    pub durable: bool,
+    /// Deliveries before a message is dead-lettered (durable only).
+    pub max_deliver: Option<u32>,
+    /// Redelivery delays after a failure (durable only).
+    pub backoff: Vec<Duration>,
 }
 
 /// A route: an optional method and a path pattern (`/users/{id}`, `/files/{*path}`).
@@ -275,6 +294,11 @@ impl Checker<'_> {
             None => ScaleSpec::default(),
         };
 
+        let messaging = match raw.messaging {
+            Some(m) => self.messaging(m, &field)?,
+            None => MessagingSpec::default(),
+        };
+
         Ok(ComponentSpec {
             name: name.into_inner(),
             source: raw.source.into_inner(),
@@ -283,7 +307,73 @@ impl Checker<'_> {
             allowed_outbound_hosts,
             limits,
             scale,
+            messaging,
         })
+    }
+
+    fn messaging(
+        &self,
+        raw: raw::RawMessaging,
+        field: &dyn Fn(&str) -> String,
+    ) -> Result<MessagingSpec, ManifestError> {
+        let subjects =
+            |list: Vec<toml::Spanned<String>>, key: &str| -> Result<Vec<String>, ManifestError> {
+                let mut out = Vec::with_capacity(list.len());
+                for (i, s) in list.into_iter().enumerate() {
+                    crate::bus::subject::check(s.get_ref(), true).map_err(|why| {
+                        self.invalid(s.span(), field(&format!("messaging.{key}[{i}]")), why)
+                    })?;
+                    out.push(s.into_inner());
+                }
+                Ok(out)
+            };
+        let mut spec = MessagingSpec {
+            subscribe: subjects(raw.subscribe, "subscribe")?,
+            publish: subjects(raw.publish, "publish")?,
+            ..Default::default()
+        };
+        if let Some(g) = raw.queue_group {
+            let ok = !g.get_ref().is_empty()
+                && g.get_ref()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !ok {
+                return Err(self.invalid(
+                    g.span(),
+                    field("messaging.queue_group"),
+                    "use letters, digits, '-', '_' and '.'",
+                ));
+            }
+            spec.queue_group = Some(g.into_inner());
+        }
+        if let Some(n) = raw.max_deliver {
+            if *n.get_ref() < 1 || *n.get_ref() > 10_000 {
+                return Err(self.invalid(
+                    n.span(),
+                    field("messaging.max_deliver"),
+                    "must be a whole number from 1 to 10000",
+                ));
+            }
+            spec.max_deliver = Some(*n.get_ref() as u32);
+        }
+        for (i, b) in raw.backoff.into_iter().enumerate() {
+            let d = parse_duration(b.get_ref()).map_err(|why| {
+                self.invalid(b.span(), field(&format!("messaging.backoff[{i}]")), why)
+            })?;
+            spec.backoff.push(d);
+        }
+        if let Some(d) = raw.durable
+            && *d.get_ref()
+        {
+            {
+                return Err(self.invalid(
+                    d.span(),
+                    field("messaging.durable"),
+                    "durable delivery (JetStream) is not supported by this host version yet; remove it for at-most-once delivery",
+                ));
+            }
+        }
+        Ok(spec)
     }
 
     fn scale(

@@ -41,6 +41,22 @@ pub(crate) struct RawComponent {
     pub limits: Option<RawLimits>,
     #[serde(default)]
     pub scale: Option<RawScale>,
+    #[serde(default)]
+    pub messaging: Option<RawMessaging>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMessaging {
+    #[serde(default)]
+    pub subscribe: Vec<Spanned<String>>,
+    pub queue_group: Option<Spanned<String>>,
+    #[serde(default)]
+    pub publish: Vec<Spanned<String>>,
+    pub durable: Option<Spanned<bool>>,
+    pub max_deliver: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub backoff: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

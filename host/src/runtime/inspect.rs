@@ -15,6 +15,8 @@ const PROVIDED: &[&str] = &[
     "wasi:filesystem/",
     "wasi:sockets/",
     "wasi:http/",
+    "wasi:logging/",
+    "wasmcloud:messaging/",
 ];
 
 /// Which wasi:http handler a component exports.
@@ -70,6 +72,13 @@ impl ComponentInterface {
         } else {
             None
         }
+    }
+
+    /// Whether it exports `wasmcloud:messaging/handler@0.2.x` (a message trigger).
+    pub fn handles_messages(&self) -> bool {
+        self.exports
+            .iter()
+            .any(|e| e.starts_with("wasmcloud:messaging/handler@0.2"))
     }
 
     /// Refuses imports the host does not provide, naming each one.

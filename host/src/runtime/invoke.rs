@@ -19,6 +19,8 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
+use super::messaging::BrokerMessage;
+use super::messaging::handler::MessagingHandlerPre;
 use super::state::{HostMemory, MemoryHit, MemoryLimiter};
 use super::{Grants, HttpFlavor, InstanceState, RuntimeError};
 
@@ -52,6 +54,9 @@ pub enum InvokeError {
     /// The guest answered with a wasi:http error code instead of a response.
     #[error("guest returned error: {0:?}")]
     Guest(ErrorCode),
+    /// The message handler returned an error.
+    #[error("handler returned error: {0}")]
+    Handler(String),
     /// The guest returned without setting a response.
     #[error("guest returned without a response")]
     NoResponse,
@@ -67,11 +72,14 @@ pub struct PreparedComponent {
 }
 
 struct Inner {
-    pre: ProxyPre<InstanceState>,
+    /// Set when the component exports a wasi:http 0.2 handler.
+    http: Option<ProxyPre<InstanceState>>,
+    /// Set when the component exports a message handler.
+    messages: Option<MessagingHandlerPre<InstanceState>>,
     /// Keeps the shared loaded code alive (see `Runtime::load`).
     _component: Arc<Component>,
     grants: Arc<Grants>,
-    flavor: HttpFlavor,
+    flavor: Option<HttpFlavor>,
     live: Arc<AtomicU32>,
     host_memory: Arc<HostMemory>,
 }
@@ -80,24 +88,29 @@ impl PreparedComponent {
     pub(crate) fn new(
         pre: InstancePre<InstanceState>,
         component: Arc<Component>,
-        flavor: HttpFlavor,
+        flavor: Option<HttpFlavor>,
         grants: Arc<Grants>,
         live: Arc<AtomicU32>,
         host_memory: Arc<HostMemory>,
     ) -> Result<Self, RuntimeError> {
-        let pre = match flavor {
-            HttpFlavor::P2 => {
-                ProxyPre::new(pre).map_err(|e| RuntimeError::Link(format!("{e:#}")))?
+        let http = match flavor {
+            None => None,
+            Some(HttpFlavor::P2) => {
+                Some(ProxyPre::new(pre.clone()).map_err(|e| RuntimeError::Link(format!("{e:#}")))?)
             }
-            HttpFlavor::P3 => {
+            Some(HttpFlavor::P3) => {
                 return Err(RuntimeError::Exports(
                     "WASI 0.3 components (wasi:http/handler@0.3) are not supported by this host yet; build against wasi:http@0.2".into(),
                 ));
             }
         };
+        // Absent export: not a message trigger (checked against the manifest by the
+        // control plane).
+        let messages = MessagingHandlerPre::new(pre).ok();
         Ok(PreparedComponent {
             inner: Arc::new(Inner {
-                pre,
+                http,
+                messages,
                 _component: component,
                 grants,
                 flavor,
@@ -107,8 +120,13 @@ impl PreparedComponent {
         })
     }
 
-    /// The handler flavor this component exports.
-    pub fn flavor(&self) -> HttpFlavor {
+    /// Whether it exports a message handler.
+    pub fn handles_messages(&self) -> bool {
+        self.inner.messages.is_some()
+    }
+
+    /// The HTTP handler flavor this component exports, if any.
+    pub fn flavor(&self) -> Option<HttpFlavor> {
         self.inner.flavor
     }
 
@@ -125,29 +143,19 @@ impl PreparedComponent {
         guard: G,
     ) -> Result<http::Response<WasiBody>, InvokeError> {
         let inner = self.inner.clone();
+        let Some(http) = inner.http.clone() else {
+            return Err(InvokeError::Host(
+                "component exports no HTTP handler".into(),
+            ));
+        };
         let timeout = inner.grants.timeout;
         let deadline = Instant::now() + timeout;
         let (tx, rx) = oneshot::channel();
-
-        let mut store = Store::new(
-            inner.pre.engine(),
-            InstanceState::new(&inner.grants, &inner.live, &inner.host_memory),
-        );
-        let memory_hit = store.data().limiter.hit_flag();
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
+        let (mut store, memory_hit) = self.new_store(deadline);
 
         let task = tokio::spawn(async move {
             let run = async {
-                let proxy = inner
-                    .pre
+                let proxy = http
                     .instantiate_async(&mut store)
                     .await
                     .map_err(|e| classify(e, Phase::Instantiate, &memory_hit, &inner.grants))?;
@@ -183,6 +191,79 @@ impl PreparedComponent {
                 Err(join) => Err(InvokeError::Host(format!("invocation task failed: {join}"))),
             },
         }
+    }
+}
+
+impl PreparedComponent {
+    /// A fresh store for one instance, with its memory limiter and a wall-clock
+    /// deadline enforced through epoch interruption.
+    fn new_store(&self, deadline: Instant) -> (Store<InstanceState>, Arc<AtomicU8>) {
+        let inner = &self.inner;
+        let mut store = Store::new(
+            inner.grants_engine(),
+            InstanceState::new(&inner.grants, &inner.live, &inner.host_memory),
+        );
+        let memory_hit = store.data().limiter.hit_flag();
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        (store, memory_hit)
+    }
+
+    /// Delivers one message to a fresh instance's `handle-message`. `guard` is held
+    /// until the instance is gone. A handler returning `Err` is
+    /// [`InvokeError::Handler`].
+    pub async fn handle_message<G: Send + 'static>(
+        &self,
+        message: BrokerMessage,
+        guard: G,
+    ) -> Result<(), InvokeError> {
+        let inner = self.inner.clone();
+        let Some(pre) = inner.messages.clone() else {
+            return Err(InvokeError::Host(
+                "component exports no message handler".into(),
+            ));
+        };
+        let timeout = inner.grants.timeout;
+        let deadline = Instant::now() + timeout;
+        let (mut store, memory_hit) = self.new_store(deadline);
+        store.data_mut().messaging.reply_to = message.reply_to.clone();
+        let task = tokio::spawn(async move {
+            let run = async {
+                let instance = pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(|e| classify(e, Phase::Instantiate, &memory_hit, &inner.grants))?;
+                instance
+                    .wasmcloud_messaging_handler()
+                    .call_handle_message(&mut store, &message)
+                    .await
+                    .map_err(|e| classify(e, Phase::Call, &memory_hit, &inner.grants))?
+                    .map_err(InvokeError::Handler)
+            };
+            let result = match tokio::time::timeout_at(deadline.into(), run).await {
+                Ok(r) => r,
+                Err(_) => Err(InvokeError::Timeout(timeout)),
+            };
+            drop(store);
+            drop(guard);
+            result
+        });
+        task.await.unwrap_or_else(|join| {
+            Err(InvokeError::Host(format!("invocation task failed: {join}")))
+        })
+    }
+}
+
+impl Inner {
+    fn grants_engine(&self) -> &wasmtime::Engine {
+        self._component.engine()
     }
 }
 

@@ -12,6 +12,7 @@ mod engine;
 mod hooks;
 mod inspect;
 mod invoke;
+pub mod messaging;
 mod state;
 
 use std::collections::HashMap;
@@ -62,6 +63,11 @@ pub struct Grants {
     pub memory: u64,
     /// Wall-clock deadline per invocation.
     pub timeout: Duration,
+    /// Subjects (wildcards allowed) the component may publish and send requests to.
+    pub publish: Vec<String>,
+    /// The bus its messaging calls go to (`None`: messaging unavailable, e.g. offline
+    /// validation).
+    pub bus: Option<messaging::BusHandle>,
 }
 
 /// Errors from compiling or preparing a component.
@@ -191,12 +197,13 @@ impl Runtime {
     ) -> Result<PreparedComponent, RuntimeError> {
         let interface = self.interface(component);
         interface.check_imports()?;
-        let flavor = interface.http_flavor().ok_or_else(|| {
-            RuntimeError::Exports(format!(
-                "component exports no HTTP handler: expected wasi:http/incoming-handler@0.2.x or wasi:http/handler@0.3.x, found [{}]",
+        let flavor = interface.http_flavor();
+        if flavor.is_none() && !interface.handles_messages() {
+            return Err(RuntimeError::Exports(format!(
+                "component exports no handler this host can call: expected wasi:http/incoming-handler@0.2.x, wasi:http/handler@0.3.x or wasmcloud:messaging/handler@0.2.x, found [{}]",
                 interface.exports.join(", ")
-            ))
-        })?;
+            )));
+        }
         let pre = self
             .linker
             .instantiate_pre(component)
@@ -221,5 +228,6 @@ fn add_interfaces(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
     wasmtime_wasi::p3::add_to_linker(linker)?;
     wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    messaging::add_to_linker(linker)?;
     Ok(())
 }

@@ -23,6 +23,8 @@ pub struct InstanceState {
     http: WasiHttpCtx,
     hooks: HostHooks,
     pub(crate) limiter: MemoryLimiter,
+    pub(crate) messaging: super::messaging::MessagingCtx,
+    grants: Arc<Grants>,
     _live: LiveInstance,
 }
 
@@ -63,8 +65,15 @@ impl InstanceState {
             http: WasiHttpCtx::new(),
             hooks: HostHooks::new(grants.clone()),
             limiter: MemoryLimiter::new(grants.memory, host_memory.clone()),
+            messaging: Default::default(),
+            grants: grants.clone(),
             _live: LiveInstance::new(live.clone()),
         }
+    }
+
+    /// What this instance's component may do.
+    pub fn grants(&self) -> &Arc<Grants> {
+        &self.grants
     }
 }
 

@@ -230,6 +230,34 @@ impl Scaler {
         })
     }
 
+    /// Admits one invocation, waiting as long as it takes (for triggers that apply
+    /// back-pressure instead of shedding, like message subscriptions). Cancel-safe.
+    pub async fn admit_wait(&self) -> Permit {
+        self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        let queued = Queued(&self.counters.queued);
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the scaler never closes its semaphore");
+        let host = self
+            .host
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the host never closes its semaphore");
+        drop(queued);
+        self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.counters.touch();
+        Permit {
+            _slot: slot,
+            _host: host,
+            counters: self.counters.clone(),
+        }
+    }
+
     fn shed(&self, why: Shed) -> Shed {
         self.counters.shed.fetch_add(1, Ordering::Relaxed);
         why

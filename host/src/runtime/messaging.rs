@@ -1,0 +1,152 @@
+//! Host side of `wasmcloud:messaging@0.2.0` and `wasi:logging@0.1.0-draft`.
+//!
+//! A guest publishes and sends requests through the bus its grants carry, only to
+//! subjects its manifest lists under `messaging.publish` (NATS wildcards), plus the
+//! reply subject of the message it is handling. Anything else fails with an error
+//! string the guest sees, and nothing is sent. A guest's `wasi:logging` calls become
+//! tracing events (target `wasmhive::guest`) carrying its app and component.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::bus::{self, Bus, BusError};
+
+use super::{Grants, InstanceState};
+
+/// Bindings for what the host provides (imports).
+#[allow(missing_docs)]
+pub(crate) mod imports {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "wasmhive:service/imports",
+        imports: { default: async },
+    });
+}
+
+/// Bindings for calling a component's message handler (export).
+#[allow(missing_docs)]
+pub(crate) mod handler {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "wasmcloud:messaging/messaging-handler",
+        exports: { default: async },
+        with: {
+            "wasmcloud:messaging/types": super::imports::wasmcloud::messaging::types,
+        },
+    });
+}
+
+use imports::wasi::logging::logging::{self, Level};
+pub use imports::wasmcloud::messaging::types::BrokerMessage;
+use imports::wasmcloud::messaging::{consumer, types};
+
+/// A bus handle in the grants (a trait object, so `Debug` by hand).
+#[derive(Clone)]
+pub struct BusHandle(pub Arc<dyn Bus>);
+
+impl std::fmt::Debug for BusHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BusHandle({})", self.0.kind())
+    }
+}
+
+/// Per-instance messaging state.
+#[derive(Default)]
+pub(crate) struct MessagingCtx {
+    /// Reply subject of the message being handled: always allowed.
+    pub reply_to: Option<String>,
+}
+
+/// Adds the host's messaging and logging interfaces to `linker`.
+pub(crate) fn add_to_linker(
+    linker: &mut wasmtime::component::Linker<InstanceState>,
+) -> anyhow::Result<()> {
+    imports::Imports::add_to_linker::<_, wasmtime::component::HasSelf<InstanceState>>(
+        linker,
+        |s| s,
+    )?;
+    Ok(())
+}
+
+impl InstanceState {
+    fn may_publish(&self, subject: &str) -> Result<Arc<dyn Bus>, String> {
+        let grants = self.grants();
+        let Some(bus) = grants.bus.as_ref() else {
+            return Err("messaging is not available on this host".into());
+        };
+        let allowed = grants
+            .publish
+            .iter()
+            .any(|p| bus::subject::matches(p, subject))
+            || self.messaging.reply_to.as_deref() == Some(subject);
+        if !allowed {
+            tracing::warn!(
+                app = %grants.id.app,
+                component = %grants.id.component,
+                subject,
+                "publish denied: subject not in messaging.publish"
+            );
+            return Err(format!(
+                "publish to {subject:?} denied: not granted by this component's messaging.publish"
+            ));
+        }
+        Ok(bus.0.clone())
+    }
+}
+
+impl types::Host for InstanceState {}
+
+impl consumer::Host for InstanceState {
+    async fn request(
+        &mut self,
+        subject: String,
+        body: Vec<u8>,
+        timeout_ms: u32,
+    ) -> Result<BrokerMessage, String> {
+        let bus = self.may_publish(&subject)?;
+        let timeout = Duration::from_millis(u64::from(timeout_ms.max(1)));
+        let reply = bus
+            .request(bus::Message::new(subject, body), timeout)
+            .await
+            .map_err(|e| match e {
+                BusError::NoResponders(s) => format!("no responders on {s}"),
+                other => other.to_string(),
+            })?;
+        Ok(BrokerMessage {
+            subject: reply.subject,
+            body: reply.body.to_vec(),
+            reply_to: reply.reply_to,
+        })
+    }
+
+    async fn publish(&mut self, msg: BrokerMessage) -> Result<(), String> {
+        let bus = self.may_publish(&msg.subject)?;
+        bus.publish(bus::Message {
+            subject: msg.subject,
+            reply_to: msg.reply_to,
+            headers: Vec::new(),
+            body: msg.body.into(),
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+}
+
+impl logging::Host for InstanceState {
+    async fn log(&mut self, level: Level, context: String, message: String) {
+        let g: &Grants = self.grants();
+        let (app, component) = (&*g.id.app, &*g.id.component);
+        macro_rules! emit {
+            ($lvl:ident) => {
+                tracing::$lvl!(target: "wasmhive::guest", app, component, context, "{message}")
+            };
+        }
+        match level {
+            Level::Trace => emit!(trace),
+            Level::Debug => emit!(debug),
+            Level::Info => emit!(info),
+            Level::Warn => emit!(warn),
+            Level::Error | Level::Critical => emit!(error),
+        }
+    }
+}

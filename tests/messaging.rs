@@ -1,0 +1,463 @@
+//! Messaging: components subscribed to subjects handle messages, reply, publish and
+//! send requests, on a real nats-server and on the in-process bus. Users reach them
+//! with a NATS client or `wasmhive publish`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use wasmhive_e2e::{BusChoice, Host, HostOptions, NatsServer, Workspace};
+
+/// The messenger fixture subscribed to `subscribe`, allowed to publish to `publish`.
+fn messenger(
+    ws: &Workspace,
+    name: &str,
+    subscribe: &[&str],
+    publish: &[&str],
+    extra: &str,
+) -> std::path::PathBuf {
+    let list = |l: &[&str]| {
+        l.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    ws.write(
+        &format!("{name}.toml"),
+        &format!(
+            r#"
+manifest_version = 1
+[app]
+name = "{name}"
+version = "1.0.0"
+[components.messenger]
+source = "{{component:messenger}}"
+{extra}
+[components.messenger.messaging]
+subscribe = [{}]
+publish = [{}]
+"#,
+            list(subscribe),
+            list(publish)
+        ),
+    )
+}
+
+fn host_on(bus: BusChoice, manifests: &[&std::path::Path]) -> Host {
+    Host::start_with(HostOptions {
+        manifests: manifests.iter().map(|p| p.to_path_buf()).collect(),
+        bus,
+        ..Default::default()
+    })
+}
+
+async fn nats(server: &NatsServer) -> async_nats::Client {
+    async_nats::connect(&server.url)
+        .await
+        .expect("connect to nats")
+}
+
+async fn request(c: &async_nats::Client, subject: &str, body: &str) -> String {
+    let reply = tokio::time::timeout(
+        Duration::from_secs(30),
+        c.request(subject.to_string(), body.to_string().into()),
+    )
+    .await
+    .expect("reply in time")
+    .unwrap_or_else(|e| panic!("request {subject}: {e}"));
+    String::from_utf8(reply.payload.to_vec()).unwrap()
+}
+
+/// `wasmhive publish --request SUBJECT DATA` against `host`.
+fn cli_request(host: &Host, subject: &str, data: &str) -> String {
+    let out = host.cli(&["publish", "--request", "--timeout", "10s", subject, data]);
+    assert!(
+        out.status.success(),
+        "publish failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_handler_replies_to_the_reply_subject_over_nats() {
+    let server = NatsServer::start();
+    let ws = Workspace::new();
+    let m = messenger(&ws, "echo", &["echo.>"], &[], "");
+    let host = host_on(BusChoice::Nats(server.url.clone()), &[&m]);
+    assert!(
+        host.stdout()
+            .contains(&format!("bus:   nats {}", server.url)),
+        "{}",
+        host.stdout()
+    );
+    let c = nats(&server).await;
+
+    assert_eq!(request(&c, "echo.hi", "hello").await, "echo.hi|hello");
+
+    // The same with an explicit reply subject a client listens on.
+    let mut replies = c.subscribe("my.replies").await.unwrap();
+    c.publish_with_reply("echo.there", "my.replies", "again".into())
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(30), replies.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.payload, "echo.there|again");
+
+    let s = host.component_status("echo", "messenger");
+    assert_eq!(s["invocations"], 2, "{s:#}");
+    assert_eq!(s["flavor"], "msg", "{s:#}");
+    assert!(
+        host.log_contains("handled echo.hi"),
+        "wasi:logging reaches the host log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_guest_sends_requests_with_a_timeout() {
+    let server = NatsServer::start();
+    let ws = Workspace::new();
+    let m = messenger(&ws, "caller", &["call"], &["svc.>"], "");
+    let host = host_on(BusChoice::Nats(server.url.clone()), &[&m]);
+    let c = nats(&server).await;
+
+    // A responder written with a plain NATS client, and one that never answers.
+    let mut svc = c.subscribe("svc.time").await.unwrap();
+    let responder = c.clone();
+    tokio::spawn(async move {
+        while let Some(m) = svc.next().await {
+            let body = format!("42 for {}", String::from_utf8_lossy(&m.payload));
+            responder
+                .publish(m.reply.unwrap(), body.into())
+                .await
+                .unwrap();
+        }
+    });
+    let _silent = c.subscribe("svc.slow").await.unwrap();
+    c.flush().await.unwrap();
+
+    assert_eq!(
+        request(&c, "call", "request:svc.time:2000:q").await,
+        "reply=42 for q"
+    );
+    assert_eq!(
+        request(&c, "call", "request:svc.none:2000:q").await,
+        "error=no responders on svc.none"
+    );
+    let timed_out = request(&c, "call", "request:svc.slow:300:q").await;
+    assert!(
+        timed_out.starts_with("error=request to svc.slow timed out"),
+        "{timed_out}"
+    );
+    drop(host);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscriptions_match_nats_wildcards() {
+    let server = NatsServer::start();
+    let ws = Workspace::new();
+    let m = messenger(&ws, "wild", &["orders.*.cancelled", "audit.>"], &[], "");
+    let host = host_on(BusChoice::Nats(server.url.clone()), &[&m]);
+    let c = nats(&server).await;
+
+    assert_eq!(
+        request(&c, "orders.42.cancelled", "x").await,
+        "orders.42.cancelled|x"
+    );
+    assert_eq!(request(&c, "audit.a.b.c", "y").await, "audit.a.b.c|y");
+    for unmatched in ["orders.cancelled", "orders.1.2.cancelled", "audit"] {
+        let r = c.request(unmatched.to_string(), "z".into()).await;
+        assert!(
+            matches!(&r, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders),
+            "{unmatched} must not be delivered: {r:?}"
+        );
+    }
+    drop(host);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queue_group_shares_messages_between_hosts_exactly_once() {
+    let server = NatsServer::start();
+    let ws = Workspace::new();
+    let m = messenger(
+        &ws,
+        "workers",
+        &["work.*"],
+        &["processed"],
+        r#"env = { FORWARD_TO = "processed" }"#,
+    );
+    let a = host_on(BusChoice::Nats(server.url.clone()), &[&m]);
+    let b = host_on(BusChoice::Nats(server.url.clone()), &[&m]);
+    let c = nats(&server).await;
+    let mut processed = c.subscribe("processed").await.unwrap();
+    c.flush().await.unwrap();
+
+    const N: usize = 1000;
+    for i in 0..N {
+        c.publish(format!("work.{}", i % 7), format!("id={i}").into())
+            .await
+            .unwrap();
+    }
+    c.flush().await.unwrap();
+    let mut seen = Vec::with_capacity(N);
+    while seen.len() < N {
+        let m = tokio::time::timeout(Duration::from_secs(60), processed.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {N} messages processed", seen.len()))
+            .unwrap();
+        seen.push(String::from_utf8(m.payload.to_vec()).unwrap());
+    }
+    // Nothing more arrives: no message was handled twice.
+    let extra = tokio::time::timeout(Duration::from_millis(500), processed.next()).await;
+    assert!(extra.is_err(), "a message was processed twice: {extra:?}");
+    let distinct: BTreeSet<_> = seen.iter().collect();
+    assert_eq!(distinct.len(), N);
+
+    let handled_a = a.component_status("workers", "messenger")["invocations"]
+        .as_u64()
+        .unwrap();
+    let handled_b = b.component_status("workers", "messenger")["invocations"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(handled_a + handled_b, N as u64);
+    assert!(
+        handled_a > 0 && handled_b > 0,
+        "both hosts share the work: {handled_a} + {handled_b}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publishing_to_a_subject_not_granted_fails_and_sends_nothing() {
+    let server = NatsServer::start();
+    let ws = Workspace::new();
+    let m = messenger(&ws, "limited", &["cmd"], &["allowed.>"], "");
+    let host = host_on(BusChoice::Nats(server.url.clone()), &[&m]);
+    let c = nats(&server).await;
+    let mut secret = c.subscribe("secret.>").await.unwrap();
+    let mut allowed = c.subscribe("allowed.>").await.unwrap();
+    c.flush().await.unwrap();
+
+    let r = request(&c, "cmd", "publish:secret.x:data").await;
+    assert_eq!(
+        r,
+        "error=publish to \"secret.x\" denied: not granted by this component's messaging.publish"
+    );
+    assert_eq!(request(&c, "cmd", "publish:allowed.x:data").await, "ok");
+    let m = tokio::time::timeout(Duration::from_secs(10), allowed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.payload, "data");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), secret.next())
+            .await
+            .is_err(),
+        "nothing reached the denied subject"
+    );
+    assert!(host.log_contains("publish denied"), "{}", host.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_wakes_a_component_from_zero() {
+    let server = NatsServer::start();
+    let ws = Workspace::new();
+    let m = messenger(
+        &ws,
+        "sleepy",
+        &["wake"],
+        &[],
+        "[components.messenger.scale]\nidle_timeout = \"300ms\"",
+    );
+    let host = host_on(BusChoice::Nats(server.url.clone()), &[&m]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while host.component_status("sleepy", "messenger")["state"] != "zero" {
+        assert!(std::time::Instant::now() < deadline, "never scaled to zero");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = nats(&server).await;
+    assert_eq!(request(&c, "wake", "up").await, "wake|up");
+    let s = host.component_status("sleepy", "messenger");
+    assert_eq!(s["cold_starts"], 1, "{s:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_handlers_are_contained() {
+    let server = NatsServer::start();
+    let ws = Workspace::new();
+    let m = messenger(&ws, "shaky", &["shaky"], &[], "");
+    let host = host_on(BusChoice::Nats(server.url.clone()), &[&m]);
+    let c = nats(&server).await;
+    c.publish("shaky", "fail".into()).await.unwrap();
+    c.publish("shaky", "trap".into()).await.unwrap();
+    c.flush().await.unwrap();
+    // The host keeps handling messages afterwards.
+    assert_eq!(request(&c, "shaky", "fine").await, "shaky|fine");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = host.component_status("shaky", "messenger");
+        if s["failures"] == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(host.log_contains("asked to fail"), "{}", host.logs());
+    assert!(
+        host.log_contains("message handler failed"),
+        "{}",
+        host.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_host_survives_a_nats_restart_and_resubscribes() {
+    let mut server = NatsServer::start();
+    let ws = Workspace::new();
+    let m = messenger(&ws, "resilient", &["ping"], &[], "");
+    let host = host_on(BusChoice::Nats(server.url.clone()), &[&m]);
+    let c = nats(&server).await;
+    assert_eq!(request(&c, "ping", "1").await, "ping|1");
+    server.restart();
+    let c = nats(&server).await;
+    // Subscriptions come back once the host has reconnected.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), c.request("ping", "2".into())).await {
+            Ok(Ok(r)) => {
+                assert_eq!(r.payload, "ping|2");
+                break;
+            }
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "no reply after restart: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // HTTP kept working throughout.
+    let r = wasmhive_e2e::client()
+        .get(host.admin_url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+// The same semantics on the in-process bus, reached with `wasmhive publish`.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_local_bus_delivers_replies_wildcards_and_requests_between_components() {
+    let ws = Workspace::new();
+    let m = ws.write(
+        "local.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "local"
+version = "1.0.0"
+[components.front]
+source = "{component:messenger}"
+[components.front.messaging]
+subscribe = ["front.*"]
+publish = ["back.>"]
+[components.back]
+source = "{component:messenger}"
+[components.back.messaging]
+subscribe = ["back.>"]
+"#,
+    );
+    let host = host_on(BusChoice::Local, &[&m]);
+    assert!(host.stdout().contains("bus:   local"), "{}", host.stdout());
+
+    assert_eq!(cli_request(&host, "front.a", "hi"), "front.a|hi");
+    // One component requests from another through the bus.
+    assert_eq!(
+        cli_request(&host, "front.b", "request:back.x.y:2000:q"),
+        "reply=back.x.y|q"
+    );
+    // Not granted.
+    assert_eq!(
+        cli_request(&host, "front.c", "publish:elsewhere:data"),
+        "error=publish to \"elsewhere\" denied: not granted by this component's messaging.publish"
+    );
+    // No subscriber: the CLI reports no responders.
+    let out = host.cli(&["publish", "--request", "front.a.b", "x"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no responders"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A plain publish is accepted.
+    let out = host.cli(&["publish", "front.z", "fire-and-forget"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "published to front.z"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_nats_flags_the_host_manages_its_own_nats_server() {
+    let ws = Workspace::new();
+    let m = messenger(&ws, "auto", &["auto"], &[], "");
+    let host = host_on(BusChoice::Auto, &[&m]);
+    let banner = host.stdout();
+    assert!(
+        banner.contains("(managed nats-server, JetStream on)"),
+        "{banner}"
+    );
+    let url = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("bus:   nats "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("nats url in banner")
+        .to_string();
+    let c = async_nats::connect(&url).await.unwrap();
+    assert_eq!(request(&c, "auto", "x").await, "auto|x");
+    assert_eq!(cli_request(&host, "auto", "y"), "auto|y");
+    host.stop();
+    // The managed server stops with the host.
+    let addr = url.trim_start_matches("nats://").to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "managed nats-server still running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn durable_delivery_is_refused_until_supported() {
+    let ws = Workspace::new();
+    let m = ws.write(
+        "durable.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "durable"
+version = "1.0.0"
+[components.messenger]
+source = "{component:messenger}"
+[components.messenger.messaging]
+subscribe = ["x"]
+durable = true
+"#,
+    );
+    let err = match Host::try_start(HostOptions {
+        manifests: vec![m],
+        ..Default::default()
+    }) {
+        Ok(_) => panic!("durable = true must be refused"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("components.messenger.messaging.durable"),
+        "{err}"
+    );
+    assert!(err.contains(":10:"), "points at the line: {err}");
+}
