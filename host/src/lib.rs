@@ -3,15 +3,19 @@
 //! Module map (arrows point at what a module may use):
 //!
 //! ```text
-//! cli ──► host ──► control ──► apps ──► runtime ──► (wasmtime)
-//!                    │          ▲
-//!                    ▼          │
-//!                 gateway ──────┘
+//! cli ──► host ──► control ──► apps ──► scaler ──► runtime ──► (wasmtime)
+//!                    │  │        ▲                    │
+//!                    │  ▼        │                    ▼
+//!                    │ subscriber┤                   bus (nats | local)
+//!                    ▼           │
+//!                 gateway ───────┘
 //! manifest, routes, config, body, listener, telemetry: shared leaves
 //! ```
 //!
 //! - [`runtime`]: engine, compile cache, linker, per-instance state, invocation.
 //! - [`apps`]: the deployed apps and the live route table (atomic snapshots).
+//! - [`bus`]: the message bus trait, NATS and in-process backends, managed nats-server.
+//! - [`subscriber`]: message triggers (subscriptions → scaler → runtime).
 //! - [`scaler`]: per-component admission (bulkhead, queue, shedding) and scale to zero.
 //! - [`control`]: deploy/undeploy/status, the admin API and its client.
 //! - [`gateway`]: the public HTTP listener and status-code mapping.
