@@ -35,10 +35,19 @@ pub struct DeployedComponent {
     pub load: LoadInfo,
     /// Admission and lifecycle; hands out the loaded component.
     pub scaler: Scaler,
+    /// Deadline of one invocation (from its grants).
+    pub timeout: std::time::Duration,
     /// Live instances (stores) of this component right now.
     pub instances: Arc<std::sync::atomic::AtomicU32>,
     /// Counters shown in status.
     pub stats: ComponentStats,
+}
+
+impl DeployedComponent {
+    /// The wall-clock deadline of one invocation.
+    pub fn scaler_timeout(&self) -> std::time::Duration {
+        self.timeout
+    }
 }
 
 /// Per-component counters.

@@ -97,6 +97,11 @@ pub trait Bus: Send + Sync + 'static {
     /// Publishes `message` with a fresh reply subject and waits for the first answer.
     async fn request(&self, message: Message, timeout: Duration) -> Result<Message, BusError>;
 
+    /// The NATS connection behind this bus, if it is one (for JetStream).
+    fn as_nats(&self) -> Option<&nats::NatsBus> {
+        None
+    }
+
     /// Subscribes to `subject` (wildcards allowed), in `queue_group` if given.
     async fn subscribe(
         &self,

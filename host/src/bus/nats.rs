@@ -128,6 +128,10 @@ impl Bus for NatsBus {
         self.url.clone()
     }
 
+    fn as_nats(&self) -> Option<&NatsBus> {
+        Some(self)
+    }
+
     async fn publish(&self, m: Message) -> Result<(), BusError> {
         super::subject::check(&m.subject, false)
             .map_err(|_| BusError::InvalidSubject(m.subject.clone()))?;

@@ -335,6 +335,7 @@ impl ControlPlane {
             handles_messages: prepared.handles_messages(),
             load,
             scaler: Scaler::new(policy, loader, prepared, self.capacity.clone()),
+            timeout: grants.timeout,
             instances,
             stats: Default::default(),
         })

@@ -362,17 +362,7 @@ impl Checker<'_> {
             })?;
             spec.backoff.push(d);
         }
-        if let Some(d) = raw.durable
-            && *d.get_ref()
-        {
-            {
-                return Err(self.invalid(
-                    d.span(),
-                    field("messaging.durable"),
-                    "durable delivery (JetStream) is not supported by this host version yet; remove it for at-most-once delivery",
-                ));
-            }
-        }
+        spec.durable = raw.durable.is_some_and(|d| *d.get_ref());
         Ok(spec)
     }
 

@@ -11,6 +11,8 @@
 //! instead of piling up instances; messages wait in the bus client meanwhile. A
 //! message wakes a component at zero, like a request does.
 
+pub mod durable;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,6 +43,19 @@ pub async fn start(
     metrics: Arc<RequestMetrics>,
     stop: CancellationToken,
 ) -> Result<(), crate::bus::BusError> {
+    if component.spec.messaging.subscribe.is_empty() {
+        return Ok(());
+    }
+    if component.spec.messaging.durable {
+        let Some(nats) = bus.as_nats() else {
+            return Err(crate::bus::BusError::Unavailable(
+                "durable = true needs NATS with JetStream; this host runs the in-process bus (start it with --nats URL, or with nats-server installed)".into(),
+            ));
+        };
+        return durable::start(component, nats.clone(), metrics, stop)
+            .await
+            .map_err(|e| crate::bus::BusError::Unavailable(format!("{e:#}")));
+    }
     let group = queue_group(&component);
     let mut subs = Vec::new();
     for subject in &component.spec.messaging.subscribe {
@@ -105,7 +120,7 @@ async fn deliver(
     }
 }
 
-async fn handle(
+pub(crate) async fn handle(
     component: &DeployedComponent,
     message: Message,
     permit: crate::scaler::Permit,

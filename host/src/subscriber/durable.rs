@@ -1,0 +1,267 @@
+//! Durable delivery through JetStream: at least once, with acks, redelivery with
+//! backoff, and dead letters.
+//!
+//! For a component with `messaging.durable = true` the host keeps a stream
+//! `WASMHIVE_<APP>_<COMPONENT>` (work-queue retention) over its subscribed subjects and
+//! a durable pull consumer named after its queue group, shared by every host running
+//! the component. Each message is handed to the handler once a bulkhead slot is free:
+//!
+//! - handler returns ok → ack (the stream forgets the message);
+//! - handler error, trap or deadline → nak with the next `backoff` delay (the last
+//!   one repeats; none configured: 1 s), and JetStream redelivers it;
+//! - the delivery that fails for the `max_deliver`-th time → the message is published
+//!   to `wasmhive.dlq.<app>.<component>` (kept in the stream `WASMHIVE_DLQ`) with
+//!   headers `Wasmhive-Component`, `Wasmhive-Subject`, `Wasmhive-Error` and
+//!   `Wasmhive-Deliveries`, then terminated;
+//! - the host dies mid-handler → unacked, redelivered after the ack wait (the
+//!   component's timeout plus [`ACK_MARGIN`]).
+//!
+//! A NATS disconnect ends the pull; it is re-established until the host stops.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::apps::DeployedComponent;
+use crate::bus::nats::{NatsBus, from_nats};
+use crate::runtime::InvokeError;
+use crate::telemetry::metrics::{RequestLabels, RequestMetrics};
+
+/// Added to the component's timeout to get the consumer's ack wait.
+pub const ACK_MARGIN: Duration = Duration::from_secs(5);
+/// Deliveries before dead-lettering when the manifest does not say.
+pub const DEFAULT_MAX_DELIVER: u32 = 5;
+/// Delay before a redelivery when the manifest gives no backoff.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
+/// The stream that keeps dead letters.
+pub const DLQ_STREAM: &str = "WASMHIVE_DLQ";
+
+/// `wasmhive.dlq.<app>.<component>`
+pub fn dead_letter_subject(component: &DeployedComponent) -> String {
+    format!(
+        "wasmhive.dlq.{}.{}",
+        component.id.app, component.id.component
+    )
+}
+
+fn stream_name(component: &DeployedComponent) -> String {
+    let clean = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>()
+    };
+    format!(
+        "WASMHIVE_{}_{}",
+        clean(&component.id.app),
+        clean(&component.id.component)
+    )
+}
+
+fn consumer_name(group: &str) -> String {
+    group
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Creates (or updates) the stream and consumer, then pulls until `stop`.
+pub async fn start(
+    component: Arc<DeployedComponent>,
+    bus: NatsBus,
+    metrics: Arc<RequestMetrics>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let js = jetstream::new(bus.client().clone());
+    let spec = &component.spec.messaging;
+    let stream_cfg = stream::Config {
+        name: stream_name(&component),
+        subjects: spec.subscribe.clone(),
+        retention: stream::RetentionPolicy::WorkQueue,
+        ..Default::default()
+    };
+    let stream = js.create_or_update_stream(stream_cfg).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create JetStream stream {}: {e}",
+            stream_name(&component)
+        )
+    })?;
+    js.create_or_update_stream(stream::Config {
+        name: DLQ_STREAM.into(),
+        subjects: vec!["wasmhive.dlq.>".into()],
+        max_age: Duration::from_secs(14 * 24 * 3600),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot create JetStream stream {DLQ_STREAM}: {e}"))?;
+    let name = consumer_name(&super::queue_group(&component));
+    let max_deliver = spec.max_deliver.unwrap_or(DEFAULT_MAX_DELIVER);
+    let consumer_cfg = pull::Config {
+        durable_name: Some(name.clone()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: component.scaler_timeout() + ACK_MARGIN,
+        max_deliver: i64::from(max_deliver),
+        max_ack_pending: i64::from(component.scaler.policy().max_instances.max(1)) * 4,
+        ..Default::default()
+    };
+    let stream_info = js
+        .get_stream(stream_name(&component))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open stream: {e}"))?;
+    let consumer: jetstream::consumer::PullConsumer =
+        match stream_info.update_consumer(consumer_cfg.clone()).await {
+            Ok(c) => c,
+            Err(_) => stream_info
+                .create_consumer(consumer_cfg)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot create JetStream consumer {name}: {e}"))?,
+        };
+    drop(stream);
+    tracing::info!(component = %component.id, stream = %stream_name(&component), consumer = %name, max_deliver, "durable subscription");
+    tokio::spawn(pull_loop(
+        component,
+        js,
+        consumer,
+        max_deliver,
+        metrics,
+        stop,
+    ));
+    Ok(())
+}
+
+async fn pull_loop(
+    component: Arc<DeployedComponent>,
+    js: jetstream::Context,
+    consumer: jetstream::consumer::PullConsumer,
+    max_deliver: u32,
+    metrics: Arc<RequestMetrics>,
+    stop: CancellationToken,
+) {
+    let batch = component.scaler.policy().max_instances.clamp(1, 256) as usize;
+    'outer: loop {
+        let mut messages = match consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .messages()
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(component = %component.id, error = %e, "durable pull failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                m = messages.next() => m,
+            };
+            let message = match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::debug!(component = %component.id, error = %e, "durable pull interrupted; re-establishing");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue 'outer,
+                    }
+                }
+                None => continue 'outer,
+            };
+            let permit = tokio::select! {
+                _ = stop.cancelled() => return,
+                p = component.scaler.admit_wait() => p,
+            };
+            let (component, js, metrics) = (component.clone(), js.clone(), metrics.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                component.stats.started();
+                let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
+                let bus_message = from_nats(message.message.clone());
+                let subject = bus_message.subject.clone();
+                let result = super::handle(&component, bus_message, permit).await;
+                let status = match &result {
+                    Ok(()) => 200,
+                    Err(InvokeError::Timeout(_)) => 504,
+                    Err(_) => 500,
+                };
+                metrics.record(
+                    &RequestLabels {
+                        app: component.id.app.to_string(),
+                        component: component.id.component.to_string(),
+                        trigger: "message",
+                        status,
+                    },
+                    started.elapsed().as_secs_f64(),
+                );
+                let outcome = match result {
+                    Ok(()) => message.ack().await,
+                    Err(e) => {
+                        component.stats.failed();
+                        if delivered >= max_deliver {
+                            tracing::warn!(component = %component.id, %subject, delivered, error = %e, "message dead-lettered");
+                            dead_letter(&js, &component, &message, &e, delivered).await;
+                            message.ack_with(AckKind::Term).await
+                        } else {
+                            let backoff = &component.spec.messaging.backoff;
+                            let delay = backoff
+                                .get(delivered as usize - 1)
+                                .or(backoff.last())
+                                .copied()
+                                .unwrap_or(DEFAULT_BACKOFF);
+                            tracing::warn!(component = %component.id, %subject, delivered, error = %e, retry_in = ?delay, "message handler failed; will redeliver");
+                            message.ack_with(AckKind::Nak(Some(delay))).await
+                        }
+                    }
+                };
+                if let Err(e) = outcome {
+                    tracing::warn!(component = %component.id, %subject, error = %e, "cannot acknowledge message; it will be redelivered");
+                }
+            });
+        }
+    }
+}
+
+async fn dead_letter(
+    js: &jetstream::Context,
+    component: &DeployedComponent,
+    message: &jetstream::Message,
+    error: &InvokeError,
+    delivered: u32,
+) {
+    let mut headers = message.headers.clone().unwrap_or_default();
+    headers.insert("Wasmhive-Component", component.id.to_string().as_str());
+    headers.insert("Wasmhive-Subject", message.subject.as_str());
+    headers.insert(
+        "Wasmhive-Error",
+        error.to_string().replace(['\r', '\n'], " ").as_str(),
+    );
+    headers.insert("Wasmhive-Deliveries", delivered.to_string().as_str());
+    let subject = dead_letter_subject(component);
+    let sent = match js
+        .publish_with_headers(subject.clone(), headers, message.payload.clone())
+        .await
+    {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = sent {
+        tracing::error!(component = %component.id, %subject, error = %e, "cannot publish dead letter");
+    }
+}
