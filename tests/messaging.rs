@@ -538,7 +538,7 @@ async fn wait_distinct(js: &async_nats::jetstream::Context, n: usize) -> Vec<Str
             return all;
         }
         if std::time::Instant::now() > deadline {
-            let mut jobs = js.get_stream("WASMHIVE_JOBS_WORKER").await.unwrap();
+            let mut jobs = js.get_stream("WASMHIVE_EVENTS").await.unwrap();
             let state = jobs.info().await.unwrap().state.clone();
             panic!(
                 "only {} of {n} processed; jobs stream state: {state:?}",
@@ -672,14 +672,15 @@ async fn durable_delivery_loses_nothing_across_a_nats_restart() {
     server.restart();
     publish_jobs(&js, 500..1000).await;
 
-    // The work queue removes a message only when the host acks it, and the host acks
-    // only after the handler returned ok: a drained queue with no dead letters means
-    // every one of the 1,000 jobs was handled successfully at least once. (Counting
+    // The stream keeps a message until its consumer acks it, and the host acks only
+    // after the handler returned ok: a drained consumer and stream with no dead
+    // letters means every one of the 1,000 jobs was handled successfully at least
+    // once. (Counting
     // the handler's own `processed` publishes would not prove more: they are core
     // NATS publishes, which a restarting server may drop.)
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
-        let mut jobs = js.get_stream("WASMHIVE_JOBS_WORKER").await.unwrap();
+        let mut jobs = js.get_stream("WASMHIVE_EVENTS").await.unwrap();
         let state = jobs.info().await.unwrap().state.clone();
         let mut consumer: async_nats::jetstream::consumer::PullConsumer =
             jobs.get_consumer("jobs_worker").await.unwrap();
@@ -707,4 +708,59 @@ async fn durable_delivery_loses_nothing_across_a_nats_restart() {
     );
     let s = host.component_status("jobs", "worker");
     assert!(s["invocations"].as_u64().unwrap() >= 1000, "{s:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_event_reaches_every_durable_subscriber_once() {
+    let server = NatsServer::start();
+    let ws = Workspace::new();
+    let svc = |name: &str, subject: &str| {
+        ws.write(
+            &format!("{name}.toml"),
+            &format!(
+                r#"
+manifest_version = 1
+[app]
+name = "{name}"
+version = "1.0.0"
+[components.svc]
+source = "{{component:messenger}}"
+env = {{ FORWARD_TO = "seen.{name}" }}
+[components.svc.messaging]
+subscribe = ["{subject}"]
+publish = ["seen.{name}"]
+durable = true
+"#
+            ),
+        )
+    };
+    let (a, b) = (
+        svc("inventory", "orders.created"),
+        svc("billing", "orders.*"),
+    );
+    let _host = host_on(BusChoice::Nats(server.url.clone()), &[&a, &b]);
+    let c = nats(&server).await;
+    let mut seen = c.subscribe("seen.*").await.unwrap();
+    c.flush().await.unwrap();
+    let js = async_nats::jetstream::new(c.clone());
+    for i in 0..50 {
+        js.publish("orders.created", format!("order-{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let mut counts = std::collections::BTreeMap::<String, BTreeSet<String>>::new();
+    while counts.values().map(BTreeSet::len).sum::<usize>() < 100 {
+        let m = tokio::time::timeout(Duration::from_secs(30), seen.next())
+            .await
+            .unwrap_or_else(|_| panic!("fan-out incomplete: {counts:?}"))
+            .unwrap();
+        counts
+            .entry(m.subject.to_string())
+            .or_default()
+            .insert(String::from_utf8(m.payload.to_vec()).unwrap());
+    }
+    assert_eq!(counts["seen.inventory"].len(), 50);
+    assert_eq!(counts["seen.billing"].len(), 50);
 }

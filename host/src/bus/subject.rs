@@ -48,9 +48,67 @@ pub fn matches(pattern: &str, subject: &str) -> bool {
     }
 }
 
+/// Whether every subject `b` matches is also matched by `a` (both may be patterns).
+pub fn covers(a: &str, b: &str) -> bool {
+    let a: Vec<&str> = a.split('.').collect();
+    let b: Vec<&str> = b.split('.').collect();
+    for (i, at) in a.iter().enumerate() {
+        if *at == ">" {
+            return b.len() > i;
+        }
+        let Some(bt) = b.get(i) else {
+            return false;
+        };
+        let ok = match (*at, *bt) {
+            ("*", ">") => false,
+            ("*", _) => true,
+            (x, y) => x == y,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    a.len() == b.len()
+}
+
+/// `patterns` without those another one covers (and without duplicates), sorted.
+pub fn minimal(patterns: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut all: Vec<String> = patterns.into_iter().collect();
+    all.sort();
+    all.dedup();
+    let keep: Vec<String> = all
+        .iter()
+        .filter(|p| !all.iter().any(|q| q != *p && covers(q, p)))
+        .cloned()
+        .collect();
+    keep
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coverage() {
+        assert!(covers("orders.>", "orders.created"));
+        assert!(covers("orders.>", "orders.*.x"));
+        assert!(covers("orders.*", "orders.created"));
+        assert!(!covers("orders.*", "orders.>"));
+        assert!(!covers("orders.created", "orders.*"));
+        assert!(covers(">", "a"));
+        assert!(!covers("orders.>", "orders"));
+        assert_eq!(
+            minimal([
+                "a.b".into(),
+                "a.*".into(),
+                "c".into(),
+                "a.*".into(),
+                "x.>".into(),
+                "x.y.z".into()
+            ]),
+            vec!["a.*".to_string(), "c".into(), "x.>".into()]
+        );
+    }
 
     #[test]
     fn wildcards() {

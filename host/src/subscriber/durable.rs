@@ -1,10 +1,14 @@
 //! Durable delivery through JetStream: at least once, with acks, redelivery with
 //! backoff, and dead letters.
 //!
-//! For a component with `messaging.durable = true` the host keeps a stream
-//! `WASMHIVE_<APP>_<COMPONENT>` (work-queue retention) over its subscribed subjects and
-//! a durable pull consumer named after its queue group, shared by every host running
-//! the component. Each message is handed to the handler once a bulkhead slot is free:
+//! Durable subjects are captured by one stream, [`EVENTS_STREAM`], with interest
+//! retention: every deploy of a durable component adds its subjects (kept minimal: a
+//! pattern covered by another is dropped). Each durable component has its own durable
+//! pull consumer on that stream, named after its queue group and filtered to its
+//! subjects, shared by every host running the component. So one event can be
+//! delivered durably to several services (each consumer gets it once), and the
+//! stream forgets a message once every interested consumer has acked it. Each
+//! message is handed to the handler once a bulkhead slot is free:
 //!
 //! - handler returns ok → ack (the stream forgets the message);
 //! - handler error, trap or deadline → nak with the next `backoff` delay (the last
@@ -38,31 +42,14 @@ pub const DEFAULT_MAX_DELIVER: u32 = 5;
 pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
 /// The stream that keeps dead letters.
 pub const DLQ_STREAM: &str = "WASMHIVE_DLQ";
+/// The stream that captures every durable subscription's subjects.
+pub const EVENTS_STREAM: &str = "WASMHIVE_EVENTS";
 
 /// `wasmhive.dlq.<app>.<component>`
 pub fn dead_letter_subject(component: &DeployedComponent) -> String {
     format!(
         "wasmhive.dlq.{}.{}",
         component.id.app, component.id.component
-    )
-}
-
-fn stream_name(component: &DeployedComponent) -> String {
-    let clean = |s: &str| {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect::<String>()
-    };
-    format!(
-        "WASMHIVE_{}_{}",
-        clean(&component.id.app),
-        clean(&component.id.component)
     )
 }
 
@@ -88,18 +75,7 @@ pub async fn start(
 ) -> anyhow::Result<()> {
     let js = jetstream::new(bus.client().clone());
     let spec = &component.spec.messaging;
-    let stream_cfg = stream::Config {
-        name: stream_name(&component),
-        subjects: spec.subscribe.clone(),
-        retention: stream::RetentionPolicy::WorkQueue,
-        ..Default::default()
-    };
-    let stream = js.create_or_update_stream(stream_cfg).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot create JetStream stream {}: {e}",
-            stream_name(&component)
-        )
-    })?;
+    let stream = events_stream(&js, &spec.subscribe).await?;
     js.create_or_update_stream(stream::Config {
         name: DLQ_STREAM.into(),
         subjects: vec!["wasmhive.dlq.>".into()],
@@ -116,22 +92,18 @@ pub async fn start(
         ack_wait: component.scaler_timeout() + ACK_MARGIN,
         max_deliver: i64::from(max_deliver),
         max_ack_pending: i64::from(component.scaler.policy().max_instances.max(1)) * 4,
+        filter_subjects: spec.subscribe.clone(),
         ..Default::default()
     };
-    let stream_info = js
-        .get_stream(stream_name(&component))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open stream: {e}"))?;
     let consumer: jetstream::consumer::PullConsumer =
-        match stream_info.update_consumer(consumer_cfg.clone()).await {
+        match stream.update_consumer(consumer_cfg.clone()).await {
             Ok(c) => c,
-            Err(_) => stream_info
+            Err(_) => stream
                 .create_consumer(consumer_cfg)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot create JetStream consumer {name}: {e}"))?,
         };
-    drop(stream);
-    tracing::info!(component = %component.id, stream = %stream_name(&component), consumer = %name, max_deliver, "durable subscription");
+    tracing::info!(component = %component.id, stream = EVENTS_STREAM, consumer = %name, max_deliver, "durable subscription");
     tokio::spawn(pull_loop(
         component,
         js,
@@ -141,6 +113,48 @@ pub async fn start(
         stop,
     ));
     Ok(())
+}
+
+/// The events stream, created or widened to capture `subjects`.
+async fn events_stream(
+    js: &jetstream::Context,
+    subjects: &[String],
+) -> anyhow::Result<jetstream::stream::Stream> {
+    let current = match js.get_stream(EVENTS_STREAM).await {
+        Ok(mut s) => Some(
+            s.info()
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot read stream {EVENTS_STREAM}: {e}"))?
+                .config
+                .subjects
+                .clone(),
+        ),
+        Err(_) => None,
+    };
+    let wanted = crate::bus::subject::minimal(
+        current
+            .iter()
+            .flatten()
+            .cloned()
+            .chain(subjects.iter().cloned()),
+    );
+    let mut have = current.clone().unwrap_or_default();
+    have.sort();
+    if current.is_none() || have != wanted {
+        js.create_or_update_stream(stream::Config {
+            name: EVENTS_STREAM.into(),
+            subjects: wanted,
+            retention: stream::RetentionPolicy::Interest,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot create or widen JetStream stream {EVENTS_STREAM}: {e}")
+        })?;
+    }
+    js.get_stream(EVENTS_STREAM)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open stream {EVENTS_STREAM}: {e}"))
 }
 
 async fn pull_loop(
