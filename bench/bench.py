@@ -9,6 +9,8 @@ Scenarios:
   density   host RSS with 1,000 then 10,000 deployed hello components: loaded, scaled to
             zero, and after touching each once.
   bulkhead  req/s of a fast component alone, then while a slow component is saturated.
+  messaging messages/s through a trivial handler (core NATS and durable JetStream) next
+            to the raw async-nats publish->subscribe rate on the same nats-server.
 
 Each scenario prints a markdown table and rewrites its block in docs/BENCHMARKS.md
 (between `<!-- bench:NAME -->` markers), with the exact commands that produced it.
@@ -174,7 +176,8 @@ def measure_rounds(variants):
 
 
 def build():
-    subprocess.run(["cargo", "build", "--release", "-p", "wasmhive", "-p", "native-hello"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "-p", "wasmhive", "-p", "native-hello", "-p", "msgbench"],
+                   cwd=ROOT, check=True)
 
 
 def scenario_http():
@@ -192,7 +195,7 @@ def scenario_http():
     def start_wasmhive():
         port, admin = free_port(), free_port()
         s = Server("wasmhive", [str(wasmhive), "--log-format", "json", "up", str(manifest), "--http", f"127.0.0.1:{port}",
-                                "--admin", f"127.0.0.1:{admin}", "--data-dir", str(data / "data")], port,
+                                "--admin", f"127.0.0.1:{admin}", "--data-dir", str(data / "data"), "--local-bus"], port,
                    env={"WASMHIVE_LOG": "warn"}, ready_line="ready")
         return s, f"http://127.0.0.1:{port}/hello"
 
@@ -250,13 +253,14 @@ def rss_mib(pid):
 class Host:
     """A release wasmhive host on free ports with its own data dir."""
 
-    def __init__(self, data, manifests=(), config=None):
+    def __init__(self, data, manifests=(), config=None, bus=("--local-bus",)):
         self.port, self.admin_port = free_port(), free_port()
         argv = [str(ROOT / "target/release/wasmhive"), "--log-format", "json", "up", *map(str, manifests),
                 "--http", f"127.0.0.1:{self.port}", "--admin", f"127.0.0.1:{self.admin_port}",
                 "--data-dir", str(data)]
         if config:
             argv += ["--config", str(config)]
+        argv += list(bus)
         self.argv = argv
         self.server = Server("wasmhive", argv, self.port, env={"WASMHIVE_LOG": "warn"}, ready_line="ready")
         self.pid = self.server.proc.pid
@@ -316,7 +320,8 @@ def time_to_first_response(argv, port, path, env=None):
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
                 get(conn, path)
                 return (time.perf_counter() - t0) * 1000
-            except (OSError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException, RuntimeError):
+                # Not listening yet, or listening but the app not deployed yet (404).
                 time.sleep(0.001)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -373,7 +378,7 @@ def scenario_coldstart():
         port, admin = free_port(), free_port()
         samples.append(time_to_first_response(
             [str(ROOT / "target/release/wasmhive"), "up", str(manifest), "--http", f"127.0.0.1:{port}",
-             "--admin", f"127.0.0.1:{admin}", "--data-dir", str(data / "data")], port, "/hello",
+             "--admin", f"127.0.0.1:{admin}", "--data-dir", str(data / "data"), "--local-bus"], port, "/hello",
             env={"WASMHIVE_LOG": "warn"}))
     rows.append(("wasmhive process start (compile cache on disk)", samples))
 
@@ -511,8 +516,79 @@ def scenario_bulkhead():
     shutil.rmtree(data, ignore_errors=True)
 
 
+def scenario_messaging():
+    n = int(os.environ.get("BENCH_MESSAGES", "200000"))
+    data = Path(tempfile.mkdtemp(prefix="wasmhive-bench-"))
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    nats = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data / "js")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, nats)
+    messenger = COMPONENTS / "messenger.wasm"
+
+    def manifest(durable):
+        path = data / f"fwd-{durable}.toml"
+        path.write_text(
+            f'manifest_version = 1\n[app]\nname = "fwd"\nversion = "1.0.0"\n'
+            f'[components.fwd]\nsource = "{messenger}"\nenv = {{ FORWARD_TO = "bench.out" }}\n'
+            f'[components.fwd.messaging]\nsubscribe = ["bench.in"]\npublish = ["bench.out"]\n'
+            f'durable = {"true" if durable else "false"}\n')
+        return path
+
+    def run(mode, count):
+        out = subprocess.run([str(ROOT / "target/release/msgbench"), mode, url, str(count)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"  warning: msgbench {mode}: {out.stderr.strip()}")
+        m = re.search(r"rate=(\d+)", out.stdout)
+        return float(m.group(1)) if m else float("nan")
+
+    results = {"raw": [], "through": [], "durable": []}
+    try:
+        for r in range(ROUNDS):
+            results["raw"].append(run("raw", n))
+            for mode, durable in (("through", False), ("durable", True)):
+                host = Host(data / f"data-{mode}-{r}", [manifest(durable)], bus=("--nats", url))
+                try:
+                    count = n if mode == "through" else max(n // 4, 1000)
+                    results[mode].append(run(mode, count))
+                finally:
+                    host.stop()
+            print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in results.items()))
+    finally:
+        nats.terminate()
+        nats.wait()
+    raw = statistics.median(results["raw"])
+    rows = [("raw async-nats publish -> subscribe (no wasm)", raw),
+            ("through a wasmhive handler, core NATS (fresh instance per message)",
+             statistics.median(results["through"])),
+            ("through a wasmhive handler, durable JetStream (ack per message)",
+             statistics.median(results["durable"]))]
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, one nats-server 2.x on loopback. "
+        f"{n:,} messages of 16 bytes (durable: {max(n // 4, 1000):,}, published through JetStream with acks); "
+        f"the handler is the messenger fixture forwarding each body to `bench.out` (wasmcloud:messaging "
+        f"publish); rate = messages received on `bench.out` / time from first publish to last receipt. "
+        f"Median of {ROUNDS} rounds.",
+        "",
+        "| path | messages/s | vs raw |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| {label} | {rate:,.0f} | {rate / raw:.2f}x |" for label, rate in rows]
+    lines += ["", "Commands:", "", "```sh", "just bench messaging",
+              "nats-server -a 127.0.0.1 -p PORT -js -sd DIR",
+              "target/release/msgbench raw nats://127.0.0.1:PORT N",
+              "target/release/wasmhive up fwd.toml --nats nats://127.0.0.1:PORT   # subscribe bench.in, FORWARD_TO bench.out",
+              "target/release/msgbench through nats://127.0.0.1:PORT N   # or: durable", "```"]
+    text = "\n".join(lines)
+    print(text)
+    write_block("messaging", text)
+    shutil.rmtree(data, ignore_errors=True)
+
+
 SCENARIOS = {
     "http": scenario_http,
+    "messaging": scenario_messaging,
     "coldstart": scenario_coldstart,
     "density": scenario_density,
     "bulkhead": scenario_bulkhead,
@@ -520,6 +596,10 @@ SCENARIOS = {
 
 
 def main():
+    # A backtrace captured for every error a server creates (RUST_BACKTRACE=1 in a
+    # developer shell) is not what production pays; measure without it.
+    os.environ.pop("RUST_BACKTRACE", None)
+    os.environ.pop("RUST_LIB_BACKTRACE", None)
     names = sys.argv[1:] or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
