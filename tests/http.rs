@@ -388,3 +388,67 @@ allowed_outbound_hosts = ["{}"]
         host.logs()
     );
 }
+
+#[tokio::test]
+async fn trace_context_reaches_the_guest() {
+    let ws = Workspace::new();
+    let m = ws.write(
+        "inspect.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "inspect"
+version = "1.0.0"
+[components.inspect]
+source = "{component:inspect-request}"
+routes = ["GET /inspect"]
+"#,
+    );
+    let host = Host::start(&[&m]);
+    let traceparent_seen = |v: &serde_json::Value| -> String {
+        let all: Vec<String> = v["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h[0] == "traceparent")
+            .map(|h| h[1].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(all.len(), 1, "{v:#}");
+        all[0].clone()
+    };
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let v: serde_json::Value = client()
+        .get(host.url("/inspect"))
+        .header("traceparent", parent)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let seen = traceparent_seen(&v);
+    // Same trace, the host's own span.
+    assert!(
+        seen.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{seen}"
+    );
+    assert_ne!(seen, parent);
+
+    // Without one, the host starts a trace.
+    let v: serde_json::Value = client()
+        .get(host.url("/inspect"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let seen = traceparent_seen(&v);
+    let parts: Vec<&str> = seen.split('-').collect();
+    assert_eq!(parts.len(), 4, "{seen}");
+    assert_eq!(
+        (parts[0], parts[1].len(), parts[2].len()),
+        ("00", 32, 16),
+        "{seen}"
+    );
+}

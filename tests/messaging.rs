@@ -764,3 +764,36 @@ durable = true
     assert_eq!(counts["seen.inventory"].len(), 50);
     assert_eq!(counts["seen.billing"].len(), 50);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trace_context_travels_in_nats_headers() {
+    let server = NatsServer::start();
+    let ws = Workspace::new();
+    let m = messenger(&ws, "traced", &["traced"], &[], "");
+    let _host = host_on(BusChoice::Nats(server.url.clone()), &[&m]);
+    let c = nats(&server).await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    );
+    let reply = tokio::time::timeout(
+        Duration::from_secs(30),
+        c.request_with_headers("traced", headers, "x".into()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(reply.payload, "traced|x");
+    let tp = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("traceparent"))
+        .map(|v| v.as_str().to_string())
+        .expect("the guest's reply carries the trace");
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{tp}"
+    );
+    assert!(!tp.contains("00f067aa0ba902b7"), "a new span: {tp}");
+}

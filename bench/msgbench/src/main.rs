@@ -87,7 +87,11 @@ async fn main() {
             if i % 256 == 0 {
                 wait_window(i).await;
             }
-            acks.push(js.publish(payload.clone(), format!("{i:016}").into()).await.expect("publish"));
+            acks.push(
+                js.publish(payload.clone(), format!("{i:016}").into())
+                    .await
+                    .expect("publish"),
+            );
             if acks.len() == 1024 {
                 for a in acks.drain(..) {
                     a.await.expect("ack");

@@ -49,6 +49,7 @@ pub fn respond(
     e: &Failure,
     component: &ComponentId,
     invocation: u64,
+    trace_id: &str,
     method: &Method,
     path: &str,
 ) -> Response<Body> {
@@ -56,10 +57,11 @@ pub fn respond(
     if let Failure::Shed(_) = e {
         // Shedding is the system working as configured: counted in status and
         // metrics; logging each one would flood the log exactly when it matters.
-        tracing::debug!(invocation, component = %component, %method, path, error = %e, "request shed");
+        tracing::debug!(invocation, trace_id, component = %component, %method, path, error = %e, "request shed");
     } else {
         tracing::warn!(
             invocation,
+            trace_id,
             component = %component,
             %method,
             path,

@@ -3,7 +3,9 @@
 //!
 //! Before a guest sees a request the gateway removes headers a client must not be able
 //! to forge (`wasmhive-*`) and adds what the route matched: `wasmhive-route` (the
-//! pattern) and one `wasmhive-param-NAME` per captured parameter. Hop-by-hop headers
+//! pattern) and one `wasmhive-param-NAME` per captured parameter, and sets
+//! `traceparent` to the invocation's span (continuing the client's trace if it sent
+//! one; see `telemetry::trace`). Hop-by-hop headers
 //! are removed by the runtime (see `runtime::hooks`).
 
 mod error;
@@ -21,6 +23,7 @@ use crate::apps::{Apps, DeployedComponent};
 use crate::body::{self, Body};
 use crate::routes::RouteMatch;
 use crate::telemetry::metrics::{RequestLabels, RequestMetrics};
+use crate::telemetry::trace::{TRACEPARENT, TraceContext};
 
 /// Header prefix reserved for the host; stripped from client requests.
 pub const RESERVED_HEADER_PREFIX: &str = "wasmhive-";
@@ -89,16 +92,21 @@ impl Gateway {
         };
         drop(snapshot);
 
-        let req = match self.prepare_request(req, &pattern, &params) {
+        let trace = TraceContext::for_invocation(
+            req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()),
+        );
+        let traceparent = trace.header();
+        let req = match self.prepare_request(req, &pattern, &params, &traceparent) {
             Ok(r) => r,
             Err(status) => return body::text(status, "bad request"),
         };
         component.stats.started();
         let method = req.method().clone();
-        let response = match self.invoke(&component, req).await {
+        let response = match self.invoke(&component, req, &traceparent).await {
             Ok(response) => {
                 tracing::debug!(
                     invocation,
+                    trace_id = %trace.trace_id_hex(),
                     component = %component.id,
                     %method,
                     path = %path,
@@ -110,7 +118,14 @@ impl Gateway {
             }
             Err(e) => {
                 component.stats.failed();
-                error::respond(&e, &component.id, invocation, &method, &path)
+                error::respond(
+                    &e,
+                    &component.id,
+                    invocation,
+                    &trace.trace_id_hex(),
+                    &method,
+                    &path,
+                )
             }
         };
         self.metrics.record(
@@ -132,10 +147,11 @@ impl Gateway {
         &self,
         component: &DeployedComponent,
         req: Request<Body>,
+        traceparent: &str,
     ) -> Result<Response<Body>, error::Failure> {
         let permit = component.scaler.admit().await?;
         let prepared = component.scaler.prepared().await?;
-        Ok(prepared.handle(req, permit).await?)
+        Ok(prepared.handle(req, Some(traceparent), permit).await?)
     }
 
     /// Rewrites the client's request into what the guest receives.
@@ -144,6 +160,7 @@ impl Gateway {
         req: Request<Incoming>,
         pattern: &str,
         params: &[(String, String)],
+        traceparent: &str,
     ) -> Result<Request<Body>, StatusCode> {
         let (mut parts, incoming) = req.into_parts();
         // Absolute URI: wasi:http needs an authority; use Host, else our own address.
@@ -173,6 +190,9 @@ impl Gateway {
             .collect();
         for k in reserved {
             parts.headers.remove(k);
+        }
+        if let Ok(v) = HeaderValue::from_str(traceparent) {
+            parts.headers.insert(TRACEPARENT, v);
         }
         if let Ok(v) = HeaderValue::from_str(pattern) {
             parts

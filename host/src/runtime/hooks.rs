@@ -32,11 +32,16 @@ static FORBIDDEN_FILTER: LazyLock<ForbiddenHeaderFilter> =
 /// The hooks of one instance.
 pub struct HostHooks {
     grants: Arc<Grants>,
+    /// `traceparent` of the invocation, added to outgoing requests that carry none.
+    pub(crate) traceparent: Option<http::HeaderValue>,
 }
 
 impl HostHooks {
     pub(crate) fn new(grants: Arc<Grants>) -> Self {
-        HostHooks { grants }
+        HostHooks {
+            grants,
+            traceparent: None,
+        }
     }
 }
 
@@ -63,7 +68,7 @@ impl WasiHttpHooks for HostHooks {
 
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> SendFuture {
@@ -87,6 +92,11 @@ impl WasiHttpHooks for HostHooks {
                 "outbound request denied: destination not in allowed_outbound_hosts"
             );
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        if let Some(tp) = &self.traceparent
+            && !request.headers().contains_key("traceparent")
+        {
+            request.headers_mut().insert("traceparent", tp.clone());
         }
         Box::new(async move {
             use http_body_util::BodyExt;

@@ -137,9 +137,11 @@ impl PreparedComponent {
 
     /// Serves one request in a fresh instance. `guard` is held until the instance is
     /// gone (after the response body has been produced or the invocation failed).
+    /// What the guest sends out carries `traceparent`.
     pub async fn handle<G: Send + 'static>(
         &self,
         request: http::Request<WasiBody>,
+        traceparent: Option<&str>,
         guard: G,
     ) -> Result<http::Response<WasiBody>, InvokeError> {
         let inner = self.inner.clone();
@@ -152,6 +154,9 @@ impl PreparedComponent {
         let deadline = Instant::now() + timeout;
         let (tx, rx) = oneshot::channel();
         let (mut store, memory_hit) = self.new_store(deadline);
+        if let Some(tp) = traceparent {
+            store.data_mut().set_traceparent(tp);
+        }
 
         let task = tokio::spawn(async move {
             let run = async {
@@ -222,6 +227,7 @@ impl PreparedComponent {
     pub async fn handle_message<G: Send + 'static>(
         &self,
         message: BrokerMessage,
+        traceparent: Option<&str>,
         guard: G,
     ) -> Result<(), InvokeError> {
         let inner = self.inner.clone();
@@ -234,6 +240,9 @@ impl PreparedComponent {
         let deadline = Instant::now() + timeout;
         let (mut store, memory_hit) = self.new_store(deadline);
         store.data_mut().messaging.reply_to = message.reply_to.clone();
+        if let Some(tp) = traceparent {
+            store.data_mut().set_traceparent(tp);
+        }
         let task = tokio::spawn(async move {
             let run = async {
                 let instance = pre

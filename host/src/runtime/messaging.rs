@@ -55,6 +55,17 @@ impl std::fmt::Debug for BusHandle {
 pub(crate) struct MessagingCtx {
     /// Reply subject of the message being handled: always allowed.
     pub reply_to: Option<String>,
+    /// `traceparent` of the invocation, carried by what the guest publishes.
+    pub traceparent: Option<String>,
+}
+
+impl MessagingCtx {
+    fn headers(&self) -> Vec<(String, String)> {
+        self.traceparent
+            .iter()
+            .map(|t| ("traceparent".to_string(), t.clone()))
+            .collect()
+    }
 }
 
 /// Adds the host's messaging and logging interfaces to `linker`.
@@ -105,13 +116,12 @@ impl consumer::Host for InstanceState {
     ) -> Result<BrokerMessage, String> {
         let bus = self.may_publish(&subject)?;
         let timeout = Duration::from_millis(u64::from(timeout_ms.max(1)));
-        let reply = bus
-            .request(bus::Message::new(subject, body), timeout)
-            .await
-            .map_err(|e| match e {
-                BusError::NoResponders(s) => format!("no responders on {s}"),
-                other => other.to_string(),
-            })?;
+        let mut message = bus::Message::new(subject, body);
+        message.headers = self.messaging.headers();
+        let reply = bus.request(message, timeout).await.map_err(|e| match e {
+            BusError::NoResponders(s) => format!("no responders on {s}"),
+            other => other.to_string(),
+        })?;
         Ok(BrokerMessage {
             subject: reply.subject,
             body: reply.body.to_vec(),
@@ -124,7 +134,7 @@ impl consumer::Host for InstanceState {
         bus.publish(bus::Message {
             subject: msg.subject,
             reply_to: msg.reply_to,
-            headers: Vec::new(),
+            headers: self.messaging.headers(),
             body: msg.body.into(),
         })
         .await

@@ -71,6 +71,12 @@ impl InstanceState {
         }
     }
 
+    /// Sets the `traceparent` this instance's outgoing requests and messages carry.
+    pub(crate) fn set_traceparent(&mut self, value: &str) {
+        self.hooks.traceparent = http::HeaderValue::from_str(value).ok();
+        self.messaging.traceparent = Some(value.to_string());
+    }
+
     /// What this instance's component may do.
     pub fn grants(&self) -> &Arc<Grants> {
         &self.grants

@@ -24,6 +24,7 @@ use crate::bus::{Bus, Message};
 use crate::runtime::InvokeError;
 use crate::runtime::messaging::BrokerMessage;
 use crate::telemetry::metrics::{RequestLabels, RequestMetrics};
+use crate::telemetry::trace::{TRACEPARENT, TraceContext};
 
 /// The queue group a component's subscriptions join.
 pub fn queue_group(component: &DeployedComponent) -> String {
@@ -130,10 +131,14 @@ pub(crate) async fn handle(
         .prepared()
         .await
         .map_err(|e| InvokeError::Instantiate(format!("cannot load from zero: {e}")))?;
+    let trace = TraceContext::for_invocation(message.header(TRACEPARENT));
+    tracing::debug!(component = %component.id, subject = %message.subject, trace_id = %trace.trace_id_hex(), "message delivered");
     let message = BrokerMessage {
         subject: message.subject,
         body: message.body.to_vec(),
         reply_to: message.reply_to,
     };
-    prepared.handle_message(message, permit).await
+    prepared
+        .handle_message(message, Some(&trace.header()), permit)
+        .await
 }

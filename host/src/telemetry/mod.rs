@@ -5,6 +5,7 @@
 //! app, name and version as fields.
 
 pub mod metrics;
+pub mod trace;
 
 use std::io::IsTerminal;
 
