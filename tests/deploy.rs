@@ -330,6 +330,34 @@ source = "{component:unknown-import}"
         "{}",
         stderr(&out)
     );
+
+    // Exports vs triggers: routes need an HTTP handler, subscriptions a message handler.
+    let mismatched = |name: &str, source: &str, trigger: &str| {
+        ws.write(
+            &format!("{name}.toml"),
+            &format!(
+                "manifest_version = 1\n[app]\nname = \"{name}\"\nversion = \"1.0.0\"\n[components.c]\nsource = \"{{component:{source}}}\"\n{trigger}\n"
+            ),
+        )
+    };
+    let out = run(&mismatched("routes", "messenger", "routes = [\"/x\"]"));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("exports no HTTP handler"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&mismatched(
+        "subs",
+        "hello",
+        "[components.c.messaging]\nsubscribe = [\"x\"]",
+    ));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("exports no message handler"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test]

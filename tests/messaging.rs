@@ -797,3 +797,49 @@ async fn trace_context_travels_in_nats_headers() {
     );
     assert!(!tp.contains("00f067aa0ba902b7"), "a new span: {tp}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_host_authenticates_to_nats_and_fails_fast_on_bad_credentials() {
+    let server = NatsServer::start_with(&["--user", "hive", "--pass", "s3cret"]);
+    let ws = Workspace::new();
+    let m = messenger(&ws, "authed", &["authed"], &[], "");
+    let host = Host::start_with(HostOptions {
+        manifests: vec![m.clone()],
+        bus: BusChoice::Nats(server.url.clone()),
+        args: vec![
+            "--nats-user".into(),
+            "hive".into(),
+            "--nats-password".into(),
+            "s3cret".into(),
+        ],
+        ..Default::default()
+    });
+    let c = async_nats::ConnectOptions::with_user_and_password("hive".into(), "s3cret".into())
+        .connect(&server.url)
+        .await
+        .unwrap();
+    assert_eq!(request(&c, "authed", "x").await, "authed|x");
+    drop(host);
+
+    let started = std::time::Instant::now();
+    let err = match Host::try_start(HostOptions {
+        manifests: vec![m],
+        bus: BusChoice::Nats(server.url.clone()),
+        args: vec![
+            "--nats-user".into(),
+            "hive".into(),
+            "--nats-password".into(),
+            "wrong".into(),
+        ],
+        ..Default::default()
+    }) {
+        Ok(_) => panic!("a wrong password must stop the host"),
+        Err(e) => e,
+    };
+    assert!(err.contains("cannot connect to NATS"), "{err}");
+    assert!(err.to_lowercase().contains("authorization"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "fails fast, no retry loop"
+    );
+}

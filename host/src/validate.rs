@@ -62,10 +62,16 @@ pub async fn validate(manifest_path: &Path, data_dir: &Path) -> anyhow::Result<S
                 component: spec.name.clone(),
                 error,
             })?;
+        crate::control::check_triggers(spec, &prepared).map_err(|error| {
+            DeployError::Component {
+                component: spec.name.clone(),
+                error,
+            }
+        })?;
         let interface = runtime.interface(&component);
         let _ = writeln!(
             out,
-            "  component {}: {} handler, {} imports, routes: {}",
+            "  component {}: {} handler, {} imports, routes: {}, subscribes: {}",
             spec.name,
             match (prepared.flavor(), prepared.handles_messages()) {
                 (Some(crate::runtime::HttpFlavor::P2), false) => "wasi:http 0.2",
@@ -82,6 +88,11 @@ pub async fn validate(manifest_path: &Path, data_dir: &Path) -> anyhow::Result<S
                     .map(|r| r.to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
+            },
+            if spec.messaging.subscribe.is_empty() {
+                "none".to_string()
+            } else {
+                spec.messaging.subscribe.join(", ")
             }
         );
     }

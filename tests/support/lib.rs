@@ -552,11 +552,17 @@ pub struct NatsServer {
     pub url: String,
     port: u16,
     store: tempfile::TempDir,
+    args: Vec<String>,
 }
 
 impl NatsServer {
     /// Starts one; panics with a hint if `nats-server` is not installed.
     pub fn start() -> NatsServer {
+        NatsServer::start_with(&[])
+    }
+
+    /// Starts one with extra `nats-server` arguments (e.g. `--user`, `--pass`).
+    pub fn start_with(args: &[&str]) -> NatsServer {
         let store = tempfile::tempdir().expect("tempdir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -568,6 +574,7 @@ impl NatsServer {
             url: format!("nats://127.0.0.1:{port}"),
             port,
             store,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         server
@@ -584,6 +591,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -11,6 +11,9 @@ use futures::StreamExt;
 
 use super::{Bus, BusError, Message, Subscription};
 
+/// How long start-up waits for an unreachable NATS server.
+pub const CONNECT_PATIENCE: Duration = Duration::from_secs(15);
+
 /// How to reach and authenticate to a NATS system.
 #[derive(Debug, Clone, Default)]
 pub struct NatsOptions {
@@ -34,11 +37,29 @@ pub struct NatsBus {
 }
 
 impl NatsBus {
-    /// Connects, retrying for a while if the server is not up yet.
+    /// Connects, retrying for up to [`CONNECT_PATIENCE`] while the server is not
+    /// reachable; bad credentials or TLS fail at once. Once connected, the client
+    /// reconnects by itself for as long as the host runs.
     pub async fn connect(opts: &NatsOptions) -> anyhow::Result<NatsBus> {
+        let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+        loop {
+            match Self::try_connect(opts).await {
+                Ok(bus) => return Ok(bus),
+                Err(e) => {
+                    use async_nats::ConnectErrorKind as K;
+                    let retry = matches!(e.kind(), K::Io | K::TimedOut | K::Dns);
+                    if !retry || tokio::time::Instant::now() >= deadline {
+                        anyhow::bail!("cannot connect to NATS at {}: {e}", opts.url);
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+
+    async fn try_connect(opts: &NatsOptions) -> Result<NatsBus, async_nats::ConnectError> {
         let mut o = async_nats::ConnectOptions::new()
             .name("wasmhive")
-            .retry_on_initial_connect()
             .max_reconnects(None)
             .event_callback(|event| async move {
                 match event {
@@ -57,21 +78,16 @@ impl NatsBus {
         }
         if let Some(c) = &opts.creds {
             o = o.credentials_file(c).await.map_err(|e| {
-                anyhow::anyhow!("cannot read NATS credentials {}: {e}", c.display())
+                async_nats::ConnectError::with_source(
+                    async_nats::ConnectErrorKind::Authentication,
+                    e,
+                )
             })?;
         }
         if let Some(ca) = &opts.tls_ca {
             o = o.add_root_certificates(ca.clone()).require_tls(true);
         }
-        let client = tokio::time::timeout(Duration::from_secs(30), o.connect(opts.url.as_str()))
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "cannot connect to NATS at {}: timed out after 30 s",
-                    opts.url
-                )
-            })?
-            .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {}: {e}", opts.url))?;
+        let client = o.connect(opts.url.as_str()).await?;
         Ok(NatsBus {
             client,
             url: opts.url.clone(),

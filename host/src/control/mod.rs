@@ -309,16 +309,7 @@ impl ControlPlane {
             .runtime
             .prepare(&component, grants.clone(), instances.clone())
             .map_err(component_err)?;
-        if !spec.routes.is_empty() && prepared.flavor().is_none() {
-            return Err(component_err(RuntimeError::Exports(
-                "routes are set but the component exports no HTTP handler (wasi:http/incoming-handler@0.2.x)".into(),
-            )));
-        }
-        if !spec.messaging.subscribe.is_empty() && !prepared.handles_messages() {
-            return Err(component_err(RuntimeError::Exports(
-                "messaging.subscribe is set but the component exports no message handler (wasmcloud:messaging/handler@0.2.0)".into(),
-            )));
-        }
+        check_triggers(spec, &prepared).map_err(component_err)?;
         tracing::info!(
             app = %manifest.app.name,
             component = %spec.name,
@@ -496,6 +487,25 @@ pub fn grants_for(
         publish: spec.messaging.publish.clone(),
         bus: None,
     })
+}
+
+/// Checks that the component exports a handler for every trigger its manifest
+/// section configures (routes need an HTTP handler, subscriptions a message handler).
+pub fn check_triggers(
+    spec: &ComponentSpec,
+    prepared: &crate::runtime::PreparedComponent,
+) -> Result<(), RuntimeError> {
+    if !spec.routes.is_empty() && prepared.flavor().is_none() {
+        return Err(RuntimeError::Exports(
+            "routes are set but the component exports no HTTP handler (wasi:http/incoming-handler@0.2.x)".into(),
+        ));
+    }
+    if !spec.messaging.subscribe.is_empty() && !prepared.handles_messages() {
+        return Err(RuntimeError::Exports(
+            "messaging.subscribe is set but the component exports no message handler (wasmcloud:messaging/handler@0.2.0)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A component's scaling policy from its manifest section and the host's defaults.
