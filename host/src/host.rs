@@ -44,11 +44,15 @@ pub async fn run(
     let runtime = Arc::new(Runtime::new(&config.pool, &config.data_dir)?);
     let apps = Arc::new(Apps::default());
     let bus = crate::bus::connect(&config, &shutdown).await?;
+    let kv: Arc<dyn crate::state::KvStore> = Arc::new(crate::state::redb::RedbStore::open(
+        &config.data_dir.join("kv"),
+    )?);
     let control = Arc::new(ControlPlane::new(
         runtime,
         apps.clone(),
         config.clone(),
         bus.bus.clone(),
+        kv.clone(),
         shutdown.clone(),
     )?);
     let gateway = Gateway::new(
@@ -85,6 +89,11 @@ pub async fn run(
     println!("  admin: http://{}", config.admin_addr);
     println!("  data:  {}", config.data_dir.display());
     println!("  bus:   {}", bus.describe());
+    println!(
+        "  kv:    {} ({})",
+        kv.kind(),
+        config.data_dir.join("kv").display()
+    );
 
     control.restore().await;
     for path in &manifests {

@@ -37,6 +37,7 @@ pub mod manifest;
 pub mod routes;
 pub mod runtime;
 pub mod scaler;
+pub mod state;
 pub mod subscriber;
 pub mod telemetry;
 pub mod validate;

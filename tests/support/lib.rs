@@ -17,6 +17,7 @@ pub const FIXTURES: &[&str] = &[
     "echo-body",
     "faults",
     "inspect-request",
+    "kv-store",
     "messenger",
     "outbound-call",
     "unknown-import",

@@ -134,6 +134,7 @@ pub struct ControlPlane {
     requests: Arc<RequestMetrics>,
     registry: prometheus_client::registry::Registry,
     bus: Arc<dyn Bus>,
+    kv: Arc<dyn crate::state::KvStore>,
     /// Stops the message subscriptions of each deployed app version.
     subscriptions: std::sync::Mutex<BTreeMap<String, CancellationToken>>,
     shutdown: CancellationToken,
@@ -141,12 +142,14 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Opens the blob store and deployment records under the data dir.
-    /// Messages flow through `bus`; subscriptions end at `shutdown`.
+    /// Messages flow through `bus`, key-value data lives in `kv`; subscriptions end at
+    /// `shutdown`.
     pub fn new(
         runtime: Arc<Runtime>,
         apps: Arc<Apps>,
         config: HostConfig,
         bus: Arc<dyn Bus>,
+        kv: Arc<dyn crate::state::KvStore>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let blobs = BlobStore::open(&config.data_dir)?;
@@ -160,6 +163,7 @@ impl ControlPlane {
             requests,
             registry,
             bus,
+            kv,
             subscriptions: Default::default(),
             shutdown,
             blobs,
@@ -285,6 +289,7 @@ impl ControlPlane {
         }
         let mut grants = grants_for(manifest, spec, &self.config)?;
         grants.bus = Some(BusHandle(self.bus.clone()));
+        grants.keyvalue.store = Some(self.kv.clone());
         let grants = Arc::new(grants);
         let policy = policy_for(spec, &self.config);
         let instances = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -486,7 +491,64 @@ pub fn grants_for(
         timeout: spec.limits.timeout.unwrap_or(config.defaults.timeout),
         publish: spec.messaging.publish.clone(),
         bus: None,
+        keyvalue: crate::runtime::keyvalue::KeyvalueGrant {
+            buckets: spec.keyvalue.buckets.clone(),
+            max_value_size: spec
+                .keyvalue
+                .max_value_size
+                .unwrap_or(crate::runtime::keyvalue::DEFAULT_MAX_VALUE_SIZE),
+            store: None,
+        },
+        config: resolve_config(spec)?,
     })
+}
+
+/// Expands `${VAR}` in config values from the host environment and reads secrets.
+/// Errors name the field; secret values never appear in them.
+fn resolve_config(
+    spec: &ComponentSpec,
+) -> Result<crate::runtime::config::ConfigValues, DeployError> {
+    let err = |message: String| DeployError::Limit {
+        component: spec.name.clone(),
+        message,
+    };
+    let mut values = Vec::with_capacity(spec.config.len());
+    for (key, raw) in &spec.config {
+        let mut out = String::with_capacity(raw.len());
+        let mut rest = raw.as_str();
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after
+                .find('}')
+                .ok_or_else(|| err(format!("config.{key}: unclosed \"${{\" in {raw:?}")))?;
+            let var = &after[..end];
+            let value = std::env::var(var).map_err(|_| {
+                err(format!(
+                    "config.{key}: environment variable {var} is not set on the host"
+                ))
+            })?;
+            out.push_str(&value);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        values.push((key.clone(), out));
+    }
+    let mut secrets = Vec::with_capacity(spec.secrets.len());
+    for (key, source) in &spec.secrets {
+        let value = match source {
+            crate::manifest::SecretSource::Env(var) => std::env::var(var).map_err(|_| {
+                err(format!(
+                    "secrets.{key}: environment variable {var} is not set on the host"
+                ))
+            })?,
+            crate::manifest::SecretSource::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| err(format!("secrets.{key}: cannot read {path}: {}", e.kind())))?,
+        };
+        secrets.push((key.clone(), value));
+    }
+    Ok(crate::runtime::config::ConfigValues::new(values, secrets))
 }
 
 /// Checks that the component exports a handler for every trigger its manifest

@@ -63,6 +63,30 @@ pub struct ComponentSpec {
     pub scale: ScaleSpec,
     /// Subscriptions and publish grants.
     pub messaging: MessagingSpec,
+    /// Key-value buckets.
+    pub keyvalue: KeyvalueSpec,
+    /// Configuration values as written (`${VAR}` expanded at deploy time).
+    pub config: Vec<(String, String)>,
+    /// Secrets: where each value comes from (resolved at deploy time, never logged).
+    pub secrets: Vec<(String, SecretSource)>,
+}
+
+/// `[components.NAME.keyvalue]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyvalueSpec {
+    /// Bucket names the guest may open (`""` and `"default"` are the same bucket).
+    pub buckets: Vec<String>,
+    /// Largest value a `set` accepts.
+    pub max_value_size: Option<u64>,
+}
+
+/// Where a secret's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A host environment variable.
+    Env(String),
+    /// A file on the host.
+    File(String),
 }
 
 /// `[components.NAME.messaging]`
@@ -299,6 +323,73 @@ impl Checker<'_> {
             None => MessagingSpec::default(),
         };
 
+        let mut keyvalue = KeyvalueSpec::default();
+        if let Some(kv) = raw.keyvalue {
+            for (i, b) in kv.buckets.into_iter().enumerate() {
+                let name = b.get_ref();
+                let ok = name.len() <= 64
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                if !ok {
+                    return Err(self.invalid(
+                        b.span(),
+                        field(&format!("keyvalue.buckets[{i}]")),
+                        "bucket names use letters, digits, '-', '_' and '.' (at most 64)",
+                    ));
+                }
+                let name = if name.is_empty() {
+                    "default".to_string()
+                } else {
+                    b.into_inner()
+                };
+                if !keyvalue.buckets.contains(&name) {
+                    keyvalue.buckets.push(name);
+                }
+            }
+            if let Some(size) = kv.max_value_size {
+                let bytes = parse_size(size.get_ref()).map_err(|why| {
+                    self.invalid(size.span(), field("keyvalue.max_value_size"), why)
+                })?;
+                keyvalue.max_value_size = Some(bytes);
+            }
+        }
+
+        let mut config = Vec::with_capacity(raw.config.len());
+        for (k, v) in raw.config {
+            config.push((k.into_inner(), v.into_inner()));
+        }
+        let mut secrets = Vec::with_capacity(raw.secrets.len());
+        for (k, v) in raw.secrets {
+            let key = format!("secrets.{}", k.get_ref());
+            let span = v.span();
+            let source = match v.into_inner() {
+                raw::RawSecret {
+                    env: Some(e),
+                    file: None,
+                } => SecretSource::Env(e),
+                raw::RawSecret {
+                    env: None,
+                    file: Some(f),
+                } => SecretSource::File(f),
+                _ => {
+                    return Err(self.invalid(
+                        span,
+                        field(&key),
+                        "give exactly one of { env = \"VAR\" } or { file = \"path\" }",
+                    ));
+                }
+            };
+            if config.iter().any(|(c, _)| c == k.get_ref()) {
+                return Err(self.invalid(
+                    k.span(),
+                    field(&key),
+                    "a config key of the same name exists; config and secrets share one namespace",
+                ));
+            }
+            secrets.push((k.into_inner(), source));
+        }
+
         Ok(ComponentSpec {
             name: name.into_inner(),
             source: raw.source.into_inner(),
@@ -308,6 +399,9 @@ impl Checker<'_> {
             limits,
             scale,
             messaging,
+            keyvalue,
+            config,
+            secrets,
         })
     }
 

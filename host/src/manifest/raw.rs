@@ -43,6 +43,27 @@ pub(crate) struct RawComponent {
     pub scale: Option<RawScale>,
     #[serde(default)]
     pub messaging: Option<RawMessaging>,
+    #[serde(default)]
+    pub keyvalue: Option<RawKeyvalue>,
+    #[serde(default)]
+    pub config: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    pub secrets: BTreeMap<Spanned<String>, Spanned<RawSecret>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKeyvalue {
+    #[serde(default)]
+    pub buckets: Vec<Spanned<String>>,
+    pub max_value_size: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSecret {
+    pub env: Option<String>,
+    pub file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

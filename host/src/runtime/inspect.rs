@@ -17,6 +17,9 @@ const PROVIDED: &[&str] = &[
     "wasi:http/",
     "wasi:logging/",
     "wasmcloud:messaging/",
+    "wasi:keyvalue/",
+    "wasmhive:keyvalue/",
+    "wasi:config/",
 ];
 
 /// Which wasi:http handler a component exports.
@@ -79,6 +82,13 @@ impl ComponentInterface {
         self.exports
             .iter()
             .any(|e| e.starts_with("wasmcloud:messaging/handler@0.2"))
+    }
+
+    /// Whether it imports any key-value interface.
+    pub fn uses_keyvalue(&self) -> bool {
+        self.imports
+            .iter()
+            .any(|i| i.starts_with("wasi:keyvalue/") || i.starts_with("wasmhive:keyvalue/"))
     }
 
     /// Refuses imports the host does not provide, naming each one.

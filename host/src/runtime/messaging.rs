@@ -13,15 +13,7 @@ use crate::bus::{self, Bus, BusError};
 
 use super::{Grants, InstanceState};
 
-/// Bindings for what the host provides (imports).
-#[allow(missing_docs)]
-pub(crate) mod imports {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "wasmhive:service/imports",
-        imports: { default: async },
-    });
-}
+use super::bindings::imports;
 
 /// Bindings for calling a component's message handler (export).
 #[allow(missing_docs)]
@@ -31,7 +23,7 @@ pub(crate) mod handler {
         world: "wasmcloud:messaging/messaging-handler",
         exports: { default: async },
         with: {
-            "wasmcloud:messaging/types": super::imports::wasmcloud::messaging::types,
+            "wasmcloud:messaging/types": crate::runtime::bindings::imports::wasmcloud::messaging::types,
         },
     });
 }
@@ -66,17 +58,6 @@ impl MessagingCtx {
             .map(|t| ("traceparent".to_string(), t.clone()))
             .collect()
     }
-}
-
-/// Adds the host's messaging and logging interfaces to `linker`.
-pub(crate) fn add_to_linker(
-    linker: &mut wasmtime::component::Linker<InstanceState>,
-) -> anyhow::Result<()> {
-    imports::Imports::add_to_linker::<_, wasmtime::component::HasSelf<InstanceState>>(
-        linker,
-        |s| s,
-    )?;
-    Ok(())
 }
 
 impl InstanceState {

@@ -7,11 +7,14 @@
 //! component's [`Grants`] and limits. It knows nothing about routes, subjects, apps or
 //! scaling; callers hand it a request and get a response or an [`InvokeError`].
 
+mod bindings;
 mod cache;
+pub mod config;
 mod engine;
 mod hooks;
 mod inspect;
 mod invoke;
+pub mod keyvalue;
 pub mod messaging;
 mod state;
 
@@ -68,6 +71,10 @@ pub struct Grants {
     /// The bus its messaging calls go to (`None`: messaging unavailable, e.g. offline
     /// validation).
     pub bus: Option<messaging::BusHandle>,
+    /// Key-value buckets it may open.
+    pub keyvalue: keyvalue::KeyvalueGrant,
+    /// Configuration and secrets it reads through wasi:config.
+    pub config: config::ConfigValues,
 }
 
 /// Errors from compiling or preparing a component.
@@ -197,6 +204,11 @@ impl Runtime {
     ) -> Result<PreparedComponent, RuntimeError> {
         let interface = self.interface(component);
         interface.check_imports()?;
+        if interface.uses_keyvalue() && grants.keyvalue.buckets.is_empty() {
+            return Err(RuntimeError::Imports(
+                "component imports wasi:keyvalue but its manifest grants no buckets: list them under [components.NAME.keyvalue] buckets".into(),
+            ));
+        }
         let flavor = interface.http_flavor();
         if flavor.is_none() && !interface.handles_messages() {
             return Err(RuntimeError::Exports(format!(
@@ -228,6 +240,6 @@ fn add_interfaces(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
     wasmtime_wasi::p3::add_to_linker(linker)?;
     wasmtime_wasi_http::p3::add_to_linker(linker)?;
-    messaging::add_to_linker(linker)?;
+    bindings::add_to_linker(linker)?;
     Ok(())
 }

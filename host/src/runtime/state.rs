@@ -77,6 +77,14 @@ impl InstanceState {
         self.messaging.traceparent = Some(value.to_string());
     }
 
+    pub(crate) fn table_ref(&self) -> &ResourceTable {
+        &self.table
+    }
+
+    pub(crate) fn table_mut(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
     /// What this instance's component may do.
     pub fn grants(&self) -> &Arc<Grants> {
         &self.grants

@@ -1,0 +1,346 @@
+//! The embedded backend: one redb database file, `DATA/kv/kv.redb`.
+//!
+//! Reads run in their own read transactions. Writes go to one writer thread that
+//! applies every write waiting in its queue in a single transaction and commits once
+//! (group commit, durable: fsync before anyone is answered). That serializes
+//! increment and compare-and-swap without locks in the callers, and amortizes the
+//! fsync over concurrent writers.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{KEYS_PAGE, KeyPage, KvError, KvStore, Namespace, parse_counter};
+
+/// (namespace, key) → value.
+const TABLE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
+/// Writes applied per transaction at most.
+const MAX_BATCH: usize = 512;
+
+enum Write {
+    Set(String, Vec<u8>),
+    Delete(String),
+    Increment(String, u64),
+    Cas(String, Option<Vec<u8>>, Vec<u8>),
+}
+
+enum Done {
+    Unit,
+    Count(u64),
+    Swapped(bool),
+}
+
+struct Job {
+    ns: Namespace,
+    writes: Vec<Write>,
+    reply: mpsc::SyncSender<Result<Vec<Done>, KvError>>,
+}
+
+/// The redb store.
+pub struct RedbStore {
+    db: Arc<Database>,
+    writer: mpsc::Sender<Job>,
+}
+
+fn storage(e: impl std::fmt::Display) -> KvError {
+    KvError::Storage(e.to_string())
+}
+
+impl RedbStore {
+    /// Opens (creating) `dir/kv.redb` and starts its writer thread.
+    pub fn open(dir: &Path) -> anyhow::Result<RedbStore> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("kv.redb");
+        let db = Database::create(&path)
+            .map_err(|e| anyhow::anyhow!("cannot open key-value store {}: {e}", path.display()))?;
+        {
+            let tx = db.begin_write()?;
+            tx.open_table(TABLE)?;
+            tx.commit()?;
+        }
+        let db = Arc::new(db);
+        let (writer, jobs) = mpsc::channel::<Job>();
+        let wdb = db.clone();
+        std::thread::Builder::new()
+            .name("wasmhive-kv-writer".into())
+            .spawn(move || write_loop(&wdb, jobs))?;
+        Ok(RedbStore { db, writer })
+    }
+
+    fn write(&self, ns: &Namespace, writes: Vec<Write>) -> Result<Vec<Done>, KvError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.writer
+            .send(Job {
+                ns: ns.clone(),
+                writes,
+                reply,
+            })
+            .map_err(|_| storage("the key-value writer stopped"))?;
+        answer
+            .recv()
+            .map_err(|_| storage("the key-value writer stopped"))?
+    }
+}
+
+fn write_loop(db: &Database, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut results: Vec<Result<Vec<Done>, KvError>> = Vec::with_capacity(batch.len());
+        let committed = (|| -> Result<(), KvError> {
+            let tx = db.begin_write().map_err(storage)?;
+            {
+                let mut table = tx.open_table(TABLE).map_err(storage)?;
+                for job in &batch {
+                    let ns = job.ns.as_str();
+                    let mut done = Vec::with_capacity(job.writes.len());
+                    let mut failed = None;
+                    for w in &job.writes {
+                        let r = match w {
+                            Write::Set(k, v) => table
+                                .insert((ns, k.as_str()), v.as_slice())
+                                .map(|_| Done::Unit)
+                                .map_err(storage),
+                            Write::Delete(k) => table
+                                .remove((ns, k.as_str()))
+                                .map(|_| Done::Unit)
+                                .map_err(storage),
+                            Write::Increment(k, delta) => (|| {
+                                let current = {
+                                    let old = table.get((ns, k.as_str())).map_err(storage)?;
+                                    parse_counter(k, old.as_ref().map(|g| g.value()))?
+                                };
+                                let new = current
+                                    .checked_add(*delta)
+                                    .ok_or_else(|| KvError::Overflow(k.clone()))?;
+                                table
+                                    .insert((ns, k.as_str()), new.to_string().as_bytes())
+                                    .map_err(storage)?;
+                                Ok(Done::Count(new))
+                            })(),
+                            Write::Cas(k, expected, new) => (|| {
+                                let matches = {
+                                    let old = table.get((ns, k.as_str())).map_err(storage)?;
+                                    old.as_ref().map(|g| g.value()) == expected.as_deref()
+                                };
+                                if matches {
+                                    table
+                                        .insert((ns, k.as_str()), new.as_slice())
+                                        .map_err(storage)?;
+                                }
+                                Ok(Done::Swapped(matches))
+                            })(),
+                        };
+                        match r {
+                            Ok(d) => done.push(d),
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    results.push(match failed {
+                        Some(e) => Err(e),
+                        None => Ok(done),
+                    });
+                }
+            }
+            tx.commit().map_err(storage)
+        })();
+        match committed {
+            Ok(()) => {
+                for (job, r) in batch.into_iter().zip(results) {
+                    let _ = job.reply.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "key-value commit failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+impl KvStore for RedbStore {
+    fn kind(&self) -> &'static str {
+        "redb"
+    }
+
+    fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let table = tx.open_table(TABLE).map_err(storage)?;
+        let v = table.get((ns.as_str(), key)).map_err(storage)?;
+        Ok(v.map(|g| g.value().to_vec()))
+    }
+
+    fn set(&self, ns: &Namespace, key: &str, value: Vec<u8>) -> Result<(), KvError> {
+        self.write(ns, vec![Write::Set(key.to_string(), value)])
+            .map(|_| ())
+    }
+
+    fn delete(&self, ns: &Namespace, key: &str) -> Result<(), KvError> {
+        self.write(ns, vec![Write::Delete(key.to_string())])
+            .map(|_| ())
+    }
+
+    fn list_keys(&self, ns: &Namespace, cursor: u64) -> Result<KeyPage, KvError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let table = tx.open_table(TABLE).map_err(storage)?;
+        let n = ns.as_str();
+        let mut keys = Vec::new();
+        let mut more = false;
+        for entry in table
+            .range((n, "")..)
+            .map_err(storage)?
+            .skip(usize::try_from(cursor).unwrap_or(usize::MAX))
+        {
+            let (k, _) = entry.map_err(storage)?;
+            let (kns, key) = k.value();
+            if kns != n {
+                break;
+            }
+            if keys.len() == KEYS_PAGE {
+                more = true;
+                break;
+            }
+            keys.push(key.to_string());
+        }
+        let next = more.then(|| cursor + keys.len() as u64);
+        Ok(KeyPage { keys, cursor: next })
+    }
+
+    fn increment(&self, ns: &Namespace, key: &str, delta: u64) -> Result<u64, KvError> {
+        match self
+            .write(ns, vec![Write::Increment(key.to_string(), delta)])?
+            .pop()
+        {
+            Some(Done::Count(n)) => Ok(n),
+            _ => Err(storage("unexpected writer reply")),
+        }
+    }
+
+    fn compare_and_swap(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Vec<u8>,
+    ) -> Result<bool, KvError> {
+        let w = Write::Cas(key.to_string(), expected.map(<[u8]>::to_vec), new);
+        match self.write(ns, vec![w])?.pop() {
+            Some(Done::Swapped(b)) => Ok(b),
+            _ => Err(storage("unexpected writer reply")),
+        }
+    }
+
+    fn get_many(&self, ns: &Namespace, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let table = tx.open_table(TABLE).map_err(storage)?;
+        keys.iter()
+            .map(|k| {
+                table
+                    .get((ns.as_str(), k.as_str()))
+                    .map(|v| v.map(|g| g.value().to_vec()))
+                    .map_err(storage)
+            })
+            .collect()
+    }
+
+    fn set_many(&self, ns: &Namespace, pairs: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
+        let writes = pairs.into_iter().map(|(k, v)| Write::Set(k, v)).collect();
+        self.write(ns, writes).map(|_| ())
+    }
+
+    fn delete_many(&self, ns: &Namespace, keys: &[String]) -> Result<(), KvError> {
+        let writes = keys.iter().map(|k| Write::Delete(k.clone())).collect();
+        self.write(ns, writes).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_separate_and_atomics_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let a = Namespace::new("a", "c", "orders");
+        let b = Namespace::new("b", "c", "orders");
+        s.set(&a, "k", b"1".to_vec()).unwrap();
+        assert_eq!(s.get(&a, "k").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(s.get(&b, "k").unwrap(), None);
+        assert_eq!(s.increment(&a, "k", 41).unwrap(), 42);
+        assert!(
+            !s.compare_and_swap(&a, "k", Some(b"41"), b"x".to_vec())
+                .unwrap()
+        );
+        assert!(
+            s.compare_and_swap(&a, "k", Some(b"42"), b"x".to_vec())
+                .unwrap()
+        );
+        assert!(matches!(
+            s.increment(&a, "k", 1),
+            Err(KvError::NotANumber(_))
+        ));
+        assert!(s.compare_and_swap(&b, "new", None, b"v".to_vec()).unwrap());
+        assert!(!s.compare_and_swap(&b, "new", None, b"w".to_vec()).unwrap());
+    }
+
+    #[test]
+    fn list_keys_pages_within_a_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let ns = Namespace::new("a", "c", "b");
+        let other = Namespace::new("a", "c", "b2");
+        s.set_many(
+            &ns,
+            (0..2500).map(|i| (format!("k{i:05}"), vec![])).collect(),
+        )
+        .unwrap();
+        s.set(&other, "zzz", vec![]).unwrap();
+        let mut all = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let page = s.list_keys(&ns, cursor).unwrap();
+            all.extend(page.keys);
+            match page.cursor {
+                Some(c) => cursor = c,
+                None => break,
+            }
+        }
+        assert_eq!(all.len(), 2500);
+        assert_eq!(all[0], "k00000");
+        assert!(!all.contains(&"zzz".to_string()));
+    }
+
+    #[test]
+    fn concurrent_increments_are_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(RedbStore::open(dir.path()).unwrap());
+        let ns = Namespace::new("a", "c", "b");
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (s, ns) = (s.clone(), ns.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..125 {
+                        s.increment(&ns, "n", 1).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(s.get(&ns, "n").unwrap(), Some(b"1000".to_vec()));
+    }
+}

@@ -1,0 +1,393 @@
+//! State: each component's own key-value buckets (durable, namespaced, atomic),
+//! configuration with `${VAR}` expansion, and secrets that never leak.
+
+use std::collections::BTreeSet;
+
+use wasmhive_e2e::{Host, HostOptions, Workspace, client};
+
+/// The kv-store fixture as component `store` of `app`, on its own paths, with
+/// `extra` manifest lines.
+fn root_app(ws: &Workspace, app: &str, extra: &str) -> std::path::PathBuf {
+    ws.write(
+        &format!("{app}.toml"),
+        &format!(
+            r#"
+manifest_version = 1
+[app]
+name = "{app}"
+version = "1.0.0"
+[components.store]
+source = "{{component:kv-store}}"
+routes = ["/kv/{{*rest}}", "/config/{{*rest}}", "/config-runtime/{{*rest}}", "GET /config-all"]
+{extra}
+"#
+        ),
+    )
+}
+
+async fn call(method: reqwest::Method, url: String, body: &str) -> (u16, String) {
+    let r = client()
+        .request(method, url)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+use reqwest::Method;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_counter_survives_a_host_kill_and_restart() {
+    let ws = Workspace::new();
+    let data = tempfile::tempdir().unwrap();
+    let m = root_app(
+        &ws,
+        "counter",
+        "[components.store.keyvalue]\nbuckets = [\"counts\"]",
+    );
+    let opts = HostOptions {
+        manifests: vec![m],
+        data_dir: Some(data.path().to_path_buf()),
+        ..Default::default()
+    };
+    let host = Host::start_with(opts.clone());
+    for i in 1..=5 {
+        let r = call(Method::POST, host.url("/kv/counts/incr/visits"), "").await;
+        assert_eq!(r, (200, i.to_string()));
+    }
+    host.kill();
+    let host = Host::start_with(HostOptions {
+        manifests: vec![],
+        ..opts
+    });
+    assert_eq!(
+        call(Method::POST, host.url("/kv/counts/incr/visits"), "").await,
+        (200, "6".into())
+    );
+    assert!(host.stdout().contains("kv:    redb"), "{}", host.stdout());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn buckets_belong_to_their_component() {
+    let ws = Workspace::new();
+    let a = root_app(
+        &ws,
+        "alpha",
+        "[components.store.keyvalue]\nbuckets = [\"orders\"]",
+    );
+    let host = Host::start(&[&a]);
+    assert_eq!(
+        call(Method::PUT, host.url("/kv/orders/set/o1"), "alpha's order").await,
+        (200, "ok".into())
+    );
+    assert_eq!(
+        call(Method::GET, host.url("/kv/orders/get/o1"), "").await,
+        (200, "alpha's order".into())
+    );
+    // An unlisted bucket (including the default one) is refused with an error the
+    // guest sees.
+    assert_eq!(
+        call(Method::GET, host.url("/kv/payments/get/o1"), "").await,
+        (403, "error=access-denied".into())
+    );
+    assert_eq!(
+        call(Method::GET, host.url("/kv/_/get/o1"), "").await,
+        (403, "error=access-denied".into())
+    );
+    assert!(
+        host.log_contains("key-value bucket denied"),
+        "{}",
+        host.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_apps_with_the_same_bucket_name_share_nothing_on_one_host() {
+    // Same host, same data dir, two apps, each with a bucket called "orders".
+    let ws = Workspace::new();
+    let data = tempfile::tempdir().unwrap();
+    let a = root_app(
+        &ws,
+        "alpha",
+        "[components.store.keyvalue]\nbuckets = [\"orders\"]",
+    );
+    let host = Host::start_with(HostOptions {
+        manifests: vec![a],
+        data_dir: Some(data.path().to_path_buf()),
+        ..Default::default()
+    });
+    assert_eq!(
+        call(Method::PUT, host.url("/kv/orders/set/k"), "from alpha")
+            .await
+            .0,
+        200
+    );
+    let out = host.cli(&["undeploy", "alpha"]);
+    assert!(out.status.success());
+    let b = root_app(
+        &ws,
+        "beta",
+        "[components.store.keyvalue]\nbuckets = [\"orders\"]",
+    );
+    let out = host.cli(&["deploy", b.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        call(Method::GET, host.url("/kv/orders/get/k"), "").await,
+        (404, "none".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_concurrent_increments_count_exactly() {
+    let ws = Workspace::new();
+    let m = root_app(
+        &ws,
+        "counter",
+        "[components.store.keyvalue]\nbuckets = [\"counts\"]\n[components.store.scale]\nmax_instances = 50\nqueue = 2000\nqueue_timeout = \"60s\"",
+    );
+    let host = Host::start(&[&m]);
+    let url = host.url("/kv/counts/incr/n");
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(
+            async move { call(Method::POST, url, "").await },
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        seen.insert(body.parse::<u64>().unwrap());
+    }
+    // Every increment returned a distinct value: 1..=1000.
+    assert_eq!(seen.len(), 1000);
+    assert_eq!(seen.iter().next_back(), Some(&1000));
+    assert_eq!(
+        call(Method::GET, host.url("/kv/counts/get/n"), "").await,
+        (200, "1000".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_paging_cas_and_limits() {
+    let ws = Workspace::new();
+    let m = root_app(
+        &ws,
+        "batch",
+        "[components.store.keyvalue]\nbuckets = [\"\", \"big\"]\nmax_value_size = \"1KiB\"",
+    );
+    let host = Host::start(&[&m]);
+
+    // Batch set/get/delete on the default bucket ("" and "_" in the fixture's paths).
+    let body = "a=1\nb=2\nc=3\n";
+    assert_eq!(
+        call(Method::POST, host.url("/kv/_/set-many"), body).await,
+        (200, "ok".into())
+    );
+    assert_eq!(
+        call(Method::GET, host.url("/kv/_/get-many?keys=a,x,c"), "").await,
+        (200, r#"[["a","1"],null,["c","3"]]"#.into())
+    );
+    assert_eq!(
+        call(Method::POST, host.url("/kv/_/delete-many?keys=a,b"), "")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(Method::GET, host.url("/kv/_/exists/a"), "").await,
+        (200, "false".into())
+    );
+    assert_eq!(
+        call(Method::GET, host.url("/kv/_/exists/c"), "").await,
+        (200, "true".into())
+    );
+
+    // list-keys pages through 2,500 keys (the host returns 1,000 per page).
+    for chunk in 0..5 {
+        let lines: String = (chunk * 500..(chunk + 1) * 500)
+            .map(|i| format!("k{i:05}=v\n"))
+            .collect();
+        assert_eq!(
+            call(Method::POST, host.url("/kv/big/set-many"), &lines)
+                .await
+                .0,
+            200
+        );
+    }
+    let mut keys = Vec::new();
+    let mut cursor: Option<u64> = Some(0);
+    let mut pages = 0;
+    while let Some(c) = cursor {
+        let (status, body) = call(
+            Method::GET,
+            host.url(&format!("/kv/big/keys?cursor={c}")),
+            "",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        keys.extend(
+            v["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k.as_str().unwrap().to_string()),
+        );
+        cursor = v["cursor"].as_u64();
+        pages += 1;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(keys.len(), 2500);
+    assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), 2500);
+
+    // Compare-and-swap (a host extension).
+    assert_eq!(
+        call(Method::POST, host.url("/kv/_/cas/lock?new=me"), "").await,
+        (200, "true".into())
+    );
+    assert_eq!(
+        call(Method::POST, host.url("/kv/_/cas/lock?new=you"), "").await,
+        (200, "false".into())
+    );
+    assert_eq!(
+        call(
+            Method::POST,
+            host.url("/kv/_/cas/lock?expected=me&new=you"),
+            ""
+        )
+        .await,
+        (200, "true".into())
+    );
+    assert_eq!(
+        call(Method::GET, host.url("/kv/_/get/lock"), "").await,
+        (200, "you".into())
+    );
+
+    // A value over max_value_size is an error the guest sees; nothing is stored.
+    let (status, body) = call(Method::PUT, host.url("/kv/_/set/huge"), &"x".repeat(2048)).await;
+    assert_eq!(status, 500);
+    assert!(body.contains("max_value_size"), "{body}");
+    assert_eq!(
+        call(Method::GET, host.url("/kv/_/get/huge"), "").await,
+        (404, "none".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn config_values_and_secrets_reach_the_guest_and_secrets_never_leak() {
+    let secret = "sk-live-7d2f9a0c4b1e";
+    let ws = Workspace::new();
+    let secret_file = ws.write("db-password.txt", "file-secret-55e1\n");
+    let m = root_app(
+        &ws,
+        "configured",
+        &format!(
+            r#"[components.store.keyvalue]
+buckets = ["unused"]
+[components.store.config]
+currency = "EUR"
+payment_url = "http://${{PAYMENT_HOST}}/pay"
+[components.store.secrets]
+api_key = {{ env = "ORDERS_API_KEY" }}
+db_password = {{ file = "{}" }}"#,
+            secret_file.display()
+        ),
+    );
+    let host = Host::start_with(HostOptions {
+        manifests: vec![m.clone()],
+        env: vec![
+            ("PAYMENT_HOST".into(), "payments.internal:8080".into()),
+            ("ORDERS_API_KEY".into(), secret.into()),
+        ],
+        ..Default::default()
+    });
+    assert_eq!(
+        call(Method::GET, host.url("/config/currency"), "").await,
+        (200, "EUR".into())
+    );
+    assert_eq!(
+        call(Method::GET, host.url("/config/payment_url"), "").await,
+        (200, "http://payments.internal:8080/pay".into())
+    );
+    assert_eq!(
+        call(Method::GET, host.url("/config-runtime/currency"), "").await,
+        (200, "EUR".into())
+    );
+    assert_eq!(
+        call(Method::GET, host.url("/config/missing"), "").await,
+        (404, "none".into())
+    );
+    assert_eq!(
+        call(Method::GET, host.url("/config/api_key"), "").await,
+        (200, secret.into())
+    );
+    assert_eq!(
+        call(Method::GET, host.url("/config/db_password"), "").await,
+        (200, "file-secret-55e1".into())
+    );
+    let (_, all) = call(Method::GET, host.url("/config-all"), "").await;
+    assert!(all.contains("\"currency\""), "{all}");
+
+    // Never in logs, status or the deploy record.
+    let status = String::from_utf8_lossy(&host.cli(&["status", "--json"]).stdout).to_string();
+    let record = std::fs::read_to_string(host.data_dir.join("apps/configured.json")).unwrap();
+    for (what, text) in [
+        ("logs", host.logs()),
+        ("stdout", host.stdout()),
+        ("status", status),
+        ("record", record),
+    ] {
+        assert!(!text.contains(secret), "secret in {what}");
+        assert!(!text.contains("file-secret-55e1"), "file secret in {what}");
+    }
+    // wasi:logging lines carry the component.
+    assert!(host.log_contains("GET /config/currency"), "{}", host.logs());
+    let line = host
+        .logs()
+        .lines()
+        .find(|l| l.contains("GET /config/currency"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("\"component\":\"store\"") && line.contains("\"app\":\"configured\""),
+        "{line}"
+    );
+    drop(host);
+
+    // A missing environment variable refuses the deploy, naming the field and not
+    // printing any secret.
+    let err = match Host::try_start(HostOptions {
+        manifests: vec![m],
+        env: vec![("ORDERS_API_KEY".into(), secret.into())],
+        ..Default::default()
+    }) {
+        Ok(_) => panic!("PAYMENT_HOST is unset: the deploy must be refused"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("config.payment_url: environment variable PAYMENT_HOST is not set"),
+        "{err}"
+    );
+    assert!(!err.contains(secret));
+}
+
+#[test]
+fn importing_keyvalue_without_buckets_is_refused_at_deploy() {
+    let ws = Workspace::new();
+    let m = root_app(&ws, "nobuckets", "");
+    let err = match Host::try_start(HostOptions {
+        manifests: vec![m],
+        ..Default::default()
+    }) {
+        Ok(_) => panic!("a component importing wasi:keyvalue without buckets must be refused"),
+        Err(e) => e,
+    };
+    assert!(err.contains("grants no buckets"), "{err}");
+}
