@@ -95,7 +95,7 @@ fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idle_component_scales_to_zero_and_wakes_on_the_next_request() {
     let ws = Workspace::new();
-    let m = hello_manifest(&ws, r#"idle_timeout = "1s""#);
+    let m = hello_manifest(&ws, r#"idle_timeout = "3s""#);
     let host = Host::start(&[&m]);
     let c = client();
 
@@ -182,6 +182,12 @@ async fn over_max_instances_is_shed_with_503_and_retry_after() {
         assert_eq!(r.status(), 200);
         assert_eq!(r.text().await.unwrap(), "status=200\n/held");
     }
+    // A slot is released when its instance is gone, just after the response body:
+    // wait for that before asking again.
+    wait_status(&host, "held", "caller", "slots released", |s| {
+        s["in_flight"] == 0
+    })
+    .await;
     let r = c.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
@@ -264,7 +270,7 @@ async fn concurrent_first_requests_share_one_load() {
     let ws = Workspace::new();
     let m = hello_manifest(
         &ws,
-        "idle_timeout = \"500ms\"\nmax_instances = 50\nqueue = 1000\nqueue_timeout = \"60s\"",
+        "idle_timeout = \"2s\"\nmax_instances = 50\nqueue = 1000\nqueue_timeout = \"60s\"",
     );
     let host = Host::start(&[&m]);
     wait_status(&host, "hello", "hello", "scale to zero", |s| {

@@ -30,7 +30,7 @@ struct Inner {
     subs: Mutex<Vec<Sub>>,
     next_id: AtomicU64,
     /// Round-robin position per queue group.
-    turns: Mutex<HashMap<(String, String), usize>>,
+    turns: Mutex<HashMap<String, usize>>,
     dropped: AtomicU64,
 }
 
@@ -56,25 +56,22 @@ impl LocalBus {
     fn deliver(&self, message: &Message) -> usize {
         let subs = self.inner.subs.lock().unwrap_or_else(|e| e.into_inner());
         let mut targets: Vec<&Sub> = Vec::new();
-        let mut groups: HashMap<(&str, &str), Vec<&Sub>> = HashMap::new();
+        // Like NATS: one delivery per queue group, however many of its members'
+        // patterns match.
+        let mut groups: HashMap<&str, Vec<&Sub>> = HashMap::new();
         for s in subs
             .iter()
             .filter(|s| subject::matches(&s.pattern, &message.subject))
         {
             match &s.queue_group {
                 None => targets.push(s),
-                Some(g) => groups
-                    .entry((s.pattern.as_str(), g.as_str()))
-                    .or_default()
-                    .push(s),
+                Some(g) => groups.entry(g.as_str()).or_default().push(s),
             }
         }
         if !groups.is_empty() {
             let mut turns = self.inner.turns.lock().unwrap_or_else(|e| e.into_inner());
-            for ((pattern, group), members) in groups {
-                let turn = turns
-                    .entry((pattern.to_string(), group.to_string()))
-                    .or_default();
+            for (group, members) in groups {
+                let turn = turns.entry(group.to_string()).or_default();
                 targets.push(members[*turn % members.len()]);
                 *turn = turn.wrapping_add(1);
             }

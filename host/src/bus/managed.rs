@@ -78,6 +78,9 @@ impl ManagedNats {
     }
 }
 
+/// How long a managed server gets to stop cleanly (flushing JetStream state).
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 impl Drop for ManagedNats {
     fn drop(&mut self) {
         if let Some(pid) = self.child.id() {
@@ -85,6 +88,15 @@ impl Drop for ManagedNats {
             unsafe {
                 libc::kill(pid as i32, libc::SIGTERM);
             }
+            // Wait for a clean exit (bounded) before `kill_on_drop` gets to SIGKILL it.
+            let deadline = std::time::Instant::now() + STOP_GRACE;
+            while std::time::Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            tracing::warn!("managed nats-server did not stop within {STOP_GRACE:?}; killing it");
         }
     }
 }

@@ -241,7 +241,18 @@ impl ControlPlane {
             .collect();
         let previous = self
             .apps
-            .put(app, |app| self.persist(app))
+            .put(app, |app| {
+                self.persist(app)?;
+                // Under the registry's writer lock, so concurrent deploys of one app
+                // swap subscriptions in the same order as versions.
+                if let Some(old) = self
+                    .lock_subscriptions()
+                    .insert(name.clone(), subscriptions.clone())
+                {
+                    old.cancel();
+                }
+                Ok(())
+            })
             .await
             .map_err(|message| {
                 subscriptions.cancel();
@@ -250,12 +261,6 @@ impl ControlPlane {
                     message,
                 }
             })?;
-        if let Some(old) = self
-            .lock_subscriptions()
-            .insert(name.clone(), subscriptions)
-        {
-            old.cancel();
-        }
         tracing::info!(app = %name, %version, replaced = ?previous.as_ref().map(|p| p.manifest.app.version.clone()), "deployed");
         Ok(DeployReport {
             app: name,
@@ -355,18 +360,19 @@ impl ControlPlane {
         let record = self.record_path(name);
         let removed = self
             .apps
-            .remove(name, || match std::fs::remove_file(&record) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(format!("cannot remove {}: {e}", record.display())),
+            .remove(name, || {
+                match std::fs::remove_file(&record) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(format!("cannot remove {}: {e}", record.display())),
+                }
+                if let Some(subs) = self.lock_subscriptions().remove(name) {
+                    subs.cancel();
+                }
+                Ok(())
             })
             .await
             .map_err(DeployError::Storage)?;
-        if removed.is_some()
-            && let Some(subs) = self.lock_subscriptions().remove(name)
-        {
-            subs.cancel();
-        }
         match removed {
             Some(app) => {
                 tracing::info!(app = %name, version = %app.manifest.app.version, "undeployed");
@@ -490,6 +496,7 @@ pub fn grants_for(
         memory,
         timeout: spec.limits.timeout.unwrap_or(config.defaults.timeout),
         publish: spec.messaging.publish.clone(),
+        subscribe: spec.messaging.subscribe.clone(),
         bus: None,
         keyvalue: crate::runtime::keyvalue::KeyvalueGrant {
             buckets: spec.keyvalue.buckets.clone(),

@@ -112,6 +112,22 @@ impl consumer::Host for InstanceState {
 
     async fn publish(&mut self, msg: BrokerMessage) -> Result<(), String> {
         let bus = self.may_publish(&msg.subject)?;
+        if let Some(reply_to) = &msg.reply_to {
+            // Answers go where the guest may listen or send: its subscriptions or
+            // publish grants. Anything else would let it aim others' replies at
+            // subjects it was never granted.
+            let g = self.grants();
+            let ok = g
+                .subscribe
+                .iter()
+                .chain(g.publish.iter())
+                .any(|p| bus::subject::matches(p, reply_to));
+            if !ok {
+                return Err(format!(
+                    "reply-to {reply_to:?} denied: not covered by this component's messaging.subscribe or messaging.publish"
+                ));
+            }
+        }
         bus.publish(bus::Message {
             subject: msg.subject,
             reply_to: msg.reply_to,

@@ -68,6 +68,8 @@ pub struct Grants {
     pub timeout: Duration,
     /// Subjects (wildcards allowed) the component may publish and send requests to.
     pub publish: Vec<String>,
+    /// Subjects it subscribes to (a published message may name one as its reply-to).
+    pub subscribe: Vec<String>,
     /// The bus its messaging calls go to (`None`: messaging unavailable, e.g. offline
     /// validation).
     pub bus: Option<messaging::BusHandle>,

@@ -113,9 +113,9 @@ pub struct ScalerStatus {
 pub struct Scaler {
     policy: ScalePolicy,
     loader: Loader,
-    ready: ArcSwapOption<PreparedComponent>,
-    load_lock: tokio::sync::Mutex<()>,
-    loading: AtomicBool,
+    ready: Arc<ArcSwapOption<PreparedComponent>>,
+    load_lock: Arc<tokio::sync::Mutex<()>>,
+    loading: Arc<AtomicBool>,
     slots: Arc<Semaphore>,
     host: HostCapacity,
     counters: Arc<Counters>,
@@ -181,9 +181,9 @@ impl Scaler {
             slots: Arc::new(Semaphore::new(policy.max_instances as usize)),
             policy,
             loader,
-            ready: ArcSwapOption::new(Some(Arc::new(prepared))),
-            load_lock: tokio::sync::Mutex::new(()),
-            loading: AtomicBool::new(false),
+            ready: Arc::new(ArcSwapOption::new(Some(Arc::new(prepared)))),
+            load_lock: Arc::new(tokio::sync::Mutex::new(())),
+            loading: Arc::new(AtomicBool::new(false)),
             host,
             counters,
         }
@@ -264,24 +264,37 @@ impl Scaler {
     }
 
     /// The loaded component, loading it from the compile cache first if it is at zero.
-    /// Concurrent callers share one load.
+    /// Concurrent callers share one load. The load runs to completion (and is kept)
+    /// even if the caller that started it goes away, and holds the single-flight lock
+    /// until it is done.
     pub async fn prepared(&self) -> Result<PreparedComponent, RuntimeError> {
         if let Some(p) = self.ready.load_full() {
             return Ok((*p).clone());
         }
-        let _single_flight = self.load_lock.lock().await;
+        let single_flight = self.load_lock.clone().lock_owned().await;
         if let Some(p) = self.ready.load_full() {
             return Ok((*p).clone());
         }
         self.loading.store(true, Ordering::Relaxed);
-        let loader = self.loader.clone();
-        let loaded = tokio::task::spawn_blocking(move || loader()).await;
-        self.loading.store(false, Ordering::Relaxed);
-        let prepared =
-            loaded.map_err(|e| RuntimeError::Cache(format!("load task failed: {e}")))??;
-        self.counters.cold_starts.fetch_add(1, Ordering::Relaxed);
-        self.ready.store(Some(Arc::new(prepared.clone())));
-        Ok(prepared)
+        let (loader, ready, loading, counters) = (
+            self.loader.clone(),
+            self.ready.clone(),
+            self.loading.clone(),
+            self.counters.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let _single_flight = single_flight;
+            let loaded = loader();
+            if let Ok(p) = &loaded {
+                counters.cold_starts.fetch_add(1, Ordering::Relaxed);
+                counters.touch();
+                ready.store(Some(Arc::new(p.clone())));
+            }
+            loading.store(false, Ordering::Relaxed);
+            loaded
+        })
+        .await
+        .map_err(|e| RuntimeError::Cache(format!("load task failed: {e}")))?
     }
 
     /// Scales to zero if idle long enough; returns whether it did.

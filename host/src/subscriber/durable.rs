@@ -42,6 +42,11 @@ pub const DEFAULT_MAX_DELIVER: u32 = 5;
 pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
 /// The stream that keeps dead letters.
 pub const DLQ_STREAM: &str = "WASMHIVE_DLQ";
+/// A durable consumer no host has pulled from for this long is deleted by the server.
+pub const CONSUMER_INACTIVE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Messages older than this leave the events stream even if unacknowledged.
+pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The stream that captures every durable subscription's subjects.
 pub const EVENTS_STREAM: &str = "WASMHIVE_EVENTS";
 
@@ -90,9 +95,14 @@ pub async fn start(
         durable_name: Some(name.clone()),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ack_wait: component.scaler_timeout() + ACK_MARGIN,
-        max_deliver: i64::from(max_deliver),
+        // The host counts deliveries and dead-letters itself; the server keeps
+        // redelivering, so a delivery lost to a crash is not the end of a message.
+        max_deliver: -1,
         max_ack_pending: i64::from(component.scaler.policy().max_instances.max(1)) * 4,
         filter_subjects: spec.subscribe.clone(),
+        // Removed by the server once no host has pulled for this long (every host
+        // undeployed the component), so its interest stops pinning messages.
+        inactive_threshold: CONSUMER_INACTIVE,
         ..Default::default()
     };
     let consumer: jetstream::consumer::PullConsumer =
@@ -115,46 +125,59 @@ pub async fn start(
     Ok(())
 }
 
-/// The events stream, created or widened to capture `subjects`.
+/// The events stream, created or widened to capture `subjects`. Other hosts may
+/// widen it at the same time: read back and retry until it covers what this
+/// component needs, keeping the stream's other settings.
 async fn events_stream(
     js: &jetstream::Context,
     subjects: &[String],
 ) -> anyhow::Result<jetstream::stream::Stream> {
-    let current = match js.get_stream(EVENTS_STREAM).await {
-        Ok(mut s) => Some(
-            s.info()
+    use crate::bus::subject::covers;
+    for _ in 0..10 {
+        let existing = match js.get_stream(EVENTS_STREAM).await {
+            Ok(mut s) => Some(
+                s.info()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot read stream {EVENTS_STREAM}: {e}"))?
+                    .config
+                    .clone(),
+            ),
+            Err(_) => None,
+        };
+        let have: Vec<String> = existing.iter().flat_map(|c| c.subjects.clone()).collect();
+        if existing.is_some() && subjects.iter().all(|w| have.iter().any(|h| covers(h, w))) {
+            return js
+                .get_stream(EVENTS_STREAM)
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot read stream {EVENTS_STREAM}: {e}"))?
-                .config
-                .subjects
-                .clone(),
-        ),
-        Err(_) => None,
-    };
-    let wanted = crate::bus::subject::minimal(
-        current
-            .iter()
-            .flatten()
-            .cloned()
-            .chain(subjects.iter().cloned()),
-    );
-    let mut have = current.clone().unwrap_or_default();
-    have.sort();
-    if current.is_none() || have != wanted {
-        js.create_or_update_stream(stream::Config {
-            name: EVENTS_STREAM.into(),
-            subjects: wanted,
-            retention: stream::RetentionPolicy::Interest,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot create or widen JetStream stream {EVENTS_STREAM}: {e}")
-        })?;
+                .map_err(|e| anyhow::anyhow!("cannot open stream {EVENTS_STREAM}: {e}"));
+        }
+        let wanted = crate::bus::subject::minimal(have.into_iter().chain(subjects.iter().cloned()));
+        let result = match existing {
+            Some(mut config) => {
+                config.subjects = wanted;
+                js.update_stream(config)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            None => js
+                .create_stream(stream::Config {
+                    name: EVENTS_STREAM.into(),
+                    subjects: wanted,
+                    retention: stream::RetentionPolicy::Interest,
+                    max_age: EVENTS_MAX_AGE,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "events stream update raced; retrying");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    js.get_stream(EVENTS_STREAM)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open stream {EVENTS_STREAM}: {e}"))
+    anyhow::bail!("cannot widen JetStream stream {EVENTS_STREAM} to {subjects:?}")
 }
 
 async fn pull_loop(
@@ -198,16 +221,30 @@ async fn pull_loop(
                 }
                 None => continue 'outer,
             };
-            let permit = tokio::select! {
-                _ = stop.cancelled() => return,
-                p = component.scaler.admit_wait() => p,
+            // Waiting for a slot must not run out the ack wait: tell the server the
+            // message is being worked on.
+            let admit = component.scaler.admit_wait();
+            tokio::pin!(admit);
+            let mut progress = tokio::time::interval(ACK_MARGIN / 2);
+            progress.tick().await;
+            let permit = loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    p = &mut admit => break p,
+                    _ = progress.tick() => {
+                        let _ = message.ack_with(AckKind::Progress).await;
+                    }
+                }
             };
             let (component, js, metrics) = (component.clone(), js.clone(), metrics.clone());
             tokio::spawn(async move {
                 let started = Instant::now();
                 component.stats.started();
                 let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
-                let bus_message = from_nats(message.message.clone());
+                let mut bus_message = from_nats(message.message.clone());
+                // The reply subject of a JetStream delivery is the ack protocol's, not
+                // a sender's: never let the guest publish into it.
+                bus_message.reply_to = None;
                 let subject = bus_message.subject.clone();
                 let result = super::handle(&component, bus_message, permit).await;
                 let status = match &result {
