@@ -3,7 +3,72 @@
 
 use std::collections::BTreeSet;
 
-use wasmhive_e2e::{Host, HostOptions, Workspace, client};
+use wasmhive_e2e::{BusChoice, Host, HostOptions, NatsServer, Workspace, client};
+
+/// Which key-value backend a test runs against.
+enum Backend {
+    /// The embedded store (in-process bus).
+    Redb,
+    /// JetStream key-value on a real nats-server (`--nats URL` picks it).
+    JetStream(NatsServer),
+}
+
+impl Backend {
+    fn options(&self, mut opts: HostOptions) -> HostOptions {
+        opts.bus = match self {
+            Backend::Redb => BusChoice::Local,
+            Backend::JetStream(s) => BusChoice::Nats(s.url.clone()),
+        };
+        opts
+    }
+
+    fn start(&self, opts: HostOptions) -> Host {
+        let kind = match self {
+            Backend::Redb => "kv:    redb",
+            Backend::JetStream(_) => "kv:    jetstream",
+        };
+        let host = Host::start_with(self.options(opts));
+        assert!(host.stdout().contains(kind), "{}", host.stdout());
+        host
+    }
+
+    fn start_manifests(&self, manifests: &[&std::path::Path]) -> Host {
+        self.start(HostOptions {
+            manifests: manifests.iter().map(|p| p.to_path_buf()).collect(),
+            ..Default::default()
+        })
+    }
+}
+
+/// Runs each scenario once per backend: `NAME_redb` and `NAME_jetstream`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod redb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Backend::Redb).await;
+                }
+            )*
+        }
+        mod jetstream {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Backend::JetStream(wasmhive_e2e::NatsServer::start())).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    a_counter_survives_a_host_kill_and_restart,
+    buckets_belong_to_their_component,
+    two_apps_with_the_same_bucket_name_share_nothing_on_one_host,
+    a_thousand_concurrent_increments_count_exactly,
+    batches_paging_cas_and_limits,
+);
 
 /// The kv-store fixture as component `store` of `app`, on its own paths, with
 /// `extra` manifest lines.
@@ -37,8 +102,7 @@ async fn call(method: reqwest::Method, url: String, body: &str) -> (u16, String)
 
 use reqwest::Method;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_counter_survives_a_host_kill_and_restart() {
+async fn a_counter_survives_a_host_kill_and_restart(backend: Backend) {
     let ws = Workspace::new();
     let data = tempfile::tempdir().unwrap();
     let m = root_app(
@@ -51,13 +115,13 @@ async fn a_counter_survives_a_host_kill_and_restart() {
         data_dir: Some(data.path().to_path_buf()),
         ..Default::default()
     };
-    let host = Host::start_with(opts.clone());
+    let host = backend.start(opts.clone());
     for i in 1..=5 {
         let r = call(Method::POST, host.url("/kv/counts/incr/visits"), "").await;
         assert_eq!(r, (200, i.to_string()));
     }
     host.kill();
-    let host = Host::start_with(HostOptions {
+    let host = backend.start(HostOptions {
         manifests: vec![],
         ..opts
     });
@@ -65,18 +129,16 @@ async fn a_counter_survives_a_host_kill_and_restart() {
         call(Method::POST, host.url("/kv/counts/incr/visits"), "").await,
         (200, "6".into())
     );
-    assert!(host.stdout().contains("kv:    redb"), "{}", host.stdout());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn buckets_belong_to_their_component() {
+async fn buckets_belong_to_their_component(backend: Backend) {
     let ws = Workspace::new();
     let a = root_app(
         &ws,
         "alpha",
         "[components.store.keyvalue]\nbuckets = [\"orders\"]",
     );
-    let host = Host::start(&[&a]);
+    let host = backend.start_manifests(&[&a]);
     assert_eq!(
         call(Method::PUT, host.url("/kv/orders/set/o1"), "alpha's order").await,
         (200, "ok".into())
@@ -102,8 +164,7 @@ async fn buckets_belong_to_their_component() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_apps_with_the_same_bucket_name_share_nothing_on_one_host() {
+async fn two_apps_with_the_same_bucket_name_share_nothing_on_one_host(backend: Backend) {
     // Same host, same data dir, two apps, each with a bucket called "orders".
     let ws = Workspace::new();
     let data = tempfile::tempdir().unwrap();
@@ -112,7 +173,7 @@ async fn two_apps_with_the_same_bucket_name_share_nothing_on_one_host() {
         "alpha",
         "[components.store.keyvalue]\nbuckets = [\"orders\"]",
     );
-    let host = Host::start_with(HostOptions {
+    let host = backend.start(HostOptions {
         manifests: vec![a],
         data_dir: Some(data.path().to_path_buf()),
         ..Default::default()
@@ -142,15 +203,14 @@ async fn two_apps_with_the_same_bucket_name_share_nothing_on_one_host() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_thousand_concurrent_increments_count_exactly() {
+async fn a_thousand_concurrent_increments_count_exactly(backend: Backend) {
     let ws = Workspace::new();
     let m = root_app(
         &ws,
         "counter",
         "[components.store.keyvalue]\nbuckets = [\"counts\"]\n[components.store.scale]\nmax_instances = 50\nqueue = 2000\nqueue_timeout = \"60s\"",
     );
-    let host = Host::start(&[&m]);
+    let host = backend.start_manifests(&[&m]);
     let url = host.url("/kv/counts/incr/n");
     let mut tasks = Vec::new();
     for _ in 0..1000 {
@@ -174,15 +234,14 @@ async fn a_thousand_concurrent_increments_count_exactly() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn batches_paging_cas_and_limits() {
+async fn batches_paging_cas_and_limits(backend: Backend) {
     let ws = Workspace::new();
     let m = root_app(
         &ws,
         "batch",
         "[components.store.keyvalue]\nbuckets = [\"\", \"big\"]\nmax_value_size = \"1KiB\"",
     );
-    let host = Host::start(&[&m]);
+    let host = backend.start_manifests(&[&m]);
 
     // Batch set/get/delete on the default bucket ("" and "_" in the fixture's paths).
     let body = "a=1\nb=2\nc=3\n";

@@ -85,6 +85,21 @@ pub struct HostConfig {
     pub max_connections: usize,
     /// Where messages flow.
     pub bus: BusConfig,
+    /// Key-value backend: `auto`, `redb` or `jetstream`.
+    pub kv: KvBackend,
+}
+
+/// Where components' key-value data lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KvBackend {
+    /// JetStream when the host joins a NATS system with `--nats URL`, else redb.
+    #[default]
+    Auto,
+    /// The embedded database under the data dir (this host only).
+    Redb,
+    /// JetStream key-value buckets (shared by every host on the NATS system).
+    Jetstream,
 }
 
 /// `[bus]`: how the host reaches NATS.
@@ -178,6 +193,7 @@ impl Default for HostConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             bus: BusConfig::default(),
+            kv: KvBackend::Auto,
         }
     }
 }
@@ -192,6 +208,7 @@ struct RawHostConfig {
     max_connections: Option<usize>,
     #[serde(default)]
     bus: RawBus,
+    kv: Option<KvBackend>,
     #[serde(default)]
     defaults: RawDefaults,
     #[serde(default)]
@@ -282,6 +299,9 @@ impl HostConfig {
         }
         if let Some(n) = raw.max_connections {
             cfg.max_connections = n.max(1);
+        }
+        if let Some(kv) = raw.kv {
+            cfg.kv = kv;
         }
         let b = raw.bus;
         if b.user.is_some() != b.password.is_some() {

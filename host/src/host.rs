@@ -44,9 +44,7 @@ pub async fn run(
     let runtime = Arc::new(Runtime::new(&config.pool, &config.data_dir)?);
     let apps = Arc::new(Apps::default());
     let bus = crate::bus::connect(&config, &shutdown).await?;
-    let kv: Arc<dyn crate::state::KvStore> = Arc::new(crate::state::redb::RedbStore::open(
-        &config.data_dir.join("kv"),
-    )?);
+    let kv = open_kv(&config, &bus)?;
     let control = Arc::new(ControlPlane::new(
         runtime,
         apps.clone(),
@@ -159,5 +157,34 @@ fn release_free_memory() {
     // SAFETY: malloc_trim only walks the allocator's own free lists; it is thread-safe.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// The key-value backend `config.kv` asks for.
+fn open_kv(
+    config: &HostConfig,
+    bus: &crate::bus::Connected,
+) -> anyhow::Result<Arc<dyn crate::state::KvStore>> {
+    use crate::config::KvBackend;
+    let nats = bus.bus.as_nats();
+    let jetstream = match config.kv {
+        KvBackend::Redb => false,
+        KvBackend::Jetstream => {
+            anyhow::ensure!(
+                nats.is_some(),
+                "--kv jetstream needs NATS: pass --nats URL (or install nats-server for a managed one)"
+            );
+            true
+        }
+        // Joining a NATS system means sharing state with its other hosts.
+        KvBackend::Auto => config.bus.nats.is_some(),
+    };
+    match (jetstream, nats) {
+        (true, Some(n)) => Ok(Arc::new(crate::state::jetstream::JetStreamStore::new(
+            n.client().clone(),
+        ))),
+        _ => Ok(Arc::new(crate::state::redb::RedbStore::open(
+            &config.data_dir.join("kv"),
+        )?)),
     }
 }

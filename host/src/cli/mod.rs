@@ -49,6 +49,9 @@ enum Command {
         /// else use the in-process bus).
         #[arg(long, env = "WASMHIVE_NATS")]
         nats: Option<String>,
+        /// Key-value backend: auto (JetStream with --nats, else redb), redb or jetstream.
+        #[arg(long, env = "WASMHIVE_KV", value_enum)]
+        kv: Option<crate::config::KvBackend>,
         /// Use the in-process bus (no NATS) even if nats-server is available.
         #[arg(long, conflicts_with = "nats")]
         local_bus: bool,
@@ -155,6 +158,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             data_dir,
             config,
             nats,
+            kv,
             local_bus,
             nats_user,
             nats_password,
@@ -178,6 +182,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if nats.is_some() {
                 cfg.bus.nats = nats;
                 cfg.bus.local = false;
+            }
+            if let Some(kv) = kv {
+                cfg.kv = kv;
             }
             if local_bus {
                 cfg.bus.local = true;

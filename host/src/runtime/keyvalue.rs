@@ -56,20 +56,16 @@ impl From<KvError> for store::Error {
 }
 
 impl InstanceState {
-    /// Runs a blocking store operation on `bucket` off the async threads.
-    async fn kv<T: Send + 'static>(
-        &mut self,
+    /// The store and namespace behind `bucket`.
+    fn kv(
+        &self,
         bucket: &Resource<KvBucket>,
-        op: impl FnOnce(&dyn KvStore, &Namespace) -> Result<T, KvError> + Send + 'static,
-    ) -> Result<T, store::Error> {
+    ) -> Result<(Arc<dyn KvStore>, Namespace), store::Error> {
         let ns = self.table_ref().get(bucket).map_err(other)?.ns.clone();
         let Some(kv) = self.grants().keyvalue.store.clone() else {
             return Err(other("key-value storage is not available"));
         };
-        tokio::task::spawn_blocking(move || op(kv.as_ref(), &ns))
-            .await
-            .map_err(other)?
-            .map_err(Into::into)
+        Ok((kv, ns))
     }
 
     fn check_size(&self, len: usize) -> Result<(), store::Error> {
@@ -109,7 +105,8 @@ impl store::HostBucket for InstanceState {
         bucket: Resource<KvBucket>,
         key: String,
     ) -> Result<Option<Vec<u8>>, store::Error> {
-        self.kv(&bucket, move |s, ns| s.get(ns, &key)).await
+        let (kv, ns) = self.kv(&bucket)?;
+        Ok(kv.get(&ns, &key).await?)
     }
 
     async fn set(
@@ -119,7 +116,8 @@ impl store::HostBucket for InstanceState {
         value: Vec<u8>,
     ) -> Result<(), store::Error> {
         self.check_size(value.len())?;
-        self.kv(&bucket, move |s, ns| s.set(ns, &key, value)).await
+        let (kv, ns) = self.kv(&bucket)?;
+        Ok(kv.set(&ns, &key, value).await?)
     }
 
     async fn delete(
@@ -127,7 +125,8 @@ impl store::HostBucket for InstanceState {
         bucket: Resource<KvBucket>,
         key: String,
     ) -> Result<(), store::Error> {
-        self.kv(&bucket, move |s, ns| s.delete(ns, &key)).await
+        let (kv, ns) = self.kv(&bucket)?;
+        Ok(kv.delete(&ns, &key).await?)
     }
 
     async fn exists(
@@ -135,7 +134,8 @@ impl store::HostBucket for InstanceState {
         bucket: Resource<KvBucket>,
         key: String,
     ) -> Result<bool, store::Error> {
-        self.kv(&bucket, move |s, ns| s.exists(ns, &key)).await
+        let (kv, ns) = self.kv(&bucket)?;
+        Ok(kv.exists(&ns, &key).await?)
     }
 
     async fn list_keys(
@@ -143,9 +143,8 @@ impl store::HostBucket for InstanceState {
         bucket: Resource<KvBucket>,
         cursor: Option<u64>,
     ) -> Result<store::KeyResponse, store::Error> {
-        let page = self
-            .kv(&bucket, move |s, ns| s.list_keys(ns, cursor.unwrap_or(0)))
-            .await?;
+        let (kv, ns) = self.kv(&bucket)?;
+        let page = kv.list_keys(&ns, cursor.unwrap_or(0)).await?;
         Ok(store::KeyResponse {
             keys: page.keys,
             cursor: page.cursor,
@@ -165,8 +164,8 @@ impl atomics::Host for InstanceState {
         key: String,
         delta: u64,
     ) -> Result<u64, store::Error> {
-        self.kv(&bucket, move |s, ns| s.increment(ns, &key, delta))
-            .await
+        let (kv, ns) = self.kv(&bucket)?;
+        Ok(kv.increment(&ns, &key, delta).await?)
     }
 }
 
@@ -176,15 +175,13 @@ impl batch::Host for InstanceState {
         bucket: Resource<KvBucket>,
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, store::Error> {
-        self.kv(&bucket, move |s, ns| {
-            let values = s.get_many(ns, &keys)?;
-            Ok(keys
-                .into_iter()
-                .zip(values)
-                .map(|(k, v)| v.map(|v| (k, v)))
-                .collect())
-        })
-        .await
+        let (kv, ns) = self.kv(&bucket)?;
+        let values = kv.get_many(&ns, keys.clone()).await?;
+        Ok(keys
+            .into_iter()
+            .zip(values)
+            .map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
     }
 
     async fn set_many(
@@ -195,8 +192,8 @@ impl batch::Host for InstanceState {
         for (_, v) in &key_values {
             self.check_size(v.len())?;
         }
-        self.kv(&bucket, move |s, ns| s.set_many(ns, key_values))
-            .await
+        let (kv, ns) = self.kv(&bucket)?;
+        Ok(kv.set_many(&ns, key_values).await?)
     }
 
     async fn delete_many(
@@ -204,8 +201,8 @@ impl batch::Host for InstanceState {
         bucket: Resource<KvBucket>,
         keys: Vec<String>,
     ) -> Result<(), store::Error> {
-        self.kv(&bucket, move |s, ns| s.delete_many(ns, &keys))
-            .await
+        let (kv, ns) = self.kv(&bucket)?;
+        Ok(kv.delete_many(&ns, keys).await?)
     }
 }
 
@@ -218,9 +215,7 @@ impl cas::Host for InstanceState {
         new: Vec<u8>,
     ) -> Result<bool, store::Error> {
         self.check_size(new.len())?;
-        self.kv(&bucket, move |s, ns| {
-            s.compare_and_swap(ns, &key, expected.as_deref(), new)
-        })
-        .await
+        let (kv, ns) = self.kv(&bucket)?;
+        Ok(kv.compare_and_swap(&ns, &key, expected, new).await?)
     }
 }

@@ -4,10 +4,14 @@
 //! that both name a bucket `orders` never share data, and a component can reach only
 //! the buckets its manifest lists (checked in the runtime's `wasi:keyvalue` binding).
 //!
-//! Backends implement [`KvStore`]: [`redb::RedbStore`], an embedded database under the
-//! data dir (durable: a committed write survives a host kill). Increment and
-//! compare-and-swap are atomic: writes are serialized through one writer.
+//! Backends implement [`KvStore`] with the same semantics:
+//! - [`redb::RedbStore`], an embedded database under the data dir (durable: a
+//!   committed write survives a host kill); writes serialized through one writer.
+//! - [`jetstream::JetStreamStore`], NATS JetStream key-value buckets, so every host of
+//!   a lattice sees the same data; increment and compare-and-swap are optimistic
+//!   (revision-checked) and retried on conflict.
 
+pub mod jetstream;
 pub mod redb;
 
 use std::fmt;
@@ -61,43 +65,72 @@ pub struct KeyPage {
     pub cursor: Option<u64>,
 }
 
-/// A key-value backend. Blocking: call from a blocking thread.
+/// A key-value backend.
+#[async_trait::async_trait]
 pub trait KvStore: Send + Sync + 'static {
     /// `redb` or `jetstream`.
     fn kind(&self) -> &'static str;
     /// The value of `key`.
-    fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Vec<u8>>, KvError>;
+    async fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Vec<u8>>, KvError>;
     /// Sets `key` to `value`.
-    fn set(&self, ns: &Namespace, key: &str, value: Vec<u8>) -> Result<(), KvError>;
+    async fn set(&self, ns: &Namespace, key: &str, value: Vec<u8>) -> Result<(), KvError>;
     /// Removes `key` (absent is fine).
-    fn delete(&self, ns: &Namespace, key: &str) -> Result<(), KvError>;
+    async fn delete(&self, ns: &Namespace, key: &str) -> Result<(), KvError>;
     /// Whether `key` exists.
-    fn exists(&self, ns: &Namespace, key: &str) -> Result<bool, KvError> {
-        Ok(self.get(ns, key)?.is_some())
+    async fn exists(&self, ns: &Namespace, key: &str) -> Result<bool, KvError> {
+        Ok(self.get(ns, key).await?.is_some())
     }
-    /// Keys from position `cursor` (0 first), at most [`KEYS_PAGE`].
-    fn list_keys(&self, ns: &Namespace, cursor: u64) -> Result<KeyPage, KvError>;
+    /// Keys from position `cursor` (0 first), at most [`KEYS_PAGE`], in key order.
+    async fn list_keys(&self, ns: &Namespace, cursor: u64) -> Result<KeyPage, KvError>;
     /// Adds `delta` to the decimal value of `key` (absent = 0); returns the new value.
-    fn increment(&self, ns: &Namespace, key: &str, delta: u64) -> Result<u64, KvError>;
+    async fn increment(&self, ns: &Namespace, key: &str, delta: u64) -> Result<u64, KvError>;
     /// Sets `key` to `new` if its value is `expected` (`None`: absent).
-    fn compare_and_swap(
+    async fn compare_and_swap(
         &self,
         ns: &Namespace,
         key: &str,
-        expected: Option<&[u8]>,
+        expected: Option<Vec<u8>>,
         new: Vec<u8>,
     ) -> Result<bool, KvError>;
     /// Values of `keys`, in order.
-    fn get_many(&self, ns: &Namespace, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
-        keys.iter().map(|k| self.get(ns, k)).collect()
+    async fn get_many(
+        &self,
+        ns: &Namespace,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in &keys {
+            out.push(self.get(ns, k).await?);
+        }
+        Ok(out)
     }
     /// Sets every pair.
-    fn set_many(&self, ns: &Namespace, pairs: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
-        pairs.into_iter().try_for_each(|(k, v)| self.set(ns, &k, v))
+    async fn set_many(&self, ns: &Namespace, pairs: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
+        for (k, v) in pairs {
+            self.set(ns, &k, v).await?;
+        }
+        Ok(())
     }
     /// Removes every key.
-    fn delete_many(&self, ns: &Namespace, keys: &[String]) -> Result<(), KvError> {
-        keys.iter().try_for_each(|k| self.delete(ns, k))
+    async fn delete_many(&self, ns: &Namespace, keys: Vec<String>) -> Result<(), KvError> {
+        for k in &keys {
+            self.delete(ns, k).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Pages sorted `keys` from position `cursor`.
+pub fn page(mut keys: Vec<String>, cursor: u64) -> KeyPage {
+    keys.sort();
+    let start = usize::try_from(cursor)
+        .unwrap_or(usize::MAX)
+        .min(keys.len());
+    let end = (start + KEYS_PAGE).min(keys.len());
+    let more = end < keys.len();
+    KeyPage {
+        keys: keys[start..end].to_vec(),
+        cursor: more.then_some(end as u64),
     }
 }
 

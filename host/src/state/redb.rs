@@ -39,6 +39,7 @@ struct Job {
 }
 
 /// The redb store.
+#[derive(Clone)]
 pub struct RedbStore {
     db: Arc<Database>,
     writer: mpsc::Sender<Job>,
@@ -170,26 +171,12 @@ fn write_loop(db: &Database, jobs: mpsc::Receiver<Job>) {
     }
 }
 
-impl KvStore for RedbStore {
-    fn kind(&self) -> &'static str {
-        "redb"
-    }
-
+impl RedbStore {
     fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         let tx = self.db.begin_read().map_err(storage)?;
         let table = tx.open_table(TABLE).map_err(storage)?;
         let v = table.get((ns.as_str(), key)).map_err(storage)?;
         Ok(v.map(|g| g.value().to_vec()))
-    }
-
-    fn set(&self, ns: &Namespace, key: &str, value: Vec<u8>) -> Result<(), KvError> {
-        self.write(ns, vec![Write::Set(key.to_string(), value)])
-            .map(|_| ())
-    }
-
-    fn delete(&self, ns: &Namespace, key: &str) -> Result<(), KvError> {
-        self.write(ns, vec![Write::Delete(key.to_string())])
-            .map(|_| ())
     }
 
     fn list_keys(&self, ns: &Namespace, cursor: u64) -> Result<KeyPage, KvError> {
@@ -218,7 +205,7 @@ impl KvStore for RedbStore {
         Ok(KeyPage { keys, cursor: next })
     }
 
-    fn increment(&self, ns: &Namespace, key: &str, delta: u64) -> Result<u64, KvError> {
+    fn increment_blocking(&self, ns: &Namespace, key: &str, delta: u64) -> Result<u64, KvError> {
         match self
             .write(ns, vec![Write::Increment(key.to_string(), delta)])?
             .pop()
@@ -228,21 +215,25 @@ impl KvStore for RedbStore {
         }
     }
 
-    fn compare_and_swap(
+    fn cas_blocking(
         &self,
         ns: &Namespace,
         key: &str,
-        expected: Option<&[u8]>,
+        expected: Option<Vec<u8>>,
         new: Vec<u8>,
     ) -> Result<bool, KvError> {
-        let w = Write::Cas(key.to_string(), expected.map(<[u8]>::to_vec), new);
+        let w = Write::Cas(key.to_string(), expected, new);
         match self.write(ns, vec![w])?.pop() {
             Some(Done::Swapped(b)) => Ok(b),
             _ => Err(storage("unexpected writer reply")),
         }
     }
 
-    fn get_many(&self, ns: &Namespace, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+    fn get_many_blocking(
+        &self,
+        ns: &Namespace,
+        keys: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, KvError> {
         let tx = self.db.begin_read().map_err(storage)?;
         let table = tx.open_table(TABLE).map_err(storage)?;
         keys.iter()
@@ -254,15 +245,92 @@ impl KvStore for RedbStore {
             })
             .collect()
     }
+}
 
-    fn set_many(&self, ns: &Namespace, pairs: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
-        let writes = pairs.into_iter().map(|(k, v)| Write::Set(k, v)).collect();
-        self.write(ns, writes).map(|_| ())
+/// Runs a blocking operation on a clone of the store off the async threads.
+async fn blocking<T: Send + 'static>(
+    store: &RedbStore,
+    ns: &Namespace,
+    op: impl FnOnce(&RedbStore, &Namespace) -> Result<T, KvError> + Send + 'static,
+) -> Result<T, KvError> {
+    let (store, ns) = (store.clone(), ns.clone());
+    tokio::task::spawn_blocking(move || op(&store, &ns))
+        .await
+        .map_err(storage)?
+}
+
+#[async_trait::async_trait]
+impl KvStore for RedbStore {
+    fn kind(&self) -> &'static str {
+        "redb"
     }
 
-    fn delete_many(&self, ns: &Namespace, keys: &[String]) -> Result<(), KvError> {
-        let writes = keys.iter().map(|k| Write::Delete(k.clone())).collect();
-        self.write(ns, writes).map(|_| ())
+    async fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        // A read is a few microseconds: not worth a thread hop.
+        RedbStore::get(self, ns, key)
+    }
+
+    async fn set(&self, ns: &Namespace, key: &str, value: Vec<u8>) -> Result<(), KvError> {
+        let key = key.to_string();
+        blocking(self, ns, move |s, ns| {
+            s.write(ns, vec![Write::Set(key, value)]).map(|_| ())
+        })
+        .await
+    }
+
+    async fn delete(&self, ns: &Namespace, key: &str) -> Result<(), KvError> {
+        let key = key.to_string();
+        blocking(self, ns, move |s, ns| {
+            s.write(ns, vec![Write::Delete(key)]).map(|_| ())
+        })
+        .await
+    }
+
+    async fn list_keys(&self, ns: &Namespace, cursor: u64) -> Result<KeyPage, KvError> {
+        blocking(self, ns, move |s, ns| s.list_keys(ns, cursor)).await
+    }
+
+    async fn increment(&self, ns: &Namespace, key: &str, delta: u64) -> Result<u64, KvError> {
+        let key = key.to_string();
+        blocking(self, ns, move |s, ns| s.increment_blocking(ns, &key, delta)).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> Result<bool, KvError> {
+        let key = key.to_string();
+        blocking(self, ns, move |s, ns| {
+            s.cas_blocking(ns, &key, expected, new)
+        })
+        .await
+    }
+
+    async fn get_many(
+        &self,
+        ns: &Namespace,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        blocking(self, ns, move |s, ns| s.get_many_blocking(ns, &keys)).await
+    }
+
+    async fn set_many(&self, ns: &Namespace, pairs: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
+        blocking(self, ns, move |s, ns| {
+            let writes = pairs.into_iter().map(|(k, v)| Write::Set(k, v)).collect();
+            s.write(ns, writes).map(|_| ())
+        })
+        .await
+    }
+
+    async fn delete_many(&self, ns: &Namespace, keys: Vec<String>) -> Result<(), KvError> {
+        blocking(self, ns, move |s, ns| {
+            let writes = keys.into_iter().map(Write::Delete).collect();
+            s.write(ns, writes).map(|_| ())
+        })
+        .await
     }
 }
 
@@ -276,24 +344,25 @@ mod tests {
         let s = RedbStore::open(dir.path()).unwrap();
         let a = Namespace::new("a", "c", "orders");
         let b = Namespace::new("b", "c", "orders");
-        s.set(&a, "k", b"1".to_vec()).unwrap();
+        s.write(&a, vec![Write::Set("k".into(), b"1".to_vec())])
+            .unwrap();
         assert_eq!(s.get(&a, "k").unwrap(), Some(b"1".to_vec()));
         assert_eq!(s.get(&b, "k").unwrap(), None);
-        assert_eq!(s.increment(&a, "k", 41).unwrap(), 42);
+        assert_eq!(s.increment_blocking(&a, "k", 41).unwrap(), 42);
         assert!(
-            !s.compare_and_swap(&a, "k", Some(b"41"), b"x".to_vec())
+            !s.cas_blocking(&a, "k", Some(b"41".to_vec()), b"x".to_vec())
                 .unwrap()
         );
         assert!(
-            s.compare_and_swap(&a, "k", Some(b"42"), b"x".to_vec())
+            s.cas_blocking(&a, "k", Some(b"42".to_vec()), b"x".to_vec())
                 .unwrap()
         );
         assert!(matches!(
-            s.increment(&a, "k", 1),
+            s.increment_blocking(&a, "k", 1),
             Err(KvError::NotANumber(_))
         ));
-        assert!(s.compare_and_swap(&b, "new", None, b"v".to_vec()).unwrap());
-        assert!(!s.compare_and_swap(&b, "new", None, b"w".to_vec()).unwrap());
+        assert!(s.cas_blocking(&b, "new", None, b"v".to_vec()).unwrap());
+        assert!(!s.cas_blocking(&b, "new", None, b"w".to_vec()).unwrap());
     }
 
     #[test]
@@ -302,12 +371,15 @@ mod tests {
         let s = RedbStore::open(dir.path()).unwrap();
         let ns = Namespace::new("a", "c", "b");
         let other = Namespace::new("a", "c", "b2");
-        s.set_many(
+        s.write(
             &ns,
-            (0..2500).map(|i| (format!("k{i:05}"), vec![])).collect(),
+            (0..2500)
+                .map(|i| Write::Set(format!("k{i:05}"), vec![]))
+                .collect(),
         )
         .unwrap();
-        s.set(&other, "zzz", vec![]).unwrap();
+        s.write(&other, vec![Write::Set("zzz".into(), vec![])])
+            .unwrap();
         let mut all = Vec::new();
         let mut cursor = 0;
         loop {
@@ -333,7 +405,7 @@ mod tests {
                 let (s, ns) = (s.clone(), ns.clone());
                 std::thread::spawn(move || {
                     for _ in 0..125 {
-                        s.increment(&ns, "n", 1).unwrap();
+                        s.increment_blocking(&ns, "n", 1).unwrap();
                     }
                 })
             })
