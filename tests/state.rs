@@ -415,7 +415,13 @@ db_password = {{ file = "{}" }}"#,
         .unwrap()
         .to_string();
     assert!(
-        line.contains("\"component\":\"store\"") && line.contains("\"app\":\"configured\""),
+        line.contains("\"component\":\"store\"")
+            && line.contains("\"app\":\"configured\"")
+            && line.contains("\"version\":\"1.0.0\"")
+            && line
+                .split("\"trace_id\":\"")
+                .nth(1)
+                .is_some_and(|t| t.len() > 32 && t[..32].chars().all(|c| c.is_ascii_hexdigit())),
         "{line}"
     );
     drop(host);

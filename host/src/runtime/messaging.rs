@@ -142,10 +142,17 @@ impl consumer::Host for InstanceState {
 impl logging::Host for InstanceState {
     async fn log(&mut self, level: Level, context: String, message: String) {
         let g: &Grants = self.grants();
-        let (app, component) = (&*g.id.app, &*g.id.component);
+        let (app, component, version) = (&*g.id.app, &*g.id.component, &*g.id.version);
+        // The trace id of the invocation (`00-<trace id>-<span>-<flags>`).
+        let trace_id = self
+            .messaging
+            .traceparent
+            .as_deref()
+            .and_then(|t| t.split('-').nth(1))
+            .unwrap_or("");
         macro_rules! emit {
             ($lvl:ident) => {
-                tracing::$lvl!(target: "wasmhive::guest", app, component, context, "{message}")
+                tracing::$lvl!(target: "wasmhive::guest", app, component, version, trace_id, context, "{message}")
             };
         }
         match level {
