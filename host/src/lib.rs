@@ -14,6 +14,7 @@
 //!
 //! - [`runtime`]: engine, compile cache, linker, per-instance state, invocation.
 //! - [`apps`]: the deployed apps and the live route table (atomic snapshots).
+//! - [`mesh`]: calls between components by name, with timeout, retry, breaker, fallback.
 //! - [`bus`]: the message bus trait, NATS and in-process backends, managed nats-server.
 //! - [`subscriber`]: message triggers (subscriptions → scaler → runtime).
 //! - [`scaler`]: per-component admission (bulkhead, queue, shedding) and scale to zero.
@@ -34,6 +35,7 @@ pub mod gateway;
 pub mod host;
 pub mod listener;
 pub mod manifest;
+pub mod mesh;
 pub mod routes;
 pub mod runtime;
 pub mod scaler;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 pub const FIXTURES: &[&str] = &[
     "echo-body",
     "faults",
+    "flaky",
     "inspect-request",
     "kv-store",
     "messenger",

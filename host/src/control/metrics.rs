@@ -17,6 +17,7 @@
 //! | `wasmhive_component_failures_total{app,component}` | counter | invocations failed |
 //! | `wasmhive_component_last_invocation_timestamp_seconds{app,component}` | gauge | unix time |
 //! | `wasmhive_host_memory_bytes` | gauge | linear memory in use, all instances |
+//! | `wasmhive_circuit_open{app,component,target}` | gauge | 1 open, 0.5 half-open, 0 closed |
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,15 +30,21 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::apps::{Apps, DeployedComponent};
+use crate::mesh::MeshRouter;
 use crate::runtime::HostMemory;
 use crate::scaler::State;
 use crate::telemetry::metrics::RequestMetrics;
 
 /// Builds the registry the admin listener encodes on each scrape.
-pub fn registry(apps: Arc<Apps>, requests: &RequestMetrics, memory: Arc<HostMemory>) -> Registry {
+pub fn registry(
+    apps: Arc<Apps>,
+    requests: &RequestMetrics,
+    memory: Arc<HostMemory>,
+    mesh: Arc<MeshRouter>,
+) -> Registry {
     let mut registry = Registry::default();
     requests.register(&mut registry);
-    registry.register_collector(Box::new(ComponentCollector { apps, memory }));
+    registry.register_collector(Box::new(ComponentCollector { apps, memory, mesh }));
     registry
 }
 
@@ -53,6 +60,7 @@ pub fn encode(registry: &Registry) -> String {
 struct ComponentCollector {
     apps: Arc<Apps>,
     memory: Arc<HostMemory>,
+    mesh: Arc<MeshRouter>,
 }
 
 impl std::fmt::Debug for ComponentCollector {
@@ -148,6 +156,25 @@ impl Collector for ComponentCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.memory.used() as i64).encode(metric)?;
+        let mut metric = encoder.encode_descriptor(
+            "wasmhive_circuit_open",
+            "1 while the circuit breaker of a caller's calls to a target is open (0.5 half-open)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (app, component, target, state) in self.mesh.all_circuits() {
+            let labels = [
+                ("app", app.as_str()),
+                ("component", component.as_str()),
+                ("target", target.as_str()),
+            ];
+            let v = match state {
+                "open" => 1.0,
+                "half-open" => 0.5,
+                _ => 0.0,
+            };
+            ConstGauge::new(v).encode(metric.encode_family(&labels)?)?;
+        }
         Ok(())
     }
 }

@@ -135,6 +135,7 @@ pub struct ControlPlane {
     registry: prometheus_client::registry::Registry,
     bus: Arc<dyn Bus>,
     kv: Arc<dyn crate::state::KvStore>,
+    mesh: Arc<crate::mesh::MeshRouter>,
     /// Stops the message subscriptions of each deployed app version.
     subscriptions: std::sync::Mutex<BTreeMap<String, CancellationToken>>,
     shutdown: CancellationToken,
@@ -156,7 +157,13 @@ impl ControlPlane {
         let records = config.data_dir.join("apps");
         std::fs::create_dir_all(&records)?;
         let requests = Arc::new(RequestMetrics::default());
-        let registry = metrics::registry(apps.clone(), &requests, runtime.host_memory().clone());
+        let mesh = crate::mesh::MeshRouter::new(apps.clone(), requests.clone());
+        let registry = metrics::registry(
+            apps.clone(),
+            &requests,
+            runtime.host_memory().clone(),
+            mesh.clone(),
+        );
         Ok(ControlPlane {
             runtime,
             apps,
@@ -164,6 +171,7 @@ impl ControlPlane {
             registry,
             bus,
             kv,
+            mesh,
             subscriptions: Default::default(),
             shutdown,
             blobs,
@@ -295,6 +303,7 @@ impl ControlPlane {
         let mut grants = grants_for(manifest, spec, &self.config)?;
         grants.bus = Some(BusHandle(self.bus.clone()));
         grants.keyvalue.store = Some(self.kv.clone());
+        grants.mesh = Some(crate::runtime::mesh::MeshHandle(self.mesh.clone()));
         let grants = Arc::new(grants);
         let policy = policy_for(spec, &self.config);
         let instances = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -421,7 +430,21 @@ impl ControlPlane {
 
     /// Everything deployed, for `wasmhive status`.
     pub fn status(&self) -> status::HostStatus {
-        status::HostStatus::collect(&self.apps.snapshot(), &self.config, self.started.elapsed())
+        let mut st = status::HostStatus::collect(
+            &self.apps.snapshot(),
+            &self.config,
+            self.started.elapsed(),
+        );
+        for app in &mut st.apps {
+            for c in &mut app.components {
+                c.circuits = self.mesh.circuits(&ComponentId {
+                    app: app.name.as_str().into(),
+                    component: c.name.as_str().into(),
+                    version: app.version.as_str().into(),
+                });
+            }
+        }
+        st
     }
 
     /// Re-deploys the apps persisted in the data dir (after a restart). Failures are
@@ -507,6 +530,8 @@ pub fn grants_for(
             store: None,
         },
         config: resolve_config(spec)?,
+        calls: spec.calls.clone(),
+        mesh: None,
     })
 }
 

@@ -75,6 +75,9 @@ pub struct ComponentStatus {
     pub failures: u64,
     /// Unix milliseconds of the last invocation, if any.
     pub last_invocation_ms: Option<u64>,
+    /// Circuit breakers of its calls: (target, `closed` | `open` | `half-open`).
+    #[serde(default)]
+    pub circuits: Vec<(String, String)>,
 }
 
 impl ComponentStatus {
@@ -109,6 +112,7 @@ impl ComponentStatus {
             invocations: c.stats.invocations.load(Ordering::Relaxed),
             failures: c.stats.failures.load(Ordering::Relaxed),
             last_invocation_ms: (last != 0).then_some(last),
+            circuits: Vec::new(),
         }
     }
 }

@@ -27,6 +27,8 @@ use crate::telemetry::trace::{TRACEPARENT, TraceContext};
 
 /// Header prefix reserved for the host; stripped from client requests.
 pub const RESERVED_HEADER_PREFIX: &str = "wasmhive-";
+/// Header identifying a request across every service it reaches.
+pub const REQUEST_ID: &str = "x-request-id";
 /// Header carrying the matched route pattern to the guest.
 pub const ROUTE_HEADER: &str = "wasmhive-route";
 /// Prefix of headers carrying captured path parameters to the guest.
@@ -193,6 +195,16 @@ impl Gateway {
         }
         if let Ok(v) = HeaderValue::from_str(traceparent) {
             parts.headers.insert(TRACEPARENT, v);
+        }
+        // A request id for the whole call chain: the client's, else a new one.
+        let has_id = parts
+            .headers
+            .get(REQUEST_ID)
+            .is_some_and(|v| !v.is_empty() && v.len() <= 128);
+        if !has_id
+            && let Ok(v) = HeaderValue::from_str(&format!("{:032x}", TraceContext::root().trace_id))
+        {
+            parts.headers.insert(REQUEST_ID, v);
         }
         if let Ok(v) = HeaderValue::from_str(pattern) {
             parts

@@ -69,6 +69,56 @@ pub struct ComponentSpec {
     pub config: Vec<(String, String)>,
     /// Secrets: where each value comes from (resolved at deploy time, never logged).
     pub secrets: Vec<(String, SecretSource)>,
+    /// Services it may call by name (`http://NAME/...`), with their policies.
+    pub calls: Vec<(String, CallPolicy)>,
+}
+
+/// `[components.NAME.calls.TARGET]`: how calls to another component behave.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallPolicy {
+    /// Per-attempt deadline for the response head.
+    pub timeout: Option<Duration>,
+    /// Retries of idempotent requests.
+    pub retries: Option<RetryPolicy>,
+    /// Fail fast after repeated failures.
+    pub circuit_breaker: Option<BreakerPolicy>,
+    /// Answer given instead of a failure.
+    pub fallback: Option<Fallback>,
+}
+
+/// `retries = { attempts, backoff, max_backoff }`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total (1 = no retry).
+    pub attempts: u32,
+    /// First delay; doubles per retry, with jitter.
+    pub backoff: Duration,
+    /// Longest delay.
+    pub max_backoff: Duration,
+}
+
+/// `circuit_breaker = { failures, window, open_for, half_open_probes }`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerPolicy {
+    /// Failures within `window` that open the circuit.
+    pub failures: u32,
+    /// The counting window.
+    pub window: Duration,
+    /// How long it stays open before probing.
+    pub open_for: Duration,
+    /// Calls let through while half-open.
+    pub half_open_probes: u32,
+}
+
+/// `fallback = { status, headers, body }`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
 }
 
 /// `[components.NAME.keyvalue]`
@@ -390,6 +440,97 @@ impl Checker<'_> {
             secrets.push((k.into_inner(), source));
         }
 
+        let mut calls = Vec::with_capacity(raw.calls.len());
+        for (target, c) in raw.calls {
+            let key = target.get_ref().clone();
+            if check_name(&key).is_err() {
+                return Err(self.invalid(
+                    target.span(),
+                    field(&format!("calls.{key}")),
+                    "a call target is a component name: lowercase letters, digits and '-'",
+                ));
+            }
+            let f = |k: &str| field(&format!("calls.{key}.{k}"));
+            let dur = |v: &Option<String>, span: Range<usize>, k: &str, default: Duration| match v {
+                None => Ok(default),
+                Some(t) => parse_duration(t).map_err(|why| self.invalid(span, f(k), why)),
+            };
+            let mut policy = CallPolicy::default();
+            if let Some(t) = c.timeout {
+                policy.timeout = Some(
+                    parse_duration(t.get_ref())
+                        .map_err(|why| self.invalid(t.span(), f("timeout"), why))?,
+                );
+            }
+            if let Some(r) = c.retries {
+                let span = r.span();
+                let r = r.into_inner();
+                if r.attempts == 0 || r.attempts > 10 {
+                    return Err(self.invalid(span, f("retries.attempts"), "must be from 1 to 10"));
+                }
+                policy.retries = Some(RetryPolicy {
+                    attempts: r.attempts,
+                    backoff: dur(
+                        &r.backoff,
+                        span.clone(),
+                        "retries.backoff",
+                        Duration::from_millis(50),
+                    )?,
+                    max_backoff: dur(
+                        &r.max_backoff,
+                        span,
+                        "retries.max_backoff",
+                        Duration::from_secs(1),
+                    )?,
+                });
+            }
+            if let Some(b) = c.circuit_breaker {
+                let span = b.span();
+                let b = b.into_inner();
+                if b.failures == 0 {
+                    return Err(self.invalid(
+                        span,
+                        f("circuit_breaker.failures"),
+                        "must be at least 1",
+                    ));
+                }
+                policy.circuit_breaker = Some(BreakerPolicy {
+                    failures: b.failures,
+                    window: dur(
+                        &b.window,
+                        span.clone(),
+                        "circuit_breaker.window",
+                        Duration::from_secs(10),
+                    )?,
+                    open_for: dur(
+                        &b.open_for,
+                        span,
+                        "circuit_breaker.open_for",
+                        Duration::from_secs(5),
+                    )?,
+                    half_open_probes: b.half_open_probes.unwrap_or(1).max(1),
+                });
+            }
+            if let Some(fb) = c.fallback {
+                let span = fb.span();
+                let fb = fb.into_inner();
+                let status = fb.status.unwrap_or(200);
+                if !(100..=599).contains(&status) {
+                    return Err(self.invalid(
+                        span,
+                        f("fallback.status"),
+                        "must be an HTTP status code",
+                    ));
+                }
+                policy.fallback = Some(Fallback {
+                    status,
+                    headers: fb.headers.into_iter().collect(),
+                    body: fb.body,
+                });
+            }
+            calls.push((key, policy));
+        }
+
         Ok(ComponentSpec {
             name: name.into_inner(),
             source: raw.source.into_inner(),
@@ -402,6 +543,7 @@ impl Checker<'_> {
             keyvalue,
             config,
             secrets,
+            calls,
         })
     }
 

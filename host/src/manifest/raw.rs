@@ -49,6 +49,44 @@ pub(crate) struct RawComponent {
     pub config: BTreeMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
     pub secrets: BTreeMap<Spanned<String>, Spanned<RawSecret>>,
+    #[serde(default)]
+    pub calls: BTreeMap<Spanned<String>, RawCall>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCall {
+    pub timeout: Option<Spanned<String>>,
+    pub retries: Option<Spanned<RawRetries>>,
+    pub circuit_breaker: Option<Spanned<RawBreaker>>,
+    pub fallback: Option<Spanned<RawFallback>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetries {
+    pub attempts: u32,
+    pub backoff: Option<String>,
+    pub max_backoff: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBreaker {
+    pub failures: u32,
+    pub window: Option<String>,
+    pub open_for: Option<String>,
+    pub half_open_probes: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFallback {
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: String,
 }
 
 #[derive(Debug, Deserialize)]

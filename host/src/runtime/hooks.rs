@@ -34,6 +34,8 @@ pub struct HostHooks {
     grants: Arc<Grants>,
     /// `traceparent` of the invocation, added to outgoing requests that carry none.
     pub(crate) traceparent: Option<http::HeaderValue>,
+    /// `x-request-id` of the invocation, added likewise.
+    pub(crate) request_id: Option<http::HeaderValue>,
 }
 
 impl HostHooks {
@@ -41,6 +43,7 @@ impl HostHooks {
         HostHooks {
             grants,
             traceparent: None,
+            request_id: None,
         }
     }
 }
@@ -73,6 +76,35 @@ impl WasiHttpHooks for HostHooks {
         fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> SendFuture {
         drop(fut);
+        for (name, value) in [
+            ("traceparent", &self.traceparent),
+            ("x-request-id", &self.request_id),
+        ] {
+            if let Some(v) = value
+                && !request.headers().contains_key(name)
+            {
+                request.headers_mut().insert(name, v.clone());
+            }
+        }
+        // A call to another component by name: in process, under the caller's policy.
+        let target = request.uri().host().unwrap_or_default().to_string();
+        let plain_port = matches!(request.uri().port_u16(), None | Some(80));
+        if plain_port
+            && let Some((_, policy)) = self.grants.calls.iter().find(|(t, _)| *t == target)
+        {
+            let Some(mesh) = self.grants.mesh.clone() else {
+                return Box::new(async { Err(HttpError::HttpRequestDenied) });
+            };
+            let (caller, policy) = (self.grants.id.clone(), policy.clone());
+            return Box::new(async move {
+                let response = mesh.0.call(&caller, &target, &policy, request).await?;
+                Ok((
+                    response,
+                    Box::new(async { Ok(()) })
+                        as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                ))
+            });
+        }
         let uri = request.uri();
         let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
         let host = uri.host().unwrap_or_default().to_string();
@@ -92,11 +124,6 @@ impl WasiHttpHooks for HostHooks {
                 "outbound request denied: destination not in allowed_outbound_hosts"
             );
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
-        }
-        if let Some(tp) = &self.traceparent
-            && !request.headers().contains_key("traceparent")
-        {
-            request.headers_mut().insert("traceparent", tp.clone());
         }
         Box::new(async move {
             use http_body_util::BodyExt;

@@ -157,6 +157,13 @@ impl PreparedComponent {
         if let Some(tp) = traceparent {
             store.data_mut().set_traceparent(tp);
         }
+        if let Some(id) = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            store.data_mut().set_request_id(id);
+        }
 
         let task = tokio::spawn(async move {
             let run = async {

@@ -15,6 +15,7 @@ mod hooks;
 mod inspect;
 mod invoke;
 pub mod keyvalue;
+pub mod mesh;
 pub mod messaging;
 mod state;
 
@@ -77,6 +78,10 @@ pub struct Grants {
     pub keyvalue: keyvalue::KeyvalueGrant,
     /// Configuration and secrets it reads through wasi:config.
     pub config: config::ConfigValues,
+    /// Components it may call by name, with their policies.
+    pub calls: Vec<(String, crate::manifest::CallPolicy)>,
+    /// Where those calls go (`None`: unavailable, e.g. offline validation).
+    pub mesh: Option<mesh::MeshHandle>,
 }
 
 /// Errors from compiling or preparing a component.

@@ -71,6 +71,11 @@ impl InstanceState {
         }
     }
 
+    /// Sets the `x-request-id` this instance's outgoing requests carry.
+    pub(crate) fn set_request_id(&mut self, value: &str) {
+        self.hooks.request_id = http::HeaderValue::from_str(value).ok();
+    }
+
     /// Sets the `traceparent` this instance's outgoing requests and messages carry.
     pub(crate) fn set_traceparent(&mut self, value: &str) {
         self.hooks.traceparent = http::HeaderValue::from_str(value).ok();

@@ -1,0 +1,391 @@
+//! Service-to-service calls: `http://NAME/...` from a component reaches component
+//! `NAME` of the same app in process (no socket), under the caller's policy for it.
+//!
+//! Layers, outermost first, for one call:
+//!
+//! 1. **circuit breaker** ([`breaker`]): open → fail fast without touching the target;
+//! 2. **retry** ([`retry`]): idempotent requests only, exponential backoff with jitter,
+//!    within a per caller→target budget;
+//! 3. **timeout**: per attempt, for the response head;
+//! 4. **bulkhead and scaling**: the target's own admission (`max_instances`, queue),
+//!    waking it from zero if needed; then the invocation itself.
+//!
+//! A call that still fails gets the policy's `fallback` response if there is one,
+//! else what a proxy would answer: the target's own 5xx, 504 for a timeout, 503 for
+//! an open circuit or a full bulkhead. The callee receives the caller's `traceparent`
+//! (continued as its own span) and `x-request-id`.
+
+pub mod breaker;
+pub mod retry;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+
+use crate::apps::{Apps, DeployedComponent};
+use crate::body::{self, Body};
+use crate::manifest::{CallPolicy, Fallback};
+use crate::routes::RouteMatch;
+use crate::runtime::mesh::Mesh;
+use crate::runtime::{ComponentId, InvokeError};
+use crate::telemetry::metrics::{RequestLabels, RequestMetrics};
+use crate::telemetry::trace::{TRACEPARENT, TraceContext};
+use breaker::Breaker;
+
+/// Largest request body kept for replay by retries; larger requests are sent once.
+pub const MAX_REPLAY_BODY: usize = 1 << 20;
+
+type Key = (String, String);
+
+/// The in-process mesh.
+pub struct MeshRouter {
+    apps: Arc<Apps>,
+    metrics: Arc<RequestMetrics>,
+    breakers: Mutex<HashMap<Key, Breaker>>,
+    budgets: Mutex<HashMap<Key, retry::Budget>>,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Answered(Response<Body>),
+    Timeout,
+    Unavailable(String),
+}
+
+impl MeshRouter {
+    /// A mesh over the apps in `apps`.
+    pub fn new(apps: Arc<Apps>, metrics: Arc<RequestMetrics>) -> Arc<Self> {
+        Arc::new(MeshRouter {
+            apps,
+            metrics,
+            breakers: Mutex::default(),
+            budgets: Mutex::default(),
+        })
+    }
+
+    /// Breaker states of `caller`'s targets (`closed`, `open`, `half-open`).
+    pub fn circuits(&self, caller: &ComponentId) -> Vec<(String, String)> {
+        let now = Instant::now();
+        let prefix = format!("{}/{}", caller.app, caller.component);
+        let breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = breakers
+            .iter()
+            .filter(|((c, _), _)| *c == prefix)
+            .map(|((_, t), b)| (t.clone(), b.state(now).to_string()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Every breaker: (caller app, caller component, target, state).
+    pub fn all_circuits(&self) -> Vec<(String, String, String, &'static str)> {
+        let now = Instant::now();
+        let breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        breakers
+            .iter()
+            .map(|((c, t), b)| {
+                let (app, comp) = c.split_once('/').unwrap_or((c, ""));
+                (app.to_string(), comp.to_string(), t.clone(), b.state(now))
+            })
+            .collect()
+    }
+
+    fn breaker_allows(&self, key: &Key, policy: &CallPolicy) -> bool {
+        let Some(p) = &policy.circuit_breaker else {
+            return true;
+        };
+        let mut breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        breakers
+            .entry(key.clone())
+            .or_insert_with(|| Breaker::new(p.clone()))
+            .allow(Instant::now())
+    }
+
+    fn breaker_record(&self, key: &Key, policy: &CallPolicy, success: bool) {
+        if policy.circuit_breaker.is_none() {
+            return;
+        }
+        let mut breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = breakers.get_mut(key) {
+            b.record(success, Instant::now());
+        }
+    }
+
+    /// One invocation of `target` with `request` (no policy).
+    async fn invoke(&self, target: &DeployedComponent, request: Request<Body>) -> Attempt {
+        let started = Instant::now();
+        let request = self.prepare(target, request);
+        let traceparent = request
+            .headers()
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        target.stats.started();
+        let outcome = async {
+            let permit = target
+                .scaler
+                .admit()
+                .await
+                .map_err(|e| Attempt::Unavailable(format!("target busy: {e}")))?;
+            let prepared = target
+                .scaler
+                .prepared()
+                .await
+                .map_err(|e| Attempt::Unavailable(format!("cannot load target: {e}")))?;
+            prepared
+                .handle(request, traceparent.as_deref(), permit)
+                .await
+                .map_err(|e| match e {
+                    InvokeError::Timeout(_) => Attempt::Timeout,
+                    InvokeError::PoolExhausted(m) | InvokeError::HostMemory(m) => {
+                        Attempt::Unavailable(m)
+                    }
+                    other => Attempt::Answered(status_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("{} failed", target.id.component),
+                        Some(other.to_string()),
+                    )),
+                })
+        }
+        .await;
+        let attempt = match outcome {
+            Ok(r) => Attempt::Answered(r),
+            Err(a) => a,
+        };
+        let status = match &attempt {
+            Attempt::Answered(r) => r.status().as_u16(),
+            Attempt::Timeout => 504,
+            Attempt::Unavailable(_) => 503,
+        };
+        if status >= 500 {
+            target.stats.failed();
+        }
+        self.metrics.record(
+            &RequestLabels {
+                app: target.id.app.to_string(),
+                component: target.id.component.to_string(),
+                trigger: "mesh",
+                status,
+            },
+            started.elapsed().as_secs_f64(),
+        );
+        attempt
+    }
+
+    /// What the callee sees: host-reserved headers replaced, the route it matched,
+    /// and its own span of the caller's trace.
+    fn prepare(&self, target: &DeployedComponent, mut request: Request<Body>) -> Request<Body> {
+        let reserved: Vec<HeaderName> = request
+            .headers()
+            .keys()
+            .filter(|k| {
+                k.as_str()
+                    .starts_with(crate::gateway::RESERVED_HEADER_PREFIX)
+            })
+            .cloned()
+            .collect();
+        for k in reserved {
+            request.headers_mut().remove(k);
+        }
+        let trace = TraceContext::for_invocation(
+            request
+                .headers()
+                .get(TRACEPARENT)
+                .and_then(|v| v.to_str().ok()),
+        );
+        if let Ok(v) = HeaderValue::from_str(&trace.header()) {
+            request.headers_mut().insert(TRACEPARENT, v);
+        }
+        let snapshot = self.apps.snapshot();
+        let path = request.uri().path().to_string();
+        if let RouteMatch::Found {
+            value,
+            pattern,
+            params,
+        } = snapshot.route(request.method(), &path)
+            && value.id == target.id
+        {
+            if let Ok(v) = HeaderValue::from_str(pattern) {
+                request
+                    .headers_mut()
+                    .insert(HeaderName::from_static(crate::gateway::ROUTE_HEADER), v);
+            }
+            for (name, value) in params {
+                let header = HeaderName::from_bytes(
+                    format!(
+                        "{}{}",
+                        crate::gateway::PARAM_HEADER_PREFIX,
+                        name.to_ascii_lowercase()
+                    )
+                    .as_bytes(),
+                );
+                if let (Ok(h), Ok(v)) = (header, HeaderValue::from_str(value)) {
+                    request.headers_mut().insert(h, v);
+                }
+            }
+        }
+        request
+    }
+}
+
+/// A short text response the host makes up.
+fn status_response(status: StatusCode, message: &str, detail: Option<String>) -> Response<Body> {
+    if let Some(d) = detail {
+        tracing::debug!(%status, detail = %d, "mesh call answered by the host");
+    }
+    body::text(status, message.to_string())
+}
+
+fn fallback_response(f: &Fallback) -> Response<Body> {
+    let mut r = Response::new(body::full(Bytes::from(f.body.clone())));
+    *r.status_mut() = StatusCode::from_u16(f.status).unwrap_or(StatusCode::OK);
+    for (k, v) in &f.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            r.headers_mut().insert(k, v);
+        }
+    }
+    r.headers_mut()
+        .insert("wasmhive-fallback", HeaderValue::from_static("1"));
+    r
+}
+
+fn rebuild(parts: &http::request::Parts, body: Body) -> Request<Body> {
+    let mut b = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .version(parts.version);
+    if let Some(h) = b.headers_mut() {
+        *h = parts.headers.clone();
+    }
+    b.body(body).expect("parts of a valid request")
+}
+
+#[async_trait::async_trait]
+impl Mesh for MeshRouter {
+    async fn call(
+        &self,
+        caller: &ComponentId,
+        target: &str,
+        policy: &CallPolicy,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, ErrorCode> {
+        let Some(component) = self
+            .apps
+            .snapshot()
+            .apps
+            .get(&*caller.app)
+            .and_then(|a| a.components.iter().find(|c| &*c.id.component == target))
+            .cloned()
+        else {
+            tracing::warn!(caller = %caller, target, "mesh call to a component that is not deployed");
+            return Err(ErrorCode::DestinationNotFound);
+        };
+        let key: Key = (
+            format!("{}/{}", caller.app, caller.component),
+            target.to_string(),
+        );
+
+        if !self.breaker_allows(&key, policy) {
+            tracing::debug!(caller = %caller, target, "circuit open: failing fast");
+            return Ok(match &policy.fallback {
+                Some(f) => fallback_response(f),
+                None => status_response(StatusCode::SERVICE_UNAVAILABLE, "circuit open", None),
+            });
+        }
+
+        let (parts, body) = request.into_parts();
+        let retries = policy
+            .retries
+            .as_ref()
+            .filter(|_| retry::retryable(&parts.method, &parts.headers));
+        let attempts = retries.map_or(1, |r| r.attempts);
+        // Replaying needs the body: keep it if it is small enough, else send once.
+        let (mut once, replay) = if attempts > 1 {
+            match http_body_util::Limited::new(body, MAX_REPLAY_BODY)
+                .collect()
+                .await
+            {
+                Ok(b) => (None, Some(b.to_bytes())),
+                Err(_) => {
+                    return Ok(status_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large to retry",
+                        None,
+                    ));
+                }
+            }
+        } else {
+            (Some(body), None)
+        };
+        self.budgets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .deposit();
+
+        let mut last = Attempt::Unavailable("no attempt".into());
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                let allowed = self
+                    .budgets
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(key.clone())
+                    .or_default()
+                    .withdraw();
+                if !allowed {
+                    tracing::debug!(caller = %caller, target, "retry budget exhausted");
+                    break;
+                }
+                if let Some(r) = retries {
+                    tokio::time::sleep(retry::delay(r, attempt)).await;
+                }
+            }
+            let body = match (&replay, once.take()) {
+                (Some(bytes), _) => body::full(bytes.clone()),
+                (None, Some(b)) => b,
+                (None, None) => break,
+            };
+            let request = rebuild(&parts, body);
+            let result = match policy.timeout {
+                Some(t) => tokio::time::timeout(t, self.invoke(&component, request))
+                    .await
+                    .unwrap_or(Attempt::Timeout),
+                None => self.invoke(&component, request).await,
+            };
+            match result {
+                Attempt::Answered(r) if r.status().as_u16() < 500 => {
+                    self.breaker_record(&key, policy, true);
+                    return Ok(r);
+                }
+                other => last = other,
+            }
+        }
+        self.breaker_record(&key, policy, false);
+        if let Some(f) = &policy.fallback {
+            return Ok(fallback_response(f));
+        }
+        Ok(match last {
+            Attempt::Answered(r) => r,
+            Attempt::Timeout => status_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("{target} did not answer in time"),
+                None,
+            ),
+            Attempt::Unavailable(why) => status_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("{target} is unavailable"),
+                Some(why),
+            ),
+        })
+    }
+}
