@@ -9,6 +9,8 @@ Scenarios:
   density   host RSS with 1,000 then 10,000 deployed hello components: loaded, scaled to
             zero, and after touching each once.
   bulkhead  req/s of a fast component alone, then while a slow component is saturated.
+  mesh      added latency of an in-process component-to-component call, next to calling
+            the callee directly over HTTP (one connection, so latency is not queueing).
   kv        key-value get/set/increment ops/s through the kv-store fixture over HTTP, for
             the redb and JetStream backends, next to a route that touches no state.
   messaging messages/s through a trivial handler (core NATS and durable JetStream) next
@@ -663,8 +665,65 @@ def scenario_kv():
     shutil.rmtree(data, ignore_errors=True)
 
 
+def scenario_mesh():
+    data = Path(tempfile.mkdtemp(prefix="wasmhive-bench-"))
+    manifest = data / "mesh.toml"
+    manifest.write_text(
+        f'manifest_version = 1\n[app]\nname = "mesh"\nversion = "1.0.0"\n'
+        f'[components.caller]\nsource = "{COMPONENTS / "outbound_call.wasm"}"\nroutes = ["/call"]\n'
+        f'allowed_outbound_hosts = ["http://127.0.0.1:*"]\n'
+        f'[components.caller.calls.hello]\n'
+        f'[components.hello]\nsource = "{COMPONENTS / "hello.wasm"}"\nroutes = ["GET /hello"]\n')
+    host = Host(data / "data", [manifest])
+    rows = []
+    try:
+        paths = [("callee directly (client -> hello)", "/hello"),
+                 ("caller -> hello over HTTP on loopback (no mesh)",
+                  f"/call?url=http://127.0.0.1:{host.port}/hello"),
+                 ("caller -> hello in process (mesh)", "/call?url=http://hello/hello")]
+        results = {label: [] for label, _ in paths}
+        for _ in range(ROUNDS):
+            for label, path in paths:
+                out = subprocess.run(["wrk", "-t1", "-c1", f"-d{DURATION}s", "--latency", host.url(path)],
+                                     capture_output=True, text=True, check=True).stdout
+                p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+                p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+                results[label].append((p50, p99))
+        for label, _ in paths:
+            rows.append((label, statistics.median(x[0] for x in results[label]),
+                         statistics.median(x[1] for x in results[label])))
+        # The caller itself (a fresh instance, an outgoing request) also costs time:
+        # measure it against an external call to the callee over loopback.
+    finally:
+        host.stop()
+    direct, loopback, through = rows[0], rows[1], rows[2]
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores; wrk -t1 -c1 -d{DURATION}s, "
+        f"median of {ROUNDS} rounds. The difference is everything a service call adds: the caller's own "
+        f"instance and its outgoing wasi:http request, the mesh (policy, route, admission) and the callee's "
+        f"instance; no socket is involved.",
+        "",
+        "| path | p50 ms | p99 ms |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| {label} | {p50:.3f} | {p99:.3f} |" for label, p50, p99 in rows]
+    lines += ["", f"The mesh call vs the same call over loopback HTTP: p50 "
+              f"{(through[1] - loopback[1]) * 1000:+.0f} µs, p99 {(through[2] - loopback[2]) * 1000:+.0f} µs. "
+              f"Everything a service call adds over calling the callee directly (caller instance included): "
+              f"p50 {(through[1] - direct[1]) * 1000:.0f} µs, p99 {(through[2] - direct[2]) * 1000:.0f} µs.",
+              "", "Commands:", "", "```sh", "just bench mesh",
+              "wrk -t1 -c1 -d6s --latency http://127.0.0.1:PORT/hello",
+              "wrk -t1 -c1 -d6s --latency 'http://127.0.0.1:PORT/call?url=http://127.0.0.1:PORT/hello'",
+              "wrk -t1 -c1 -d6s --latency 'http://127.0.0.1:PORT/call?url=http://hello/hello'", "```"]
+    text = "\n".join(lines)
+    print(text)
+    write_block("mesh", text)
+    shutil.rmtree(data, ignore_errors=True)
+
+
 SCENARIOS = {
     "http": scenario_http,
+    "mesh": scenario_mesh,
     "kv": scenario_kv,
     "messaging": scenario_messaging,
     "coldstart": scenario_coldstart,

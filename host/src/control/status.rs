@@ -182,6 +182,11 @@ impl HostStatus {
                     ago(c.last_invocation_ms),
                     c.routes.join(", "),
                 ]);
+                for (target, state) in &c.circuits {
+                    let mut row: [String; 14] = Default::default();
+                    row[13] = format!("-> {target}: circuit {state}");
+                    rows.push(row);
+                }
             }
         }
         let mut out = format!(
