@@ -468,3 +468,132 @@ memory = "32MiB"
         200
     );
 }
+
+fn reuse_manifest(ws: &Workspace, instances: &str) -> std::path::PathBuf {
+    ws.write(
+        "reuse.toml",
+        &format!(
+            r#"
+manifest_version = 1
+[app]
+name = "reuse"
+version = "1.0.0"
+[components.faults]
+source = "{{component:faults}}"
+routes = ["/faults/{{*what}}"]
+[components.faults.limits]
+timeout = "1s"
+{instances}
+"#
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn by_default_every_request_gets_a_fresh_instance() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&reuse_manifest(&ws, "")]);
+    let c = client();
+    for _ in 0..5 {
+        let body = c
+            .get(host.url("/faults/count"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            body, "count=1",
+            "guest globals never survive a request by default"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serial_reuse_keeps_an_instance_and_a_trap_drops_only_it() {
+    let ws = Workspace::new();
+    let m = reuse_manifest(
+        &ws,
+        "[components.faults.instances]\nmax_requests = 4\nidle_timeout = \"30s\"",
+    );
+    let host = Host::start(&[&m]);
+    let c = client();
+    let mut counts = Vec::new();
+    for _ in 0..8 {
+        let body = c
+            .get(host.url("/faults/count"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        counts.push(body);
+    }
+    // One instance serves four requests, then a new one takes over.
+    assert_eq!(
+        counts,
+        [
+            "count=1", "count=2", "count=3", "count=4", "count=1", "count=2", "count=3", "count=4"
+        ]
+    );
+    // A trap fails its own request and drops that instance; the next requests succeed
+    // on a new one.
+    assert_eq!(
+        c.get(host.url("/faults/count"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "count=1"
+    );
+    assert_eq!(
+        c.get(host.url("/faults/trap"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        500
+    );
+    assert_eq!(
+        c.get(host.url("/faults/count"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "count=1"
+    );
+    for _ in 0..100 {
+        assert_eq!(
+            c.get(host.url("/faults/ok")).send().await.unwrap().status(),
+            200
+        );
+    }
+    // A deadline in a reused instance is contained the same way.
+    assert_eq!(
+        c.get(host.url("/faults/loop"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        504
+    );
+    assert_eq!(
+        c.get(host.url("/faults/count"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "count=1"
+    );
+    // Idle reusable instances count as live instances.
+    let s = host.component_status("reuse", "faults");
+    assert!(s["instances"].as_u64().unwrap() >= 1, "{s:#}");
+}

@@ -351,11 +351,14 @@ impl ControlPlane {
         })
     }
 
-    /// Scales idle components to zero; called periodically. Returns how many it
-    /// unloaded.
+    /// Scales idle components to zero and drops idle reusable instances; called
+    /// periodically. Returns how many components it unloaded.
     pub fn reap(&self) -> usize {
         let mut unloaded = 0;
         for c in self.apps.snapshot().components() {
+            if let Some(p) = c.scaler.loaded() {
+                p.prune_idle();
+            }
             if c.scaler.reap() {
                 tracing::debug!(component = %c.id, "scaled to zero");
                 unloaded += 1;
@@ -532,6 +535,13 @@ pub fn grants_for(
         config: resolve_config(spec)?,
         calls: spec.calls.clone(),
         mesh: None,
+        reuse: crate::runtime::ReusePolicy {
+            max_requests: spec.instances.max_requests.unwrap_or(1),
+            idle_timeout: spec
+                .instances
+                .idle_timeout
+                .unwrap_or(crate::runtime::ReusePolicy::default().idle_timeout),
+        },
     })
 }
 
@@ -589,6 +599,11 @@ pub fn check_triggers(
     spec: &ComponentSpec,
     prepared: &crate::runtime::PreparedComponent,
 ) -> Result<(), RuntimeError> {
+    if spec.instances.max_concurrent.is_some_and(|n| n > 1) {
+        return Err(RuntimeError::Exports(
+            "instances.max_concurrent applies to WASI 0.3 components (wasi:http/handler@0.3), which this host does not run yet; a WASI 0.2 component serves one request at a time per instance".into(),
+        ));
+    }
     if !spec.routes.is_empty() && prepared.flavor().is_none() {
         return Err(RuntimeError::Exports(
             "routes are set but the component exports no HTTP handler (wasi:http/incoming-handler@0.2.x)".into(),

@@ -71,6 +71,19 @@ pub struct ComponentSpec {
     pub secrets: Vec<(String, SecretSource)>,
     /// Services it may call by name (`http://NAME/...`), with their policies.
     pub calls: Vec<(String, CallPolicy)>,
+    /// Instance reuse.
+    pub instances: InstancesSpec,
+}
+
+/// `[components.NAME.instances]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstancesSpec {
+    /// Requests one instance serves before it is dropped.
+    pub max_requests: Option<u32>,
+    /// Requests one instance serves at once (WASI 0.3 only).
+    pub max_concurrent: Option<u32>,
+    /// An idle reusable instance is dropped after this.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// `[components.NAME.calls.TARGET]`: how calls to another component behave.
@@ -531,6 +544,32 @@ impl Checker<'_> {
             calls.push((key, policy));
         }
 
+        let mut instances = InstancesSpec::default();
+        if let Some(i) = raw.instances {
+            let count =
+                |v: Option<toml::Spanned<i64>>, key: &str| -> Result<Option<u32>, ManifestError> {
+                    match v {
+                        None => Ok(None),
+                        Some(v) if (1..=1_000_000).contains(v.get_ref()) => {
+                            Ok(Some(*v.get_ref() as u32))
+                        }
+                        Some(v) => Err(self.invalid(
+                            v.span(),
+                            field(&format!("instances.{key}")),
+                            "must be a whole number from 1 to 1000000",
+                        )),
+                    }
+                };
+            instances.max_requests = count(i.max_requests, "max_requests")?;
+            instances.max_concurrent = count(i.max_concurrent, "max_concurrent")?;
+            if let Some(t) = i.idle_timeout {
+                instances.idle_timeout =
+                    Some(parse_duration(t.get_ref()).map_err(|why| {
+                        self.invalid(t.span(), field("instances.idle_timeout"), why)
+                    })?);
+            }
+        }
+
         Ok(ComponentSpec {
             name: name.into_inner(),
             source: raw.source.into_inner(),
@@ -544,6 +583,7 @@ impl Checker<'_> {
             config,
             secrets,
             calls,
+            instances,
         })
     }
 

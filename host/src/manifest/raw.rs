@@ -51,6 +51,16 @@ pub(crate) struct RawComponent {
     pub secrets: BTreeMap<Spanned<String>, Spanned<RawSecret>>,
     #[serde(default)]
     pub calls: BTreeMap<Spanned<String>, RawCall>,
+    #[serde(default)]
+    pub instances: Option<RawInstances>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawInstances {
+    pub max_requests: Option<Spanned<i64>>,
+    pub max_concurrent: Option<Spanned<i64>>,
+    pub idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,7 @@
 //! status code in one place.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -82,6 +82,28 @@ struct Inner {
     flavor: Option<HttpFlavor>,
     live: Arc<AtomicU32>,
     host_memory: Arc<HostMemory>,
+    /// Idle instances kept for serial reuse (`instances.max_requests > 1`).
+    pool: std::sync::Mutex<Vec<Warm>>,
+}
+
+/// An instance kept between requests (p2 serial reuse).
+struct Warm {
+    store: Store<InstanceState>,
+    proxy: wasmtime_wasi_http::p2::bindings::Proxy,
+    memory_hit: Arc<AtomicU8>,
+    deadline: Arc<AtomicU64>,
+    served: u32,
+    idle_since: Instant,
+}
+
+/// Idle reusable instances kept per component at most.
+const MAX_IDLE: usize = 64;
+
+/// The time base for deadlines stored in atomics.
+static BASE: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+fn to_nanos(t: Instant) -> u64 {
+    t.saturating_duration_since(*BASE).as_nanos() as u64
 }
 
 impl PreparedComponent {
@@ -116,6 +138,7 @@ impl PreparedComponent {
                 flavor,
                 live,
                 host_memory,
+                pool: std::sync::Mutex::new(Vec::new()),
             }),
         })
     }
@@ -153,24 +176,41 @@ impl PreparedComponent {
         let timeout = inner.grants.timeout;
         let deadline = Instant::now() + timeout;
         let (tx, rx) = oneshot::channel();
-        let (mut store, memory_hit) = self.new_store(deadline);
-        if let Some(tp) = traceparent {
-            store.data_mut().set_traceparent(tp);
-        }
-        if let Some(id) = request
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-        {
-            store.data_mut().set_request_id(id);
-        }
+        let reuse = inner.grants.reuse;
+        let warm = if reuse.max_requests > 1 {
+            self.take_warm(reuse.idle_timeout)
+        } else {
+            None
+        };
+        let (mut store, memory_hit, cell, proxy, served) = match warm {
+            Some(w) => (w.store, w.memory_hit, w.deadline, Some(w.proxy), w.served),
+            None => {
+                let cell = Arc::new(AtomicU64::new(0));
+                let (store, hit) = self.new_store(cell.clone());
+                (store, hit, cell, None, 0)
+            }
+        };
+        cell.store(to_nanos(deadline), Ordering::Relaxed);
+        memory_hit.store(0, Ordering::Relaxed);
+        store.set_epoch_deadline(1);
+        store.data_mut().set_traceparent(traceparent);
+        store.data_mut().set_request_id(
+            request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok()),
+        );
+        let this = self.clone();
 
         let task = tokio::spawn(async move {
             let run = async {
-                let proxy = http
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(|e| classify(e, Phase::Instantiate, &memory_hit, &inner.grants))?;
+                let proxy = match proxy {
+                    Some(p) => p,
+                    None => http
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(|e| classify(e, Phase::Instantiate, &memory_hit, &inner.grants))?,
+                };
                 let mut http = store.data_mut().http();
                 let req = http
                     .new_incoming_request(Scheme::Http, request)
@@ -182,13 +222,36 @@ impl PreparedComponent {
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out)
                     .await
-                    .map_err(|e| classify(e, Phase::Call, &memory_hit, &inner.grants))
+                    .map_err(|e| classify(e, Phase::Call, &memory_hit, &inner.grants))?;
+                Ok(proxy)
             };
             let result = match tokio::time::timeout_at(deadline.into(), run).await {
                 Ok(r) => r,
                 Err(_) => Err(InvokeError::Timeout(timeout)),
             };
-            drop(store);
+            let result = match result {
+                // A healthy instance with requests left goes back for the next one.
+                Ok(proxy) if served + 1 < reuse.max_requests => {
+                    this.put_warm(Warm {
+                        store,
+                        proxy,
+                        memory_hit,
+                        deadline: cell,
+                        served: served + 1,
+                        idle_since: Instant::now(),
+                    });
+                    Ok(())
+                }
+                Ok(_) => {
+                    drop(store);
+                    Ok(())
+                }
+                // A trap or deadline poisons the instance: it is dropped here.
+                Err(e) => {
+                    drop(store);
+                    Err(e)
+                }
+            };
             drop(guard);
             result
         });
@@ -207,9 +270,35 @@ impl PreparedComponent {
 }
 
 impl PreparedComponent {
+    /// An idle reusable instance, if one is fresh enough (stale ones are dropped).
+    fn take_warm(&self, idle_timeout: std::time::Duration) -> Option<Warm> {
+        let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        pool.retain(|w| now.duration_since(w.idle_since) < idle_timeout);
+        pool.pop()
+    }
+
+    fn put_warm(&self, warm: Warm) {
+        let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < MAX_IDLE {
+            pool.push(warm);
+        }
+    }
+
+    /// Drops reusable instances idle longer than the component's `idle_timeout`.
+    pub fn prune_idle(&self) {
+        let idle = self.inner.grants.reuse.idle_timeout;
+        let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if !pool.is_empty() {
+            let now = Instant::now();
+            pool.retain(|w| now.duration_since(w.idle_since) < idle);
+        }
+    }
+
     /// A fresh store for one instance, with its memory limiter and a wall-clock
-    /// deadline enforced through epoch interruption.
-    fn new_store(&self, deadline: Instant) -> (Store<InstanceState>, Arc<AtomicU8>) {
+    /// deadline (read from `deadline`, so a reused instance gets a new one per
+    /// request) enforced through epoch interruption.
+    fn new_store(&self, deadline: Arc<AtomicU64>) -> (Store<InstanceState>, Arc<AtomicU8>) {
         let inner = &self.inner;
         let mut store = Store::new(
             inner.grants_engine(),
@@ -219,7 +308,7 @@ impl PreparedComponent {
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
+            if to_nanos(Instant::now()) >= deadline.load(Ordering::Relaxed) {
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 Ok(UpdateDeadline::Yield(1))
@@ -245,11 +334,9 @@ impl PreparedComponent {
         };
         let timeout = inner.grants.timeout;
         let deadline = Instant::now() + timeout;
-        let (mut store, memory_hit) = self.new_store(deadline);
+        let (mut store, memory_hit) = self.new_store(Arc::new(AtomicU64::new(to_nanos(deadline))));
         store.data_mut().messaging.reply_to = message.reply_to.clone();
-        if let Some(tp) = traceparent {
-            store.data_mut().set_traceparent(tp);
-        }
+        store.data_mut().set_traceparent(traceparent);
         let task = tokio::spawn(async move {
             let run = async {
                 let instance = pre

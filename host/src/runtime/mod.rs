@@ -82,6 +82,26 @@ pub struct Grants {
     pub calls: Vec<(String, crate::manifest::CallPolicy)>,
     /// Where those calls go (`None`: unavailable, e.g. offline validation).
     pub mesh: Option<mesh::MeshHandle>,
+    /// Instance reuse.
+    pub reuse: ReusePolicy,
+}
+
+/// How many requests one instance may serve (`[components.X.instances]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReusePolicy {
+    /// Requests one instance serves before it is dropped (1: fresh every time).
+    pub max_requests: u32,
+    /// An idle reusable instance is dropped after this.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ReusePolicy {
+    fn default() -> Self {
+        ReusePolicy {
+            max_requests: 1,
+            idle_timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Errors from compiling or preparing a component.

@@ -72,14 +72,14 @@ impl InstanceState {
     }
 
     /// Sets the `x-request-id` this instance's outgoing requests carry.
-    pub(crate) fn set_request_id(&mut self, value: &str) {
-        self.hooks.request_id = http::HeaderValue::from_str(value).ok();
+    pub(crate) fn set_request_id(&mut self, value: Option<&str>) {
+        self.hooks.request_id = value.and_then(|v| http::HeaderValue::from_str(v).ok());
     }
 
     /// Sets the `traceparent` this instance's outgoing requests and messages carry.
-    pub(crate) fn set_traceparent(&mut self, value: &str) {
-        self.hooks.traceparent = http::HeaderValue::from_str(value).ok();
-        self.messaging.traceparent = Some(value.to_string());
+    pub(crate) fn set_traceparent(&mut self, value: Option<&str>) {
+        self.hooks.traceparent = value.and_then(|v| http::HeaderValue::from_str(v).ok());
+        self.messaging.traceparent = value.map(str::to_string);
     }
 
     pub(crate) fn table_ref(&self) -> &ResourceTable {

@@ -297,6 +297,11 @@ impl Scaler {
         .map_err(|e| RuntimeError::Cache(format!("load task failed: {e}")))?
     }
 
+    /// The loaded component, if it is loaded (never loads it).
+    pub fn loaded(&self) -> Option<Arc<PreparedComponent>> {
+        self.ready.load_full()
+    }
+
     /// Scales to zero if idle long enough; returns whether it did.
     pub fn reap(&self) -> bool {
         if self.policy.min_instances > 0 || self.loading.load(Ordering::Relaxed) {
