@@ -195,10 +195,14 @@ def scenario_http():
         f'manifest_version = 1\n[app]\nname = "hello"\nversion = "1.0.0"\n'
         f'[components.hello]\nsource = "{hello}"\nroutes = ["GET /hello"]\n'
     )
+    reuse_manifest = data / "hello-reuse.toml"
+    reuse_manifest.write_text(
+        manifest.read_text() + '[components.hello.instances]\nmax_requests = 128\n'
+    )
 
-    def start_wasmhive():
+    def start_wasmhive(m=manifest):
         port, admin = free_port(), free_port()
-        s = Server("wasmhive", [str(wasmhive), "--log-format", "json", "up", str(manifest), "--http", f"127.0.0.1:{port}",
+        s = Server("wasmhive", [str(wasmhive), "--log-format", "json", "up", str(m), "--http", f"127.0.0.1:{port}",
                                 "--admin", f"127.0.0.1:{admin}", "--data-dir", str(data / "data"), "--local-bus"], port,
                    env={"WASMHIVE_LOG": "warn"}, ready_line="ready")
         return s, f"http://127.0.0.1:{port}/hello"
@@ -217,6 +221,7 @@ def scenario_http():
     tuned = ["-O", "pooling-allocator", "-O", "pooling-memory-keep-resident=16777216",
              "-O", "pooling-table-keep-resident=1048576", "-O", "pooling-async-stack-keep-resident=1048576"]
     variants = [("wasmhive (fresh instance per request)", start_wasmhive)]
+    reuse_variants = [("wasmhive, `max_requests = 128` (serial reuse)", lambda: start_wasmhive(reuse_manifest))]
     notes = []
     if wasmtime:
         version = subprocess.run([wasmtime, "--version"], capture_output=True, text=True).stdout.strip()
@@ -224,9 +229,12 @@ def scenario_http():
             (f"`wasmtime serve` defaults ({version})", start_wasmtime([])),
             ("`wasmtime serve` tuned pooling", start_wasmtime(tuned)),
         ]
+        reuse_variants.append(("`wasmtime serve --max-instance-reuse-count 128`",
+                               start_wasmtime(["--max-instance-reuse-count", "128"])))
     else:
         notes.append("`wasmtime` 48.0.8 was not found (cargo install wasmtime-cli --version 48.0.8 --locked); "
                      "its rows are missing.")
+    variants += reuse_variants
     variants.append(("native hyper (no wasm, upper bound)", start_native))
     rows = measure_rounds(variants)
     commands = [
@@ -234,6 +242,8 @@ def scenario_http():
         f"target/release/wasmhive up hello.toml --http 127.0.0.1:PORT   # hello.toml: one route, GET /hello",
         f"wasmtime serve -Scli --addr 127.0.0.1:PORT {hello.relative_to(ROOT)}",
         f"wasmtime serve -Scli {' '.join(tuned)} --addr 127.0.0.1:PORT {hello.relative_to(ROOT)}",
+        "target/release/wasmhive up hello-reuse.toml ...   # + [components.hello.instances] max_requests = 128",
+        f"wasmtime serve -Scli --max-instance-reuse-count 128 --addr 127.0.0.1:PORT {hello.relative_to(ROOT)}",
         "target/release/native-hello 127.0.0.1:PORT",
         f"wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}s --latency http://127.0.0.1:PORT/hello",
     ]
