@@ -202,7 +202,7 @@ impl PreparedComponent {
         );
         let this = self.clone();
 
-        let task = tokio::spawn(async move {
+        let mut task = Box::pin(async move {
             let run = async {
                 let proxy = match proxy {
                     Some(p) => p,
@@ -256,15 +256,32 @@ impl PreparedComponent {
             result
         });
 
-        match rx.await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => Err(InvokeError::Guest(code)),
-            // The outparam was dropped unset: the task ended; its result says why.
-            Err(_) => match task.await {
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(())) => Err(InvokeError::NoResponse),
-                Err(join) => Err(InvokeError::Host(format!("invocation task failed: {join}"))),
+        // Run the guest right here until it either finishes or sets the response head.
+        // A small response usually finishes in one go: no task to spawn, no wakeup of
+        // another thread. If the head comes first, the rest (the body) keeps running
+        // in its own task while the head goes out.
+        let mut rx = rx;
+        tokio::select! {
+            biased;
+            finished = &mut task => match rx.try_recv() {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(code)) => Err(InvokeError::Guest(code)),
+                Err(_) => match finished {
+                    Err(e) => Err(e),
+                    Ok(()) => Err(InvokeError::NoResponse),
+                },
             },
+            head = &mut rx => match head {
+                Ok(head) => {
+                    tokio::spawn(task);
+                    head.map_err(InvokeError::Guest)
+                }
+                // The outparam was dropped unset: the guest's end says why.
+                Err(_) => match task.await {
+                    Err(e) => Err(e),
+                    Ok(()) => Err(InvokeError::NoResponse),
+                },
+            }
         }
     }
 }
