@@ -843,6 +843,52 @@ min_instances = 0
     }
 
     #[test]
+    fn later_sections_name_their_fields() {
+        let with = |extra: &str| format!("{GOOD}\n{extra}\n");
+        let ok = Manifest::parse(
+            &with(
+                "[components.hello.calls.users]\ntimeout = \"300ms\"\nretries = { attempts = 3 }\n\
+                 circuit_breaker = { failures = 5 }\nfallback = { body = \"{}\" }\n\
+                 [components.hello.messaging]\nsubscribe = [\"orders.*\"]\npublish = [\"x.>\"]\n\
+                 [components.hello.keyvalue]\nbuckets = [\"orders\", \"\"]\n\
+                 [components.hello.instances]\nmax_requests = 8",
+            ),
+            "m.toml",
+        )
+        .unwrap();
+        let c = &ok.components[0];
+        assert_eq!(c.calls[0].0, "users");
+        assert_eq!(c.calls[0].1.retries.as_ref().unwrap().attempts, 3);
+        assert_eq!(c.calls[0].1.fallback.as_ref().unwrap().status, 200);
+        assert_eq!(c.keyvalue.buckets, ["orders", "default"]);
+        assert_eq!(c.instances.max_requests, Some(8));
+
+        let e = err(&with(
+            "[components.hello.calls.users]\nretries = { attempts = 0 }",
+        ));
+        assert!(
+            e.contains("components.hello.calls.users.retries.attempts"),
+            "{e}"
+        );
+        let e = err(&with(
+            "[components.hello.messaging]\nsubscribe = [\"orders.>.x\"]",
+        ));
+        assert!(e.contains("components.hello.messaging.subscribe[0]"), "{e}");
+        let e = err(&with(
+            "[components.hello.keyvalue]\nbuckets = [\"no spaces\"]",
+        ));
+        assert!(e.contains("components.hello.keyvalue.buckets[0]"), "{e}");
+        let e = err(&with(
+            "[components.hello.secrets]\nk = { env = \"A\", file = \"b\" }",
+        ));
+        assert!(e.contains("components.hello.secrets.k"), "{e}");
+        let e = err(&with("[components.hello.instances]\nmax_requests = 0"));
+        assert!(e.contains("components.hello.instances.max_requests"), "{e}");
+        let e = err(&with("[components.hello.calls.Users]"));
+        assert!(e.contains("components.hello.calls.Users"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_names_the_key_and_line() {
         let text = GOOD.replace("memory = ", "memroy = ");
         let e = err(&text);
