@@ -857,3 +857,30 @@ async fn the_host_authenticates_to_nats_and_fails_fast_on_bad_credentials() {
         "fails fast, no retry loop"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_waits_for_message_handlers_in_flight() {
+    let server = NatsServer::start();
+    let ws = Workspace::new();
+    let m = messenger(&ws, "graceful", &["slow"], &[], "");
+    let host = host_on(BusChoice::Nats(server.url.clone()), &[&m]);
+    let c = nats(&server).await;
+    let reply = tokio::spawn({
+        let c = c.clone();
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                c.request("slow", "sleep:1500".into()),
+            )
+            .await
+        }
+    });
+    // SIGTERM while the handler sleeps; the host waits for it before exiting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = tokio::task::spawn_blocking(move || host.stop())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let reply = reply.await.unwrap().expect("in time").expect("a reply");
+    assert_eq!(reply.payload, "slow|sleep:1500");
+}

@@ -124,8 +124,9 @@ pub async fn run(
     println!("ready");
 
     shutdown.cancelled().await;
-    tracing::info!("shutting down: draining in-flight requests");
+    tracing::info!("shutting down: draining in-flight requests and message handlers");
     tasks.wait().await;
+    control.drain(config.drain_timeout).await;
     Ok(())
 }
 

@@ -136,6 +136,8 @@ pub struct ControlPlane {
     bus: Arc<dyn Bus>,
     kv: Arc<dyn crate::state::KvStore>,
     mesh: Arc<crate::mesh::MeshRouter>,
+    /// Message handlers running now (waited for at shutdown).
+    handlers: tokio_util::task::TaskTracker,
     /// Stops the message subscriptions of each deployed app version.
     subscriptions: std::sync::Mutex<BTreeMap<String, CancellationToken>>,
     shutdown: CancellationToken,
@@ -172,6 +174,7 @@ impl ControlPlane {
             bus,
             kv,
             mesh,
+            handlers: tokio_util::task::TaskTracker::new(),
             subscriptions: Default::default(),
             shutdown,
             blobs,
@@ -232,6 +235,7 @@ impl ControlPlane {
                 self.bus.clone(),
                 self.requests.clone(),
                 subscriptions.clone(),
+                self.handlers.clone(),
             )
             .await
             {
@@ -423,6 +427,21 @@ impl ControlPlane {
                     headers: reply.headers,
                 }))
             }
+        }
+    }
+
+    /// Waits (at most `timeout`) for message handlers still running; call after
+    /// shutdown stopped the subscriptions.
+    pub async fn drain(&self, timeout: std::time::Duration) {
+        self.handlers.close();
+        if tokio::time::timeout(timeout, self.handlers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = self.handlers.len(),
+                "message handlers still running after the drain timeout; stopping them"
+            );
         }
     }
 

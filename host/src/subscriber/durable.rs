@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::apps::DeployedComponent;
 use crate::bus::nats::{NatsBus, from_nats};
@@ -77,6 +78,7 @@ pub async fn start(
     bus: NatsBus,
     metrics: Arc<RequestMetrics>,
     stop: CancellationToken,
+    handlers: TaskTracker,
 ) -> anyhow::Result<()> {
     let js = jetstream::new(bus.client().clone());
     let spec = &component.spec.messaging;
@@ -121,6 +123,7 @@ pub async fn start(
         max_deliver,
         metrics,
         stop,
+        handlers,
     ));
     Ok(())
 }
@@ -187,6 +190,7 @@ async fn pull_loop(
     max_deliver: u32,
     metrics: Arc<RequestMetrics>,
     stop: CancellationToken,
+    handlers: TaskTracker,
 ) {
     let batch = component.scaler.policy().max_instances.clamp(1, 256) as usize;
     'outer: loop {
@@ -237,7 +241,7 @@ async fn pull_loop(
                 }
             };
             let (component, js, metrics) = (component.clone(), js.clone(), metrics.clone());
-            tokio::spawn(async move {
+            handlers.spawn(async move {
                 let started = Instant::now();
                 component.stats.started();
                 let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;

@@ -6,6 +6,9 @@
 //! share the messages: each message is handled once. Delivery is at most once (core
 //! NATS): a handler that fails or traps is logged and counted, not retried.
 //!
+//! Handlers run on the control plane's handler tracker, so shutdown waits for them
+//! (bounded by the drain timeout) as it does for HTTP requests.
+//!
 //! Flow control: a subscription takes the next message only once the component's
 //! bulkhead admits it (`max_instances`), so a busy component slows its own intake
 //! instead of piling up instances; messages wait in the bus client meanwhile. A
@@ -18,6 +21,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::apps::DeployedComponent;
 use crate::bus::{Bus, Message};
@@ -43,6 +47,7 @@ pub async fn start(
     bus: Arc<dyn Bus>,
     metrics: Arc<RequestMetrics>,
     stop: CancellationToken,
+    handlers: TaskTracker,
 ) -> Result<(), crate::bus::BusError> {
     if component.spec.messaging.subscribe.is_empty() {
         return Ok(());
@@ -53,7 +58,7 @@ pub async fn start(
                 "durable = true needs NATS with JetStream; this host runs the in-process bus (start it with --nats URL, or with nats-server installed)".into(),
             ));
         };
-        return durable::start(component, nats.clone(), metrics, stop)
+        return durable::start(component, nats.clone(), metrics, stop, handlers)
             .await
             .map_err(|e| crate::bus::BusError::Unavailable(format!("{e:#}")));
     }
@@ -69,6 +74,7 @@ pub async fn start(
             sub,
             metrics.clone(),
             stop.clone(),
+            handlers.clone(),
         ));
     }
     Ok(())
@@ -79,6 +85,7 @@ async fn deliver(
     mut sub: crate::bus::Subscription,
     metrics: Arc<RequestMetrics>,
     stop: CancellationToken,
+    handlers: TaskTracker,
 ) {
     loop {
         let message = tokio::select! {
@@ -94,7 +101,7 @@ async fn deliver(
         };
         let component = component.clone();
         let metrics = metrics.clone();
-        tokio::spawn(async move {
+        handlers.spawn(async move {
             let started = Instant::now();
             component.stats.started();
             let subject = message.subject.clone();
