@@ -33,7 +33,7 @@ name = "faults"
 version = "0.1.0"
 [components.faults]
 source = "{component:faults}"
-routes = ["/ok", "/trap", "/loop", "/alloc", "/sleep"]
+routes = ["/ok", "/trap", "/loop", "/alloc", "/sleep", "/print"]
 [components.faults.limits]
 memory = "32MiB"
 timeout = "1s"
@@ -450,5 +450,46 @@ routes = ["GET /inspect"]
         (parts[0], parts[1].len(), parts[2].len()),
         ("00", 32, 16),
         "{seen}"
+    );
+}
+
+#[tokio::test]
+async fn guest_output_becomes_log_events_not_host_output() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&faults_paths_manifest(&ws)]);
+    let r = client().get(host.url("/print")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        host.log_contains("a line on the guest's stderr"),
+        "{}",
+        host.logs()
+    );
+    let logs = host.logs();
+    for (stream, text) in [
+        ("stdout", "a line on the guest's stdout"),
+        ("stderr", "a line on the guest's stderr"),
+    ] {
+        let line = logs
+            .lines()
+            .find(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("no {stream} event: {logs}"));
+        for field in [
+            "\"target\":\"wasmhive::guest\"",
+            &format!("\"stream\":\"{stream}\""),
+            "\"component\":\"faults\"",
+        ] {
+            assert!(line.contains(field), "{field} missing in {line}");
+        }
+        let trace = line.split("\"trace_id\":\"").nth(1).unwrap_or_default();
+        assert!(
+            trace.len() > 32 && trace[..32].chars().all(|c| c.is_ascii_hexdigit()),
+            "no trace id in {line}"
+        );
+    }
+    // Never raw on the host's own stdout.
+    assert!(
+        !host.stdout().contains("a line on the guest"),
+        "{}",
+        host.stdout()
     );
 }

@@ -24,6 +24,8 @@ pub struct InstanceState {
     hooks: HostHooks,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) messaging: super::messaging::MessagingCtx,
+    /// The invocation's trace id, shared with the stdout/stderr writers.
+    trace_id: TraceId,
     grants: Arc<Grants>,
     _live: LiveInstance,
 }
@@ -52,10 +54,11 @@ impl InstanceState {
         live: &Arc<AtomicU32>,
         host_memory: &Arc<HostMemory>,
     ) -> Self {
+        let trace_id: TraceId = Arc::default();
         let mut wasi = WasiCtxBuilder::new();
         wasi.envs(&grants.env)
-            .stdout(GuestLog::new(grants.clone(), "stdout"))
-            .stderr(GuestLog::new(grants.clone(), "stderr"))
+            .stdout(GuestLog::new(grants.clone(), "stdout", trace_id.clone()))
+            .stderr(GuestLog::new(grants.clone(), "stderr", trace_id.clone()))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
@@ -66,6 +69,7 @@ impl InstanceState {
             hooks: HostHooks::new(grants.clone()),
             limiter: MemoryLimiter::new(grants.memory, host_memory.clone()),
             messaging: Default::default(),
+            trace_id,
             grants: grants.clone(),
             _live: LiveInstance::new(live.clone()),
         }
@@ -80,6 +84,8 @@ impl InstanceState {
     pub(crate) fn set_traceparent(&mut self, value: Option<&str>) {
         self.hooks.traceparent = value.and_then(|v| http::HeaderValue::from_str(v).ok());
         self.messaging.traceparent = value.map(str::to_string);
+        let id = value.and_then(|t| t.split('-').nth(1)).unwrap_or_default();
+        *self.trace_id.lock().unwrap_or_else(|e| e.into_inner()) = id.to_string();
     }
 
     pub(crate) fn table_ref(&self) -> &ResourceTable {
@@ -235,6 +241,9 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     }
 }
 
+/// The trace id of the invocation an instance is serving (empty: none).
+type TraceId = Arc<std::sync::Mutex<String>>;
+
 /// Longest stdout/stderr line kept; longer output is split.
 const MAX_LOG_LINE: usize = 16 * 1024;
 
@@ -244,14 +253,16 @@ const MAX_LOG_LINE: usize = 16 * 1024;
 struct GuestLog {
     grants: Arc<Grants>,
     stream: &'static str,
+    trace_id: TraceId,
     buf: Vec<u8>,
 }
 
 impl GuestLog {
-    fn new(grants: Arc<Grants>, stream: &'static str) -> Self {
+    fn new(grants: Arc<Grants>, stream: &'static str, trace_id: TraceId) -> Self {
         GuestLog {
             grants,
             stream,
+            trace_id,
             buf: Vec::new(),
         }
     }
@@ -271,11 +282,17 @@ impl GuestLog {
     fn emit(&mut self) {
         let line = String::from_utf8_lossy(&self.buf);
         let line = line.trim_end_matches('\r');
+        let trace_id = self
+            .trace_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         tracing::info!(
             target: "wasmhive::guest",
             app = %self.grants.id.app,
             component = %self.grants.id.component,
             version = %self.grants.id.version,
+            trace_id,
             stream = self.stream,
             "{line}"
         );
@@ -299,11 +316,19 @@ impl wasmtime_wasi::cli::IsTerminal for GuestLog {
 
 impl wasmtime_wasi::cli::StdoutStream for GuestLog {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(GuestLog::new(self.grants.clone(), self.stream))
+        Box::new(GuestLog::new(
+            self.grants.clone(),
+            self.stream,
+            self.trace_id.clone(),
+        ))
     }
 
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(GuestLog::new(self.grants.clone(), self.stream))
+        Box::new(GuestLog::new(
+            self.grants.clone(),
+            self.stream,
+            self.trace_id.clone(),
+        ))
     }
 }
 
