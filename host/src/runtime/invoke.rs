@@ -1,12 +1,15 @@
-//! Invoking a prepared component: a fresh `Store` and instance per request, a wall
-//! deadline, and a clear account of how it ended.
+//! Invoking a prepared component: a fresh `Store` and instance per request (or a
+//! pooled one when the component allows serial reuse), a wall deadline, and a clear
+//! account of how it ended.
 //!
-//! The instance runs in its own task. The caller gets the response as soon as the
-//! guest sets its head; the body streams from the still-running guest. The task owns
-//! the store and whatever guard the caller passes in (a scaler permit), so capacity is
-//! released when the guest finishes, not when the head is sent. Every way an
-//! invocation can fail maps to one [`InvokeError`]: the gateway turns that into a
-//! status code in one place.
+//! The guest runs on the caller's task until it finishes or sets the response head;
+//! if the head comes first, the rest of the invocation moves to its own task and the
+//! body streams from the still-running guest. That future owns the store and
+//! whatever guard the caller passes in (a scaler permit), so capacity is released
+//! when the guest finishes, not when the head is sent. A healthy reusable instance
+//! goes back to the pool; a trap or deadline drops it. Every way an invocation can
+//! fail maps to one [`InvokeError`]: the gateway turns that into a status code in one
+//! place.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -158,9 +161,11 @@ impl PreparedComponent {
         &self.inner.grants
     }
 
-    /// Serves one request in a fresh instance. `guard` is held until the instance is
-    /// gone (after the response body has been produced or the invocation failed).
-    /// What the guest sends out carries `traceparent`.
+    /// Serves one request in a fresh instance, or in an idle reusable one when the
+    /// component allows reuse (`instances.max_requests > 1`). `guard` is held until
+    /// the instance is done with this request (after the response body has been
+    /// produced or the invocation failed). What the guest sends out carries
+    /// `traceparent`.
     pub async fn handle<G: Send + 'static>(
         &self,
         request: http::Request<WasiBody>,
