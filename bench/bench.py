@@ -83,8 +83,11 @@ def to_ms(text):
     return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
 
-def wrk(url, duration=DURATION):
-    cmd = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", url]
+def wrk(url, duration=DURATION, threads=THREADS, connections=CONNECTIONS, script=None):
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if script:
+        cmd += ["-s", str(script)]
+    cmd.append(url)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
@@ -633,16 +636,7 @@ def scenario_kv():
                 conn.request("PUT", "/kv/b/set/k", body="value-of-sixteen")
                 conn.getresponse().read()
                 for label, path, script in ops:
-                    url = host.url(path)
-                    cmd = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency"]
-                    if script:
-                        cmd += ["-s", str(scripts[script])]
-                    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
-                    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-                    p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
-                    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-                    if errors:
-                        print(f"  warning: {backend} {label}: {errors.group(0)}")
+                    rps, p50, _ = wrk(host.url(path), script=scripts[script] if script else None)
                     results[(backend, label)] = (rps, p50)
                     print(f"  {backend} {label}: {rps:,.0f} ops/s p50 {p50:.2f} ms")
             finally:
@@ -694,16 +688,11 @@ def scenario_mesh():
         results = {label: [] for label, _ in paths}
         for _ in range(ROUNDS):
             for label, path in paths:
-                out = subprocess.run(["wrk", "-t1", "-c1", f"-d{DURATION}s", "--latency", host.url(path)],
-                                     capture_output=True, text=True, check=True).stdout
-                p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
-                p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+                _, p50, p99 = wrk(host.url(path), threads=1, connections=1)
                 results[label].append((p50, p99))
         for label, _ in paths:
             rows.append((label, statistics.median(x[0] for x in results[label]),
                          statistics.median(x[1] for x in results[label])))
-        # The caller itself (a fresh instance, an outgoing request) also costs time:
-        # measure it against an external call to the callee over loopback.
     finally:
         host.stop()
     direct, loopback, through = rows[0], rows[1], rows[2]

@@ -11,11 +11,9 @@ pub const CHUNK: usize = 4096;
 
 /// Responds with `status`, a content type and `body`.
 pub fn respond(out: ResponseOutparam, status: u16, content_type: &str, body: &[u8]) {
-    let headers = Fields::from_list(&[(
-        "content-type".to_string(),
-        content_type.as_bytes().to_vec(),
-    )])
-    .expect("valid header");
+    let headers =
+        Fields::from_list(&[("content-type".to_string(), content_type.as_bytes().to_vec())])
+            .expect("valid header");
     let response = OutgoingResponse::new(headers);
     response.set_status_code(status).expect("valid status");
     let outgoing = response.body().expect("body once");
@@ -54,6 +52,31 @@ pub fn query(request: &IncomingRequest, name: &str) -> Option<String> {
     })
 }
 
+/// Decodes `%XX` escapes (invalid ones are kept as they are).
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Reads the whole request body.
 pub fn read_body(request: &IncomingRequest) -> Vec<u8> {
     let body = request.consume().expect("body once");
@@ -63,7 +86,9 @@ pub fn read_body(request: &IncomingRequest) -> Vec<u8> {
         match stream.blocking_read(64 * 1024) {
             Ok(chunk) => all.extend_from_slice(&chunk),
             Err(StreamError::Closed) => break,
-            Err(StreamError::LastOperationFailed(e)) => panic!("body read failed: {}", e.to_debug_string()),
+            Err(StreamError::LastOperationFailed(e)) => {
+                panic!("body read failed: {}", e.to_debug_string())
+            }
         }
     }
     all

@@ -43,13 +43,6 @@ pub struct DeployedComponent {
     pub stats: ComponentStats,
 }
 
-impl DeployedComponent {
-    /// The wall-clock deadline of one invocation.
-    pub fn scaler_timeout(&self) -> std::time::Duration {
-        self.timeout
-    }
-}
-
 /// Per-component counters.
 #[derive(Default)]
 pub struct ComponentStats {

@@ -23,7 +23,7 @@
 //! A NATS disconnect ends the pull; it is re-established until the host stops.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use futures::StreamExt;
@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 use crate::apps::DeployedComponent;
 use crate::bus::nats::{NatsBus, from_nats};
 use crate::runtime::InvokeError;
-use crate::telemetry::metrics::{RequestLabels, RequestMetrics};
+use crate::telemetry::metrics::RequestMetrics;
 
 /// Added to the component's timeout to get the consumer's ack wait.
 pub const ACK_MARGIN: Duration = Duration::from_secs(5);
@@ -96,7 +96,7 @@ pub async fn start(
     let consumer_cfg = pull::Config {
         durable_name: Some(name.clone()),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        ack_wait: component.scaler_timeout() + ACK_MARGIN,
+        ack_wait: component.timeout + ACK_MARGIN,
         // The host counts deliveries and dead-letters itself; the server keeps
         // redelivering, so a delivery lost to a crash is not the end of a message.
         max_deliver: -1,
@@ -242,33 +242,16 @@ async fn pull_loop(
             };
             let (component, js, metrics) = (component.clone(), js.clone(), metrics.clone());
             handlers.spawn(async move {
-                let started = Instant::now();
-                component.stats.started();
                 let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
                 let mut bus_message = from_nats(message.message.clone());
                 // The reply subject of a JetStream delivery is the ack protocol's, not
                 // a sender's: never let the guest publish into it.
                 bus_message.reply_to = None;
                 let subject = bus_message.subject.clone();
-                let result = super::handle(&component, bus_message, permit).await;
-                let status = match &result {
-                    Ok(()) => 200,
-                    Err(InvokeError::Timeout(_)) => 504,
-                    Err(_) => 500,
-                };
-                metrics.record(
-                    &RequestLabels {
-                        app: component.id.app.to_string(),
-                        component: component.id.component.to_string(),
-                        trigger: "message",
-                        status,
-                    },
-                    started.elapsed().as_secs_f64(),
-                );
+                let result = super::handle(&component, &metrics, bus_message, permit).await;
                 let outcome = match result {
                     Ok(()) => message.ack().await,
                     Err(e) => {
-                        component.stats.failed();
                         if delivered >= max_deliver {
                             tracing::warn!(component = %component.id, %subject, delivered, error = %e, "message dead-lettered");
                             dead_letter(&js, &component, &message, &e, delivered).await;

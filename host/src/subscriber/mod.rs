@@ -102,33 +102,46 @@ async fn deliver(
         let component = component.clone();
         let metrics = metrics.clone();
         handlers.spawn(async move {
-            let started = Instant::now();
-            component.stats.started();
             let subject = message.subject.clone();
-            let result = handle(&component, message, permit).await;
-            let status = match &result {
-                Ok(()) => 200,
-                Err(InvokeError::Timeout(_)) => 504,
-                Err(_) => 500,
-            };
-            if let Err(e) = &result {
-                component.stats.failed();
+            if let Err(e) = handle(&component, &metrics, message, permit).await {
                 tracing::warn!(component = %component.id, %subject, error = %e, "message handler failed");
             }
-            metrics.record(
-                &RequestLabels {
-                    app: component.id.app.to_string(),
-                    component: component.id.component.to_string(),
-                    trigger: "message",
-                    status,
-                },
-                started.elapsed().as_secs_f64(),
-            );
         });
     }
 }
 
+/// Delivers one admitted message to the component (loading it if at zero), counting
+/// the invocation in its stats and in the request metrics (trigger `message`).
 pub(crate) async fn handle(
+    component: &DeployedComponent,
+    metrics: &RequestMetrics,
+    message: Message,
+    permit: crate::scaler::Permit,
+) -> Result<(), InvokeError> {
+    let started = Instant::now();
+    component.stats.started();
+    let result = invoke(component, message, permit).await;
+    let status = match &result {
+        Ok(()) => 200,
+        Err(InvokeError::Timeout(_)) => 504,
+        Err(_) => 500,
+    };
+    if result.is_err() {
+        component.stats.failed();
+    }
+    metrics.record(
+        &RequestLabels {
+            app: component.id.app.to_string(),
+            component: component.id.component.to_string(),
+            trigger: "message",
+            status,
+        },
+        started.elapsed().as_secs_f64(),
+    );
+    result
+}
+
+async fn invoke(
     component: &DeployedComponent,
     message: Message,
     permit: crate::scaler::Permit,
