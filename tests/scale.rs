@@ -597,3 +597,49 @@ async fn serial_reuse_keeps_an_instance_and_a_trap_drops_only_it() {
     let s = host.component_status("reuse", "faults");
     assert!(s["instances"].as_u64().unwrap() >= 1, "{s:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_component_refuses_requests_until_started() {
+    let ws = Workspace::new();
+    let m = hello_manifest(&ws, "min_instances = 1");
+    let host = Host::start(&[&m]);
+    let c = client();
+    assert_eq!(
+        c.get(host.url("/hello")).send().await.unwrap().status(),
+        200
+    );
+
+    let out = host.cli(&["stop", "hello", "hello"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "stopped hello/hello"
+    );
+    // Stopped, even with min_instances: unloaded, and every request is refused.
+    let s = host.component_status("hello", "hello");
+    assert_eq!(s["state"], "stopped", "{s:#}");
+    for _ in 0..3 {
+        let resp = c.get(host.url("/hello")).send().await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert!(resp.headers().contains_key("retry-after"));
+        assert!(resp.text().await.unwrap().contains("stopped"));
+    }
+    let text = String::from_utf8_lossy(&host.cli(&["status"]).stdout).to_string();
+    assert!(text.contains("stopped"), "{text}");
+
+    // Unknown names are an error that names them.
+    let out = host.cli(&["stop", "hello", "nope"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hello/nope"),
+        "{out:?}"
+    );
+
+    let out = host.cli(&["start", "hello", "hello"]);
+    assert!(out.status.success(), "{out:?}");
+    let resp = c.get(host.url("/hello")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let s = host.component_status("hello", "hello");
+    assert_eq!(s["state"], "ready", "{s:#}");
+    assert_eq!(s["cold_starts"], 1, "loaded again after the start: {s:#}");
+}

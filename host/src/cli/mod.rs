@@ -1,4 +1,4 @@
-//! The `wasmhive` command line: `up`, `deploy`, `undeploy`, `status`, `validate`.
+//! The `wasmhive` command line: `up`, `deploy`, `undeploy`, `stop`, `start`, `status`, `validate`, `publish`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,6 +83,27 @@ enum Command {
     Undeploy {
         /// The app's name.
         app: String,
+        /// The host's admin address.
+        #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
+        admin: String,
+    },
+    /// Stop a component: its requests get 503 (callers get their fallback), its
+    /// messages wait, and it is unloaded. Until `start` or a restart of the host.
+    Stop {
+        /// The app's name.
+        app: String,
+        /// The component's name.
+        component: String,
+        /// The host's admin address.
+        #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
+        admin: String,
+    },
+    /// Start a stopped component again.
+    Start {
+        /// The app's name.
+        app: String,
+        /// The component's name.
+        component: String,
         /// The host's admin address.
         #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
         admin: String,
@@ -226,6 +247,42 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Undeploy { app, admin } => {
             AdminClient::new(&admin).undeploy(&app).await?;
             println!("undeployed {app}");
+            Ok(())
+        }
+        Command::Stop {
+            app,
+            component,
+            admin,
+        } => {
+            let changed = AdminClient::new(&admin)
+                .set_stopped(&app, &component, true)
+                .await?;
+            println!(
+                "{} {app}/{component}",
+                if changed {
+                    "stopped"
+                } else {
+                    "already stopped"
+                }
+            );
+            Ok(())
+        }
+        Command::Start {
+            app,
+            component,
+            admin,
+        } => {
+            let changed = AdminClient::new(&admin)
+                .set_stopped(&app, &component, false)
+                .await?;
+            println!(
+                "{} {app}/{component}",
+                if changed {
+                    "started"
+                } else {
+                    "already running"
+                }
+            );
             Ok(())
         }
         Command::Status { json, admin } => {

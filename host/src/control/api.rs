@@ -148,6 +148,23 @@ pub async fn handle(control: Arc<ControlPlane>, req: Request<Incoming>) -> Respo
                 }
             }
         }
+        (
+            &Method::POST,
+            [
+                "v1",
+                "apps",
+                app,
+                "components",
+                component,
+                action @ ("stop" | "start"),
+            ],
+        ) => match control.set_stopped(app, component, *action == "stop") {
+            Ok(changed) => body::json(
+                StatusCode::OK,
+                &serde_json::json!({ "app": app, "component": component, "stopped": *action == "stop", "changed": changed }),
+            ),
+            Err(e) => error(deploy_status(&e), e.to_string()),
+        },
         (&Method::DELETE, ["v1", "apps", name]) => match control.undeploy(name).await {
             Ok(()) => body::text(StatusCode::OK, format!("undeployed {name}")),
             Err(e) => error(deploy_status(&e), e.to_string()),

@@ -56,6 +56,28 @@ impl AdminClient {
         Ok(Self::check(resp).await?.json().await?)
     }
 
+    /// Stops (`stop = true`) or starts a component; returns whether that changed
+    /// anything.
+    pub async fn set_stopped(
+        &self,
+        app: &str,
+        component: &str,
+        stop: bool,
+    ) -> anyhow::Result<bool> {
+        let action = if stop { "stop" } else { "start" };
+        let resp = self
+            .http
+            .post(format!(
+                "{}/v1/apps/{app}/components/{component}/{action}",
+                self.base
+            ))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let v: serde_json::Value = Self::check(resp).await?.json().await?;
+        Ok(v["changed"].as_bool().unwrap_or(false))
+    }
+
     /// Removes an app.
     pub async fn undeploy(&self, app: &str) -> anyhow::Result<()> {
         let resp = self

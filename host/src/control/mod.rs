@@ -371,6 +371,26 @@ impl ControlPlane {
         unloaded
     }
 
+    /// Stops (`stop = true`) or starts a component of a deployed app; returns whether
+    /// that changed anything. Not persisted: a restart or redeploy starts it again.
+    pub fn set_stopped(&self, app: &str, component: &str, stop: bool) -> Result<bool, DeployError> {
+        let snapshot = self.apps.snapshot();
+        let app_ref = snapshot
+            .apps
+            .get(app)
+            .ok_or_else(|| DeployError::NotFound(app.to_string()))?;
+        let c = app_ref
+            .components
+            .iter()
+            .find(|c| &*c.id.component == component)
+            .ok_or_else(|| DeployError::NotFound(format!("{app}/{component}")))?;
+        let changed = c.scaler.set_stopped(stop);
+        if changed {
+            tracing::info!(component = %c.id, "{}", if stop { "stopped" } else { "started" });
+        }
+        Ok(changed)
+    }
+
     /// Removes an app; its routes answer 404 from now on.
     pub async fn undeploy(&self, name: &str) -> Result<(), DeployError> {
         let record = self.record_path(name);

@@ -70,10 +70,13 @@ pub fn respond(
             "invocation failed"
         );
     }
-    let message = match status {
-        StatusCode::SERVICE_UNAVAILABLE => "service overloaded, retry later",
-        StatusCode::GATEWAY_TIMEOUT => "the service did not answer in time",
-        _ => "the service failed to handle the request",
+    let message = match (e, status) {
+        (Failure::Shed(Shed::Stopped), _) => "the service is stopped",
+        (_, s) => match s {
+            StatusCode::SERVICE_UNAVAILABLE => "service overloaded, retry later",
+            StatusCode::GATEWAY_TIMEOUT => "the service did not answer in time",
+            _ => "the service failed to handle the request",
+        },
     };
     let mut r = body::text(status, message);
     if status == StatusCode::SERVICE_UNAVAILABLE {

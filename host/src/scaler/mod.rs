@@ -48,6 +48,9 @@ pub enum State {
     Loading,
     /// Loaded and pre-instantiated.
     Ready,
+    /// Stopped by an operator (`wasmhive stop`): requests are refused with 503,
+    /// messages wait, nothing is loaded.
+    Stopped,
 }
 
 impl State {
@@ -57,6 +60,7 @@ impl State {
             State::Zero => "zero",
             State::Loading => "loading",
             State::Ready => "ready",
+            State::Stopped => "stopped",
         }
     }
 }
@@ -74,6 +78,9 @@ pub enum Shed {
     /// The host's instance pool is exhausted.
     #[error("the host's instance pool is exhausted")]
     HostFull,
+    /// An operator stopped the component.
+    #[error("the component is stopped")]
+    Stopped,
 }
 
 /// Host-wide admission: the sum of running invocations across components.
@@ -116,6 +123,7 @@ pub struct Scaler {
     ready: Arc<ArcSwapOption<PreparedComponent>>,
     load_lock: Arc<tokio::sync::Mutex<()>>,
     loading: Arc<AtomicBool>,
+    stopped: tokio::sync::watch::Sender<bool>,
     slots: Arc<Semaphore>,
     host: HostCapacity,
     counters: Arc<Counters>,
@@ -184,6 +192,7 @@ impl Scaler {
             ready: Arc::new(ArcSwapOption::new(Some(Arc::new(prepared)))),
             load_lock: Arc::new(tokio::sync::Mutex::new(())),
             loading: Arc::new(AtomicBool::new(false)),
+            stopped: tokio::sync::watch::Sender::new(false),
             host,
             counters,
         }
@@ -198,6 +207,9 @@ impl Scaler {
     /// within `queue_timeout`, or [`Shed`]. Cancel-safe: dropping the future while it
     /// waits gives up the place in the queue.
     pub async fn admit(&self) -> Result<Permit, Shed> {
+        if *self.stopped.borrow() {
+            return Err(Shed::Stopped);
+        }
         let slot = match self.slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
@@ -235,6 +247,9 @@ impl Scaler {
     pub async fn admit_wait(&self) -> Permit {
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
         let queued = Queued(&self.counters.queued);
+        let mut stopped = self.stopped.subscribe();
+        // A stopped component takes no messages: wait until it is started again.
+        let _ = stopped.wait_for(|s| !*s).await;
         let slot = self
             .slots
             .clone()
@@ -302,17 +317,41 @@ impl Scaler {
         self.ready.load_full()
     }
 
-    /// Scales to zero if idle long enough; returns whether it did.
+    /// Stops (`true`) or starts (`false`) the component; returns whether that changed
+    /// anything. A stopped component refuses new requests (503), holds its messages
+    /// back, and is unloaded once its invocations in flight finish (see [`reap`]).
+    /// Starting it lets the next invocation load it again.
+    pub fn set_stopped(&self, stop: bool) -> bool {
+        let changed = self
+            .stopped
+            .send_if_modified(|s| std::mem::replace(s, stop) != stop);
+        if changed && stop {
+            self.reap();
+        }
+        changed
+    }
+
+    /// Whether an operator stopped it.
+    pub fn is_stopped(&self) -> bool {
+        *self.stopped.borrow()
+    }
+
+    /// Scales to zero if idle long enough (or stopped); returns whether it did.
     pub fn reap(&self) -> bool {
-        if self.policy.min_instances > 0 || self.loading.load(Ordering::Relaxed) {
+        let stopped = self.is_stopped();
+        if (self.policy.min_instances > 0 && !stopped) || self.loading.load(Ordering::Relaxed) {
             return false;
         }
         let c = &self.counters;
-        if c.in_flight.load(Ordering::Relaxed) > 0 || c.queued.load(Ordering::Relaxed) > 0 {
+        // Messages waiting for a stopped component wait for it to start: they do not
+        // keep it loaded.
+        if c.in_flight.load(Ordering::Relaxed) > 0
+            || (!stopped && c.queued.load(Ordering::Relaxed) > 0)
+        {
             return false;
         }
         let idle = now_ms().saturating_sub(c.last_active.load(Ordering::Relaxed));
-        if u128::from(idle) < self.policy.idle_timeout.as_millis() {
+        if !stopped && u128::from(idle) < self.policy.idle_timeout.as_millis() {
             return false;
         }
         self.ready.swap(None).is_some()
@@ -320,7 +359,9 @@ impl Scaler {
 
     /// Current counters.
     pub fn status(&self) -> ScalerStatus {
-        let state = if self.ready.load().is_some() {
+        let state = if self.is_stopped() {
+            State::Stopped
+        } else if self.ready.load().is_some() {
             State::Ready
         } else if self.loading.load(Ordering::Relaxed) {
             State::Loading
