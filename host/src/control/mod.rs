@@ -309,7 +309,7 @@ impl ControlPlane {
         grants.keyvalue.store = Some(self.kv.clone());
         grants.mesh = Some(crate::runtime::mesh::MeshHandle(self.mesh.clone()));
         let grants = Arc::new(grants);
-        let policy = policy_for(spec, &self.config);
+        let mut policy = policy_for(spec, &self.config);
         let instances = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let runtime = self.runtime.clone();
         let blobs = self.blobs.clone();
@@ -333,6 +333,9 @@ impl ControlPlane {
             .prepare(&component, grants.clone(), instances.clone())
             .map_err(component_err)?;
         check_triggers(spec, &prepared).map_err(component_err)?;
+        if let Some(flavor) = prepared.flavor() {
+            policy.per_instance = grants.reuse.max_concurrent_for(flavor);
+        }
         tracing::info!(
             app = %manifest.app.name,
             component = %spec.name,
@@ -575,7 +578,9 @@ pub fn grants_for(
         calls: spec.calls.clone(),
         mesh: None,
         reuse: crate::runtime::ReusePolicy {
-            max_requests: spec.instances.max_requests.unwrap_or(1),
+            max_requests: spec.instances.max_requests,
+            max_concurrent: spec.instances.max_concurrent,
+            max_instances: policy_for(spec, config).max_instances,
             idle_timeout: spec
                 .instances
                 .idle_timeout
@@ -638,14 +643,16 @@ pub fn check_triggers(
     spec: &ComponentSpec,
     prepared: &crate::runtime::PreparedComponent,
 ) -> Result<(), RuntimeError> {
-    if spec.instances.max_concurrent.is_some_and(|n| n > 1) {
+    if spec.instances.max_concurrent.is_some_and(|n| n > 1)
+        && prepared.flavor() != Some(crate::runtime::HttpFlavor::P3)
+    {
         return Err(RuntimeError::Exports(
-            "instances.max_concurrent applies to WASI 0.3 components (wasi:http/handler@0.3), which this host does not run yet; a WASI 0.2 component serves one request at a time per instance".into(),
+            "instances.max_concurrent applies to WASI 0.3 components (wasi:http/handler@0.3.x); a WASI 0.2 component serves one request at a time per instance".into(),
         ));
     }
     if !spec.routes.is_empty() && prepared.flavor().is_none() {
         return Err(RuntimeError::Exports(
-            "routes are set but the component exports no HTTP handler (wasi:http/incoming-handler@0.2.x)".into(),
+            "routes are set but the component exports no HTTP handler (wasi:http/incoming-handler@0.2.x or wasi:http/handler@0.3.x)".into(),
         ));
     }
     if !spec.messaging.subscribe.is_empty() && !prepared.handles_messages() {
@@ -663,6 +670,7 @@ pub fn policy_for(spec: &ComponentSpec, config: &HostConfig) -> ScalePolicy {
     let max_instances = s.max_instances.unwrap_or(d.max_instances);
     ScalePolicy {
         max_instances,
+        per_instance: 1,
         queue: s.queue.unwrap_or(d.queue),
         queue_timeout: s.queue_timeout.unwrap_or(d.queue_timeout),
         idle_timeout: s.idle_timeout.unwrap_or(d.idle_timeout),

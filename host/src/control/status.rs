@@ -55,7 +55,7 @@ pub struct ComponentStatus {
     pub loaded_from: String,
     /// Time the deploy's load took, in milliseconds.
     pub load_ms: f64,
-    /// `zero`, `loading` or `ready`.
+    /// `zero`, `loading`, `ready` or `stopped`.
     pub state: State,
     /// Live instances now.
     pub instances: u32,

@@ -22,8 +22,11 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
+use http_body_util::BodyExt;
+
 use super::messaging::BrokerMessage;
 use super::messaging::handler::MessagingHandlerPre;
+use super::p3::{P3Handler, P3Limits};
 use super::state::{HostMemory, MemoryHit, MemoryLimiter};
 use super::{Grants, HttpFlavor, InstanceState, RuntimeError};
 
@@ -57,6 +60,9 @@ pub enum InvokeError {
     /// The guest answered with a wasi:http error code instead of a response.
     #[error("guest returned error: {0:?}")]
     Guest(ErrorCode),
+    /// A WASI 0.3 guest failed its request with an error (not a trap).
+    #[error("guest returned error: {0}")]
+    GuestError(String),
     /// The message handler returned an error.
     #[error("handler returned error: {0}")]
     Handler(String),
@@ -77,14 +83,14 @@ pub struct PreparedComponent {
 struct Inner {
     /// Set when the component exports a wasi:http 0.2 handler.
     http: Option<ProxyPre<InstanceState>>,
+    /// Set when the component exports a wasi:http 0.3 handler.
+    p3: Option<P3Handler>,
     /// Set when the component exports a message handler.
     messages: Option<MessagingHandlerPre<InstanceState>>,
-    /// Keeps the shared loaded code alive (see `Runtime::load`).
-    _component: Arc<Component>,
+    /// Makes stores; keeps the shared loaded code alive (see `Runtime::load`).
+    stores: StoreFactory,
     grants: Arc<Grants>,
     flavor: Option<HttpFlavor>,
-    live: Arc<AtomicU32>,
-    host_memory: Arc<HostMemory>,
     /// Idle instances kept for serial reuse (`instances.max_requests > 1`).
     pool: std::sync::Mutex<Vec<Warm>>,
 }
@@ -105,7 +111,7 @@ const MAX_IDLE: usize = 64;
 /// The time base for deadlines stored in atomics.
 static BASE: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
 
-fn to_nanos(t: Instant) -> u64 {
+pub(crate) fn to_nanos(t: Instant) -> u64 {
     t.saturating_duration_since(*BASE).as_nanos() as u64
 }
 
@@ -118,15 +124,27 @@ impl PreparedComponent {
         live: Arc<AtomicU32>,
         host_memory: Arc<HostMemory>,
     ) -> Result<Self, RuntimeError> {
-        let http = match flavor {
-            None => None,
-            Some(HttpFlavor::P2) => {
-                Some(ProxyPre::new(pre.clone()).map_err(|e| RuntimeError::Link(format!("{e:#}")))?)
-            }
+        let stores = StoreFactory {
+            component,
+            grants: grants.clone(),
+            live,
+            host_memory,
+        };
+        let link = |e: wasmtime::Error| RuntimeError::Link(format!("{e:#}"));
+        let (http, p3) = match flavor {
+            None => (None, None),
+            Some(HttpFlavor::P2) => (Some(ProxyPre::new(pre.clone()).map_err(link)?), None),
             Some(HttpFlavor::P3) => {
-                return Err(RuntimeError::Exports(
-                    "WASI 0.3 components (wasi:http/handler@0.3) are not supported by this host yet; build against wasi:http@0.2".into(),
-                ));
+                let service =
+                    wasmtime_wasi_http::p3::bindings::ServicePre::new(pre.clone()).map_err(link)?;
+                let reuse = grants.reuse;
+                let limits = P3Limits {
+                    max_requests: reuse.max_requests_for(HttpFlavor::P3) as usize,
+                    max_concurrent: reuse.max_concurrent_for(HttpFlavor::P3) as usize,
+                    idle_timeout: reuse.idle_timeout,
+                    max_instances: reuse.max_instances as usize,
+                };
+                (None, Some(P3Handler::new(service, stores.clone(), limits)))
             }
         };
         // Absent export: not a message trigger (checked against the manifest by the
@@ -135,12 +153,11 @@ impl PreparedComponent {
         Ok(PreparedComponent {
             inner: Arc::new(Inner {
                 http,
+                p3,
                 messages,
-                _component: component,
+                stores,
                 grants,
                 flavor,
-                live,
-                host_memory,
                 pool: std::sync::Mutex::new(Vec::new()),
             }),
         })
@@ -173,6 +190,18 @@ impl PreparedComponent {
         guard: G,
     ) -> Result<http::Response<WasiBody>, InvokeError> {
         let inner = self.inner.clone();
+        if let Some(p3) = &inner.p3 {
+            let response = p3.handle(request, traceparent).await?;
+            // The body streams from the instance after the head: the guard (a
+            // scaler permit) is held until it is done.
+            return Ok(response.map(|body| {
+                Guarded {
+                    body,
+                    guard: Some(Box::new(guard)),
+                }
+                .boxed_unsync()
+            }));
+        }
         let Some(http) = inner.http.clone() else {
             return Err(InvokeError::Host(
                 "component exports no HTTP handler".into(),
@@ -182,7 +211,8 @@ impl PreparedComponent {
         let deadline = Instant::now() + timeout;
         let (tx, rx) = oneshot::channel();
         let reuse = inner.grants.reuse;
-        let warm = if reuse.max_requests > 1 {
+        let max_requests = reuse.max_requests_for(HttpFlavor::P2);
+        let warm = if max_requests > 1 {
             self.take_warm(reuse.idle_timeout)
         } else {
             None
@@ -236,7 +266,7 @@ impl PreparedComponent {
             };
             let result = match result {
                 // A healthy instance with requests left goes back for the next one.
-                Ok(proxy) if served + 1 < reuse.max_requests => {
+                Ok(proxy) if served + 1 < max_requests => {
                     this.put_warm(Warm {
                         store,
                         proxy,
@@ -317,26 +347,8 @@ impl PreparedComponent {
         }
     }
 
-    /// A fresh store for one instance, with its memory limiter and a wall-clock
-    /// deadline (read from `deadline`, so a reused instance gets a new one per
-    /// request) enforced through epoch interruption.
     fn new_store(&self, deadline: Arc<AtomicU64>) -> (Store<InstanceState>, Arc<AtomicU8>) {
-        let inner = &self.inner;
-        let mut store = Store::new(
-            inner.grants_engine(),
-            InstanceState::new(&inner.grants, &inner.live, &inner.host_memory),
-        );
-        let memory_hit = store.data().limiter.hit_flag();
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if to_nanos(Instant::now()) >= deadline.load(Ordering::Relaxed) {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-        (store, memory_hit)
+        self.inner.stores.new_store(deadline)
     }
 
     /// Delivers one message to a fresh instance's `handle-message`. `guard` is held
@@ -386,9 +398,75 @@ impl PreparedComponent {
     }
 }
 
-impl Inner {
-    fn grants_engine(&self) -> &wasmtime::Engine {
-        self._component.engine()
+/// Makes the stores of one component version: its grants, its memory limiter
+/// drawing on the host's budget, counted in `live` while they exist.
+#[derive(Clone)]
+pub(crate) struct StoreFactory {
+    /// Keeps the shared loaded code alive (see `Runtime::load`).
+    component: Arc<Component>,
+    grants: Arc<Grants>,
+    live: Arc<AtomicU32>,
+    host_memory: Arc<HostMemory>,
+}
+
+impl StoreFactory {
+    pub(crate) fn grants(&self) -> &Arc<Grants> {
+        &self.grants
+    }
+
+    /// A fresh store for one instance, with its memory limiter and a wall-clock
+    /// deadline (read from `deadline`, so a reused instance gets a new one per
+    /// request) enforced through epoch interruption.
+    pub(crate) fn new_store(
+        &self,
+        deadline: Arc<AtomicU64>,
+    ) -> (Store<InstanceState>, Arc<AtomicU8>) {
+        let mut store = Store::new(
+            self.component.engine(),
+            InstanceState::new(&self.grants, &self.live, &self.host_memory),
+        );
+        let memory_hit = store.data().limiter.hit_flag();
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if to_nanos(Instant::now()) >= deadline.load(Ordering::Relaxed) {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        (store, memory_hit)
+    }
+}
+
+/// A response body that holds `guard` until it has been produced to the end (or
+/// dropped).
+struct Guarded {
+    body: WasiBody,
+    guard: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl http_body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
+            self.guard = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

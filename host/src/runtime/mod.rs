@@ -17,6 +17,7 @@ mod invoke;
 pub mod keyvalue;
 pub mod mesh;
 pub mod messaging;
+mod p3;
 mod state;
 
 use std::collections::HashMap;
@@ -86,20 +87,47 @@ pub struct Grants {
     pub reuse: ReusePolicy,
 }
 
-/// How many requests one instance may serve (`[components.X.instances]`).
+/// How many requests one instance may serve (`[components.X.instances]`). Unset
+/// values take the defaults of `wasmtime serve`, which differ by flavor: a WASI 0.2
+/// component gets a fresh instance per request, a WASI 0.3 one serves 128 requests,
+/// 16 at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReusePolicy {
     /// Requests one instance serves before it is dropped (1: fresh every time).
-    pub max_requests: u32,
+    pub max_requests: Option<u32>,
+    /// Requests one instance serves at once (WASI 0.3 only).
+    pub max_concurrent: Option<u32>,
     /// An idle reusable instance is dropped after this.
     pub idle_timeout: Duration,
+    /// Instances of the component at most (its `scale.max_instances`).
+    pub max_instances: u32,
+}
+
+impl ReusePolicy {
+    /// `max_requests` with the flavor's default.
+    pub fn max_requests_for(&self, flavor: HttpFlavor) -> u32 {
+        self.max_requests.unwrap_or(match flavor {
+            HttpFlavor::P2 => 1,
+            HttpFlavor::P3 => 128,
+        })
+    }
+
+    /// `max_concurrent` with the flavor's default (always 1 for WASI 0.2).
+    pub fn max_concurrent_for(&self, flavor: HttpFlavor) -> u32 {
+        match flavor {
+            HttpFlavor::P2 => 1,
+            HttpFlavor::P3 => self.max_concurrent.unwrap_or(16),
+        }
+    }
 }
 
 impl Default for ReusePolicy {
     fn default() -> Self {
         ReusePolicy {
-            max_requests: 1,
+            max_requests: None,
+            max_concurrent: None,
             idle_timeout: Duration::from_secs(1),
+            max_instances: 100,
         }
     }
 }

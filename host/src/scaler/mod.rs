@@ -26,8 +26,12 @@ use crate::runtime::{PreparedComponent, RuntimeError};
 /// A component's resolved scaling policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScalePolicy {
-    /// Invocations running at once.
+    /// Instances at once (for a component serving one request per instance, also the
+    /// invocations at once).
     pub max_instances: u32,
+    /// Requests one instance serves at once (WASI 0.3 `max_concurrent`; else 1): the
+    /// bulkhead admits `max_instances × per_instance` invocations.
+    pub per_instance: u32,
     /// Invocations that may wait.
     pub queue: u32,
     /// Longest wait.
@@ -186,7 +190,9 @@ impl Scaler {
         let counters = Arc::new(Counters::default());
         counters.touch();
         Scaler {
-            slots: Arc::new(Semaphore::new(policy.max_instances as usize)),
+            slots: Arc::new(Semaphore::new(
+                (policy.max_instances as usize).saturating_mul(policy.per_instance.max(1) as usize),
+            )),
             policy,
             loader,
             ready: Arc::new(ArcSwapOption::new(Some(Arc::new(prepared)))),

@@ -1,0 +1,216 @@
+//! hello-p3: an example service written against WASI 0.3 (p3), exporting
+//! `wasi:http/handler@0.3.x` through the `wasip3` crate instead of `wstd`/WASI 0.2.
+//!
+//! It builds with the ordinary `wasm32-wasip2` target; the resulting component imports
+//! and exports the 0.3 interfaces and needs a host with component-model-async and WASIp3
+//! enabled (e.g. `wasmtime serve -Wcomponent-model-async -Sp3,cli hello_p3.wasm`).
+//! Because a p3 handler is an async export, one instance can serve several requests at
+//! once and can be reused for later requests.
+//!
+//! Routes (plain-text answers unless said otherwise):
+//!
+//! - `GET /hello` answers `hello from wasi 0.3`; `GET /hello/{name}` answers
+//!   `hello, NAME`. The name comes from the `wasmhive-param-name` header the host adds
+//!   for a route's `{name}` parameter, or else from the last path segment.
+//! - `POST /echo` streams the request body back as the response body, chunk by chunk,
+//!   without buffering the whole body; the request's `content-type` is copied onto the
+//!   response and request trailers are forwarded as response trailers.
+//! - `GET /sleep?ms=N` waits N milliseconds (at most 60000) on the async monotonic
+//!   clock (`wait-for`), without blocking the instance, then answers `slept N`.
+//!   Concurrent sleeps on one instance overlap. A missing or bad `ms` is a 400.
+//! - `GET /trap` panics, which traps the instance (the host answers 500).
+//! - `GET /count` increments a guest-global counter and answers its new value, so a
+//!   test can tell whether requests were served by the same instance.
+//! - Any other path is a 404 `not found`; a known path with the wrong method is a 405
+//!   `method not allowed` with an `allow` header.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use wasip3::http::types::{ErrorCode, Fields, Method, Request, Response, Trailers};
+use wasip3::wit_bindgen::StreamResult;
+use wasip3::{wit_future, wit_stream};
+
+wasip3::http::service::export!(HelloP3);
+
+/// Requests served by `/count` in this instance.
+static COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// Size of each read from the request body in `/echo`.
+const ECHO_CHUNK: usize = 64 * 1024;
+
+/// Upper bound for `/sleep?ms=N`.
+const MAX_SLEEP_MS: u64 = 60_000;
+
+struct HelloP3;
+
+impl wasip3::exports::http::handler::Guest for HelloP3 {
+    async fn handle(request: Request) -> Result<Response, ErrorCode> {
+        let method = request.get_method();
+        let path_with_query = request.get_path_with_query().unwrap_or_else(|| "/".into());
+        let (path, query) = match path_with_query.split_once('?') {
+            Some((path, query)) => (path.to_string(), query.to_string()),
+            None => (path_with_query, String::new()),
+        };
+
+        match path.as_str() {
+            "/hello" => only(method, Method::Get, "GET", || {
+                text(200, "hello from wasi 0.3\n".into())
+            }),
+            "/echo" => match method {
+                Method::Post => Ok(echo(request)),
+                _ => Ok(method_not_allowed("POST")),
+            },
+            "/sleep" => match method {
+                Method::Get => Ok(sleep(&query).await),
+                _ => Ok(method_not_allowed("GET")),
+            },
+            "/trap" => only(method, Method::Get, "GET", || {
+                panic!("hello-p3: /trap requested")
+            }),
+            "/count" => only(method, Method::Get, "GET", || {
+                let n = COUNT.fetch_add(1, Ordering::SeqCst) + 1;
+                text(200, format!("{n}\n"))
+            }),
+            _ => match path.strip_prefix("/hello/") {
+                Some(segment) if !segment.is_empty() && !segment.contains('/') => {
+                    let name = param_name(&request).unwrap_or_else(|| segment.to_string());
+                    only(method, Method::Get, "GET", || {
+                        text(200, format!("hello, {name}\n"))
+                    })
+                }
+                _ => Ok(text(404, "not found\n".into())),
+            },
+        }
+    }
+}
+
+/// Runs `respond` when `method` is `expected`, else answers 405.
+fn only(
+    method: Method,
+    expected: Method,
+    allow: &str,
+    respond: impl FnOnce() -> Response,
+) -> Result<Response, ErrorCode> {
+    if std::mem::discriminant(&method) == std::mem::discriminant(&expected) {
+        Ok(respond())
+    } else {
+        Ok(method_not_allowed(allow))
+    }
+}
+
+fn method_not_allowed(allow: &str) -> Response {
+    text_with(
+        405,
+        "method not allowed\n".into(),
+        &[("allow", allow.as_bytes())],
+    )
+}
+
+/// The `{name}` route parameter as passed by the wasmhive host, if any.
+fn param_name(request: &Request) -> Option<String> {
+    let values = request.get_headers().get("wasmhive-param-name");
+    let value = values.into_iter().next()?;
+    String::from_utf8(value).ok().filter(|v| !v.is_empty())
+}
+
+/// A complete plain-text response; the body is written by a task that runs after the
+/// handler returns, once the host starts reading it.
+fn text(status: u16, body: String) -> Response {
+    text_with(status, body, &[])
+}
+
+/// Like [`text`], with extra headers. A response's headers become immutable once the
+/// response exists, so they all have to be in place before `Response::new`.
+fn text_with(status: u16, body: String, extra: &[(&str, &[u8])]) -> Response {
+    let mut entries = vec![
+        (
+            "content-type".to_string(),
+            b"text/plain; charset=utf-8".to_vec(),
+        ),
+        (
+            "content-length".to_string(),
+            body.len().to_string().into_bytes(),
+        ),
+    ];
+    entries.extend(
+        extra
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_vec())),
+    );
+    let headers = Fields::from_list(&entries).expect("headers used here are valid");
+    let (mut body_tx, body_rx) = wit_stream::new();
+    let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
+    drop(trailers_tx);
+    let (response, _sent) = Response::new(headers, Some(body_rx), trailers_rx);
+    response
+        .set_status_code(status)
+        .expect("status codes used here are valid");
+    wasip3::spawn_local(async move {
+        // If the client went away the rest is simply dropped.
+        let _ = body_tx.write_all(body.into_bytes()).await;
+    });
+    response
+}
+
+/// `POST /echo`: the response body is fed from the request body as it arrives.
+fn echo(request: Request) -> Response {
+    let content_type = request.get_headers().get("content-type");
+    let headers = Fields::new();
+    if !content_type.is_empty() {
+        let _ = headers.set("content-type", &content_type);
+    }
+
+    let (request_done_tx, request_done_rx) = wit_future::new(|| Ok(()));
+    let (mut request_body, request_trailers) = Request::consume_body(request, request_done_rx);
+
+    let (mut body_tx, body_rx) = wit_stream::new();
+    let (trailers_tx, trailers_rx) =
+        wit_future::new::<Result<Option<Trailers>, ErrorCode>>(|| Ok(None));
+    let (response, _sent) = Response::new(headers, Some(body_rx), trailers_rx);
+
+    wasip3::spawn_local(async move {
+        loop {
+            let (result, chunk) = request_body.read(Vec::with_capacity(ECHO_CHUNK)).await;
+            match result {
+                StreamResult::Complete(_) => {
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    let unwritten = body_tx.write_all(chunk).await;
+                    if !unwritten.is_empty() {
+                        // The client stopped reading; stop copying.
+                        let _ = request_done_tx.write(Ok(())).await;
+                        return;
+                    }
+                }
+                StreamResult::Dropped | StreamResult::Cancelled => break,
+            }
+        }
+        // The whole body went through: close the response body, then hand on the
+        // request's trailers (or its error) as the response's.
+        drop(body_tx);
+        let trailers = request_trailers.await;
+        let _ = request_done_tx.write(Ok(())).await;
+        let _ = trailers_tx.write(trailers).await;
+    });
+    response
+}
+
+/// `GET /sleep?ms=N`.
+async fn sleep(query: &str) -> Response {
+    let ms = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == "ms")
+        .and_then(|(_, value)| value.parse::<u64>().ok());
+    match ms {
+        Some(ms) if ms <= MAX_SLEEP_MS => {
+            wasip3::clocks::monotonic_clock::wait_for(ms * 1_000_000).await;
+            text(200, format!("slept {ms}\n"))
+        }
+        _ => text(
+            400,
+            format!("expected ?ms=N with N between 0 and {MAX_SLEEP_MS}\n"),
+        ),
+    }
+}

@@ -1,0 +1,226 @@
+//! WASI 0.3 components (`wasi:http/handler@0.3`), through the example `hello-p3`:
+//! detection at deploy, streaming both ways, many concurrent requests in few
+//! instances, instance reuse and its limits, traps and deadlines contained.
+
+use std::time::{Duration, Instant};
+
+use wasmhive_e2e::{Host, Workspace, client};
+
+fn manifest(ws: &Workspace, extra: &str) -> std::path::PathBuf {
+    ws.write(
+        "p3.toml",
+        &format!(
+            r#"
+manifest_version = 1
+[app]
+name = "p3"
+version = "0.1.0"
+[components.api]
+source = "{{component:hello-p3}}"
+routes = ["GET /hello", "GET /hello/{{name}}", "POST /echo", "GET /sleep", "GET /trap", "GET /count"]
+[components.api.limits]
+timeout = "2s"
+{extra}
+"#
+        ),
+    )
+}
+
+async fn get_text(c: &reqwest::Client, url: String) -> (u16, String) {
+    let r = c.get(url).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_p3_component_is_detected_and_serves_its_routes() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&manifest(&ws, "")]);
+    let c = client();
+    assert_eq!(
+        get_text(&c, host.url("/hello")).await,
+        (200, "hello from wasi 0.3\n".into())
+    );
+    assert_eq!(
+        get_text(&c, host.url("/hello/ada")).await,
+        (200, "hello, ada\n".into())
+    );
+    let s = host.component_status("p3", "api");
+    assert_eq!(s["flavor"], "p3", "{s:#}");
+    let text = String::from_utf8_lossy(&host.cli(&["status"]).stdout).to_string();
+    assert!(text.contains(" p3 "), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_p3_component_echoes_one_mebibyte_byte_for_byte() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&manifest(&ws, "")]);
+    let body: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let r = client()
+        .post(host.url("/echo"))
+        .header("content-type", "application/x-test")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-test");
+    let got = r.bytes().await.unwrap();
+    assert_eq!(got.len(), body.len());
+    assert!(got == body, "the echo differs from what was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sleeps_share_instances_and_finish_together() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&manifest(&ws, "")]);
+    let c = client();
+    let started = Instant::now();
+    let requests: Vec<_> = (0..50)
+        .map(|_| {
+            let (c, url) = (c.clone(), host.url("/sleep?ms=1000"));
+            tokio::spawn(async move { get_text(&c, url).await })
+        })
+        .collect();
+    // While they sleep, the host shows all 50 in flight in fewer instances.
+    let mut seen = None;
+    while started.elapsed() < Duration::from_millis(900) {
+        let s = host.component_status("p3", "api");
+        if s["in_flight"] == 50 {
+            seen = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = seen.expect("all 50 requests in flight at once");
+    let instances = s["instances"].as_u64().unwrap();
+    assert!(
+        (1..50).contains(&instances),
+        "50 sleeping requests should need fewer than 50 instances: {s:#}"
+    );
+    for r in requests {
+        assert_eq!(r.await.unwrap(), (200, "slept 1000\n".into()));
+    }
+    // One sleep, not 50 one after another (or 50 / max_concurrent).
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn by_default_a_p3_instance_is_reused_and_max_requests_1_makes_it_fresh() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&manifest(&ws, "")]);
+    let c = client();
+    let mut counts = Vec::new();
+    for _ in 0..5 {
+        counts.push(get_text(&c, host.url("/count")).await.1);
+    }
+    assert_eq!(
+        counts,
+        ["1\n", "2\n", "3\n", "4\n", "5\n"],
+        "reused by default"
+    );
+    drop(host);
+
+    let ws = Workspace::new();
+    let host = Host::start(&[&manifest(
+        &ws,
+        "[components.api.instances]\nmax_requests = 1",
+    )]);
+    for _ in 0..5 {
+        assert_eq!(
+            get_text(&c, host.url("/count")).await,
+            (200, "1\n".into()),
+            "with max_requests = 1 no guest global survives a request"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trap_in_a_reused_p3_instance_fails_only_its_request() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&manifest(&ws, "")]);
+    let c = client();
+    assert_eq!(get_text(&c, host.url("/count")).await.1, "1\n");
+    assert_eq!(get_text(&c, host.url("/count")).await.1, "2\n");
+    let (status, _) = get_text(&c, host.url("/trap")).await;
+    assert_eq!(status, 500);
+    // The trapped instance is gone: the count starts again in a new one.
+    assert_eq!(get_text(&c, host.url("/count")).await.1, "1\n");
+    for _ in 0..100 {
+        assert_eq!(get_text(&c, host.url("/hello")).await.0, 200);
+    }
+    assert!(host.log_contains("WASI 0.3 instance failed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_p3_request_past_its_deadline_is_504_and_the_next_is_served() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&manifest(&ws, "")]);
+    let c = client();
+    let started = Instant::now();
+    let (status, _) = get_text(&c, host.url("/sleep?ms=10000")).await;
+    assert_eq!(status, 504);
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert_eq!(
+        get_text(&c, host.url("/hello")).await,
+        (200, "hello from wasi 0.3\n".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_instances_bounds_p3_instances_and_max_concurrent_the_requests_in_each() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&manifest(
+        &ws,
+        "[components.api.scale]\nmax_instances = 2\nqueue = 0\n[components.api.instances]\nmax_concurrent = 4",
+    )]);
+    let c = client();
+    let requests: Vec<_> = (0..8)
+        .map(|_| {
+            let (c, url) = (c.clone(), host.url("/sleep?ms=1000"));
+            tokio::spawn(async move { get_text(&c, url).await })
+        })
+        .collect();
+    let mut most = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(800) {
+        let s = host.component_status("p3", "api");
+        most = most.max(s["instances"].as_u64().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 2 instances × 4 at once: the bulkhead admits 8, a ninth is shed.
+    let (status, _) = get_text(&c, host.url("/hello")).await;
+    assert_eq!(status, 503, "the ninth request finds the bulkhead full");
+    for r in requests {
+        assert_eq!(r.await.unwrap(), (200, "slept 1000\n".into()));
+    }
+    assert!((1..=2).contains(&most), "instances seen: {most}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_concurrent_is_refused_for_a_p2_component() {
+    let ws = Workspace::new();
+    let m = ws.write(
+        "p2.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "p2"
+version = "0.1.0"
+[components.hello]
+source = "{component:hello}"
+routes = ["GET /hello"]
+[components.hello.instances]
+max_concurrent = 4
+"#,
+    );
+    let out = Host::start(&[]).cli(&["deploy", m.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_concurrent"), "{err}");
+}
