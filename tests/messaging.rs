@@ -884,3 +884,39 @@ async fn shutdown_waits_for_message_handlers_in_flight() {
     let reply = reply.await.unwrap().expect("in time").expect("a reply");
     assert_eq!(reply.payload, "slow|sleep:1500");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wasmhive_subscribe_prints_what_is_published_without_taking_it() {
+    let server = NatsServer::start();
+    let ws = Workspace::new();
+    let m = messenger(&ws, "m", &["demo.*"], &[], "");
+    let host = host_on(BusChoice::Nats(server.url.clone()), &[&m]);
+    let mut watcher = std::process::Command::new(wasmhive_e2e::binary())
+        .args(["subscribe", "demo.*", "--count", "2", "--for", "30s"])
+        .args(["--admin", &host.admin])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Publish until the watcher has seen two messages (it subscribes asynchronously).
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while watcher.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "watcher never finished"
+        );
+        sent += 1;
+        let out = host.cli(&["publish", "demo.x", &format!("m{sent}")]);
+        assert!(out.status.success());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = watcher.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let first: u32 = lines[0].strip_prefix("demo.x m").unwrap().parse().unwrap();
+    assert_eq!(lines[1], format!("demo.x m{}", first + 1), "{text}");
+    // The messenger's queue group still got every message.
+    assert!(host.log_contains("handled demo.x"));
+}

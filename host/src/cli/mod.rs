@@ -1,4 +1,4 @@
-//! The `wasmhive` command line: `up`, `deploy`, `undeploy`, `stop`, `start`, `status`, `validate`, `publish`.
+//! The `wasmhive` command line: `up`, `deploy`, `undeploy`, `stop`, `start`, `status`, `validate`, `publish`, `subscribe`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -133,6 +133,24 @@ enum Command {
         /// A header, `K=V` (repeatable).
         #[arg(long = "header", value_name = "K=V")]
         headers: Vec<String>,
+        /// The host's admin address.
+        #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
+        admin: String,
+    },
+    /// Print the messages published on a subject (wildcards allowed) as they arrive,
+    /// without taking them from the services that subscribe to it.
+    Subscribe {
+        /// Subject, e.g. `orders.*` or `>`.
+        subject: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this long (e.g. `30s`).
+        #[arg(long = "for", value_parser = crate::manifest::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Print each message as a JSON line (subject, data, headers).
+        #[arg(long)]
+        json: bool,
         /// The host's admin address.
         #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
         admin: String,
@@ -321,6 +339,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Some(r) => println!("{}", r.data),
                 None => println!("published to {subject}"),
             }
+            Ok(())
+        }
+        Command::Subscribe {
+            subject,
+            count,
+            duration,
+            json,
+            admin,
+        } => {
+            AdminClient::new(&admin)
+                .subscribe(&subject, count, duration, json)
+                .await?;
             Ok(())
         }
         Command::Validate { manifest, data_dir } => {

@@ -165,6 +165,15 @@ pub async fn handle(control: Arc<ControlPlane>, req: Request<Incoming>) -> Respo
             ),
             Err(e) => error(deploy_status(&e), e.to_string()),
         },
+        (&Method::GET, ["v1", "subscribe"]) => {
+            let Some(subject) = query_param(req.uri().query(), "subject") else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "name the subject: /v1/subscribe?subject=orders.>",
+                );
+            };
+            subscribe(&control, &subject).await
+        }
         (&Method::DELETE, ["v1", "apps", name]) => match control.undeploy(name).await {
             Ok(()) => body::text(StatusCode::OK, format!("undeployed {name}")),
             Err(e) => error(deploy_status(&e), e.to_string()),
@@ -174,6 +183,67 @@ pub async fn handle(control: Arc<ControlPlane>, req: Request<Incoming>) -> Respo
             format!("no admin endpoint {method} {path}"),
         ),
     }
+}
+
+/// Streams the messages on `subject` as JSON lines (`{"subject", "data", "headers"}`)
+/// until the client goes away. A plain subscriber: it joins no queue group, so it sees
+/// every message without taking any from the services.
+async fn subscribe(control: &ControlPlane, subject: &str) -> Response<Body> {
+    use crate::bus::BusError;
+    use futures::StreamExt;
+    let messages = match control.bus().subscribe(subject, None).await {
+        Ok(s) => s,
+        Err(e @ BusError::InvalidSubject(_)) => {
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let lines = messages.map(|m| {
+        let line = super::PublishReply {
+            subject: m.subject,
+            data: String::from_utf8_lossy(&m.body).into_owned(),
+            headers: m.headers,
+        };
+        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+        bytes.push(b'\n');
+        Ok::<_, wasmtime_wasi_http::Error>(http_body::Frame::data(bytes::Bytes::from(bytes)))
+    });
+    let mut r = Response::new(http_body_util::StreamBody::new(lines).boxed_unsync());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
+}
+
+/// The percent-decoded value of `name` in a query string.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name)
+            .then(|| percent_decode(v))
+            .filter(|v| !v.is_empty())
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn deploy_status(e: &DeployError) -> StatusCode {

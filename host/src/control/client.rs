@@ -111,6 +111,56 @@ impl AdminClient {
             .context("invalid publish reply")
     }
 
+    /// Prints the messages on `subject` as they arrive (as JSON lines with `json`),
+    /// until `count` messages or `duration` have passed.
+    pub async fn subscribe(
+        &self,
+        subject: &str,
+        count: Option<u64>,
+        duration: Option<std::time::Duration>,
+        json: bool,
+    ) -> anyhow::Result<u64> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/subscribe", self.base))
+            .query(&[("subject", subject)])
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let mut resp = Self::check(resp).await?;
+        let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+        let mut seen = 0;
+        let mut pending = Vec::new();
+        loop {
+            if count.is_some_and(|n| seen >= n) {
+                return Ok(seen);
+            }
+            let chunk = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, resp.chunk()).await {
+                    Ok(c) => c?,
+                    Err(_) => return Ok(seen),
+                },
+                None => resp.chunk().await?,
+            };
+            let Some(chunk) = chunk else { return Ok(seen) };
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if count.is_some_and(|n| seen >= n) {
+                    break;
+                }
+                seen += 1;
+                if json {
+                    print!("{}", String::from_utf8_lossy(&line));
+                } else {
+                    let m: super::PublishReply = serde_json::from_slice(&line)
+                        .context("invalid message from the admin API")?;
+                    println!("{} {}", m.subject, m.data);
+                }
+            }
+        }
+    }
+
     /// The host's status document.
     pub async fn status(&self) -> anyhow::Result<HostStatus> {
         let resp = self
