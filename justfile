@@ -39,7 +39,7 @@ build: build-components build-host
 
 # Build everything and start the host with the example app (Ctrl-C stops it).
 up *ARGS: build
-    ./target/debug/wasmhive up manifests/hello.toml {{ARGS}}
+    ./target/debug/wasmhive up manifests/hello.toml manifests/shop.toml {{ARGS}}
 
 # Build components and deploy a manifest to the running host.
 deploy MANIFEST="manifests/hello.toml": build-components

@@ -202,6 +202,12 @@ def scenario_http():
     reuse_manifest.write_text(
         manifest.read_text() + '[components.hello.instances]\nmax_requests = 128\n'
     )
+    hello_p3 = COMPONENTS / "hello_p3.wasm"
+    p3_manifest = data / "hello-p3.toml"
+    p3_manifest.write_text(
+        f'manifest_version = 1\n[app]\nname = "hello"\nversion = "1.0.0"\n'
+        f'[components.hello]\nsource = "{hello_p3}"\nroutes = ["GET /hello"]\n'
+    )
 
     def start_wasmhive(m=manifest):
         port, admin = free_port(), free_port()
@@ -211,9 +217,9 @@ def scenario_http():
         return s, f"http://127.0.0.1:{port}/hello"
 
     def start_wasmtime(extra):
-        def start():
+        def start(component=hello):
             port = free_port()
-            s = Server("wasmtime", [wasmtime, "serve", "-Scli", *extra, "--addr", f"127.0.0.1:{port}", str(hello)], port)
+            s = Server("wasmtime", [wasmtime, "serve", "-Scli", *extra, "--addr", f"127.0.0.1:{port}", str(component)], port)
             return s, f"http://127.0.0.1:{port}/hello"
         return start
 
@@ -234,6 +240,10 @@ def scenario_http():
         ]
         reuse_variants.append(("`wasmtime serve --max-instance-reuse-count 128`",
                                start_wasmtime(["--max-instance-reuse-count", "128"])))
+    reuse_variants.append(("wasmhive, WASI 0.3 hello-p3 (defaults: reuse 128 x 16)", lambda: start_wasmhive(p3_manifest)))
+    if wasmtime:
+        reuse_variants.append(("`wasmtime serve` WASI 0.3 hello-p3 (its defaults: 128 x 16)",
+                               lambda: start_wasmtime([])(hello_p3)))
     else:
         notes.append("`wasmtime` 48.0.8 was not found (cargo install wasmtime-cli --version 48.0.8 --locked); "
                      "its rows are missing.")
@@ -247,6 +257,8 @@ def scenario_http():
         f"wasmtime serve -Scli {' '.join(tuned)} --addr 127.0.0.1:PORT {hello.relative_to(ROOT)}",
         "target/release/wasmhive up hello-reuse.toml ...   # + [components.hello.instances] max_requests = 128",
         f"wasmtime serve -Scli --max-instance-reuse-count 128 --addr 127.0.0.1:PORT {hello.relative_to(ROOT)}",
+        "target/release/wasmhive up hello-p3.toml ...   # hello-p3 on GET /hello, no [instances] (WASI 0.3 defaults)",
+        f"wasmtime serve -Scli --addr 127.0.0.1:PORT {hello_p3.relative_to(ROOT)}",
         "target/release/native-hello 127.0.0.1:PORT",
         f"wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}s --latency http://127.0.0.1:PORT/hello",
     ]
