@@ -309,17 +309,16 @@ impl PreparedComponent {
             head = &mut rx => match head {
                 // The rest of the guest's run (writing the body) is driven by whoever
                 // reads the body: no task to spawn, no hand-off to another thread.
-                Ok(head) => head
-                    .map(|response| {
-                        response.map(|body| {
-                            Driven {
-                                body,
-                                guest: Some(task),
-                            }
-                            .boxed_unsync()
-                        })
-                    })
-                    .map_err(InvokeError::Guest),
+                Ok(head) => {
+                    // Give the guest one more turn before handing it to its own task:
+                    // a small body is usually written and the guest done by then (no
+                    // spawn, no wakeup of another thread). A guest still writing runs
+                    // on in its own task, its deadline enforced there.
+                    if futures::FutureExt::now_or_never(&mut task).is_none() {
+                        tokio::spawn(task);
+                    }
+                    head.map_err(InvokeError::Guest)
+                }
                 // The outparam was dropped unset: the guest's end says why.
                 Err(_) => match task.await {
                     Err(e) => Err(e),
@@ -445,73 +444,6 @@ impl StoreFactory {
             }
         });
         (store, memory_hit)
-    }
-}
-
-/// The guest's invocation after its response head, for [`Driven`].
-type GuestRun = std::pin::Pin<Box<dyn Future<Output = Result<(), InvokeError>> + Send>>;
-
-/// A response body whose reader also drives the guest producing it: polling the body
-/// first lets the guest run (write more, finish), then reads what it wrote. The
-/// invocation (and the capacity guard it owns) ends when the guest returns. If the
-/// body is dropped first (it ended while the guest still works, or the client went
-/// away), the rest of the guest's run moves to its own task, as wasi:http allows work
-/// after the response.
-struct Driven {
-    body: WasiBody,
-    guest: Option<GuestRun>,
-}
-
-impl Driven {
-    fn poll_guest(&mut self, cx: &mut std::task::Context<'_>) {
-        if let Some(guest) = self.guest.as_mut()
-            && let std::task::Poll::Ready(result) = guest.as_mut().poll(cx)
-        {
-            self.guest = None;
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "guest failed after its response head");
-            }
-        }
-    }
-}
-
-impl Drop for Driven {
-    fn drop(&mut self) {
-        if let Some(guest) = self.guest.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            rt.spawn(async move {
-                if let Err(e) = guest.await {
-                    tracing::debug!(error = %e, "guest failed after its response head");
-                }
-            });
-        }
-    }
-}
-
-impl http_body::Body for Driven {
-    type Data = bytes::Bytes;
-    type Error = wasmtime_wasi_http::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        self.poll_guest(cx);
-        let frame = std::pin::Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(frame, std::task::Poll::Ready(None)) {
-            // The body ended: the guest is most likely returning right now.
-            self.poll_guest(cx);
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
     }
 }
 
