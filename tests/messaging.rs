@@ -920,3 +920,48 @@ async fn wasmhive_subscribe_prints_what_is_published_without_taking_it() {
     // The messenger's queue group still got every message.
     assert!(host.log_contains("handled demo.x"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redeploy_does_not_hold_back_durable_messages() {
+    // A long timeout makes the ack wait long (timeout + 5 s): a message stranded with
+    // a replaced subscription would only come back after it.
+    let server = NatsServer::start();
+    let ws = Workspace::new();
+    let text = std::fs::read_to_string(durable_worker(&ws, "")).unwrap();
+    let m = ws.write(
+        "jobs-slow-ack.toml",
+        &text.replace("timeout = \"2s\"", "timeout = \"60s\""),
+    );
+    let data = tempfile::tempdir().unwrap();
+    let start = || {
+        Host::start_with(HostOptions {
+            manifests: vec![m.clone()],
+            data_dir: Some(data.path().to_path_buf()),
+            bus: BusChoice::Nats(server.url.clone()),
+            ..Default::default()
+        })
+    };
+    // The second start restores the app from the data dir and then deploys the
+    // manifest again: two subscriptions in quick succession, as `just up` does.
+    drop(start());
+    let host = start();
+    let c = nats(&server).await;
+    let mut processed = c.subscribe("processed").await.unwrap();
+    c.flush().await.unwrap();
+    for round in 0..3 {
+        if round > 0 {
+            let out = host.cli(&["deploy", m.to_str().unwrap()]);
+            assert!(out.status.success(), "{out:?}");
+        }
+        // Not at once: a replaced subscription's pull request stays open at the
+        // server for a while.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let body = format!("job-{round}");
+        c.publish("jobs.x", body.clone().into()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(20), processed.next())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the message waited for the ack wait"))
+            .unwrap();
+        assert_eq!(got.payload, body.as_bytes());
+    }
+}

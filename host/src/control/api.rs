@@ -187,7 +187,8 @@ pub async fn handle(control: Arc<ControlPlane>, req: Request<Incoming>) -> Respo
 
 /// Streams the messages on `subject` as JSON lines (`{"subject", "data", "headers"}`)
 /// until the client goes away. A plain subscriber: it joins no queue group, so it sees
-/// every message without taking any from the services.
+/// every message without taking any from the services. NATS-internal traffic is left
+/// out.
 async fn subscribe(control: &ControlPlane, subject: &str) -> Response<Body> {
     use crate::bus::BusError;
     use futures::StreamExt;
@@ -198,7 +199,19 @@ async fn subscribe(control: &ControlPlane, subject: &str) -> Response<Body> {
         }
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    let lines = messages.map(|m| {
+    // What a user wants to watch are the events: not NATS's own traffic (JetStream
+    // API calls, acks, request inboxes) and not JetStream's deliveries of an event to
+    // each durable consumer (same subject, a `$JS.ACK.` reply), which would show every
+    // event once per consumer.
+    let events = messages.filter(|m| {
+        let internal = m.subject.starts_with('$')
+            || m.subject.starts_with("_INBOX.")
+            || m.reply_to
+                .as_deref()
+                .is_some_and(|r| r.starts_with("$JS.ACK."));
+        std::future::ready(!internal)
+    });
+    let lines = events.map(|m| {
         let line = super::PublishReply {
             subject: m.subject,
             data: String::from_utf8_lossy(&m.body).into_owned(),

@@ -183,6 +183,19 @@ async fn events_stream(
     anyhow::bail!("cannot widen JetStream stream {EVENTS_STREAM} to {subjects:?}")
 }
 
+/// How long one pull request stays open at the server.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+
+/// Hands back (nak, for immediate redelivery) the messages pulled but not yet
+/// started, so the subscription replacing this one gets them now rather than after
+/// the ack wait.
+async fn release_buffered(messages: &mut jetstream::consumer::pull::Stream) {
+    use futures::FutureExt;
+    while let Some(Some(Ok(m))) = messages.next().now_or_never() {
+        let _ = m.ack_with(AckKind::Nak(None)).await;
+    }
+}
+
 async fn pull_loop(
     component: Arc<DeployedComponent>,
     js: jetstream::Context,
@@ -197,6 +210,10 @@ async fn pull_loop(
         let mut messages = match consumer
             .stream()
             .max_messages_per_batch(batch)
+            // Short pull requests: when a redeploy replaces this loop, a pull still
+            // open at the server could take a new message for a subscriber that is
+            // gone, where it would wait out the ack wait.
+            .expires(PULL_EXPIRES)
             .messages()
             .await
         {
@@ -211,7 +228,10 @@ async fn pull_loop(
         };
         loop {
             let next = tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => {
+                    release_buffered(&mut messages).await;
+                    return;
+                }
                 m = messages.next() => m,
             };
             let message = match next {
@@ -233,7 +253,11 @@ async fn pull_loop(
             progress.tick().await;
             let permit = loop {
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => {
+                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                        release_buffered(&mut messages).await;
+                        return;
+                    }
                     p = &mut admit => break p,
                     _ = progress.tick() => {
                         let _ = message.ack_with(AckKind::Progress).await;
