@@ -50,9 +50,11 @@ deploy MANIFEST="manifests/hello.toml": build-components
 status:
     ./target/debug/wasmhive status
 
-# The whole test suite: unit tests and end-to-end tests against the real binary.
+# The whole test suite: unit tests and end-to-end tests against the real binary, and
+# the shop's own unit tests (its logic, built natively).
 test: build
     cargo test --workspace
+    cd components && cargo test -p shopkit -p inventory -p order-view -p order-details
 
 # Format the code.
 fmt:
