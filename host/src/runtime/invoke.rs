@@ -2,9 +2,11 @@
 //! pooled one when the component allows serial reuse), a wall deadline, and a clear
 //! account of how it ended.
 //!
-//! The guest runs on the caller's task until it finishes or sets the response head;
-//! if the head comes first, the rest of the invocation moves to its own task and the
-//! body streams from the still-running guest. That future owns the store and
+//! WASI 0.2 guests run on the caller's task until they finish or set the response
+//! head; if the head comes first, the guest gets one more turn (a small body is then
+//! written and the guest done), and only if it is still running does the rest of the
+//! invocation move to its own task while the body streams from it. WASI 0.3 guests go
+//! through wasmtime's `ProxyHandler` (see `p3.rs`). That future owns the store and
 //! whatever guard the caller passes in (a scaler permit), so capacity is released
 //! when the guest finishes, not when the head is sent. A healthy reusable instance
 //! goes back to the pool; a trap or deadline drops it. Every way an invocation can
@@ -307,8 +309,6 @@ impl PreparedComponent {
                 },
             },
             head = &mut rx => match head {
-                // The rest of the guest's run (writing the body) is driven by whoever
-                // reads the body: no task to spawn, no hand-off to another thread.
                 Ok(head) => {
                     // Give the guest one more turn before handing it to its own task:
                     // a small body is usually written and the guest done by then (no
