@@ -17,7 +17,8 @@ name = "p3"
 version = "0.1.0"
 [components.api]
 source = "{{component:hello-p3}}"
-routes = ["GET /hello", "GET /hello/{{name}}", "POST /echo", "GET /sleep", "GET /trap", "GET /count"]
+routes = ["GET /hello", "GET /hello/{{name}}", "POST /echo", "GET /sleep", "GET /trap", "GET /count", "GET /env/{{name}}"]
+env = {{ GREETING = "hi from the manifest" }}
 [components.api.limits]
 timeout = "2s"
 {extra}
@@ -223,4 +224,26 @@ max_concurrent = 4
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_concurrent"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_p3_component_sees_only_the_env_its_manifest_lists() {
+    let ws = Workspace::new();
+    let host = Host::start_with(wasmhive_e2e::HostOptions {
+        manifests: vec![manifest(&ws, "")],
+        env: vec![("HOST_SECRET".into(), "not for guests".into())],
+        ..Default::default()
+    });
+    let c = client();
+    assert_eq!(
+        get_text(&c, host.url("/env/GREETING")).await,
+        (200, "hi from the manifest\n".into())
+    );
+    for name in ["HOST_SECRET", "PATH", "HOME"] {
+        assert_eq!(
+            get_text(&c, host.url(&format!("/env/{name}"))).await,
+            (404, "unset\n".into()),
+            "{name} must not reach the guest"
+        );
+    }
 }

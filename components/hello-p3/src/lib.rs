@@ -21,6 +21,8 @@
 //! - `GET /trap` panics, which traps the instance (the host answers 500).
 //! - `GET /count` increments a guest-global counter and answers its new value, so a
 //!   test can tell whether requests were served by the same instance.
+//! - `GET /env/{name}` answers the environment variable `name` as the guest sees it,
+//!   or a 404 `unset` (a host grants only the variables its manifest lists).
 //! - Any other path is a 404 `not found`; a known path with the wrong method is a 405
 //!   `method not allowed` with an `allow` header.
 
@@ -71,6 +73,13 @@ impl wasip3::exports::http::handler::Guest for HelloP3 {
                 let n = COUNT.fetch_add(1, Ordering::SeqCst) + 1;
                 text(200, format!("{n}\n"))
             }),
+            _ if path.starts_with("/env/") => {
+                let name = path.trim_start_matches("/env/").to_string();
+                only(method, Method::Get, "GET", || match std::env::var(&name) {
+                    Ok(value) => text(200, format!("{value}\n")),
+                    Err(_) => text(404, "unset\n".into()),
+                })
+            }
             _ => match path.strip_prefix("/hello/") {
                 Some(segment) if !segment.is_empty() && !segment.contains('/') => {
                     let name = param_name(&request).unwrap_or_else(|| segment.to_string());

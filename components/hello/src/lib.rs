@@ -17,7 +17,9 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         .map(str::to_string)
         .or_else(|| {
             let path = request.uri().path();
-            path.strip_prefix("/hello/").filter(|n| !n.is_empty()).map(str::to_string)
+            path.strip_prefix("/hello/")
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
         })
         .unwrap_or_else(|| "world".to_string());
     Ok(Response::builder()
