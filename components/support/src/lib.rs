@@ -2,9 +2,26 @@
 
 pub use wasip2;
 use wasip2::http::types::{
-    ErrorCode, Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    ErrorCode, Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use wasip2::io::streams::StreamError;
+
+/// The method's name, upper case (`GET`, or an extension method as sent).
+pub fn method_name(method: Method) -> String {
+    match method {
+        Method::Get => "GET",
+        Method::Head => "HEAD",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Delete => "DELETE",
+        Method::Connect => "CONNECT",
+        Method::Options => "OPTIONS",
+        Method::Trace => "TRACE",
+        Method::Patch => "PATCH",
+        Method::Other(m) => return m,
+    }
+    .to_string()
+}
 
 /// Largest chunk written to an output stream at once.
 pub const CHUNK: usize = 4096;

@@ -18,7 +18,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use support::wasip2::http::types::{
-    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use support::wasip2::io::streams::StreamError;
 
@@ -40,7 +40,7 @@ pub struct Request {
 impl Request {
     /// Reads `request` (head and body, at most [`MAX_BODY`] bytes).
     pub fn read(request: &IncomingRequest) -> Result<Self> {
-        let method = method_name(request.method());
+        let method = support::method_name(request.method());
         let path_with_query = request.path_with_query().unwrap_or_default();
         let path = path_with_query.split('?').next().unwrap_or("/").to_string();
         let segments = path
@@ -247,21 +247,4 @@ fn read_body(request: &IncomingRequest) -> Result<Vec<u8>> {
             }
         }
     }
-}
-
-/// The method's name, upper case.
-pub(crate) fn method_name(method: Method) -> String {
-    match method {
-        Method::Get => "GET",
-        Method::Head => "HEAD",
-        Method::Post => "POST",
-        Method::Put => "PUT",
-        Method::Delete => "DELETE",
-        Method::Connect => "CONNECT",
-        Method::Options => "OPTIONS",
-        Method::Trace => "TRACE",
-        Method::Patch => "PATCH",
-        Method::Other(m) => return m,
-    }
-    .to_string()
 }
