@@ -202,6 +202,9 @@ impl Bus for NatsBus {
             None => self.client.subscribe(subject.to_string()).await,
         }
         .map_err(unavailable)?;
+        // Wait for the server's PONG, so the subscription is live on the server
+        // before anyone is told the component is ready to receive.
+        self.client.flush().await.map_err(unavailable)?;
         Ok(Box::pin(sub.map(from_nats)))
     }
 }
