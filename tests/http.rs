@@ -75,7 +75,7 @@ name = "inspect"
 version = "1.0.0"
 [components.inspect]
 source = "{component:inspect-request}"
-routes = ["GET /users/{id}/files/{*rest}"]
+routes = ["GET /users/{id}/files/{*rest}", "GET /plain"]
 "#,
     );
     let host = Host::start(&[&m]);
@@ -101,6 +101,29 @@ routes = ["GET /users/{id}/files/{*rest}"]
     assert_eq!(header("wasmhive-param-id"), vec!["42"], "{v:#}");
     assert_eq!(header("wasmhive-param-rest"), vec!["a/b.txt"]);
     assert_eq!(header("wasmhive-route"), vec!["/users/{id}/files/{*rest}"]);
+
+    // A literal route adds nothing (its pattern is the path); a forged header is
+    // still removed.
+    let v: serde_json::Value = client()
+        .get(host.url("/plain"))
+        .header("wasmhive-route", "forged")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = v["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h[0].as_str().unwrap())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("wasmhive-")),
+        "{names:?}"
+    );
+    assert!(names.contains(&"traceparent"), "{names:?}");
 }
 
 #[tokio::test]

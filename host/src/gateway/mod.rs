@@ -2,8 +2,9 @@
 //! serves it, and turn every failure into a status code in one place ([`error`]).
 //!
 //! Before a guest sees a request the gateway removes headers a client must not be able
-//! to forge (`wasmhive-*`) and adds what the route matched: `wasmhive-route` (the
-//! pattern) and one `wasmhive-param-NAME` per captured parameter, and sets
+//! to forge (`wasmhive-*`) and adds what the route matched: one
+//! `wasmhive-param-NAME` per captured parameter and `wasmhive-route` (the pattern,
+//! only when it has parameters: each header costs the guest work), and sets
 //! `traceparent` to the invocation's span (continuing the client's trace if it sent
 //! one; see `telemetry::trace`). Hop-by-hop headers
 //! are removed by the runtime (see `runtime::hooks`).
@@ -58,21 +59,21 @@ impl Gateway {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let invocation = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let trace = TraceContext::for_invocation(
+            req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()),
+        );
+        let traceparent = trace.header();
         let snapshot = self.apps.snapshot();
         let path = req.uri().path().to_string();
-        let (component, pattern, params) = match snapshot.route(req.method(), &path) {
+        let (component, req) = match snapshot.route(req.method(), &path) {
             RouteMatch::Found {
                 value,
                 pattern,
                 params,
-            } => (
-                value.clone(),
-                pattern.to_string(),
-                params
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect::<Vec<_>>(),
-            ),
+            } => match self.prepare_request(req, pattern, &params, &traceparent) {
+                Ok(req) => (value.clone(), req),
+                Err(status) => return body::text(status, "bad request"),
+            },
             RouteMatch::MethodNotAllowed(allowed) => {
                 let mut r = body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
                 let allow = allowed
@@ -94,14 +95,6 @@ impl Gateway {
         };
         drop(snapshot);
 
-        let trace = TraceContext::for_invocation(
-            req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()),
-        );
-        let traceparent = trace.header();
-        let req = match self.prepare_request(req, &pattern, &params, &traceparent) {
-            Ok(r) => r,
-            Err(status) => return body::text(status, "bad request"),
-        };
         component.stats.started();
         let method = req.method().clone();
         let response = match self.invoke(&component, req, &traceparent).await {
@@ -161,7 +154,7 @@ impl Gateway {
         &self,
         req: Request<Incoming>,
         pattern: &str,
-        params: &[(String, String)],
+        params: &[(&str, &str)],
         traceparent: &str,
     ) -> Result<Request<Body>, StatusCode> {
         let (mut parts, incoming) = req.into_parts();
@@ -206,22 +199,36 @@ impl Gateway {
         {
             parts.headers.insert(REQUEST_ID, v);
         }
-        if let Ok(v) = HeaderValue::from_str(pattern) {
-            parts
-                .headers
-                .insert(HeaderName::from_static(ROUTE_HEADER), v);
-        }
-        for (name, value) in params {
-            let header = HeaderName::from_bytes(
-                format!("{PARAM_HEADER_PREFIX}{}", name.to_ascii_lowercase()).as_bytes(),
-            );
-            if let (Ok(h), Ok(v)) = (header, HeaderValue::from_str(value)) {
-                parts.headers.insert(h, v);
-            }
-        }
+        add_route_headers(&mut parts.headers, pattern, params);
         let body = incoming
             .map_err(wasmtime_wasi_http::Error::from)
             .boxed_unsync();
         Ok(Request::from_parts(parts, body))
+    }
+}
+
+/// Adds what the route matched to a request for the guest: one
+/// `wasmhive-param-NAME` header per captured parameter and, when the pattern has
+/// parameters, `wasmhive-route` with the pattern. A literal pattern is the path
+/// itself, so it is not repeated: every header a guest receives costs it work on
+/// every request (wasi:http lowers and the guest parses each one).
+pub(crate) fn add_route_headers(
+    headers: &mut http::HeaderMap,
+    pattern: &str,
+    params: &[(&str, &str)],
+) {
+    if params.is_empty() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(pattern) {
+        headers.insert(HeaderName::from_static(ROUTE_HEADER), v);
+    }
+    for (name, value) in params {
+        let header = HeaderName::from_bytes(
+            format!("{PARAM_HEADER_PREFIX}{}", name.to_ascii_lowercase()).as_bytes(),
+        );
+        if let (Ok(h), Ok(v)) = (header, HeaderValue::from_str(value)) {
+            headers.insert(h, v);
+        }
     }
 }

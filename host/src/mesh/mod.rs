@@ -210,24 +210,7 @@ impl MeshRouter {
         } = snapshot.route(request.method(), &path)
             && value.id == target.id
         {
-            if let Ok(v) = HeaderValue::from_str(pattern) {
-                request
-                    .headers_mut()
-                    .insert(HeaderName::from_static(crate::gateway::ROUTE_HEADER), v);
-            }
-            for (name, value) in params {
-                let header = HeaderName::from_bytes(
-                    format!(
-                        "{}{}",
-                        crate::gateway::PARAM_HEADER_PREFIX,
-                        name.to_ascii_lowercase()
-                    )
-                    .as_bytes(),
-                );
-                if let (Ok(h), Ok(v)) = (header, HeaderValue::from_str(value)) {
-                    request.headers_mut().insert(h, v);
-                }
-            }
+            crate::gateway::add_route_headers(request.headers_mut(), pattern, &params);
         }
         request
     }
