@@ -1,10 +1,11 @@
 //! WASI 0.3 components (`wasi:http/handler@0.3`), through the example `hello-p3`:
 //! detection at deploy, streaming both ways, many concurrent requests in few
-//! instances, instance reuse and its limits, traps and deadlines contained.
+//! instances, instance reuse and its limits, traps and deadlines contained, and the
+//! same grants and limits as WASI 0.2: outbound hosts, forbidden headers, memory.
 
 use std::time::{Duration, Instant};
 
-use wasmhive_e2e::{Host, Workspace, client};
+use wasmhive_e2e::{Host, Upstream, Workspace, client};
 
 fn manifest(ws: &Workspace, extra: &str) -> std::path::PathBuf {
     ws.write(
@@ -17,7 +18,7 @@ name = "p3"
 version = "0.1.0"
 [components.api]
 source = "{{component:hello-p3}}"
-routes = ["GET /hello", "GET /hello/{{name}}", "POST /echo", "GET /sleep", "GET /trap", "GET /count", "GET /env/{{name}}"]
+routes = ["GET /hello", "GET /hello/{{name}}", "POST /echo", "GET /sleep", "GET /trap", "GET /count", "GET /env/{{name}}", "GET /headers", "GET /set-header", "GET /fetch", "GET /alloc"]
 env = {{ GREETING = "hi from the manifest" }}
 [components.api.limits]
 timeout = "2s"
@@ -246,6 +247,114 @@ async fn a_p3_component_sees_only_the_env_its_manifest_lists() {
             get_text(&c, host.url(&format!("/env/{name}"))).await,
             (404, "unset\n".into()),
             "{name} must not reach the guest"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_p3_component_reaches_only_the_outbound_hosts_its_manifest_lists() {
+    let allowed = Upstream::start("from upstream");
+    let unlisted = Upstream::start("should never be reached");
+    let ws = Workspace::new();
+    let m = manifest(&ws, "");
+    // allowed_outbound_hosts is a component key: put it before the limits table.
+    let text = std::fs::read_to_string(&m).unwrap().replace(
+        "[components.api.limits]",
+        &format!(
+            "allowed_outbound_hosts = [\"{}\"]\n[components.api.limits]",
+            allowed.url
+        ),
+    );
+    std::fs::write(&m, text).unwrap();
+    let host = Host::start(&[&m]);
+    let c = client();
+    assert_eq!(
+        get_text(&c, host.url(&format!("/fetch?url={}/x", allowed.url))).await,
+        (200, "status=200\nfrom upstream".into())
+    );
+    assert_eq!(
+        get_text(&c, host.url(&format!("/fetch?url={}/x", unlisted.url))).await,
+        (502, "error=HttpRequestDenied".into())
+    );
+    assert_eq!(unlisted.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(
+        host.log_contains("outbound request denied"),
+        "{}",
+        host.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_p3_component_neither_sees_nor_sets_forbidden_headers() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&manifest(&ws, "")]);
+    let c = client();
+    let r = c
+        .get(host.url("/headers"))
+        .header("x-custom", "yes")
+        .header("proxy-authorization", "Basic c2VjcmV0")
+        .header("upgrade", "websocket")
+        .header("te", "trailers")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    let names: Vec<&str> = body.lines().collect();
+    assert!(names.contains(&"x-custom"), "{names:?}");
+    for forbidden in [
+        "proxy-authorization",
+        "upgrade",
+        "te",
+        "host",
+        "connection",
+        "keep-alive",
+    ] {
+        assert!(
+            !names.contains(&forbidden),
+            "{forbidden} reached the guest: {names:?}"
+        );
+    }
+
+    for forbidden in ["connection", "keep-alive", "transfer-encoding", "proxy-foo"] {
+        let r = c
+            .get(host.url(&format!("/set-header?name={forbidden}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(!r.headers().contains_key("proxy-foo"));
+        assert_eq!(
+            r.text().await.unwrap(),
+            "refused: forbidden\n",
+            "{forbidden}"
+        );
+    }
+    let r = c
+        .get(host.url("/set-header?name=x-allowed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-allowed"], "1");
+    assert_eq!(r.text().await.unwrap(), "set\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_p3_component_past_its_memory_limit_is_contained() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&manifest(&ws, "memory = \"32MiB\"")]);
+    let c = client();
+    assert_eq!(
+        get_text(&c, host.url("/alloc?mb=4")).await,
+        (200, "allocated 4\n".into())
+    );
+    let (status, _) = get_text(&c, host.url("/alloc?mb=64")).await;
+    assert_eq!(status, 500);
+    assert!(host.log_contains("memory limit"), "{}", host.logs());
+    for _ in 0..3 {
+        assert_eq!(
+            get_text(&c, host.url("/hello")).await,
+            (200, "hello from wasi 0.3\n".into())
         );
     }
 }

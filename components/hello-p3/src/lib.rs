@@ -23,6 +23,15 @@
 //!   test can tell whether requests were served by the same instance.
 //! - `GET /env/{name}` answers the environment variable `name` as the guest sees it,
 //!   or a 404 `unset` (a host grants only the variables its manifest lists).
+//! - `GET /headers` answers the names of the request's headers, one per line, as the
+//!   guest sees them (a host hides hop-by-hop headers).
+//! - `GET /set-header?name=N` tries to put header `N` on its response: `refused:
+//!   forbidden` (or another reason) if the host's fields refuse it, else `set`.
+//! - `GET /fetch?url=U` sends `GET U` through `wasi:http/client` and answers
+//!   `status=S` and the body; a failed send is a 502 `error=CODE` (e.g.
+//!   `HttpRequestDenied` when the host does not allow the destination).
+//! - `GET /alloc?mb=N` allocates and touches N MiB and answers `allocated N`; past the
+//!   instance's memory limit the allocation fails and the guest traps.
 //! - Any other path is a 404 `not found`; a known path with the wrong method is a 405
 //!   `method not allowed` with an `allow` header.
 
@@ -72,6 +81,38 @@ impl wasip3::exports::http::handler::Guest for HelloP3 {
             "/count" => only(method, Method::Get, "GET", || {
                 let n = COUNT.fetch_add(1, Ordering::SeqCst) + 1;
                 text(200, format!("{n}\n"))
+            }),
+            "/headers" => only(method, Method::Get, "GET", || {
+                let names: Vec<String> = request
+                    .get_headers()
+                    .copy_all()
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect();
+                text(200, format!("{}\n", names.join("\n")))
+            }),
+            "/set-header" => only(method, Method::Get, "GET", || {
+                set_header(query_param(&query, "name").unwrap_or_default())
+            }),
+            "/fetch" => match method {
+                Method::Get => Ok(fetch(query_param(&query, "url").unwrap_or_default()).await),
+                _ => Ok(method_not_allowed("GET")),
+            },
+            "/alloc" => only(method, Method::Get, "GET", || {
+                match query_param(&query, "mb").and_then(|v| v.parse::<usize>().ok()) {
+                    Some(mb) => {
+                        let mut block = vec![0u8; mb << 20];
+                        // Touch every page so the memory is really used.
+                        for i in (0..block.len()).step_by(4096) {
+                            block[i] = 1;
+                        }
+                        text(
+                            200,
+                            format!("allocated {}\n", std::hint::black_box(&block).len() >> 20),
+                        )
+                    }
+                    None => text(400, "expected ?mb=N\n".into()),
+                }
             }),
             _ if path.starts_with("/env/") => {
                 let name = path.trim_start_matches("/env/").to_string();
@@ -203,6 +244,85 @@ fn echo(request: Request) -> Response {
         let _ = trailers_tx.write(trailers).await;
     });
     response
+}
+
+/// The value of `key` in a query string (not percent-decoded beyond `%3A` and `%2F`,
+/// which is enough for the URLs tests pass).
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.replace("%3A", ":").replace("%2F", "/"))
+}
+
+/// `GET /set-header?name=N`: a response carrying header `N`, if the host allows it.
+fn set_header(name: String) -> Response {
+    match Fields::from_list(&[(name.clone(), b"1".to_vec())]) {
+        Ok(_) => text_with(200, "set\n".into(), &[(name.as_str(), b"1")]),
+        Err(e) => text(
+            200,
+            format!(
+                "refused: {}\n",
+                variant_name(&format!("{e:?}")).to_lowercase()
+            ),
+        ),
+    }
+}
+
+/// `GET /fetch?url=U`: an outgoing `GET U` through `wasi:http/client`.
+async fn fetch(url: String) -> Response {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return text(400, "expected ?url=http://host/path\n".into());
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
+    drop(trailers_tx);
+    let (request, _sent) = Request::new(Fields::new(), None, trailers_rx, None);
+    let scheme = match scheme {
+        "https" => wasip3::http::types::Scheme::Https,
+        _ => wasip3::http::types::Scheme::Http,
+    };
+    if request.set_scheme(Some(&scheme)).is_err()
+        || request.set_authority(Some(authority)).is_err()
+        || request.set_path_with_query(Some(path)).is_err()
+    {
+        return text(400, "invalid url\n".into());
+    }
+    let response = match wasip3::http::client::send(request).await {
+        Ok(response) => response,
+        Err(code) => return text(502, format!("error={}", variant_name(&format!("{code:?}")))),
+    };
+    let status = response.get_status_code();
+    let (done_tx, done_rx) = wit_future::new(|| Ok(()));
+    let (mut body, _trailers) = Response::consume_body(response, done_rx);
+    let mut all = Vec::new();
+    loop {
+        let (result, chunk) = body.read(Vec::with_capacity(ECHO_CHUNK)).await;
+        all.extend_from_slice(&chunk);
+        match result {
+            StreamResult::Complete(_) => {}
+            StreamResult::Dropped | StreamResult::Cancelled => break,
+        }
+    }
+    drop(done_tx);
+    text(
+        200,
+        format!("status={status}\n{}", String::from_utf8_lossy(&all)),
+    )
+}
+
+/// The variant name in a `Debug` rendering such as `ErrorCode::HttpRequestDenied` or
+/// `ErrorCode::DnsError(..)`: `HttpRequestDenied`, `DnsError`.
+fn variant_name(debug: &str) -> String {
+    let tail = debug.split_once("::").map_or(debug, |(_, t)| t);
+    tail.split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// `GET /sleep?ms=N`.

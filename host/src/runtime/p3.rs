@@ -28,8 +28,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -44,12 +44,16 @@ use wasmtime_wasi_http::handler::{
 
 use super::InstanceState;
 use super::invoke::{InvokeError, StoreFactory, to_nanos};
+use super::state::{MemoryHit, MemoryLimiter};
 
 /// What travels with one request into the worker that accepts it.
 pub(crate) struct RequestData {
     deadline: Instant,
     traceparent: Option<String>,
     request_id: Option<String>,
+    /// The memory-limit flag of the instance that accepted the request, so a trap can
+    /// be told apart from a memory limit hit (as for WASI 0.2).
+    served_by: Arc<OnceLock<Arc<AtomicU8>>>,
 }
 
 /// Reuse limits of one p3 component, resolved.
@@ -73,6 +77,7 @@ pub(crate) struct P3State {
 pub(crate) struct P3Handler {
     handler: ProxyHandler<P3State>,
     timeout: Duration,
+    memory_limit: u64,
 }
 
 impl P3Handler {
@@ -82,6 +87,7 @@ impl P3Handler {
         limits: P3Limits,
     ) -> Self {
         let timeout = stores.grants().timeout;
+        let memory_limit = stores.grants().memory;
         P3Handler {
             handler: ProxyHandler::new(P3State {
                 pre: ProxyPre::P3(pre),
@@ -90,6 +96,7 @@ impl P3Handler {
                 limits,
             }),
             timeout,
+            memory_limit,
         }
     }
 
@@ -109,7 +116,9 @@ impl P3Handler {
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
+            served_by: Arc::new(OnceLock::new()),
         };
+        let served_by = data.served_by.clone();
         let mut request = request;
         let mut pause = Duration::from_millis(1);
         loop {
@@ -130,17 +139,33 @@ impl P3Handler {
                     data = inst.request_data;
                     request = inst.request.into_inner().unwrap_or_else(|e| e.into_inner());
                 }
-                Ok(inst) => return Err(self.classify(wasmtime::Error::new(inst))),
-                Err(e) => return Err(self.classify(e)),
+                Ok(inst) => return Err(self.classify(wasmtime::Error::new(inst), &served_by)),
+                Err(e) => return Err(self.classify(e, &served_by)),
             }
         }
     }
 
-    fn classify(&self, e: wasmtime::Error) -> InvokeError {
+    /// Sorts a failed request's error; `served_by` is the memory flag of the instance
+    /// that had accepted it, if one had. (The flag is per instance: with concurrent
+    /// requests, all of them fail when the instance does, and all are reported with
+    /// its cause.)
+    fn classify(&self, e: wasmtime::Error, served_by: &OnceLock<Arc<AtomicU8>>) -> InvokeError {
         if e.downcast_ref::<ExpirationError>().is_some() {
             return InvokeError::Timeout(self.timeout);
         }
         if e.downcast_ref::<TrapOrPanicError>().is_some() {
+            let detail =
+                "the instance trapped while serving this request (see the worker's log line)";
+            match served_by.get().map(|hit| MemoryLimiter::decode(hit)) {
+                Some(MemoryHit::Component) => {
+                    return InvokeError::MemoryLimit {
+                        limit: self.memory_limit,
+                        detail: detail.into(),
+                    };
+                }
+                Some(MemoryHit::Host) => return InvokeError::HostMemory(detail.into()),
+                _ => {}
+            }
             return InvokeError::Trap(
                 "the instance trapped while serving this request (see the worker's log line)"
                     .into(),
@@ -274,6 +299,7 @@ impl WorkerState for Worker {
         let state = store.data_mut();
         state.set_traceparent(data.traceparent.as_deref());
         state.set_request_id(data.request_id.as_deref());
+        let _ = data.served_by.set(state.limiter.hit_flag());
         self.deadline
             .fetch_max(to_nanos(data.deadline), Ordering::Relaxed);
         Box::pin(tokio::time::sleep_until(data.deadline.into()))
