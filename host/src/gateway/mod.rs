@@ -159,23 +159,18 @@ impl Gateway {
     ) -> Result<Request<Body>, StatusCode> {
         let (mut parts, incoming) = req.into_parts();
         // Absolute URI: wasi:http needs an authority; use Host, else our own address.
-        let authority = parts
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .unwrap_or_else(|| self.local_addr.to_string());
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(authority.as_str())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| StatusCode::BAD_REQUEST)?;
+        let authority = match parts.headers.get(http::header::HOST) {
+            Some(host) => http::uri::Authority::try_from(host.as_bytes()),
+            None => http::uri::Authority::try_from(self.local_addr.to_string()),
+        }
+        .map_err(|_| StatusCode::BAD_REQUEST)?;
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(authority);
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        parts.uri = Uri::from_parts(uri).map_err(|_| StatusCode::BAD_REQUEST)?;
 
         let reserved: Vec<HeaderName> = parts
             .headers
@@ -195,7 +190,10 @@ impl Gateway {
             .get(REQUEST_ID)
             .is_some_and(|v| !v.is_empty() && v.len() <= 128);
         if !has_id
-            && let Ok(v) = HeaderValue::from_str(&format!("{:032x}", TraceContext::root().trace_id))
+            && let Ok(v) = HeaderValue::from_str(&crate::telemetry::trace::hex128(
+                (u128::from(crate::telemetry::trace::random_u64()) << 64)
+                    | u128::from(crate::telemetry::trace::random_u64()),
+            ))
         {
             parts.headers.insert(REQUEST_ID, v);
         }

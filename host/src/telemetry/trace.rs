@@ -6,9 +6,8 @@
 //! out (outgoing HTTP requests, published messages and requests) carries it too,
 //! unless the guest set its own. Log lines of the invocation name the trace id.
 
-use std::hash::{BuildHasher, Hasher, RandomState};
-use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::hash::{BuildHasher, RandomState};
 
 /// The header name.
 pub const TRACEPARENT: &str = "traceparent";
@@ -24,18 +23,45 @@ pub struct TraceContext {
     pub flags: u8,
 }
 
-static SEED: LazyLock<RandomState> = LazyLock::new(RandomState::new);
-static COUNTER: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    /// SplitMix64 state, seeded per thread from the OS's randomness (through
+    /// `RandomState`): ids are unpredictable across processes and threads and cost a
+    /// few instructions each (every request needs two or three).
+    static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()));
+}
 
-fn random_u64() -> u64 {
-    loop {
-        let mut h = SEED.build_hasher();
-        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-        let v = h.finish();
-        if v != 0 {
-            return v;
+/// A random non-zero u64 (SplitMix64).
+pub(crate) fn random_u64() -> u64 {
+    STATE.with(|state| {
+        loop {
+            let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            state.set(next);
+            let mut z = next;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            if z != 0 {
+                return z;
+            }
         }
+    })
+}
+
+/// Writes `value` as `out.len()` lowercase hex digits (the low bits, zero-padded).
+fn write_hex(out: &mut [u8], mut value: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
     }
+}
+
+/// `value` as 32 lowercase hex digits.
+pub fn hex128(value: u128) -> String {
+    let mut buf = [0u8; 32];
+    write_hex(&mut buf, value);
+    // Only ASCII hex digits were written.
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 impl TraceContext {
@@ -90,15 +116,17 @@ impl TraceContext {
 
     /// The `traceparent` header value.
     pub fn header(&self) -> String {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        )
+        let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        write_hex(&mut buf[3..35], self.trace_id);
+        write_hex(&mut buf[36..52], u128::from(self.span_id));
+        write_hex(&mut buf[53..55], u128::from(self.flags));
+        // Only ASCII was written.
+        String::from_utf8_lossy(&buf).into_owned()
     }
 
     /// The trace id as 32 hex digits (for logs).
     pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        hex128(self.trace_id)
     }
 }
 
@@ -116,6 +144,27 @@ mod tests {
         assert_ne!(c.span_id, t.span_id);
         assert_eq!(TraceContext::for_invocation(Some(h)).trace_id, t.trace_id);
         assert_ne!(TraceContext::root().trace_id, TraceContext::root().trace_id);
+        let t = TraceContext {
+            trace_id: 0xab,
+            span_id: 0xcd,
+            flags: 0,
+        };
+        assert_eq!(
+            t.header(),
+            "00-000000000000000000000000000000ab-00000000000000cd-00"
+        );
+        assert_eq!(t.trace_id_hex(), format!("{:032x}", 0xab));
+    }
+
+    #[test]
+    fn ids_differ_across_threads() {
+        let here: Vec<u64> = (0..4).map(|_| random_u64()).collect();
+        let there = std::thread::spawn(|| (0..4).map(|_| random_u64()).collect::<Vec<_>>())
+            .join()
+            .unwrap();
+        assert!(here.iter().all(|v| *v != 0 && !there.contains(v)));
+        let unique: std::collections::BTreeSet<_> = here.iter().collect();
+        assert_eq!(unique.len(), 4);
     }
 
     #[test]
