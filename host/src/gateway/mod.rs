@@ -24,12 +24,14 @@ use crate::apps::{Apps, DeployedComponent};
 use crate::body::{self, Body};
 use crate::routes::RouteMatch;
 use crate::telemetry::metrics::{RequestLabels, RequestMetrics};
-use crate::telemetry::trace::{TRACEPARENT, TraceContext};
+use crate::telemetry::trace::{TRACEPARENT_HEADER, TraceContext};
 
 /// Header prefix reserved for the host; stripped from client requests.
 pub const RESERVED_HEADER_PREFIX: &str = "wasmhive-";
 /// Header identifying a request across every service it reaches.
 pub const REQUEST_ID: &str = "x-request-id";
+/// [`REQUEST_ID`] as a header name (no parsing per lookup).
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
 /// Header carrying the matched route pattern to the guest.
 pub const ROUTE_HEADER: &str = "wasmhive-route";
 /// Prefix of headers carrying captured path parameters to the guest.
@@ -60,7 +62,9 @@ impl Gateway {
         let started = Instant::now();
         let invocation = self.next_id.fetch_add(1, Ordering::Relaxed);
         let trace = TraceContext::for_invocation(
-            req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()),
+            req.headers()
+                .get(&TRACEPARENT_HEADER)
+                .and_then(|v| v.to_str().ok()),
         );
         let traceparent = trace.header();
         let snapshot = self.apps.snapshot();
@@ -182,12 +186,12 @@ impl Gateway {
             parts.headers.remove(k);
         }
         if let Ok(v) = HeaderValue::from_str(traceparent) {
-            parts.headers.insert(TRACEPARENT, v);
+            parts.headers.insert(TRACEPARENT_HEADER, v);
         }
         // A request id for the whole call chain: the client's, else a new one.
         let has_id = parts
             .headers
-            .get(REQUEST_ID)
+            .get(&REQUEST_ID_HEADER)
             .is_some_and(|v| !v.is_empty() && v.len() <= 128);
         if !has_id
             && let Ok(v) = HeaderValue::from_str(&crate::telemetry::trace::hex128(
@@ -195,7 +199,7 @@ impl Gateway {
                     | u128::from(crate::telemetry::trace::random_u64()),
             ))
         {
-            parts.headers.insert(REQUEST_ID, v);
+            parts.headers.insert(REQUEST_ID_HEADER, v);
         }
         add_route_headers(&mut parts.headers, pattern, params);
         let body = incoming

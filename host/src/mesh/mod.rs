@@ -34,7 +34,7 @@ use crate::routes::RouteMatch;
 use crate::runtime::mesh::Mesh;
 use crate::runtime::{ComponentId, InvokeError};
 use crate::telemetry::metrics::{RequestLabels, RequestMetrics};
-use crate::telemetry::trace::{TRACEPARENT, TraceContext};
+use crate::telemetry::trace::{TRACEPARENT_HEADER, TraceContext};
 use breaker::Breaker;
 
 /// Largest request body kept for replay by retries; larger requests are sent once.
@@ -122,7 +122,7 @@ impl MeshRouter {
         let request = self.prepare(target, request);
         let traceparent = request
             .headers()
-            .get(TRACEPARENT)
+            .get(&TRACEPARENT_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         target.stats.started();
@@ -195,11 +195,11 @@ impl MeshRouter {
         let trace = TraceContext::for_invocation(
             request
                 .headers()
-                .get(TRACEPARENT)
+                .get(&TRACEPARENT_HEADER)
                 .and_then(|v| v.to_str().ok()),
         );
         if let Ok(v) = HeaderValue::from_str(&trace.header()) {
-            request.headers_mut().insert(TRACEPARENT, v);
+            request.headers_mut().insert(TRACEPARENT_HEADER, v);
         }
         let snapshot = self.apps.snapshot();
         let path = request.uri().path().to_string();

@@ -77,11 +77,14 @@ impl WasiHttpHooks for HostHooks {
     ) -> SendFuture {
         drop(fut);
         for (name, value) in [
-            ("traceparent", &self.traceparent),
-            ("x-request-id", &self.request_id),
+            (
+                crate::telemetry::trace::TRACEPARENT_HEADER,
+                &self.traceparent,
+            ),
+            (crate::gateway::REQUEST_ID_HEADER, &self.request_id),
         ] {
             if let Some(v) = value
-                && !request.headers().contains_key(name)
+                && !request.headers().contains_key(&name)
             {
                 request.headers_mut().insert(name, v.clone());
             }

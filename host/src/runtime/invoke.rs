@@ -234,7 +234,7 @@ impl PreparedComponent {
         store.data_mut().set_request_id(
             request
                 .headers()
-                .get("x-request-id")
+                .get(&crate::gateway::REQUEST_ID_HEADER)
                 .and_then(|v| v.to_str().ok()),
         );
         let this = self.clone();

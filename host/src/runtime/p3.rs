@@ -113,7 +113,7 @@ impl P3Handler {
             traceparent: traceparent.map(str::to_string),
             request_id: request
                 .headers()
-                .get("x-request-id")
+                .get(&crate::gateway::REQUEST_ID_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             served_by: Arc::new(OnceLock::new()),

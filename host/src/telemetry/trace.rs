@@ -11,6 +11,8 @@ use std::hash::{BuildHasher, RandomState};
 
 /// The header name.
 pub const TRACEPARENT: &str = "traceparent";
+/// The header name, ready for `HeaderMap` lookups without parsing.
+pub const TRACEPARENT_HEADER: http::HeaderName = http::HeaderName::from_static(TRACEPARENT);
 
 /// A position in a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
