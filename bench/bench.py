@@ -15,6 +15,9 @@ Scenarios:
             the redb and JetStream backends, next to a route that touches no state.
   messaging messages/s through a trivial handler (core NATS and durable JetStream) next
             to the raw async-nats publish->subscribe rate on the same nats-server.
+  instr     instructions per request (valgrind callgrind: deterministic, unlike req/s on
+            a noisy machine) of wasmhive and `wasmtime serve` in each pair of the http
+            scenario, split into guest code and host code. Needs valgrind (apt).
 
 Each scenario prints a markdown table and rewrites its block in docs/BENCHMARKS.md
 (between `<!-- bench:NAME -->` markers), with the exact commands that produced it.
@@ -240,6 +243,10 @@ def scenario_http():
         ]
         reuse_variants.append(("`wasmtime serve --max-instance-reuse-count 128`",
                                start_wasmtime(["--max-instance-reuse-count", "128"])))
+        # Context, not a target pair: wasmtime serve enforcing a deadline as wasmhive
+        # always does (epoch checks in the guest's code).
+        reuse_variants.append(("`wasmtime serve --max-instance-reuse-count 128 -Wtimeout=30s` (deadline enforced, as wasmhive)",
+                               start_wasmtime(["--max-instance-reuse-count", "128", "-Wtimeout=30s"])))
     reuse_variants.append(("wasmhive, WASI 0.3 hello-p3 (defaults: reuse 128 x 16)", lambda: start_wasmhive(p3_manifest)))
     if wasmtime:
         reuse_variants.append(("`wasmtime serve` WASI 0.3 hello-p3 (its defaults: 128 x 16)",
@@ -257,6 +264,7 @@ def scenario_http():
         f"wasmtime serve -Scli {' '.join(tuned)} --addr 127.0.0.1:PORT {hello.relative_to(ROOT)}",
         "target/release/wasmhive up hello-reuse.toml ...   # + [components.hello.instances] max_requests = 128",
         f"wasmtime serve -Scli --max-instance-reuse-count 128 --addr 127.0.0.1:PORT {hello.relative_to(ROOT)}",
+        f"wasmtime serve -Scli --max-instance-reuse-count 128 -Wtimeout=30s --addr 127.0.0.1:PORT {hello.relative_to(ROOT)}",
         "target/release/wasmhive up hello-p3.toml ...   # hello-p3 on GET /hello, no [instances] (WASI 0.3 defaults)",
         f"wasmtime serve -Scli --addr 127.0.0.1:PORT {hello_p3.relative_to(ROOT)}",
         "target/release/native-hello 127.0.0.1:PORT",
@@ -265,6 +273,125 @@ def scenario_http():
     text = render(rows, commands, notes)
     print(text)
     write_block("http", text)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def callgrind_per_request(label, argv, url, headers=None, env=None):
+    """Runs `argv` under callgrind, sends requests with one wrk connection pair and
+    returns (instructions per request, guest instructions per request, requests)."""
+    out = Path(tempfile.mkdtemp(prefix="wasmhive-cg-")) / "out"
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *argv],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    script = None
+    if headers:
+        script = out.parent / "headers.lua"
+        script.write_text("".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items()))
+    try:
+        deadline = time.time() + 600
+        while True:  # compiling under valgrind takes a while
+            try:
+                if subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10", url],
+                                  capture_output=True, text=True).stdout == "200":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{label}: server did not come up under valgrind")
+            time.sleep(0.5)
+        wrk(url, duration=3, threads=1, connections=2, script=script)
+        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True, check=True)
+        cmd = ["wrk", "-t1", "-c2", "-d10s"] + (["-s", str(script)] if script else []) + [url]
+        text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True, check=True)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
+        requests = int(re.search(r"(\d+) requests in", text).group(1))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    dump = Path(f"{out}.1")
+    total = int(re.search(r"^totals: (\d+)", dump.read_text(), re.M).group(1))
+    annotated = subprocess.run(["callgrind_annotate", "--auto=no", "--threshold=100", "--inclusive=no", str(dump)],
+                               capture_output=True, text=True).stdout
+    # Code without symbols is the guest's (JIT-compiled or loaded from a .cwasm).
+    guest = sum(int(m.group(1).replace(",", "")) for m in
+                re.finditer(r"^\s*([\d,]+) \(.*\[\?\?\?\]$", annotated, re.M))
+    shutil.rmtree(out.parent, ignore_errors=True)
+    print(f"  {label}: {total / requests:,.0f} instructions per request ({guest / requests:,.0f} guest), {requests} requests")
+    return total / requests, guest / requests, requests
+
+
+def scenario_instr():
+    if not shutil.which("valgrind"):
+        sys.exit("valgrind is missing: apt-get install valgrind")
+    wasmtime = os.environ.get("WASMTIME") or shutil.which("wasmtime")
+    if not wasmtime:
+        sys.exit("wasmtime 48.0.8 is missing (cargo install wasmtime-cli --version 48.0.8 --locked)")
+    hello, hello_p3 = COMPONENTS / "hello.wasm", COMPONENTS / "hello_p3.wasm"
+    data = Path(tempfile.mkdtemp(prefix="wasmhive-bench-"))
+    # valgrind cannot reserve the default pools' address space: both hosts get 4 slots.
+    config = data / "small-pool.toml"
+    config.write_text("[pool]\ninstances = 4\n")
+    small = ["-O", "pooling-total-memories=8", "-O", "pooling-total-core-instances=32",
+             "-O", "pooling-total-component-instances=4"]
+    tuned = ["-O", "pooling-allocator", "-O", "pooling-memory-keep-resident=16777216",
+             "-O", "pooling-table-keep-resident=1048576", "-O", "pooling-async-stack-keep-resident=1048576"]
+
+    def manifest(name, component, extra=""):
+        path = data / f"{name}.toml"
+        path.write_text(f'manifest_version = 1\n[app]\nname = "hello"\nversion = "1.0.0"\n'
+                        f'[components.hello]\nsource = "{component}"\nroutes = ["GET /hello"]\n{extra}')
+        return path
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/hello"
+
+    def hive(m):
+        return [str(ROOT / "target/release/wasmhive"), "--log-format", "json", "up", str(m), "--config", str(config),
+                "--http", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{free_port()}",
+                "--data-dir", str(data / f"data-{m.stem}"), "--local-bus"]
+
+    def serve(extra, component=hello):
+        return [wasmtime, "serve", "-Scli", *small, *extra, "--addr", f"127.0.0.1:{port}", str(component)]
+
+    traced = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+              "x-request-id": "0af7651916cd43dd8448eb211c80319c"}
+    reuse = "[components.hello.instances]\nmax_requests = 128\n"
+    pairs = [
+        ("fresh instance per request", (hive(manifest("fresh", hello)), None), (serve(tuned), None),
+         "`wasmtime serve` tuned pooling"),
+        ("p2 serial reuse, 128", (hive(manifest("reuse", hello, reuse)), None),
+         (serve(["--max-instance-reuse-count", "128"]), None), "`wasmtime serve --max-instance-reuse-count 128`"),
+        ("p2 serial reuse, 128, client sends traceparent and x-request-id",
+         (hive(manifest("reuse-traced", hello, reuse)), traced),
+         (serve(["--max-instance-reuse-count", "128"]), traced), "the same, same headers"),
+        ("p3 hello-p3, defaults 128 x 16", (hive(manifest("p3", hello_p3)), None), (serve([], hello_p3), None),
+         "`wasmtime serve` p3 defaults"),
+    ]
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')}: instructions executed by the server process per request "
+        "(valgrind --tool=callgrind, user space only: kernel work such as TCP and page resets is not counted), "
+        "wrk -t1 -c2 for 10 s after a 3 s warm-up; guest = code without symbols (the compiled component).",
+        "",
+        "| pair | wasmhive instr/req (guest) | `wasmtime serve` instr/req (guest) | wasmhive / wasmtime |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for label, (ours, our_headers), (theirs, their_headers), their_label in pairs:
+        a, ag, _ = callgrind_per_request(f"wasmhive, {label}", ours, url, our_headers, env={"WASMHIVE_LOG": "warn"})
+        b, bg, _ = callgrind_per_request(f"{their_label}", theirs, url, their_headers)
+        lines.append(f"| {label} (vs {their_label}) | {a:,.0f} ({ag:,.0f}) | {b:,.0f} ({bg:,.0f}) | {a / b:.2f} |")
+    lines += ["", "Commands:", "", "```sh", "just bench instr",
+              "valgrind --tool=callgrind --instr-atstart=no target/release/wasmhive up M.toml --config small-pool.toml ...",
+              f"valgrind --tool=callgrind --instr-atstart=no wasmtime serve -Scli {' '.join(small)} [flags] ...",
+              "callgrind_control -i on PID; wrk -t1 -c2 -d10s http://127.0.0.1:PORT/hello; callgrind_control -i off PID; callgrind_control -d PID",
+              "```"]
+    text = "\n".join(lines)
+    print(text)
+    write_block("instr", text)
     shutil.rmtree(data, ignore_errors=True)
 
 
@@ -740,6 +867,7 @@ SCENARIOS = {
     "coldstart": scenario_coldstart,
     "density": scenario_density,
     "bulkhead": scenario_bulkhead,
+    "instr": scenario_instr,
 }
 
 
