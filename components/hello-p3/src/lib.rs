@@ -99,9 +99,12 @@ impl wasip3::exports::http::handler::Guest for HelloP3 {
                 _ => Ok(method_not_allowed("GET")),
             },
             "/alloc" => only(method, Method::Get, "GET", || {
-                match query_param(&query, "mb").and_then(|v| v.parse::<usize>().ok()) {
-                    Some(mb) => {
-                        let mut block = vec![0u8; mb << 20];
+                let bytes = query_param(&query, "mb")
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .and_then(|mb| mb.checked_mul(1 << 20));
+                match bytes {
+                    Some(bytes) => {
+                        let mut block = vec![0u8; bytes];
                         // Touch every page so the memory is really used.
                         for i in (0..block.len()).step_by(4096) {
                             block[i] = 1;

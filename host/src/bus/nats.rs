@@ -202,9 +202,30 @@ impl Bus for NatsBus {
             None => self.client.subscribe(subject.to_string()).await,
         }
         .map_err(unavailable)?;
-        // Wait for the server's PONG, so the subscription is live on the server
-        // before anyone is told the component is ready to receive.
-        self.client.flush().await.map_err(unavailable)?;
+        self.settle().await;
         Ok(Box::pin(sub.map(from_nats)))
+    }
+}
+
+/// How long [`NatsBus::settle`] waits for its round trip.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl NatsBus {
+    /// Waits (at most [`SETTLE_TIMEOUT`]) until the server has processed what this
+    /// client sent so far, so a subscription is live on the server before a component
+    /// is reported ready: the server handles one connection's commands in order, so a
+    /// message published to a fresh inbox coming back means the earlier SUB is in
+    /// place. (`flush` only writes the socket.) While disconnected this gives up after
+    /// the timeout: the client sends its subscriptions again when it reconnects.
+    async fn settle(&self) {
+        let probe = async {
+            let inbox = self.client.new_inbox();
+            let mut echo = self.client.subscribe(inbox.clone()).await.ok()?;
+            self.client.publish(inbox, bytes::Bytes::new()).await.ok()?;
+            echo.next().await
+        };
+        if tokio::time::timeout(SETTLE_TIMEOUT, probe).await.is_err() {
+            tracing::debug!("nats: no round trip within {SETTLE_TIMEOUT:?} after subscribing");
+        }
     }
 }

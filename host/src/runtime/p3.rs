@@ -51,9 +51,9 @@ pub(crate) struct RequestData {
     deadline: Instant,
     traceparent: Option<String>,
     request_id: Option<String>,
-    /// The memory-limit flag of the instance that accepted the request, so a trap can
-    /// be told apart from a memory limit hit (as for WASI 0.2).
-    served_by: Arc<OnceLock<Arc<AtomicU8>>>,
+    /// The memory-limit flag of the instance that accepted the request and its value
+    /// then, so a trap can be told apart from a memory limit hit (as for WASI 0.2).
+    served_by: Arc<OnceLock<(Arc<AtomicU8>, u8)>>,
 }
 
 /// Reuse limits of one p3 component, resolved.
@@ -149,14 +149,24 @@ impl P3Handler {
     /// that had accepted it, if one had. (The flag is per instance: with concurrent
     /// requests, all of them fail when the instance does, and all are reported with
     /// its cause.)
-    fn classify(&self, e: wasmtime::Error, served_by: &OnceLock<Arc<AtomicU8>>) -> InvokeError {
+    fn classify(
+        &self,
+        e: wasmtime::Error,
+        served_by: &OnceLock<(Arc<AtomicU8>, u8)>,
+    ) -> InvokeError {
         if e.downcast_ref::<ExpirationError>().is_some() {
             return InvokeError::Timeout(self.timeout);
         }
         if e.downcast_ref::<TrapOrPanicError>().is_some() {
             let detail =
                 "the instance trapped while serving this request (see the worker's log line)";
-            match served_by.get().map(|hit| MemoryLimiter::decode(hit)) {
+            // Only a hit since this request started counts: an instance can survive a
+            // refused memory.grow and trap much later for another reason.
+            let hit = served_by
+                .get()
+                .filter(|(flag, at_start)| flag.load(Ordering::Relaxed) != *at_start)
+                .map(|(flag, _)| MemoryLimiter::decode(flag));
+            match hit {
                 Some(MemoryHit::Component) => {
                     return InvokeError::MemoryLimit {
                         limit: self.memory_limit,
@@ -299,7 +309,9 @@ impl WorkerState for Worker {
         let state = store.data_mut();
         state.set_traceparent(data.traceparent.as_deref());
         state.set_request_id(data.request_id.as_deref());
-        let _ = data.served_by.set(state.limiter.hit_flag());
+        let flag = state.limiter.hit_flag();
+        let at_start = flag.load(Ordering::Relaxed);
+        let _ = data.served_by.set((flag, at_start));
         self.deadline
             .fetch_max(to_nanos(data.deadline), Ordering::Relaxed);
         Box::pin(tokio::time::sleep_until(data.deadline.into()))

@@ -26,27 +26,26 @@ pub struct TraceContext {
 }
 
 thread_local! {
-    /// SplitMix64 state, seeded per thread from the OS's randomness (through
-    /// `RandomState`): ids are unpredictable across processes and threads and cost a
-    /// few instructions each (every request needs two or three).
-    static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()));
+    /// A per-thread secret key (from the OS's randomness, through `RandomState`) and
+    /// counter: each id is the keyed SipHash of the next count, so ids neither repeat
+    /// nor can be predicted from ids seen before (a guest or an upstream sees some).
+    static KEY: RandomState = RandomState::new();
+    static COUNTER: Cell<u64> = const { Cell::new(0) };
 }
 
-/// A random non-zero u64 (SplitMix64).
+/// A random non-zero u64, unpredictable without the thread's key.
 pub(crate) fn random_u64() -> u64 {
-    STATE.with(|state| {
-        loop {
-            let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-            state.set(next);
-            let mut z = next;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            if z != 0 {
-                return z;
-            }
+    loop {
+        let n = COUNTER.with(|c| {
+            let n = c.get().wrapping_add(1);
+            c.set(n);
+            n
+        });
+        let v = KEY.with(|key| key.hash_one(n));
+        if v != 0 {
+            return v;
         }
-    })
+    }
 }
 
 /// Writes `value` as `out.len()` lowercase hex digits (the low bits, zero-padded).
