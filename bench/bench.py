@@ -47,6 +47,9 @@ DURATION = int(os.environ.get("BENCH_DURATION", "6"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 THREADS = 2
+# `wasmtime serve`'s pooling flags from TOOLCHAIN.md (keep-resident memory, tables, stacks).
+WASMTIME_TUNED = ["-O", "pooling-allocator", "-O", "pooling-memory-keep-resident=16777216",
+                  "-O", "pooling-table-keep-resident=1048576", "-O", "pooling-async-stack-keep-resident=1048576"]
 
 
 def free_port():
@@ -230,8 +233,7 @@ def scenario_http():
         port = free_port()
         return Server("native", [str(native), f"127.0.0.1:{port}"], port), f"http://127.0.0.1:{port}/hello"
 
-    tuned = ["-O", "pooling-allocator", "-O", "pooling-memory-keep-resident=16777216",
-             "-O", "pooling-table-keep-resident=1048576", "-O", "pooling-async-stack-keep-resident=1048576"]
+    tuned = WASMTIME_TUNED
     variants = [("wasmhive (fresh instance per request)", start_wasmhive)]
     reuse_variants = [("wasmhive, `max_requests = 128` (serial reuse)", lambda: start_wasmhive(reuse_manifest))]
     notes = []
@@ -338,8 +340,7 @@ def scenario_instr():
     config.write_text("[pool]\ninstances = 4\n")
     small = ["-O", "pooling-total-memories=8", "-O", "pooling-total-core-instances=32",
              "-O", "pooling-total-component-instances=4"]
-    tuned = ["-O", "pooling-allocator", "-O", "pooling-memory-keep-resident=16777216",
-             "-O", "pooling-table-keep-resident=1048576", "-O", "pooling-async-stack-keep-resident=1048576"]
+    tuned = WASMTIME_TUNED
 
     def manifest(name, component, extra=""):
         path = data / f"{name}.toml"

@@ -227,15 +227,7 @@ async fn trace_context_and_request_id_reach_the_callee() {
         .strip_prefix("status=200\n")
         .unwrap_or_else(|| panic!("{body}"));
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
-    let header = |name: &str| -> Vec<String> {
-        v["headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|h| h[0] == name)
-            .map(|h| h[1].as_str().unwrap().to_string())
-            .collect()
-    };
+    let header = |name: &str| wasmhive_e2e::seen_header(&v, name);
     let tp = header("traceparent");
     assert_eq!(tp.len(), 1, "{v:#}");
     assert!(

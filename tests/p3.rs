@@ -7,7 +7,13 @@ use std::time::{Duration, Instant};
 
 use wasmhive_e2e::{Host, Upstream, Workspace, client};
 
+/// The hello-p3 app; `extra` goes into `[components.api.limits]` (or later tables).
 fn manifest(ws: &Workspace, extra: &str) -> std::path::PathBuf {
+    manifest_with(ws, "", extra)
+}
+
+/// Like [`manifest`], with `component` added to `[components.api]` itself.
+fn manifest_with(ws: &Workspace, component: &str, extra: &str) -> std::path::PathBuf {
     ws.write(
         "p3.toml",
         &format!(
@@ -20,6 +26,7 @@ version = "0.1.0"
 source = "{{component:hello-p3}}"
 routes = ["GET /hello", "GET /hello/{{name}}", "POST /echo", "GET /sleep", "GET /trap", "GET /count", "GET /env/{{name}}", "GET /headers", "GET /set-header", "GET /fetch", "GET /alloc"]
 env = {{ GREETING = "hi from the manifest" }}
+{component}
 [components.api.limits]
 timeout = "2s"
 {extra}
@@ -256,16 +263,11 @@ async fn a_p3_component_reaches_only_the_outbound_hosts_its_manifest_lists() {
     let allowed = Upstream::start("from upstream");
     let unlisted = Upstream::start("should never be reached");
     let ws = Workspace::new();
-    let m = manifest(&ws, "");
-    // allowed_outbound_hosts is a component key: put it before the limits table.
-    let text = std::fs::read_to_string(&m).unwrap().replace(
-        "[components.api.limits]",
-        &format!(
-            "allowed_outbound_hosts = [\"{}\"]\n[components.api.limits]",
-            allowed.url
-        ),
+    let m = manifest_with(
+        &ws,
+        &format!("allowed_outbound_hosts = [\"{}\"]", allowed.url),
+        "",
     );
-    std::fs::write(&m, text).unwrap();
     let host = Host::start(&[&m]);
     let c = client();
     assert_eq!(

@@ -391,6 +391,35 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// The values of header `name` in a request the inspect-request fixture reported
+/// (`{"headers": [[name, value], ...]}`), in order.
+pub fn seen_header(report: &serde_json::Value, name: &str) -> Vec<String> {
+    seen_headers(report)
+        .into_iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// Every header name in a request the inspect-request fixture reported.
+pub fn seen_header_names(report: &serde_json::Value) -> Vec<String> {
+    seen_headers(report).into_iter().map(|(n, _)| n).collect()
+}
+
+fn seen_headers(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["headers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no headers list: {report:#}"))
+        .iter()
+        .map(|h| {
+            (
+                h[0].as_str().unwrap_or_default().to_string(),
+                h[1].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
 /// A tiny HTTP/1.1 server on a free loopback port that answers every request with 200
 /// and `body`, counting requests. For outbound-call tests.
 pub struct Upstream {

@@ -330,11 +330,7 @@ fn variant_name(debug: &str) -> String {
 
 /// `GET /sleep?ms=N`.
 async fn sleep(query: &str) -> Response {
-    let ms = query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| *key == "ms")
-        .and_then(|(_, value)| value.parse::<u64>().ok());
+    let ms = query_param(query, "ms").and_then(|value| value.parse::<u64>().ok());
     match ms {
         Some(ms) if ms <= MAX_SLEEP_MS => {
             wasip3::clocks::monotonic_clock::wait_for(ms * 1_000_000).await;

@@ -24,7 +24,7 @@ use crate::apps::{Apps, DeployedComponent};
 use crate::body::{self, Body};
 use crate::routes::RouteMatch;
 use crate::telemetry::metrics::{RequestLabels, RequestMetrics};
-use crate::telemetry::trace::{TRACEPARENT_HEADER, TraceContext};
+use crate::telemetry::trace::{TRACEPARENT_HEADER, TraceContext, hex128, random_u128};
 
 /// Header prefix reserved for the host; stripped from client requests.
 pub const RESERVED_HEADER_PREFIX: &str = "wasmhive-";
@@ -193,12 +193,7 @@ impl Gateway {
             .headers
             .get(&REQUEST_ID_HEADER)
             .is_some_and(|v| !v.is_empty() && v.len() <= 128);
-        if !has_id
-            && let Ok(v) = HeaderValue::from_str(&crate::telemetry::trace::hex128(
-                (u128::from(crate::telemetry::trace::random_u64()) << 64)
-                    | u128::from(crate::telemetry::trace::random_u64()),
-            ))
-        {
+        if !has_id && let Ok(v) = HeaderValue::from_str(&hex128(random_u128())) {
             parts.headers.insert(REQUEST_ID_HEADER, v);
         }
         add_route_headers(&mut parts.headers, pattern, params);

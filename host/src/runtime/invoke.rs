@@ -502,18 +502,21 @@ fn classify(
         return InvokeError::PoolExhausted(format!("{e:#}"));
     }
     let detail = format!("{e:#}");
-    match MemoryLimiter::decode(memory_hit) {
-        MemoryHit::Component => {
-            return InvokeError::MemoryLimit {
-                limit: grants.memory,
-                detail,
-            };
-        }
-        MemoryHit::Host => return InvokeError::HostMemory(detail),
-        MemoryHit::None => {}
+    let hit = MemoryLimiter::decode(memory_hit);
+    if hit != MemoryHit::None {
+        return memory_failure(hit, grants.memory, detail);
     }
     match phase {
         Phase::Instantiate => InvokeError::Instantiate(detail),
         Phase::Call => InvokeError::Trap(detail),
+    }
+}
+
+/// The failure of an instance that hit a memory limit (`hit` is not `None`): its own
+/// limit of `limit` bytes, or the host's budget.
+pub(crate) fn memory_failure(hit: MemoryHit, limit: u64, detail: String) -> InvokeError {
+    match hit {
+        MemoryHit::Host => InvokeError::HostMemory(detail),
+        MemoryHit::Component | MemoryHit::None => InvokeError::MemoryLimit { limit, detail },
     }
 }

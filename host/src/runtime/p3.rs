@@ -43,7 +43,7 @@ use wasmtime_wasi_http::handler::{
 };
 
 use super::InstanceState;
-use super::invoke::{InvokeError, StoreFactory, to_nanos};
+use super::invoke::{InvokeError, StoreFactory, memory_failure, to_nanos};
 use super::state::{MemoryHit, MemoryLimiter};
 
 /// What travels with one request into the worker that accepts it.
@@ -166,20 +166,12 @@ impl P3Handler {
                 .get()
                 .filter(|(flag, at_start)| flag.load(Ordering::Relaxed) != *at_start)
                 .map(|(flag, _)| MemoryLimiter::decode(flag));
-            match hit {
-                Some(MemoryHit::Component) => {
-                    return InvokeError::MemoryLimit {
-                        limit: self.memory_limit,
-                        detail: detail.into(),
-                    };
+            return match hit {
+                Some(hit) if hit != MemoryHit::None => {
+                    memory_failure(hit, self.memory_limit, detail.into())
                 }
-                Some(MemoryHit::Host) => return InvokeError::HostMemory(detail.into()),
-                _ => {}
-            }
-            return InvokeError::Trap(
-                "the instance trapped while serving this request (see the worker's log line)"
-                    .into(),
-            );
+                _ => InvokeError::Trap(detail.into()),
+            };
         }
         if let Some(inst) = e.downcast_ref::<InstantiationError<RequestData>>() {
             if inst

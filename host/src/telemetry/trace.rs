@@ -34,7 +34,7 @@ thread_local! {
 }
 
 /// A random non-zero u64, unpredictable without the thread's key.
-pub(crate) fn random_u64() -> u64 {
+fn random_u64() -> u64 {
     loop {
         let n = COUNTER.with(|c| {
             let n = c.get().wrapping_add(1);
@@ -46,6 +46,11 @@ pub(crate) fn random_u64() -> u64 {
             return v;
         }
     }
+}
+
+/// A random non-zero u128 (a trace id, or a request id in hex).
+pub fn random_u128() -> u128 {
+    (u128::from(random_u64()) << 64) | u128::from(random_u64())
 }
 
 /// Writes `value` as `out.len()` lowercase hex digits (the low bits, zero-padded).
@@ -93,7 +98,7 @@ impl TraceContext {
     /// A new trace (sampled).
     pub fn root() -> Self {
         TraceContext {
-            trace_id: (u128::from(random_u64()) << 64) | u128::from(random_u64()),
+            trace_id: random_u128(),
             span_id: random_u64(),
             flags: 1,
         }
