@@ -59,6 +59,71 @@ async fn a_p3_component_is_detected_and_serves_its_routes() {
     assert!(text.contains(" p3 "), "{text}");
 }
 
+/// WASI 0.2 and 0.3 components run on separate engines (ADR 0009); a restart must
+/// still find a p3 component's compiled artifact instead of compiling it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_p3_component_comes_from_the_compile_cache_after_a_restart() {
+    let ws = Workspace::new();
+    let data = tempfile::tempdir().unwrap();
+    let host = Host::start_with(wasmhive_e2e::HostOptions {
+        manifests: vec![manifest(&ws, "")],
+        data_dir: Some(data.path().to_path_buf()),
+        ..Default::default()
+    });
+    assert_eq!(
+        host.component_status("p3", "api")["loaded_from"],
+        "compiled"
+    );
+    assert_eq!(host.stop().code(), Some(0));
+
+    let host = Host::start_with(wasmhive_e2e::HostOptions {
+        data_dir: Some(data.path().to_path_buf()),
+        ..Default::default()
+    });
+    let s = host.component_status("p3", "api");
+    assert_eq!(s["loaded_from"], "cache", "{s:#}");
+    assert_eq!(s["flavor"], "p3", "{s:#}");
+    assert_eq!(
+        get_text(&client(), host.url("/hello")).await,
+        (200, "hello from wasi 0.3\n".into())
+    );
+}
+
+/// One app with a WASI 0.2 and a WASI 0.3 component: both serve, side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn p2_and_p3_components_serve_side_by_side() {
+    let ws = Workspace::new();
+    let m = ws.write(
+        "mixed.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "mixed"
+version = "0.1.0"
+[components.old]
+source = "{component:hello}"
+routes = ["GET /hello"]
+[components.new]
+source = "{component:hello-p3}"
+routes = ["GET /hello/{name}"]
+"#,
+    );
+    let host = Host::start(&[&m]);
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(
+            get_text(&c, host.url("/hello")).await,
+            (200, "hello, world\n".into())
+        );
+        assert_eq!(
+            get_text(&c, host.url("/hello/ada")).await,
+            (200, "hello, ada\n".into())
+        );
+    }
+    assert_eq!(host.component_status("mixed", "old")["flavor"], "p2");
+    assert_eq!(host.component_status("mixed", "new")["flavor"], "p3");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_p3_component_echoes_one_mebibyte_byte_for_byte() {
     let ws = Workspace::new();

@@ -1,6 +1,7 @@
 //! The on-disk compile cache: precompiled components keyed by content and engine.
 //!
-//! A component is compiled once per (sha256 of its bytes, engine compatibility hash).
+//! A component is compiled once per (sha256 of its bytes, engine compatibility hash):
+//! each of the host's engines (sync and concurrent, see `engine`) has its own directory.
 //! The artifact lives at `DATA/cache/<engine>/<sha256>.cwasm`, written by this host
 //! (temporary file + rename, so a crash never leaves a torn artifact). Only files in
 //! this directory are ever deserialized: `Component::deserialize_file` trusts its input,
@@ -9,7 +10,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -57,56 +58,42 @@ impl CompileCache {
         self.path_for(digest).is_file()
     }
 
-    /// Loads the component with `digest`, from the cache when possible, else by
-    /// compiling `bytes()` and storing the artifact. Blocking: call from a blocking
-    /// thread.
-    pub fn load(
-        &self,
-        engine: &Engine,
-        digest: &str,
-        bytes: impl FnOnce() -> std::io::Result<Vec<u8>>,
-    ) -> anyhow::Result<(Component, LoadInfo)> {
-        let start = Instant::now();
+    /// The cached artifact for `digest`, if there is a readable one (an unreadable
+    /// one is deleted). Blocking: call from a blocking thread.
+    pub fn load_cached(&self, engine: &Engine, digest: &str) -> Option<Component> {
         let path = self.path_for(digest);
-        if path.is_file() {
-            // SAFETY: the file is in our cache directory, written by `store` below from
-            // `Engine::precompile_component` output of this engine configuration (the
-            // directory name is the engine's compatibility hash). Wasmtime also checks
-            // the header and rejects artifacts from another configuration.
-            match unsafe { Component::deserialize_file(engine, &path) } {
-                Ok(c) => {
-                    return Ok((
-                        c,
-                        LoadInfo {
-                            origin: CompileOrigin::Cache,
-                            took: start.elapsed(),
-                        },
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "discarding unreadable compile cache entry");
-                    let _ = std::fs::remove_file(&path);
-                }
+        if !path.is_file() {
+            return None;
+        }
+        // SAFETY: the file is in our cache directory, written by `compile` below from
+        // `Engine::precompile_component` output of this engine configuration (the
+        // directory name is the engine's compatibility hash). Wasmtime also checks the
+        // header and rejects artifacts from another configuration.
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "discarding unreadable compile cache entry");
+                let _ = std::fs::remove_file(&path);
+                None
             }
         }
-        let wasm = bytes()?;
+    }
+
+    /// Compiles `wasm` (whose sha256 is `digest`) with `engine` and stores the
+    /// artifact. Blocking: call from a blocking thread. An `std::io::Error` in the
+    /// chain means the cache could not be written; anything else, the bytes did not
+    /// compile.
+    pub fn compile(&self, engine: &Engine, digest: &str, wasm: &[u8]) -> anyhow::Result<Component> {
+        let path = self.path_for(digest);
         let artifact = engine
-            .precompile_component(&wasm)
+            .precompile_component(wasm)
             .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         self.store(&path, &artifact)?;
         drop(artifact);
         // SAFETY: the artifact was produced just now by this engine and written by us.
         // Loading it from the file (rather than the buffer) maps the code file-backed,
         // so idle code pages can be shared and reclaimed by the kernel.
-        let component = unsafe { Component::deserialize_file(engine, &path) }
-            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        Ok((
-            component,
-            LoadInfo {
-                origin: CompileOrigin::Compiled,
-                took: start.elapsed(),
-            },
-        ))
+        unsafe { Component::deserialize_file(engine, &path) }.map_err(|e| anyhow::anyhow!("{e:#}"))
     }
 
     fn store(&self, path: &Path, artifact: &[u8]) -> std::io::Result<()> {

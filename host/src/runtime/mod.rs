@@ -1,5 +1,5 @@
-//! The wasm runtime: one engine, one linker, the compile cache, and invocation of
-//! prepared components.
+//! The wasm runtime: the engines (sync for WASI 0.2, concurrent for WASI 0.3), their
+//! linkers and compile caches, and invocation of prepared components.
 //!
 //! This module narrows wasmtime for the rest of the host. It compiles a component once
 //! per content hash (cached on disk), pre-instantiates it once per deployed version
@@ -23,7 +23,7 @@ mod state;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use wasmtime::Engine;
@@ -154,53 +154,118 @@ pub enum RuntimeError {
     Cache(String),
 }
 
-/// The host's wasm runtime.
-pub struct Runtime {
+/// One engine with the linker and compile cache that go with it.
+struct EngineSet {
     engine: Engine,
     linker: Arc<Linker<InstanceState>>,
     cache: cache::CompileCache,
-    /// Components in memory by digest (entries die with their last user).
-    loaded: std::sync::Mutex<HashMap<String, Weak<Component>>>,
-    host_memory: Arc<HostMemory>,
-    _ticker: engine::EpochTicker,
 }
 
-impl Runtime {
-    /// Builds the engine and linker, and opens the compile cache under `data_dir`.
-    pub fn new(pool: &PoolConfig, data_dir: &Path) -> anyhow::Result<Runtime> {
-        let engine = engine::build_engine(pool)?;
+impl EngineSet {
+    fn new(kind: engine::EngineKind, pool: &PoolConfig, data_dir: &Path) -> anyhow::Result<Self> {
+        let engine = engine::build_engine(pool, kind)?;
         let mut linker = Linker::new(&engine);
-        add_interfaces(&mut linker)?;
+        add_interfaces(&mut linker, kind)?;
         let cache = cache::CompileCache::open(data_dir, &engine).map_err(|e| {
             anyhow::anyhow!(
                 "cannot open compile cache under {}: {e}",
                 data_dir.display()
             )
         })?;
-        let ticker = engine::EpochTicker::start(engine.clone());
-        Ok(Runtime {
+        Ok(EngineSet {
             engine,
             linker: Arc::new(linker),
             cache,
+        })
+    }
+}
+
+/// The host's wasm runtime.
+///
+/// It has two engines ([`engine::EngineKind`]): components that do not use the
+/// component model's async ABI (WASI 0.2) run on the sync one, which skips wasmtime's
+/// concurrent bookkeeping on every call; the others (WASI 0.3) on the concurrent one,
+/// built when the first such component is loaded. Each has its own instance pool.
+pub struct Runtime {
+    sync: EngineSet,
+    concurrent: OnceLock<EngineSet>,
+    /// Serializes building the concurrent engine.
+    concurrent_init: std::sync::Mutex<()>,
+    /// The concurrent engine, for the epoch ticker.
+    concurrent_engine: Arc<OnceLock<Engine>>,
+    pool: PoolConfig,
+    data_dir: std::path::PathBuf,
+    /// Components in memory by digest (entries die with their last user).
+    loaded: std::sync::Mutex<HashMap<String, Weak<Component>>>,
+    /// Digests known to need the concurrent engine (so a reload does not first try
+    /// the sync one).
+    needs_concurrent: std::sync::Mutex<std::collections::HashSet<String>>,
+    host_memory: Arc<HostMemory>,
+    _ticker: engine::EpochTicker,
+}
+
+impl Runtime {
+    /// Builds the sync engine and its linker, and opens the compile cache under
+    /// `data_dir`. The concurrent engine is built on first need.
+    pub fn new(pool: &PoolConfig, data_dir: &Path) -> anyhow::Result<Runtime> {
+        let sync = EngineSet::new(engine::EngineKind::Sync, pool, data_dir)?;
+        let concurrent_engine = Arc::new(OnceLock::new());
+        let ticker = engine::EpochTicker::start(sync.engine.clone(), concurrent_engine.clone());
+        Ok(Runtime {
+            sync,
+            concurrent: OnceLock::new(),
+            concurrent_init: Default::default(),
+            concurrent_engine,
+            pool: pool.clone(),
+            data_dir: data_dir.to_path_buf(),
             loaded: Default::default(),
+            needs_concurrent: Default::default(),
             host_memory: Arc::new(HostMemory::new(pool.total_memory)),
             _ticker: ticker,
         })
     }
 
-    /// The engine (for code that must share it, like tests).
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    /// The concurrent engine set, built on first call.
+    fn concurrent(&self) -> Result<&EngineSet, RuntimeError> {
+        if let Some(set) = self.concurrent.get() {
+            return Ok(set);
+        }
+        let _guard = self
+            .concurrent_init
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = self.concurrent.get() {
+            return Ok(set);
+        }
+        let set = EngineSet::new(engine::EngineKind::Concurrent, &self.pool, &self.data_dir)
+            .map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
+        let _ = self.concurrent_engine.set(set.engine.clone());
+        Ok(self.concurrent.get_or_init(|| set))
     }
 
-    /// Whether the compile cache holds an artifact for `digest`.
+    /// The engine set `component` was loaded with.
+    fn set_of(&self, component: &Component) -> &EngineSet {
+        match self.concurrent.get() {
+            Some(c) if Engine::same(component.engine(), &c.engine) => c,
+            _ => &self.sync,
+        }
+    }
+
+    /// Whether a compile-cache artifact exists for `digest` (under either engine).
     pub fn is_cached(&self, digest: &str) -> bool {
-        self.cache.contains(digest)
+        self.sync.cache.contains(digest)
+            || self
+                .concurrent
+                .get()
+                .is_some_and(|c| c.cache.contains(digest))
     }
 
     /// Loads a component by digest: the copy already in memory if another deployment
     /// of the same bytes holds one, else from the compile cache, else by compiling the
     /// bytes `read` returns. Blocking (compilation): run it on a blocking thread.
+    ///
+    /// A component is compiled for the sync engine unless that engine refuses it (it
+    /// uses the async ABI), then for the concurrent one.
     ///
     /// Loaded code is shared, not duplicated: a hundred apps deploying the same
     /// component (or one scaled back up while another copy is live) map it once. It
@@ -224,24 +289,82 @@ impl Runtime {
             };
             return Ok((c, info));
         }
-        let (component, info) = self.cache.load(&self.engine, digest, read).map_err(|e| {
-            if e.downcast_ref::<std::io::Error>().is_some() {
-                RuntimeError::Cache(format!("{e:#}"))
-            } else {
-                RuntimeError::Compile(format!("{e:#}"))
-            }
-        })?;
+        let (component, origin) = self.load_uncached(digest, read)?;
         let component = Arc::new(component);
         self.loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(digest.to_string(), Arc::downgrade(&component));
+        let info = LoadInfo {
+            origin,
+            took: start.elapsed(),
+        };
         Ok((component, info))
+    }
+
+    /// [`Runtime::load`] past the in-memory copies.
+    fn load_uncached(
+        &self,
+        digest: &str,
+        read: impl FnOnce() -> std::io::Result<Vec<u8>>,
+    ) -> Result<(Component, CompileOrigin), RuntimeError> {
+        let known_concurrent = self
+            .needs_concurrent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(digest);
+        if !known_concurrent {
+            if let Some(c) = self.sync.cache.load_cached(&self.sync.engine, digest) {
+                return Ok((c, CompileOrigin::Cache));
+            }
+        }
+        let wasm = match read() {
+            Ok(wasm) => Some(wasm),
+            // The bytes may be gone while an artifact of the concurrent engine is not.
+            Err(_) if !self.sync.cache.contains(digest) => None,
+            Err(e) => return Err(RuntimeError::Cache(format!("{e:#}"))),
+        };
+        if !known_concurrent && let Some(wasm) = &wasm {
+            match self.sync.cache.compile(&self.sync.engine, digest, wasm) {
+                Ok(c) => return Ok((c, CompileOrigin::Compiled)),
+                Err(e) if e.downcast_ref::<std::io::Error>().is_some() => {
+                    return Err(RuntimeError::Cache(format!("{e:#}")));
+                }
+                // Refused by the sync engine: try the concurrent one, which accepts
+                // everything the sync one does and the async ABI besides. If that
+                // refuses it too, its error is the one to report.
+                Err(_) => {}
+            }
+        }
+        let set = self.concurrent()?;
+        let loaded = match set.cache.load_cached(&set.engine, digest) {
+            Some(c) => (c, CompileOrigin::Cache),
+            None => {
+                let Some(wasm) = &wasm else {
+                    return Err(RuntimeError::Cache(format!(
+                        "component {digest} is neither stored nor in the compile cache"
+                    )));
+                };
+                let c = set.cache.compile(&set.engine, digest, wasm).map_err(|e| {
+                    if e.downcast_ref::<std::io::Error>().is_some() {
+                        RuntimeError::Cache(format!("{e:#}"))
+                    } else {
+                        RuntimeError::Compile(format!("{e:#}"))
+                    }
+                })?;
+                (c, CompileOrigin::Compiled)
+            }
+        };
+        self.needs_concurrent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(digest.to_string());
+        Ok(loaded)
     }
 
     /// What a compiled component imports and exports.
     pub fn interface(&self, component: &Component) -> ComponentInterface {
-        inspect::describe(&self.engine, component)
+        inspect::describe(component.engine(), component)
     }
 
     /// The linear memory budget shared by all instances.
@@ -272,6 +395,7 @@ impl Runtime {
             )));
         }
         let pre = self
+            .set_of(component)
             .linker
             .instantiate_pre(component)
             .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
@@ -286,15 +410,21 @@ impl Runtime {
     }
 }
 
-/// Links every interface the host provides: the whole WASI 0.2 and 0.3 sets and
-/// wasi:http. Linking an interface grants nothing by itself: what a guest can reach
+/// Links every interface the host provides: the whole WASI 0.2 set, wasi:http, and on
+/// the concurrent engine the WASI 0.3 set (its host functions need concurrency
+/// support). Linking an interface grants nothing by itself: what a guest can reach
 /// through it (env, files, sockets, outbound HTTP) is decided per instance by
 /// [`InstanceState`] from the component's grants.
-fn add_interfaces(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
+fn add_interfaces(
+    linker: &mut Linker<InstanceState>,
+    kind: engine::EngineKind,
+) -> anyhow::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
-    wasmtime_wasi::p3::add_to_linker(linker)?;
-    wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    if kind == engine::EngineKind::Concurrent {
+        wasmtime_wasi::p3::add_to_linker(linker)?;
+        wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    }
     bindings::add_to_linker(linker)?;
     Ok(())
 }
