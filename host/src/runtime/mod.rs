@@ -318,13 +318,10 @@ impl Runtime {
                 return Ok((c, CompileOrigin::Cache));
             }
         }
-        let wasm = match read() {
-            Ok(wasm) => Some(wasm),
-            // The bytes may be gone while an artifact of the concurrent engine is not.
-            Err(_) if !self.sync.cache.contains(digest) => None,
-            Err(e) => return Err(RuntimeError::Cache(format!("{e:#}"))),
-        };
-        if !known_concurrent && let Some(wasm) = &wasm {
+        // Unreadable bytes are an error only if no artifact of the concurrent engine
+        // stands in for them either.
+        let wasm = read();
+        if !known_concurrent && let Ok(wasm) = &wasm {
             match self.sync.cache.compile(&self.sync.engine, digest, wasm) {
                 Ok(c) => return Ok((c, CompileOrigin::Compiled)),
                 Err(e) if e.downcast_ref::<std::io::Error>().is_some() => {
@@ -340,12 +337,8 @@ impl Runtime {
         let loaded = match set.cache.load_cached(&set.engine, digest) {
             Some(c) => (c, CompileOrigin::Cache),
             None => {
-                let Some(wasm) = &wasm else {
-                    return Err(RuntimeError::Cache(format!(
-                        "component {digest} is neither stored nor in the compile cache"
-                    )));
-                };
-                let c = set.cache.compile(&set.engine, digest, wasm).map_err(|e| {
+                let wasm = wasm.map_err(|e| RuntimeError::Cache(format!("{e:#}")))?;
+                let c = set.cache.compile(&set.engine, digest, &wasm).map_err(|e| {
                     if e.downcast_ref::<std::io::Error>().is_some() {
                         RuntimeError::Cache(format!("{e:#}"))
                     } else {
