@@ -163,7 +163,13 @@ def write_block(name, text):
 
 
 def measure_rounds(variants):
-    """variants: list of (name, start() -> (Server, url)). Alternates them ROUNDS times."""
+    """variants: list of (name, start() -> (Server, url)). Alternates them ROUNDS times;
+    one row of medians per variant."""
+    return medians(variants, measure_rounds_raw(variants))
+
+
+def measure_rounds_raw(variants):
+    """Like measure_rounds; returns each variant's (req/s, p50, p99, rss) per round."""
     results = {name: [] for name, _ in variants}
     for r in range(ROUNDS):
         for name, start in variants:
@@ -175,6 +181,10 @@ def measure_rounds(variants):
                 rss = server.stop()
             results[name].append((rps, p50, p99, rss))
             print(f"  round {r + 1} {name}: {rps:,.0f} req/s p50 {p50:.2f} ms p99 {p99:.2f} ms rss {rss:.0f} MiB")
+    return results
+
+
+def medians(variants, results):
     rows = []
     for name, _ in variants:
         runs = results[name]
@@ -258,7 +268,17 @@ def scenario_http():
                      "its rows are missing.")
     variants += reuse_variants
     variants.append(("native hyper (no wasm, upper bound)", start_native))
-    rows = measure_rounds(variants)
+    results = measure_rounds_raw(variants)
+    rows = medians(variants, results)
+    # Issue 9's pairs, compared round by round: each round runs both servers within a
+    # minute of each other, so a ratio per round cancels most of the VM's drift.
+    pairs = [
+        (variants[0][0], variants[1][0] if wasmtime else None, "fresh instance vs `wasmtime serve` defaults", 4.0),
+        (variants[0][0], variants[2][0] if wasmtime else None, "fresh instance vs `wasmtime serve` tuned pooling", 1.5),
+        (reuse_variants[0][0], reuse_variants[1][0] if wasmtime else None, "serial reuse 128 vs `--max-instance-reuse-count 128`", 1.2),
+        (reuse_variants[3][0] if wasmtime else None, reuse_variants[4][0] if wasmtime else None, "WASI 0.3 hello-p3, both with defaults", 1.2),
+    ]
+    pair_lines = pair_table(results, [p for p in pairs if p[0] and p[1]])
     commands = [
         "just bench http",
         f"target/release/wasmhive up hello.toml --http 127.0.0.1:PORT   # hello.toml: one route, GET /hello",
@@ -273,9 +293,32 @@ def scenario_http():
         f"wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}s --latency http://127.0.0.1:PORT/hello",
     ]
     text = render(rows, commands, notes)
+    if pair_lines:
+        text = text.replace("\n\nCommands:", "\n\n" + "\n".join(pair_lines) + "\n\nCommands:", 1)
     print(text)
     write_block("http", text)
     shutil.rmtree(data, ignore_errors=True)
+
+
+def pair_table(results, pairs):
+    """Markdown lines: for each (ours, theirs, label, target), req/s ratio per round
+    (median, range) and p99 ratio per round (median)."""
+    if not pairs:
+        return []
+    lines = [
+        "Issue 9's pairs, ratio of req/s within each round (wasmhive / `wasmtime serve`), and of p99:",
+        "",
+        "| pair | median ratio | per round | target | p99 ratio (median) |",
+        "| --- | ---: | --- | ---: | ---: |",
+    ]
+    for ours, theirs, label, target in pairs:
+        ratios = [a[0] / b[0] for a, b in zip(results[ours], results[theirs])]
+        p99 = [a[2] / b[2] for a, b in zip(results[ours], results[theirs])]
+        med = statistics.median(ratios)
+        per_round = ", ".join(f"{r:.2f}x" for r in ratios)
+        met = "met" if med >= target else "not met"
+        lines.append(f"| {label} | {med:.2f}x | {per_round} | {target:.1f}x ({met}) | {statistics.median(p99):.2f} |")
+    return lines
 
 
 def callgrind_per_request(label, argv, url, headers=None, env=None):

@@ -313,10 +313,9 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(digest);
-        if !known_concurrent {
-            if let Some(c) = self.sync.cache.load_cached(&self.sync.engine, digest) {
-                return Ok((c, CompileOrigin::Cache));
-            }
+        if !known_concurrent && let Some(c) = self.sync.cache.load_cached(&self.sync.engine, digest)
+        {
+            return Ok((c, CompileOrigin::Cache));
         }
         // Unreadable bytes are an error only if no artifact of the concurrent engine
         // stands in for them either.
