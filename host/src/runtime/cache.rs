@@ -10,6 +10,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmtime::Engine;
@@ -80,27 +81,48 @@ impl CompileCache {
     }
 
     /// Compiles `wasm` (whose sha256 is `digest`) with `engine` and stores the
-    /// artifact. Blocking: call from a blocking thread. An `std::io::Error` in the
-    /// chain means the cache could not be written; anything else, the bytes did not
-    /// compile.
-    pub fn compile(&self, engine: &Engine, digest: &str, wasm: &[u8]) -> anyhow::Result<Component> {
+    /// artifact. Blocking: call from a blocking thread.
+    pub fn compile(
+        &self,
+        engine: &Engine,
+        digest: &str,
+        wasm: &[u8],
+    ) -> Result<Component, CompileFailure> {
         let path = self.path_for(digest);
         let artifact = engine
             .precompile_component(wasm)
-            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        self.store(&path, &artifact)?;
+            .map_err(|e| CompileFailure::Refused(format!("{e:#}")))?;
+        self.store(&path, &artifact)
+            .map_err(|e| CompileFailure::Cache(format!("cannot write {}: {e}", path.display())))?;
         drop(artifact);
         // SAFETY: the artifact was produced just now by this engine and written by us.
         // Loading it from the file (rather than the buffer) maps the code file-backed,
         // so idle code pages can be shared and reclaimed by the kernel.
-        unsafe { Component::deserialize_file(engine, &path) }.map_err(|e| anyhow::anyhow!("{e:#}"))
+        unsafe { Component::deserialize_file(engine, &path) }
+            .map_err(|e| CompileFailure::Cache(format!("cannot load {}: {e:#}", path.display())))
     }
 
     fn store(&self, path: &Path, artifact: &[u8]) -> std::io::Result<()> {
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // A name of its own per write: two loads of the same digest at once must not
+        // write one temporary file.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
         std::fs::write(&tmp, artifact)?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
     }
+}
+
+/// Why [`CompileCache::compile`] produced no component.
+#[derive(Debug)]
+pub enum CompileFailure {
+    /// The engine refused the bytes (not a component, invalid, or a feature this
+    /// engine lacks).
+    Refused(String),
+    /// Compiled, but the artifact could not be written or mapped back.
+    Cache(String),
 }
 
 /// A stable directory name for the engine's compatibility hash.

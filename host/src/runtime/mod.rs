@@ -252,12 +252,10 @@ impl Runtime {
     }
 
     /// Whether a compile-cache artifact exists for `digest` (under either engine).
+    /// Looking in the concurrent engine's cache builds that engine if need be.
     pub fn is_cached(&self, digest: &str) -> bool {
         self.sync.cache.contains(digest)
-            || self
-                .concurrent
-                .get()
-                .is_some_and(|c| c.cache.contains(digest))
+            || self.concurrent().is_ok_and(|c| c.cache.contains(digest))
     }
 
     /// Loads a component by digest: the copy already in memory if another deployment
@@ -313,38 +311,44 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(digest);
-        if !known_concurrent && let Some(c) = self.sync.cache.load_cached(&self.sync.engine, digest)
-        {
+        if known_concurrent {
+            let set = self.concurrent()?;
+            if let Some(c) = set.cache.load_cached(&set.engine, digest) {
+                return Ok((c, CompileOrigin::Cache));
+            }
+            let wasm = read().map_err(|e| RuntimeError::Cache(format!("{e:#}")))?;
+            return Self::compile_with(set, digest, &wasm).map(|c| (c, CompileOrigin::Compiled));
+        }
+        if let Some(c) = self.sync.cache.load_cached(&self.sync.engine, digest) {
             return Ok((c, CompileOrigin::Cache));
         }
         // Unreadable bytes are an error only if no artifact of the concurrent engine
         // stands in for them either.
         let wasm = read();
-        if !known_concurrent && let Ok(wasm) = &wasm {
-            match self.sync.cache.compile(&self.sync.engine, digest, wasm) {
+        let refused = match &wasm {
+            Ok(wasm) => match self.sync.cache.compile(&self.sync.engine, digest, wasm) {
                 Ok(c) => return Ok((c, CompileOrigin::Compiled)),
-                Err(e) if e.downcast_ref::<std::io::Error>().is_some() => {
-                    return Err(RuntimeError::Cache(format!("{e:#}")));
-                }
+                Err(cache::CompileFailure::Cache(e)) => return Err(RuntimeError::Cache(e)),
                 // Refused by the sync engine: try the concurrent one, which accepts
                 // everything the sync one does and the async ABI besides. If that
                 // refuses it too, its error is the one to report.
-                Err(_) => {}
-            }
-        }
-        let set = self.concurrent()?;
+                Err(cache::CompileFailure::Refused(e)) => Some(e),
+            },
+            Err(_) => None,
+        };
+        let set = match self.concurrent() {
+            Ok(set) => set,
+            // Without a concurrent engine, the sync engine's verdict stands.
+            Err(e) => return Err(refused.map(RuntimeError::Compile).unwrap_or(e)),
+        };
         let loaded = match set.cache.load_cached(&set.engine, digest) {
             Some(c) => (c, CompileOrigin::Cache),
             None => {
                 let wasm = wasm.map_err(|e| RuntimeError::Cache(format!("{e:#}")))?;
-                let c = set.cache.compile(&set.engine, digest, &wasm).map_err(|e| {
-                    if e.downcast_ref::<std::io::Error>().is_some() {
-                        RuntimeError::Cache(format!("{e:#}"))
-                    } else {
-                        RuntimeError::Compile(format!("{e:#}"))
-                    }
-                })?;
-                (c, CompileOrigin::Compiled)
+                (
+                    Self::compile_with(set, digest, &wasm)?,
+                    CompileOrigin::Compiled,
+                )
             }
         };
         self.needs_concurrent
@@ -352,6 +356,15 @@ impl Runtime {
             .unwrap_or_else(|e| e.into_inner())
             .insert(digest.to_string());
         Ok(loaded)
+    }
+
+    fn compile_with(set: &EngineSet, digest: &str, wasm: &[u8]) -> Result<Component, RuntimeError> {
+        set.cache
+            .compile(&set.engine, digest, wasm)
+            .map_err(|e| match e {
+                cache::CompileFailure::Refused(e) => RuntimeError::Compile(e),
+                cache::CompileFailure::Cache(e) => RuntimeError::Cache(e),
+            })
     }
 
     /// What a compiled component imports and exports.
