@@ -24,7 +24,7 @@ name = "p3"
 version = "0.1.0"
 [components.api]
 source = "{{component:hello-p3}}"
-routes = ["GET /hello", "GET /hello/{{name}}", "POST /echo", "GET /sleep", "GET /trap", "GET /count", "GET /env/{{name}}", "GET /headers", "GET /set-header", "GET /fetch", "GET /alloc"]
+routes = ["GET /hello", "GET /hello/{{name}}", "POST /echo", "GET /sleep", "GET /trap", "GET /spin", "GET /count", "GET /env/{{name}}", "GET /headers", "GET /set-header", "GET /fetch", "GET /alloc"]
 env = {{ GREETING = "hi from the manifest" }}
 {component}
 [components.api.limits]
@@ -246,6 +246,26 @@ async fn a_p3_request_past_its_deadline_is_504_and_the_next_is_served() {
         get_text(&c, host.url("/hello")).await,
         (200, "hello from wasi 0.3\n".into())
     );
+}
+
+/// A guest that computes forever, never yielding, is stopped by the epoch deadline:
+/// the p3 engine is built lazily, and its epoch must be ticking too. Without that, the
+/// spinning instance would keep its worker thread and the requests routed to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_p3_guest_spinning_past_its_deadline_is_stopped() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&manifest(&ws, "")]);
+    let c = client();
+    let (status, _) = get_text(&c, host.url("/spin")).await;
+    assert_eq!(status, 504);
+    let s = host.component_status("p3", "api");
+    assert_eq!(s["failures"], 1, "{s:#}");
+    for _ in 0..3 {
+        assert_eq!(
+            get_text(&c, host.url("/hello")).await,
+            (200, "hello from wasi 0.3\n".into())
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -19,6 +19,7 @@
 //!   clock (`wait-for`), without blocking the instance, then answers `slept N`.
 //!   Concurrent sleeps on one instance overlap. A missing or bad `ms` is a 400.
 //! - `GET /trap` panics, which traps the instance (the host answers 500).
+//! - `GET /spin` loops forever without yielding; only the host's deadline stops it.
 //! - `GET /count` increments a guest-global counter and answers its new value, so a
 //!   test can tell whether requests were served by the same instance.
 //! - `GET /env/{name}` answers the environment variable `name` as the guest sees it,
@@ -77,6 +78,14 @@ impl wasip3::exports::http::handler::Guest for HelloP3 {
             },
             "/trap" => only(method, Method::Get, "GET", || {
                 panic!("hello-p3: /trap requested")
+            }),
+            "/spin" => only(method, Method::Get, "GET", || {
+                // Busy forever without yielding: only the host's deadline (epoch
+                // interruption) can stop it.
+                let mut x = 0u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
             }),
             "/count" => only(method, Method::Get, "GET", || {
                 let n = COUNT.fetch_add(1, Ordering::SeqCst) + 1;

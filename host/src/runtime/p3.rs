@@ -119,6 +119,7 @@ impl P3Handler {
             served_by: Arc::new(OnceLock::new()),
         };
         let served_by = data.served_by.clone();
+        let deadline = data.deadline;
         let mut request = request;
         let mut pause = Duration::from_millis(1);
         loop {
@@ -139,20 +140,23 @@ impl P3Handler {
                     data = inst.request_data;
                     request = inst.request.into_inner().unwrap_or_else(|e| e.into_inner());
                 }
-                Ok(inst) => return Err(self.classify(wasmtime::Error::new(inst), &served_by)),
-                Err(e) => return Err(self.classify(e, &served_by)),
+                Ok(inst) => {
+                    return Err(self.classify(wasmtime::Error::new(inst), &served_by, deadline));
+                }
+                Err(e) => return Err(self.classify(e, &served_by, deadline)),
             }
         }
     }
 
     /// Sorts a failed request's error; `served_by` is the memory flag of the instance
-    /// that had accepted it, if one had. (The flag is per instance: with concurrent
-    /// requests, all of them fail when the instance does, and all are reported with
-    /// its cause.)
+    /// that had accepted it, if one had, and `deadline` the request's own. (The flag
+    /// is per instance: with concurrent requests, all of them fail when the instance
+    /// does, and all are reported with its cause.)
     fn classify(
         &self,
         e: wasmtime::Error,
         served_by: &OnceLock<(Arc<AtomicU8>, u8)>,
+        deadline: Instant,
     ) -> InvokeError {
         if e.downcast_ref::<ExpirationError>().is_some() {
             return InvokeError::Timeout(self.timeout);
@@ -170,6 +174,11 @@ impl P3Handler {
                 Some(hit) if hit != MemoryHit::None => {
                     memory_failure(hit, self.memory_limit, detail.into())
                 }
+                // The worker reports an epoch interruption as a trap like any other.
+                // The instance's epoch deadline is the latest of its requests', so a
+                // trap past this request's deadline is that interruption: a guest
+                // that computed past its deadline.
+                _ if Instant::now() >= deadline => InvokeError::Timeout(self.timeout),
                 _ => InvokeError::Trap(detail.into()),
             };
         }
