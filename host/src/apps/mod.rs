@@ -41,6 +41,8 @@ pub struct DeployedComponent {
     pub instances: Arc<std::sync::atomic::AtomicU32>,
     /// Counters shown in status.
     pub stats: ComponentStats,
+    /// Its request series in the host's metrics.
+    pub series: crate::telemetry::metrics::ComponentSeries,
 }
 
 /// Per-component counters.

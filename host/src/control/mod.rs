@@ -355,6 +355,7 @@ impl ControlPlane {
             timeout: grants.timeout,
             instances,
             stats: Default::default(),
+            series: Default::default(),
         })
     }
 

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use crate::apps::{Apps, DeployedComponent};
 use crate::body::{self, Body};
 use crate::routes::RouteMatch;
-use crate::telemetry::metrics::{RequestLabels, RequestMetrics};
+use crate::telemetry::metrics::RequestMetrics;
 use crate::telemetry::trace::{TRACEPARENT_HEADER, TraceContext, hex128, random_u128};
 
 /// Header prefix reserved for the host; stripped from client requests.
@@ -127,13 +127,11 @@ impl Gateway {
                 )
             }
         };
-        self.metrics.record(
-            &RequestLabels {
-                app: component.id.app.to_string(),
-                component: component.id.component.to_string(),
-                trigger: "http",
-                status: response.status().as_u16(),
-            },
+        self.metrics.record_for(
+            &component.series,
+            &component.id,
+            "http",
+            response.status().as_u16(),
             started.elapsed().as_secs_f64(),
         );
         response

@@ -33,7 +33,7 @@ use crate::manifest::{CallPolicy, Fallback};
 use crate::routes::RouteMatch;
 use crate::runtime::mesh::Mesh;
 use crate::runtime::{ComponentId, InvokeError};
-use crate::telemetry::metrics::{RequestLabels, RequestMetrics};
+use crate::telemetry::metrics::RequestMetrics;
 use crate::telemetry::trace::{TRACEPARENT_HEADER, TraceContext};
 use breaker::Breaker;
 
@@ -165,13 +165,11 @@ impl MeshRouter {
         if status >= 500 {
             target.stats.failed();
         }
-        self.metrics.record(
-            &RequestLabels {
-                app: target.id.app.to_string(),
-                component: target.id.component.to_string(),
-                trigger: "mesh",
-                status,
-            },
+        self.metrics.record_for(
+            &target.series,
+            &target.id,
+            "mesh",
+            status,
             started.elapsed().as_secs_f64(),
         );
         attempt

@@ -47,16 +47,22 @@ impl std::fmt::Debug for BusHandle {
 pub(crate) struct MessagingCtx {
     /// Reply subject of the message being handled: always allowed.
     pub reply_to: Option<String>,
-    /// `traceparent` of the invocation, carried by what the guest publishes.
-    pub traceparent: Option<String>,
+    /// `traceparent` of the invocation, carried by what the guest publishes (shared
+    /// with the HTTP hooks: set once per invocation, copied only when used).
+    pub traceparent: Option<http::HeaderValue>,
 }
 
 impl MessagingCtx {
     fn headers(&self) -> Vec<(String, String)> {
-        self.traceparent
-            .iter()
-            .map(|t| ("traceparent".to_string(), t.clone()))
+        self.traceparent()
+            .map(|t| ("traceparent".to_string(), t.to_string()))
+            .into_iter()
             .collect()
+    }
+
+    /// The invocation's `traceparent` (it was set from a `&str`, so it is text).
+    fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_ref().and_then(|t| t.to_str().ok())
     }
 }
 
@@ -146,8 +152,7 @@ impl logging::Host for InstanceState {
         // The trace id of the invocation (`00-<trace id>-<span>-<flags>`).
         let trace_id = self
             .messaging
-            .traceparent
-            .as_deref()
+            .traceparent()
             .and_then(|t| t.split('-').nth(1))
             .unwrap_or("");
         macro_rules! emit {

@@ -82,10 +82,14 @@ impl InstanceState {
 
     /// Sets the `traceparent` this instance's outgoing requests and messages carry.
     pub(crate) fn set_traceparent(&mut self, value: Option<&str>) {
-        self.hooks.traceparent = value.and_then(|v| http::HeaderValue::from_str(v).ok());
-        self.messaging.traceparent = value.map(str::to_string);
+        let header = value.and_then(|v| http::HeaderValue::from_str(v).ok());
+        self.messaging.traceparent = header.clone();
+        self.hooks.traceparent = header;
         let id = value.and_then(|t| t.split('-').nth(1)).unwrap_or_default();
-        *self.trace_id.lock().unwrap_or_else(|e| e.into_inner()) = id.to_string();
+        // A reused instance keeps its buffer.
+        let mut trace_id = self.trace_id.lock().unwrap_or_else(|e| e.into_inner());
+        trace_id.clear();
+        trace_id.push_str(id);
     }
 
     pub(crate) fn table_ref(&self) -> &ResourceTable {

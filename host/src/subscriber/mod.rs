@@ -27,7 +27,7 @@ use crate::apps::DeployedComponent;
 use crate::bus::{Bus, Message};
 use crate::runtime::InvokeError;
 use crate::runtime::messaging::BrokerMessage;
-use crate::telemetry::metrics::{RequestLabels, RequestMetrics};
+use crate::telemetry::metrics::RequestMetrics;
 use crate::telemetry::trace::{TRACEPARENT, TraceContext};
 
 /// The queue group a component's subscriptions join.
@@ -129,13 +129,11 @@ pub(crate) async fn handle(
     if result.is_err() {
         component.stats.failed();
     }
-    metrics.record(
-        &RequestLabels {
-            app: component.id.app.to_string(),
-            component: component.id.component.to_string(),
-            trigger: "message",
-            status,
-        },
+    metrics.record_for(
+        &component.series,
+        &component.id,
+        "message",
+        status,
         started.elapsed().as_secs_f64(),
     );
     result

@@ -3,23 +3,38 @@
 //! the admin listener (see `control::metrics` for the scrape, which adds per-component
 //! state such as instances, queue and cold starts).
 
+use std::sync::{Arc, OnceLock};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::runtime::ComponentId;
+
 /// Labels of one request series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// App name.
-    pub app: String,
+    pub app: Arc<str>,
     /// Component name.
-    pub component: String,
+    pub component: Arc<str>,
     /// Where the request came from: `http` for the public listener.
     pub trigger: &'static str,
     /// HTTP status answered.
     pub status: u16,
+}
+
+/// One component's series of status 200 for each trigger, looked up once and then
+/// kept: most requests are recorded without hashing their labels or taking the
+/// families' locks. (Counters and histograms are shared handles: a kept one is the
+/// series in the family.)
+#[derive(Default)]
+pub struct ComponentSeries {
+    http: OnceLock<(Counter, Histogram)>,
+    mesh: OnceLock<(Counter, Histogram)>,
+    message: OnceLock<(Counter, Histogram)>,
 }
 
 /// Request counters and latency histograms.
@@ -45,6 +60,42 @@ impl RequestMetrics {
     pub fn record(&self, labels: &RequestLabels, seconds: f64) {
         self.requests.get_or_create(labels).inc();
         self.latency.get_or_create(labels).observe(seconds);
+    }
+
+    /// Records one finished request of `app`/`component` through `trigger` (`http`,
+    /// `mesh` or `message`), keeping the status-200 series in `series`.
+    pub fn record_for(
+        &self,
+        series: &ComponentSeries,
+        id: &ComponentId,
+        trigger: &'static str,
+        status: u16,
+        seconds: f64,
+    ) {
+        let labels = || RequestLabels {
+            app: id.app.clone(),
+            component: id.component.clone(),
+            trigger,
+            status,
+        };
+        let slot = match trigger {
+            "http" => &series.http,
+            "mesh" => &series.mesh,
+            "message" => &series.message,
+            _ => return self.record(&labels(), seconds),
+        };
+        if status != 200 {
+            return self.record(&labels(), seconds);
+        }
+        let (count, latency) = slot.get_or_init(|| {
+            let labels = labels();
+            (
+                self.requests.get_or_create(&labels).clone(),
+                self.latency.get_or_create(&labels).clone(),
+            )
+        });
+        count.inc();
+        latency.observe(seconds);
     }
 
     /// Adds the families to `registry`.

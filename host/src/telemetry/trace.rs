@@ -6,8 +6,7 @@
 //! out (outgoing HTTP requests, published messages and requests) carries it too,
 //! unless the guest set its own. Log lines of the invocation name the trace id.
 
-use std::cell::Cell;
-use std::hash::{BuildHasher, RandomState};
+use rand::RngCore;
 
 /// The header name.
 pub const TRACEPARENT: &str = "traceparent";
@@ -25,23 +24,15 @@ pub struct TraceContext {
     pub flags: u8,
 }
 
-thread_local! {
-    /// A per-thread secret key (from the OS's randomness, through `RandomState`) and
-    /// counter: each id is the keyed SipHash of the next count, so ids neither repeat
-    /// nor can be predicted from ids seen before (a guest or an upstream sees some).
-    static KEY: RandomState = RandomState::new();
-    static COUNTER: Cell<u64> = const { Cell::new(0) };
-}
-
-/// A random non-zero u64, unpredictable without the thread's key.
+/// A random non-zero u64 from the thread's cryptographically secure generator
+/// (`rand`'s `ThreadRng`: ChaCha12 seeded from the OS and reseeded periodically), so ids
+/// neither repeat nor can be predicted from ids seen before (a guest or an upstream
+/// sees some). It produces a block of output at a time, which makes an id much cheaper
+/// than hashing a counter per id.
 fn random_u64() -> u64 {
+    let mut rng = rand::thread_rng();
     loop {
-        let n = COUNTER.with(|c| {
-            let n = c.get().wrapping_add(1);
-            c.set(n);
-            n
-        });
-        let v = KEY.with(|key| key.hash_one(n));
+        let v = rng.next_u64();
         if v != 0 {
             return v;
         }
@@ -67,7 +58,7 @@ pub fn hex128(value: u128) -> String {
     let mut buf = [0u8; 32];
     write_hex(&mut buf, value);
     // Only ASCII hex digits were written.
-    String::from_utf8_lossy(&buf).into_owned()
+    String::from_utf8(buf.to_vec()).unwrap_or_default()
 }
 
 impl TraceContext {
@@ -127,7 +118,7 @@ impl TraceContext {
         write_hex(&mut buf[36..52], u128::from(self.span_id));
         write_hex(&mut buf[53..55], u128::from(self.flags));
         // Only ASCII was written.
-        String::from_utf8_lossy(&buf).into_owned()
+        String::from_utf8(buf.to_vec()).unwrap_or_default()
     }
 
     /// The trace id as 32 hex digits (for logs).
