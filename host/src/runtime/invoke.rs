@@ -434,10 +434,12 @@ impl StoreFactory {
             InstanceState::new(&self.grants, &self.live, &self.host_memory),
         );
         let memory_hit = store.data().limiter.hit_flag();
+        let interrupted = store.data().interrupted.clone();
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if to_nanos(Instant::now()) >= deadline.load(Ordering::Relaxed) {
+                interrupted.store(true, Ordering::Relaxed);
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 Ok(UpdateDeadline::Yield(1))

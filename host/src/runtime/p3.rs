@@ -53,7 +53,7 @@ pub(crate) struct RequestData {
     request_id: Option<String>,
     /// The memory-limit flag of the instance that accepted the request and its value
     /// then, so a trap can be told apart from a memory limit hit (as for WASI 0.2).
-    served_by: Arc<OnceLock<(Arc<AtomicU8>, u8)>>,
+    served_by: Arc<OnceLock<Served>>,
 }
 
 /// Reuse limits of one p3 component, resolved.
@@ -119,7 +119,6 @@ impl P3Handler {
             served_by: Arc::new(OnceLock::new()),
         };
         let served_by = data.served_by.clone();
-        let deadline = data.deadline;
         let mut request = request;
         let mut pause = Duration::from_millis(1);
         loop {
@@ -141,23 +140,18 @@ impl P3Handler {
                     request = inst.request.into_inner().unwrap_or_else(|e| e.into_inner());
                 }
                 Ok(inst) => {
-                    return Err(self.classify(wasmtime::Error::new(inst), &served_by, deadline));
+                    return Err(self.classify(wasmtime::Error::new(inst), &served_by));
                 }
-                Err(e) => return Err(self.classify(e, &served_by, deadline)),
+                Err(e) => return Err(self.classify(e, &served_by)),
             }
         }
     }
 
-    /// Sorts a failed request's error; `served_by` is the memory flag of the instance
-    /// that had accepted it, if one had, and `deadline` the request's own. (The flag
-    /// is per instance: with concurrent requests, all of them fail when the instance
-    /// does, and all are reported with its cause.)
-    fn classify(
-        &self,
-        e: wasmtime::Error,
-        served_by: &OnceLock<(Arc<AtomicU8>, u8)>,
-        deadline: Instant,
-    ) -> InvokeError {
+    /// Sorts a failed request's error; `served_by` is what the instance that had
+    /// accepted it (if one had) recorded. (The flags are per instance: with concurrent
+    /// requests, all of them fail when the instance does, and all are reported with
+    /// its cause.)
+    fn classify(&self, e: wasmtime::Error, served_by: &OnceLock<Served>) -> InvokeError {
         if e.downcast_ref::<ExpirationError>().is_some() {
             return InvokeError::Timeout(self.timeout);
         }
@@ -166,19 +160,18 @@ impl P3Handler {
                 "the instance trapped while serving this request (see the worker's log line)";
             // Only a hit since this request started counts: an instance can survive a
             // refused memory.grow and trap much later for another reason.
-            let hit = served_by
-                .get()
-                .filter(|(flag, at_start)| flag.load(Ordering::Relaxed) != *at_start)
-                .map(|(flag, _)| MemoryLimiter::decode(flag));
+            let served = served_by.get();
+            let hit = served
+                .filter(|s| s.memory.load(Ordering::Relaxed) != s.memory_at_start)
+                .map(|s| MemoryLimiter::decode(&s.memory));
+            // The worker reports the host's interruption at a deadline as a trap like
+            // any other; the instance records that it was interrupted.
+            let interrupted = served.is_some_and(|s| s.interrupted.load(Ordering::Relaxed));
             return match hit {
                 Some(hit) if hit != MemoryHit::None => {
                     memory_failure(hit, self.memory_limit, detail.into())
                 }
-                // The worker reports an epoch interruption as a trap like any other.
-                // The instance's epoch deadline is the latest of its requests', so a
-                // trap past this request's deadline is that interruption: a guest
-                // that computed past its deadline.
-                _ if Instant::now() >= deadline => InvokeError::Timeout(self.timeout),
+                _ if interrupted => InvokeError::Timeout(self.timeout),
                 _ => InvokeError::Trap(detail.into()),
             };
         }
@@ -216,6 +209,7 @@ impl HandlerState for P3State {
         let timeout = self.stores.grants().timeout;
         let deadline = Arc::new(AtomicU64::new(to_nanos(Instant::now() + timeout)));
         let (mut store, _memory_hit) = self.stores.new_store(deadline.clone());
+        let interrupted = store.data().interrupted.clone();
         let proxy = self.pre.instantiate_async(&mut store).await?;
         Ok(Instance {
             store,
@@ -225,6 +219,7 @@ impl HandlerState for P3State {
                 idle_timeout: self.limits.idle_timeout,
                 request_timeout: timeout,
                 sleep: Box::pin(tokio::time::sleep(Duration::from_secs(86_400 * 365))),
+                interrupted,
             },
             state: Worker {
                 limits: self.limits,
@@ -234,6 +229,15 @@ impl HandlerState for P3State {
             },
         })
     }
+}
+
+/// What the instance that accepted a request recorded, for sorting its failure.
+pub(crate) struct Served {
+    /// The instance's memory-limit flag, and its value when the request started.
+    memory: Arc<AtomicU8>,
+    memory_at_start: u8,
+    /// Whether the host interrupted the instance at a deadline.
+    interrupted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A new instance would exceed `max_instances`.
@@ -255,6 +259,8 @@ pub(crate) struct Expiration {
     idle_timeout: Duration,
     request_timeout: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// The instance's flag: set when this expiry ends it while it serves requests.
+    interrupted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl WorkerExpiration for Expiration {
@@ -275,7 +281,11 @@ impl WorkerExpiration for Expiration {
         if self.sleep.deadline() != deadline {
             self.sleep.as_mut().reset(deadline);
         }
-        self.sleep.as_mut().poll(cx)
+        let expired = self.sleep.as_mut().poll(cx);
+        if expired.is_ready() && status != WorkerStatus::Idle {
+            self.interrupted.store(true, Ordering::Relaxed);
+        }
+        expired
     }
 }
 
@@ -310,9 +320,12 @@ impl WorkerState for Worker {
         let state = store.data_mut();
         state.set_traceparent(data.traceparent.as_deref());
         state.set_request_id(data.request_id.as_deref());
-        let flag = state.limiter.hit_flag();
-        let at_start = flag.load(Ordering::Relaxed);
-        let _ = data.served_by.set((flag, at_start));
+        let memory = state.limiter.hit_flag();
+        let _ = data.served_by.set(Served {
+            memory_at_start: memory.load(Ordering::Relaxed),
+            memory,
+            interrupted: state.interrupted.clone(),
+        });
         self.deadline
             .fetch_max(to_nanos(data.deadline), Ordering::Relaxed);
         Box::pin(tokio::time::sleep_until(data.deadline.into()))

@@ -23,6 +23,9 @@ pub struct InstanceState {
     http: WasiHttpCtx,
     hooks: HostHooks,
     pub(crate) limiter: MemoryLimiter,
+    /// Set when the host interrupted the instance at a deadline (the epoch callback,
+    /// or a WASI 0.3 worker's expiry): its failure is a timeout, not a trap.
+    pub(crate) interrupted: Arc<std::sync::atomic::AtomicBool>,
     pub(crate) messaging: super::messaging::MessagingCtx,
     /// The invocation's trace id, shared with the stdout/stderr writers.
     trace_id: TraceId,
@@ -68,6 +71,7 @@ impl InstanceState {
             http: WasiHttpCtx::new(),
             hooks: HostHooks::new(grants.clone()),
             limiter: MemoryLimiter::new(grants.memory, host_memory.clone()),
+            interrupted: Default::default(),
             messaging: Default::default(),
             trace_id,
             grants: grants.clone(),

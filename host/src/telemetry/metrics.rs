@@ -37,7 +37,8 @@ pub struct ComponentSeries {
     message: OnceLock<(Counter, Histogram)>,
 }
 
-/// Request counters and latency histograms.
+/// Request counters and latency histograms. Series are never removed from the
+/// families: a [`ComponentSeries`] keeps handles to them.
 pub struct RequestMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RequestLabels, Histogram>,
