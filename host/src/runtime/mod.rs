@@ -185,7 +185,8 @@ impl EngineSet {
 /// It has two engines ([`engine::EngineKind`]): components that do not use the
 /// component model's async ABI (WASI 0.2) run on the sync one, which skips wasmtime's
 /// concurrent bookkeeping on every call; the others (WASI 0.3) on the concurrent one,
-/// built when the first such component is loaded. Each has its own instance pool.
+/// built on first need (a component the sync engine refuses, or a look into its
+/// cache; ADR 0009). Each has its own instance pool.
 pub struct Runtime {
     sync: EngineSet,
     concurrent: OnceLock<EngineSet>,
