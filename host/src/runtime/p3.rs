@@ -51,8 +51,9 @@ pub(crate) struct RequestData {
     deadline: Instant,
     traceparent: Option<String>,
     request_id: Option<String>,
-    /// The memory-limit flag of the instance that accepted the request and its value
-    /// then, so a trap can be told apart from a memory limit hit (as for WASI 0.2).
+    /// What the instance that accepted the request records (its memory-limit flag and
+    /// that flag's value then, whether the host interrupted it), so a trap can be told
+    /// apart from a memory limit hit or a deadline (as for WASI 0.2).
     served_by: Arc<OnceLock<Served>>,
 }
 
