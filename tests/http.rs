@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wasmhive_e2e::{Host, Upstream, Workspace, client, seen_header, seen_header_names};
+use wasmhive_e2e::{Host, Upstream, Workspace, client, get_json, seen_header, seen_header_names};
 
 fn hello_manifest(ws: &Workspace) -> std::path::PathBuf {
     ws.write(
@@ -79,15 +79,11 @@ routes = ["GET /users/{id}/files/{*rest}", "GET /plain"]
 "#,
     );
     let host = Host::start(&[&m]);
-    let v: serde_json::Value = client()
-        .get(host.url("/users/42/files/a/b.txt?x=1"))
-        .header("wasmhive-param-id", "forged")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(
+        host.url("/users/42/files/a/b.txt?x=1"),
+        &[("wasmhive-param-id", "forged")],
+    )
+    .await;
     assert_eq!(v["path_with_query"], "/users/42/files/a/b.txt?x=1");
     let header = |name: &str| seen_header(&v, name);
     assert_eq!(header("wasmhive-param-id"), vec!["42"], "{v:#}");
@@ -96,15 +92,7 @@ routes = ["GET /users/{id}/files/{*rest}", "GET /plain"]
 
     // A literal route adds nothing (its pattern is the path); a forged header is
     // still removed.
-    let v: serde_json::Value = client()
-        .get(host.url("/plain"))
-        .header("wasmhive-route", "forged")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(host.url("/plain"), &[("wasmhive-route", "forged")]).await;
     let names = seen_header_names(&v);
     assert!(
         !names.iter().any(|n| n.starts_with("wasmhive-")),
@@ -307,19 +295,17 @@ env = { COLOR = "blue" }
         env: vec![("HOST_SECRET".into(), "do-not-leak".into())],
         ..Default::default()
     });
-    let v: serde_json::Value = client()
-        .get(host.url("/inspect"))
-        .header("x-custom", "yes")
-        .header("proxy-authorization", "Basic c2VjcmV0")
-        .header("proxy-anything", "1")
-        .header("upgrade", "websocket")
-        .header("te", "trailers")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(
+        host.url("/inspect"),
+        &[
+            ("x-custom", "yes"),
+            ("proxy-authorization", "Basic c2VjcmV0"),
+            ("proxy-anything", "1"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+        ],
+    )
+    .await;
     assert_eq!(
         v["env"],
         serde_json::json!({ "COLOR": "blue" }),
@@ -417,15 +403,7 @@ routes = ["GET /inspect"]
         all[0].clone()
     };
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let v: serde_json::Value = client()
-        .get(host.url("/inspect"))
-        .header("traceparent", parent)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(host.url("/inspect"), &[("traceparent", parent)]).await;
     let seen = traceparent_seen(&v);
     // Same trace, the host's own span.
     assert!(
@@ -435,14 +413,7 @@ routes = ["GET /inspect"]
     assert_ne!(seen, parent);
 
     // Without one, the host starts a trace.
-    let v: serde_json::Value = client()
-        .get(host.url("/inspect"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(host.url("/inspect"), &[]).await;
     let seen = traceparent_seen(&v);
     let parts: Vec<&str> = seen.split('-').collect();
     assert_eq!(parts.len(), 4, "{seen}");

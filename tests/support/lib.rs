@@ -391,6 +391,16 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// GETs `url` with `headers` and returns the JSON body (the inspect-request fixture's
+/// report of the request it received).
+pub async fn get_json(url: String, headers: &[(&str, &str)]) -> serde_json::Value {
+    let mut request = client().get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// The values of header `name` in a request the inspect-request fixture reported
 /// (`{"headers": [[name, value], ...]}`), in order.
 pub fn seen_header(report: &serde_json::Value, name: &str) -> Vec<String> {

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use crate::apps::{Apps, DeployedComponent};
 use crate::body::{self, Body};
 use crate::routes::RouteMatch;
-use crate::telemetry::metrics::RequestMetrics;
+use crate::telemetry::metrics::{RequestMetrics, Trigger};
 use crate::telemetry::trace::{TRACEPARENT_HEADER, TraceContext, hex128, random_u128};
 
 /// Header prefix reserved for the host; stripped from client requests.
@@ -130,7 +130,7 @@ impl Gateway {
         self.metrics.record_for(
             &component.series,
             &component.id,
-            "http",
+            Trigger::Http,
             response.status().as_u16(),
             started.elapsed().as_secs_f64(),
         );

@@ -33,7 +33,7 @@ use crate::manifest::{CallPolicy, Fallback};
 use crate::routes::RouteMatch;
 use crate::runtime::mesh::Mesh;
 use crate::runtime::{ComponentId, InvokeError};
-use crate::telemetry::metrics::RequestMetrics;
+use crate::telemetry::metrics::{RequestMetrics, Trigger};
 use crate::telemetry::trace::{TRACEPARENT_HEADER, TraceContext};
 use breaker::Breaker;
 
@@ -168,7 +168,7 @@ impl MeshRouter {
         self.metrics.record_for(
             &target.series,
             &target.id,
-            "mesh",
+            Trigger::Mesh,
             status,
             started.elapsed().as_secs_f64(),
         );

@@ -27,7 +27,7 @@ use crate::apps::DeployedComponent;
 use crate::bus::{Bus, Message};
 use crate::runtime::InvokeError;
 use crate::runtime::messaging::BrokerMessage;
-use crate::telemetry::metrics::RequestMetrics;
+use crate::telemetry::metrics::{RequestMetrics, Trigger};
 use crate::telemetry::trace::{TRACEPARENT, TraceContext};
 
 /// The queue group a component's subscriptions join.
@@ -132,7 +132,7 @@ pub(crate) async fn handle(
     metrics.record_for(
         &component.series,
         &component.id,
-        "message",
+        Trigger::Message,
         status,
         started.elapsed().as_secs_f64(),
     );

@@ -26,6 +26,28 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Where a request came from (the `trigger` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The public HTTP listener.
+    Http,
+    /// Another component, through the mesh.
+    Mesh,
+    /// A message from the bus.
+    Message,
+}
+
+impl Trigger {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Http => "http",
+            Trigger::Mesh => "mesh",
+            Trigger::Message => "message",
+        }
+    }
+}
+
 /// One component's series of status 200 for each trigger, looked up once and then
 /// kept: most requests are recorded without hashing their labels or taking the
 /// families' locks. (Counters and histograms are shared handles: a kept one is the
@@ -63,31 +85,30 @@ impl RequestMetrics {
         self.latency.get_or_create(labels).observe(seconds);
     }
 
-    /// Records one finished request of `app`/`component` through `trigger` (`http`,
-    /// `mesh` or `message`), keeping the status-200 series in `series`.
+    /// Records one finished request of component `id` through `trigger`, keeping
+    /// the status-200 series in `series`.
     pub fn record_for(
         &self,
         series: &ComponentSeries,
         id: &ComponentId,
-        trigger: &'static str,
+        trigger: Trigger,
         status: u16,
         seconds: f64,
     ) {
         let labels = || RequestLabels {
             app: id.app.clone(),
             component: id.component.clone(),
-            trigger,
+            trigger: trigger.as_str(),
             status,
-        };
-        let slot = match trigger {
-            "http" => &series.http,
-            "mesh" => &series.mesh,
-            "message" => &series.message,
-            _ => return self.record(&labels(), seconds),
         };
         if status != 200 {
             return self.record(&labels(), seconds);
         }
+        let slot = match trigger {
+            Trigger::Http => &series.http,
+            Trigger::Mesh => &series.mesh,
+            Trigger::Message => &series.message,
+        };
         let (count, latency) = slot.get_or_init(|| {
             let labels = labels();
             (
