@@ -829,6 +829,73 @@ async fn sagas_cut_by_a_host_crash_complete_after_a_restart() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_announced_but_never_stored_still_completes() {
+    // orders publishes `orders.created` before it stores the order, so a host dying
+    // between the two leaves only the event. That event must be enough: orders stores
+    // the order from it, and the saga reserves, charges, confirms and notifies.
+    let shop = Shop::start();
+    let kim = shop.create_user("Kim").await;
+    shop.create_product("lamp", 1500).await;
+    shop.set_stock("lamp", 3).await;
+    // Far above the ids this test's POSTs would get: nothing else stores it.
+    let id = "o900001";
+    let r = shop.get(&format!("/v1/orders/{id}")).await;
+    assert_eq!(r.status, 404, "{r}");
+
+    let announced = json!({
+        "id": id,
+        "user_id": kim,
+        "items": [{"sku": "lamp", "quantity": 2, "price_cents": 1500}],
+        "total_cents": 3000,
+        "status": "pending",
+    });
+    let js = async_nats::jetstream::new(async_nats::connect(&shop.nats.url).await.unwrap());
+    js.publish("orders.created", announced.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    eventually(
+        &format!("order {id} to be stored from its event"),
+        SAGA,
+        async || {
+            let r = shop.get(&format!("/v1/orders/{id}")).await;
+            if r.status == 200 {
+                Ok(())
+            } else {
+                Err(r.to_string())
+            }
+        },
+    )
+    .await;
+    let o = shop.settled(id).await;
+    assert_eq!(
+        (&o["status"], &o["user_id"]),
+        (&json!("confirmed"), &json!(kim)),
+        "{o}"
+    );
+    assert_eq!(o["total_cents"], 3000, "{o}");
+    shop.stock_becomes("lamp", 1, 0).await;
+    let r = shop.get(&format!("/v1/payments/{id}")).await;
+    let p = r.expect(200);
+    assert_eq!(
+        (&p["status"], &p["amount_cents"]),
+        (&json!("completed"), &json!(3000)),
+        "{r}"
+    );
+    single_notification(&shop.notified(id).await, id, &kim, "confirmed");
+
+    // An order placed the normal way is not stored twice or moved back to pending by
+    // its own event arriving after the POST stored it.
+    let placed = shop.order_accepted(&kim, &[("lamp", 1)]).await;
+    assert_eq!(shop.settled(&placed).await["status"], "confirmed");
+    shop.quiescent().await;
+    assert_eq!(shop.order(&placed).await["status"], "confirmed");
+    shop.stock_becomes("lamp", 0, 0).await;
+}
+
 /// A confirmed order with two items (so two review lookups), for order-details.
 async fn order_for_details(shop: &Shop) -> (String, String) {
     let fay = shop.create_user("Fay").await;

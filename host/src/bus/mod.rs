@@ -91,7 +91,9 @@ pub trait Bus: Send + Sync + 'static {
     /// Where it is, for humans (`nats://127.0.0.1:4222`, `in-process`).
     fn describe(&self) -> String;
 
-    /// Publishes `message` (its `reply_to` and headers included).
+    /// Publishes `message` (its `reply_to` and headers included). Ok means it is out
+    /// of the publisher's hands: NATS, written to the server's connection (so it
+    /// survives this host dying right after); in-process, queued to the subscribers.
     async fn publish(&self, message: Message) -> Result<(), BusError>;
 
     /// Publishes `message` with a fresh reply subject and waits for the first answer.

@@ -162,7 +162,20 @@ impl Bus for NatsBus {
                     .await
             }
         };
-        result.map_err(unavailable)
+        result.map_err(unavailable)?;
+        // `publish` only queues the message in this process. Wait until it is written
+        // to the server's socket, so a publish that returned ok survives the host
+        // dying right after (a service that answers "placed" once its event is
+        // published relies on that). Bounded: while disconnected the client keeps
+        // the message and sends it on reconnect, but the caller learns it is not out.
+        match tokio::time::timeout(PUBLISH_FLUSH_TIMEOUT, self.client.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(BusError::Unavailable(format!(
+                "not sent to {} within {PUBLISH_FLUSH_TIMEOUT:?} (disconnected?); it may still be sent on reconnect",
+                self.url
+            ))),
+        }
     }
 
     async fn request(&self, m: Message, timeout: Duration) -> Result<Message, BusError> {
@@ -206,6 +219,9 @@ impl Bus for NatsBus {
         Ok(Box::pin(sub.map(from_nats)))
     }
 }
+
+/// How long a publish waits for its message to leave the process.
+const PUBLISH_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long [`NatsBus::settle`] waits for its round trip.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);

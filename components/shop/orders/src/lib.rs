@@ -6,11 +6,18 @@
 //! - `POST /v1/orders` `{"user_id", "items": [{"sku", "quantity"}]}`, optional header
 //!   `Idempotency-Key`. Checks the user (`GET http://users/v1/users/{id}`) and prices
 //!   every sku (`GET http://catalog/v1/products/{sku}`), all calls in parallel through
-//!   the mesh; stores the order as `pending`, publishes `orders.created` and answers
+//!   the mesh; publishes `orders.created`, stores the order as `pending` and answers
 //!   201 with the order and `location: /v1/orders/{id}`. Empty items or a quantity
 //!   < 1 → 400; unknown user → 422 `unknown user`; unknown sku → 422
 //!   `unknown product <sku>`; users or catalog failing → 503.
 //! - `GET /v1/orders/{id}` → 200 the order, 404.
+//!
+//! Event first: the order is announced before it is stored, and orders subscribes
+//! to its own `orders.created`, storing the order if it is not stored yet. So a host
+//! that dies between the two steps loses nothing: the event is in JetStream and
+//! both the saga and the store happen on delivery (no outbox needed, and no order
+//! stays `pending` unannounced). A saga event that arrives before its order is
+//! stored fails and is redelivered after the backoff.
 //!
 //! Events (durable subscriptions), each moving a `pending` order to its final status
 //! and announcing it:
@@ -266,12 +273,17 @@ fn place(req: &Request) -> Result<Response> {
         status: OrderStatus::Pending,
         reason: None,
     };
-    let key = order_key(&order.id);
-    bucket.set(&key, &order)?;
-    if let Err(e) = events::publish(saga::ORDERS_CREATED, &order) {
-        // Nobody heard of the order: take it back so it does not stay pending forever.
-        bucket.delete(&key)?;
-        return Err(e);
+    // The event first: once `orders.created` is out, the saga runs and this
+    // component's own durable subscription stores the order even if the host dies
+    // before the store below. Storing first would leave a `pending` order nobody
+    // hears of if the host died before the publish.
+    events::publish(saga::ORDERS_CREATED, &order)?;
+    if let Err(e) = store_new(&bucket, &order) {
+        // The order is placed: its own event stores it (retried until it is).
+        shopkit::log::warn(
+            "orders",
+            &format!("order {} not stored yet ({e}); its event will", order.id),
+        );
     }
     let location = format!("/v1/orders/{}", order.id);
     Ok(Response::json(201, &order).with_header("location", location))
@@ -279,6 +291,11 @@ fn place(req: &Request) -> Result<Response> {
 
 impl MessageHandler for Orders {
     fn handle(subject: &str, body: &[u8]) -> Result<()> {
+        if subject == saga::ORDERS_CREATED {
+            // Our own announcement: store the order unless placing it already did.
+            let order: Order = shopkit::from_json(body)?;
+            return store_new(&Bucket::open(ORDERS)?, &order);
+        }
         let status = match subject {
             saga::INVENTORY_REJECTED => OrderStatus::Rejected,
             saga::PAYMENTS_COMPLETED => OrderStatus::Confirmed,
@@ -290,7 +307,13 @@ impl MessageHandler for Orders {
         let bucket = Bucket::open(ORDERS)?;
         let outcome = bucket.update(&order_key(&event.id), |order: Option<Order>| {
             let Some(mut order) = order else {
-                return Err(Error::not_found(format!("no order {}", event.id)));
+                // Not stored yet (its own `orders.created` is still on its way): a
+                // 503, so the event is redelivered after the backoff. An id that never
+                // comes ends in the dead-letter subject after `max_deliver`.
+                return Err(Error::unavailable(format!(
+                    "order {} is not stored yet",
+                    event.id
+                )));
             };
             Ok(if order.status == OrderStatus::Pending {
                 order.status = status;
@@ -317,6 +340,13 @@ impl MessageHandler for Orders {
             }
         }
     }
+}
+
+/// Stores a new order unless one with its id is already stored (by the POST that
+/// placed it, or by its own `orders.created` event, whichever comes first; by then
+/// the saga may have moved it on, and it must stay where the saga put it).
+fn store_new(bucket: &Bucket, order: &Order) -> Result<()> {
+    bucket.insert_new(&order_key(&order.id), order).map(drop)
 }
 
 fn order_key(id: &str) -> String {
