@@ -66,7 +66,7 @@ impl Gateway {
                 .get(&TRACEPARENT_HEADER)
                 .and_then(|v| v.to_str().ok()),
         );
-        let traceparent = trace.header();
+        let traceparent = trace.header_value();
         let snapshot = self.apps.snapshot();
         let path = req.uri().path().to_string();
         let (component, req) = match snapshot.route(req.method(), &path) {
@@ -74,7 +74,7 @@ impl Gateway {
                 value,
                 pattern,
                 params,
-            } => match self.prepare_request(req, pattern, &params, &traceparent) {
+            } => match self.prepare_request(req, pattern, &params, traceparent) {
                 Ok(req) => (value.clone(), req),
                 Err(status) => return body::text(status, "bad request"),
             },
@@ -101,7 +101,7 @@ impl Gateway {
 
         component.stats.started();
         let method = req.method().clone();
-        let response = match self.invoke(&component, req, &traceparent).await {
+        let response = match self.invoke(&component, req).await {
             Ok(response) => {
                 tracing::debug!(
                     invocation,
@@ -144,11 +144,10 @@ impl Gateway {
         &self,
         component: &DeployedComponent,
         req: Request<Body>,
-        traceparent: &str,
     ) -> Result<Response<Body>, error::Failure> {
         let permit = component.scaler.admit().await?;
         let prepared = component.scaler.prepared().await?;
-        Ok(prepared.handle(req, Some(traceparent), permit).await?)
+        Ok(prepared.handle(req, permit).await?)
     }
 
     /// Rewrites the client's request into what the guest receives.
@@ -157,7 +156,7 @@ impl Gateway {
         req: Request<Incoming>,
         pattern: &str,
         params: &[(&str, &str)],
-        traceparent: &str,
+        traceparent: HeaderValue,
     ) -> Result<Request<Body>, StatusCode> {
         let (mut parts, incoming) = req.into_parts();
         // Absolute URI: wasi:http needs an authority; use Host, else our own address.
@@ -183,15 +182,13 @@ impl Gateway {
         for k in reserved {
             parts.headers.remove(k);
         }
-        if let Ok(v) = HeaderValue::from_str(traceparent) {
-            parts.headers.insert(TRACEPARENT_HEADER, v);
-        }
+        parts.headers.insert(TRACEPARENT_HEADER, traceparent);
         // A request id for the whole call chain: the client's, else a new one.
         let has_id = parts
             .headers
             .get(&REQUEST_ID_HEADER)
             .is_some_and(|v| !v.is_empty() && v.len() <= 128);
-        if !has_id && let Ok(v) = HeaderValue::from_str(&hex128(random_u128())) {
+        if !has_id && let Ok(v) = HeaderValue::try_from(hex128(random_u128())) {
             parts.headers.insert(REQUEST_ID_HEADER, v);
         }
         add_route_headers(&mut parts.headers, pattern, params);

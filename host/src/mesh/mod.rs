@@ -120,11 +120,6 @@ impl MeshRouter {
     async fn invoke(&self, target: &DeployedComponent, request: Request<Body>) -> Attempt {
         let started = Instant::now();
         let request = self.prepare(target, request);
-        let traceparent = request
-            .headers()
-            .get(&TRACEPARENT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
         target.stats.started();
         let outcome = async {
             let permit = target
@@ -137,20 +132,17 @@ impl MeshRouter {
                 .prepared()
                 .await
                 .map_err(|e| Attempt::Unavailable(format!("cannot load target: {e}")))?;
-            prepared
-                .handle(request, traceparent.as_deref(), permit)
-                .await
-                .map_err(|e| match e {
-                    InvokeError::Timeout(_) => Attempt::Timeout,
-                    InvokeError::PoolExhausted(m) | InvokeError::HostMemory(m) => {
-                        Attempt::Unavailable(m)
-                    }
-                    other => Attempt::Answered(status_response(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        &format!("{} failed", target.id.component),
-                        Some(other.to_string()),
-                    )),
-                })
+            prepared.handle(request, permit).await.map_err(|e| match e {
+                InvokeError::Timeout(_) => Attempt::Timeout,
+                InvokeError::PoolExhausted(m) | InvokeError::HostMemory(m) => {
+                    Attempt::Unavailable(m)
+                }
+                other => Attempt::Answered(status_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("{} failed", target.id.component),
+                    Some(other.to_string()),
+                )),
+            })
         }
         .await;
         let attempt = match outcome {

@@ -183,17 +183,16 @@ impl PreparedComponent {
     /// Serves one request in a fresh instance, or in an idle reusable one when the
     /// component allows reuse (`instances.max_requests > 1`). `guard` is held until
     /// the instance is done with this request (after the response body has been
-    /// produced or the invocation failed). What the guest sends out carries
-    /// `traceparent`.
+    /// produced or the invocation failed). What the guest sends out carries the
+    /// request's `traceparent` and `x-request-id` (the caller puts them on it).
     pub async fn handle<G: Send + 'static>(
         &self,
         request: http::Request<WasiBody>,
-        traceparent: Option<&str>,
         guard: G,
     ) -> Result<http::Response<WasiBody>, InvokeError> {
         let inner = self.inner.clone();
         if let Some(p3) = &inner.p3 {
-            let response = p3.handle(request, traceparent).await?;
+            let response = p3.handle(request).await?;
             // The body streams from the instance after the head: the guard (a
             // scaler permit) is held until it is done.
             return Ok(response.map(|body| {
@@ -230,13 +229,9 @@ impl PreparedComponent {
         cell.store(to_nanos(deadline), Ordering::Relaxed);
         memory_hit.store(0, Ordering::Relaxed);
         store.set_epoch_deadline(1);
+        let (traceparent, request_id) = trace_headers(request.headers());
         store.data_mut().set_traceparent(traceparent);
-        store.data_mut().set_request_id(
-            request
-                .headers()
-                .get(&crate::gateway::REQUEST_ID_HEADER)
-                .and_then(|v| v.to_str().ok()),
-        );
+        store.data_mut().set_request_id(request_id);
         let this = self.clone();
 
         let mut task = Box::pin(async move {
@@ -378,7 +373,9 @@ impl PreparedComponent {
         let deadline = Instant::now() + timeout;
         let (mut store, memory_hit) = self.new_store(Arc::new(AtomicU64::new(to_nanos(deadline))));
         store.data_mut().messaging.reply_to = message.reply_to.clone();
-        store.data_mut().set_traceparent(traceparent);
+        store
+            .data_mut()
+            .set_traceparent(traceparent.and_then(|t| http::HeaderValue::from_str(t).ok()));
         let task = tokio::spawn(async move {
             let run = async {
                 let instance = pre
@@ -521,4 +518,17 @@ pub(crate) fn memory_failure(hit: MemoryHit, limit: u64, detail: String) -> Invo
         MemoryHit::Host => InvokeError::HostMemory(detail),
         MemoryHit::Component | MemoryHit::None => InvokeError::MemoryLimit { limit, detail },
     }
+}
+
+/// The `traceparent` and `x-request-id` a request for a guest carries (shared, not
+/// copied: a header value's bytes are reference counted).
+pub(crate) fn trace_headers(
+    headers: &http::HeaderMap,
+) -> (Option<http::HeaderValue>, Option<http::HeaderValue>) {
+    (
+        headers
+            .get(&crate::telemetry::trace::TRACEPARENT_HEADER)
+            .cloned(),
+        headers.get(&crate::gateway::REQUEST_ID_HEADER).cloned(),
+    )
 }

@@ -49,8 +49,8 @@ use super::state::{MemoryHit, MemoryLimiter};
 /// What travels with one request into the worker that accepts it.
 pub(crate) struct RequestData {
     deadline: Instant,
-    traceparent: Option<String>,
-    request_id: Option<String>,
+    traceparent: Option<http::HeaderValue>,
+    request_id: Option<http::HeaderValue>,
     /// What the instance that accepted the request records (its memory-limit flag and
     /// that flag's value then, whether the host interrupted it), so a trap can be told
     /// apart from a memory limit hit or a deadline (as for WASI 0.2).
@@ -107,16 +107,12 @@ impl P3Handler {
     pub(crate) async fn handle(
         &self,
         request: http::Request<wasmtime_wasi_http::WasiBody>,
-        traceparent: Option<&str>,
     ) -> Result<http::Response<wasmtime_wasi_http::WasiBody>, InvokeError> {
+        let (traceparent, request_id) = super::invoke::trace_headers(request.headers());
         let mut data = RequestData {
             deadline: Instant::now() + self.timeout,
-            traceparent: traceparent.map(str::to_string),
-            request_id: request
-                .headers()
-                .get(&crate::gateway::REQUEST_ID_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+            traceparent,
+            request_id,
             served_by: Arc::new(OnceLock::new()),
         };
         let served_by = data.served_by.clone();
@@ -319,8 +315,8 @@ impl WorkerState for Worker {
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + 'static + Send + Sync>> {
         let state = store.data_mut();
-        state.set_traceparent(data.traceparent.as_deref());
-        state.set_request_id(data.request_id.as_deref());
+        state.set_traceparent(data.traceparent);
+        state.set_request_id(data.request_id);
         let memory = state.limiter.hit_flag();
         let _ = data.served_by.set(Served {
             memory_at_start: memory.load(Ordering::Relaxed),

@@ -80,20 +80,24 @@ impl InstanceState {
     }
 
     /// Sets the `x-request-id` this instance's outgoing requests carry.
-    pub(crate) fn set_request_id(&mut self, value: Option<&str>) {
-        self.hooks.request_id = value.and_then(|v| http::HeaderValue::from_str(v).ok());
+    pub(crate) fn set_request_id(&mut self, value: Option<http::HeaderValue>) {
+        self.hooks.request_id = value;
     }
 
     /// Sets the `traceparent` this instance's outgoing requests and messages carry.
-    pub(crate) fn set_traceparent(&mut self, value: Option<&str>) {
-        let header = value.and_then(|v| http::HeaderValue::from_str(v).ok());
-        self.messaging.traceparent = header.clone();
-        self.hooks.traceparent = header;
-        let id = value.and_then(|t| t.split('-').nth(1)).unwrap_or_default();
+    pub(crate) fn set_traceparent(&mut self, header: Option<http::HeaderValue>) {
+        let id = header
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| t.split('-').nth(1))
+            .unwrap_or_default();
         // A reused instance keeps its buffer.
         let mut trace_id = self.trace_id.lock().unwrap_or_else(|e| e.into_inner());
         trace_id.clear();
         trace_id.push_str(id);
+        drop(trace_id);
+        self.messaging.traceparent = header.clone();
+        self.hooks.traceparent = header;
     }
 
     pub(crate) fn table_ref(&self) -> &ResourceTable {

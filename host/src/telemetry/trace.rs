@@ -113,12 +113,23 @@ impl TraceContext {
 
     /// The `traceparent` header value.
     pub fn header(&self) -> String {
+        // Only ASCII is written.
+        String::from_utf8(self.header_bytes().to_vec()).unwrap_or_default()
+    }
+
+    /// The `traceparent` header value, ready for a header map (one allocation; a
+    /// clone shares it).
+    pub fn header_value(&self) -> http::HeaderValue {
+        http::HeaderValue::from_bytes(&self.header_bytes())
+            .unwrap_or_else(|_| http::HeaderValue::from_static(""))
+    }
+
+    fn header_bytes(&self) -> [u8; 55] {
         let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
         write_hex(&mut buf[3..35], self.trace_id);
         write_hex(&mut buf[36..52], u128::from(self.span_id));
         write_hex(&mut buf[53..55], u128::from(self.flags));
-        // Only ASCII was written.
-        String::from_utf8(buf.to_vec()).unwrap_or_default()
+        buf
     }
 
     /// The trace id as 32 hex digits (for logs).
