@@ -41,6 +41,11 @@ impl ManagedNats {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);
+        // Its own process group: a terminal's Ctrl-C goes to the host's group, and
+        // the server must outlive the host's drain (in-flight handlers still publish
+        // and ack); the host stops it afterwards.
+        #[cfg(unix)]
+        cmd.process_group(0);
         #[cfg(target_os = "linux")]
         // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
         unsafe {

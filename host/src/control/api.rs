@@ -186,7 +186,7 @@ pub async fn handle(control: Arc<ControlPlane>, req: Request<Incoming>) -> Respo
 }
 
 /// Streams the messages on `subject` as JSON lines (`{"subject", "data", "headers"}`)
-/// until the client goes away. A plain subscriber: it joins no queue group, so it sees
+/// until the client goes away or the host shuts down. A plain subscriber: it joins no queue group, so it sees
 /// every message without taking any from the services. NATS-internal traffic is left
 /// out.
 async fn subscribe(control: &ControlPlane, subject: &str) -> Response<Body> {
@@ -211,6 +211,10 @@ async fn subscribe(control: &ControlPlane, subject: &str) -> Response<Body> {
                 .is_some_and(|r| r.starts_with("$JS.ACK."));
         std::future::ready(!internal)
     });
+    // The stream ends when the host shuts down, so the watcher sees a clean end and
+    // the drain does not wait for it.
+    let stop = control.shutdown.clone();
+    let events = events.take_until(async move { stop.cancelled().await });
     let lines = events.map(|m| {
         let line = super::PublishReply {
             subject: m.subject,

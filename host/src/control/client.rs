@@ -137,12 +137,16 @@ impl AdminClient {
             }
             let chunk = match deadline {
                 Some(d) => match tokio::time::timeout_at(d, resp.chunk()).await {
-                    Ok(c) => c?,
+                    Ok(c) => c,
                     Err(_) => return Ok(seen),
                 },
-                None => resp.chunk().await?,
+                None => resp.chunk().await,
+            }
+            .map_err(|e| anyhow::anyhow!("the host went away mid-stream ({e})"))?;
+            let Some(chunk) = chunk else {
+                eprintln!("the host ended the subscription (it is shutting down)");
+                return Ok(seen);
             };
-            let Some(chunk) = chunk else { return Ok(seen) };
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
