@@ -304,6 +304,23 @@ impl Shop {
         self.get(&format!("/v1/orders/{id}")).await.expect(200)
     }
 
+    /// Waits until an order known only from its `orders.created` is stored.
+    async fn stored(&self, id: &str) {
+        eventually(
+            &format!("order {id} to be stored from its event"),
+            SAGA,
+            async || {
+                let r = self.get(&format!("/v1/orders/{id}")).await;
+                if r.status == 200 {
+                    Ok(())
+                } else {
+                    Err(r.to_string())
+                }
+            },
+        )
+        .await;
+    }
+
     /// Waits until the order leaves `pending` and returns it.
     async fn settled(&self, id: &str) -> Value {
         eventually(&format!("order {id} to leave pending"), SAGA, async || {
@@ -857,19 +874,7 @@ async fn an_order_announced_but_never_stored_still_completes() {
         .await
         .unwrap();
 
-    eventually(
-        &format!("order {id} to be stored from its event"),
-        SAGA,
-        async || {
-            let r = shop.get(&format!("/v1/orders/{id}")).await;
-            if r.status == 200 {
-                Ok(())
-            } else {
-                Err(r.to_string())
-            }
-        },
-    )
-    .await;
+    shop.stored(id).await;
     let o = shop.settled(id).await;
     assert_eq!(
         (&o["status"], &o["user_id"]),
@@ -894,6 +899,105 @@ async fn an_order_announced_but_never_stored_still_completes() {
     shop.quiescent().await;
     assert_eq!(shop.order(&placed).await["status"], "confirmed");
     shop.stock_becomes("lamp", 0, 0).await;
+}
+
+/// The JetStream key-value bucket behind the shop's `idempotency` bucket (named
+/// `WH_shop_orders_idempotency_<hash>`; it exists once a keyed POST has run).
+async fn idempotency_bucket(shop: &Shop) -> async_nats::jetstream::kv::Store {
+    let js = async_nats::jetstream::new(async_nats::connect(&shop.nats.url).await.unwrap());
+    let names: Vec<String> = js.stream_names().try_collect().await.unwrap();
+    let stream = names
+        .iter()
+        .find(|n| n.starts_with("KV_WH_shop_orders_idempotency_"))
+        .unwrap_or_else(|| panic!("no idempotency bucket among {names:?}"));
+    js.get_key_value(stream.trim_start_matches("KV_"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_after_the_host_died_mid_post_places_no_second_order() {
+    // A POST with an Idempotency-Key records the order id it picks in its claim before
+    // announcing the order. If the host dies before answering, the client's retry
+    // (after the claim's lease) must end in that same order, never a second one:
+    // the order if it was stored, else the same id placed again. The dead request's
+    // claims are written here as it would have left them.
+    let shop = Shop::start();
+    let lu = shop.create_user("Lu").await;
+    shop.create_product("pen", 200).await;
+    shop.set_stock("pen", 10).await;
+    let first = shop.place_order(&lu, &[("pen", 1)], Some("warm-up")).await;
+    let first = first.expect(201)["id"].as_str().unwrap().to_string();
+    assert_eq!(shop.settled(&first).await["status"], "confirmed");
+    let claims = idempotency_bucket(&shop).await;
+    let dead_claim = |id: &str| {
+        json!({"state": "pending", "claimed_at_ms": 0, "order_id": id})
+            .to_string()
+            .into()
+    };
+
+    // 1. The order was announced and stored; only the answer was lost.
+    let stored = "o900010";
+    let js = async_nats::jetstream::new(async_nats::connect(&shop.nats.url).await.unwrap());
+    let announced = json!({
+        "id": stored, "user_id": lu, "status": "pending", "total_cents": 400,
+        "items": [{"sku": "pen", "quantity": 2, "price_cents": 200}],
+    });
+    js.publish("orders.created", announced.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    shop.stored(stored).await;
+    assert_eq!(shop.settled(stored).await["status"], "confirmed");
+    claims
+        .put("key/answer-lost", dead_claim(stored))
+        .await
+        .unwrap();
+    let r = shop
+        .place_order(&lu, &[("pen", 2)], Some("answer-lost"))
+        .await;
+    let o = r.expect(201);
+    assert_eq!(o["id"], stored, "{r}");
+    assert_eq!(r.header("idempotent-replayed"), Some("true"), "{r}");
+    assert_eq!(r.header("location"), Some("/v1/orders/o900010"), "{r}");
+    // And from now on the key answers that, byte for byte.
+    let again = shop
+        .place_order(&lu, &[("pen", 2)], Some("answer-lost"))
+        .await;
+    assert_eq!((again.status, &again.text), (201, &r.text), "{again}");
+
+    // 2. The id was picked but the order never got stored (the host died around the
+    // announcement): the retry places it under that id.
+    let picked = "o900011";
+    claims
+        .put("key/died-early", dead_claim(picked))
+        .await
+        .unwrap();
+    let r = shop
+        .place_order(&lu, &[("pen", 2)], Some("died-early"))
+        .await;
+    let o = r.expect(201);
+    assert_eq!(
+        (&o["id"], &o["status"]),
+        (&json!(picked), &json!("pending")),
+        "{r}"
+    );
+    assert_eq!(shop.settled(picked).await["status"], "confirmed");
+
+    // Neither retry took a new id, and the stock went once to each order.
+    let next = shop.order_accepted(&lu, &[("pen", 1)]).await;
+    assert_eq!(
+        id_number(&next),
+        id_number(&first) + 1,
+        "{next} after {first}"
+    );
+    assert_eq!(shop.settled(&next).await["status"], "confirmed");
+    shop.stock_becomes("pen", 10 - 1 - 2 - 2 - 1, 0).await;
+    for id in [stored, picked] {
+        let r = shop.get(&format!("/v1/payments/{id}")).await;
+        assert_eq!(r.expect(200)["amount_cents"], 400, "{r}");
+    }
 }
 
 /// A confirmed order with two items (so two review lookups), for order-details.

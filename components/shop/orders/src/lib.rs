@@ -30,11 +30,16 @@
 //! status it announces and publishes the recorded order again.
 //!
 //! Idempotent POST: the first request with a key claims it (compare-and-swap against
-//! "absent" in `idempotency`, key `key/<Idempotency-Key>`); its final answer (status,
+//! "absent" in `idempotency`, key `key/<Idempotency-Key>`) and records in the claim
+//! the order id it picks, before announcing the order. Its final answer (status,
 //! body, location) replaces the claim, and later requests with the key get that
 //! answer byte for byte with `idempotent-replayed: true`. A claim not yet answered →
-//! 409; a 5xx answer deletes the claim so the client can retry. A claim left by a
-//! request that died (older than [`CLAIM_LEASE_MS`]) is taken over.
+//! 409; a 5xx answer releases the claim so the client can retry at once. A claim
+//! left by a request that died (older than [`CLAIM_LEASE_MS`]), or released by a
+//! 5xx, is taken over together with its order id: if that order is stored, the
+//! answer is 201 with it; if not, the order is placed again under the same id. So a
+//! host dying after the announcement, or a publish that timed out but went out
+//! later, never turns one key into two orders.
 //!
 //! Keys in `orders`: `order/<id>`, `next-id` (the counter behind `o<n>`).
 
@@ -92,8 +97,13 @@ struct Product {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
 enum Claim {
-    /// A request holds the key and has not answered yet.
-    Pending { claimed_at_ms: u64 },
+    /// A request holds the key and has not answered yet; `order_id` once it has
+    /// picked the id of the order it is placing (before announcing it).
+    Pending {
+        claimed_at_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        order_id: Option<String>,
+    },
     /// The key's final answer.
     Answered {
         status: u16,
@@ -114,8 +124,8 @@ impl Guest for Orders {
 fn route(req: &Request) -> Result<Response> {
     match (req.method(), req.segments().as_slice()) {
         ("POST", ["v1", "orders"]) => match req.header(IDEMPOTENCY_KEY).map(str::trim) {
-            None => place(req),
-            Some(key) => idempotent(key, || place(req)),
+            None => place(req, None, |_| Ok(())),
+            Some(key) => idempotent(key, |id, record| place(req, id, record)),
         },
         ("GET", ["v1", "orders", id]) => {
             let order: Option<Order> = Bucket::open(ORDERS)?.get(&order_key(id))?;
@@ -128,7 +138,14 @@ fn route(req: &Request) -> Result<Response> {
 }
 
 /// Runs `handler` at most once per idempotency key (see the module docs).
-fn idempotent(key: &str, handler: impl FnOnce() -> Result<Response>) -> Result<Response> {
+///
+/// `handler` gets the order id a dead request with this key had picked (if its claim
+/// is being taken over), and a function that records the id it picks in the claim
+/// before the order is announced.
+fn idempotent(
+    key: &str,
+    handler: impl FnOnce(Option<String>, &dyn Fn(&str) -> Result<()>) -> Result<Response>,
+) -> Result<Response> {
     if key.is_empty() || key.len() > MAX_KEY_LEN {
         return Err(Error::bad_request(format!(
             "Idempotency-Key must be 1-{MAX_KEY_LEN} characters"
@@ -136,12 +153,16 @@ fn idempotent(key: &str, handler: impl FnOnce() -> Result<Response>) -> Result<R
     }
     let bucket = Bucket::open(IDEMPOTENCY)?;
     let claim_key = format!("key/{key}");
+    let claimed_at_ms = now_ms();
     let claim = shopkit::to_json(&Claim::Pending {
-        claimed_at_ms: now_ms(),
+        claimed_at_ms,
+        order_id: None,
     });
 
     // Claim the key, or find out who has it.
     let mut claimed = false;
+    // The order id a request that died with the claim had picked.
+    let mut inherited = None;
     for _ in 0..3 {
         if bucket.swap(&claim_key, None, &claim)? {
             claimed = true;
@@ -155,14 +176,8 @@ fn idempotent(key: &str, handler: impl FnOnce() -> Result<Response>) -> Result<R
                 status,
                 body,
                 location,
-            }) => {
-                let mut replay = Response::raw(status, body.into_bytes());
-                if let Some(location) = location {
-                    replay = replay.with_header("location", location);
-                }
-                return Ok(replay.with_header(REPLAYED, "true"));
-            }
-            Ok(Claim::Pending { claimed_at_ms })
+            }) => return Ok(replay(status, body, location)),
+            Ok(Claim::Pending { claimed_at_ms, .. })
                 if now_ms().saturating_sub(claimed_at_ms) < CLAIM_LEASE_MS =>
             {
                 return Err(Error::new(
@@ -171,9 +186,18 @@ fn idempotent(key: &str, handler: impl FnOnce() -> Result<Response>) -> Result<R
                 ));
             }
             // A stale or unreadable claim: take it over.
-            _ => {
-                if bucket.swap(&claim_key, Some(&current), &claim)? {
+            stale => {
+                let order_id = match stale {
+                    Ok(Claim::Pending { order_id, .. }) => order_id,
+                    _ => None,
+                };
+                let takeover = shopkit::to_json(&Claim::Pending {
+                    claimed_at_ms,
+                    order_id: order_id.clone(),
+                });
+                if bucket.swap(&claim_key, Some(&current), &takeover)? {
                     claimed = true;
+                    inherited = order_id;
                     break;
                 }
             }
@@ -183,9 +207,50 @@ fn idempotent(key: &str, handler: impl FnOnce() -> Result<Response>) -> Result<R
         return Err(Error::new(409, "Idempotency-Key is contended"));
     }
 
-    let response = handler().unwrap_or_else(Response::from);
+    // The request that died may have announced its order: if it is stored, that is
+    // the answer; if not, it is placed again under the same id, so an event of the
+    // first attempt still on its way and this one describe one order.
+    let stored = match &inherited {
+        Some(id) => Bucket::open(ORDERS)?.get::<Order>(&order_key(id))?,
+        None => None,
+    };
+    let record = |order_id: &str| -> Result<()> {
+        let mine = shopkit::to_json(&Claim::Pending {
+            claimed_at_ms,
+            order_id: inherited.clone(),
+        });
+        let with_id = shopkit::to_json(&Claim::Pending {
+            claimed_at_ms,
+            order_id: Some(order_id.to_string()),
+        });
+        if bucket.swap(&claim_key, Some(&mine), &with_id)? {
+            Ok(())
+        } else {
+            Err(Error::new(409, "Idempotency-Key was taken over"))
+        }
+    };
+    let response = match stored {
+        Some(order) => placed(&order).with_header(REPLAYED, "true"),
+        None => handler(inherited.clone(), &record).unwrap_or_else(Response::from),
+    };
     if response.status >= 500 {
-        bucket.delete(&claim_key)?;
+        // Let the client retry at once. If an id was picked, its order may have been
+        // announced after all (a publish that timed out can still go out), so the
+        // retry inherits the id instead of placing a second order.
+        let picked = bucket.get::<Claim>(&claim_key)?.and_then(|c| match c {
+            Claim::Pending { order_id, .. } => order_id,
+            Claim::Answered { .. } => None,
+        });
+        match picked {
+            Some(order_id) => bucket.set(
+                &claim_key,
+                &Claim::Pending {
+                    claimed_at_ms: 0,
+                    order_id: Some(order_id),
+                },
+            )?,
+            None => bucket.delete(&claim_key)?,
+        }
     } else {
         bucket.set(
             &claim_key,
@@ -199,8 +264,29 @@ fn idempotent(key: &str, handler: impl FnOnce() -> Result<Response>) -> Result<R
     Ok(response)
 }
 
-/// Validates, prices, stores and announces a new order.
-fn place(req: &Request) -> Result<Response> {
+/// The recorded answer for a key, again.
+fn replay(status: u16, body: String, location: Option<String>) -> Response {
+    let mut replay = Response::raw(status, body.into_bytes());
+    if let Some(location) = location {
+        replay = replay.with_header("location", location);
+    }
+    replay.with_header(REPLAYED, "true")
+}
+
+/// The answer to a placed order: 201 with the order and its location.
+fn placed(order: &Order) -> Response {
+    let location = format!("/v1/orders/{}", order.id);
+    Response::json(201, order).with_header("location", location)
+}
+
+/// Validates, prices, announces and stores a new order. `id`: the id to use (a
+/// retried request whose first attempt picked it), else a new one; `record` is
+/// told the id before the order is announced.
+fn place(
+    req: &Request,
+    id: Option<String>,
+    record: impl FnOnce(&str) -> Result<()>,
+) -> Result<Response> {
     let new: NewOrder = req.json()?;
     let user_id = new.user_id.trim();
     if user_id.is_empty() {
@@ -265,8 +351,13 @@ fn place(req: &Request) -> Result<Response> {
     }
 
     let bucket = Bucket::open(ORDERS)?;
+    let id = match id {
+        Some(id) => id,
+        None => format!("o{}", bucket.increment("next-id", 1)?),
+    };
+    record(&id)?;
     let order = Order {
-        id: format!("o{}", bucket.increment("next-id", 1)?),
+        id,
         user_id: user_id.to_string(),
         items,
         total_cents,
@@ -285,8 +376,7 @@ fn place(req: &Request) -> Result<Response> {
             &format!("order {} not stored yet ({e}); its event will", order.id),
         );
     }
-    let location = format!("/v1/orders/{}", order.id);
-    Ok(Response::json(201, &order).with_header("location", location))
+    Ok(placed(&order))
 }
 
 impl MessageHandler for Orders {
