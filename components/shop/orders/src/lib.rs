@@ -214,6 +214,9 @@ fn idempotent(
         Some(id) => Bucket::open(ORDERS)?.get::<Order>(&order_key(id))?,
         None => None,
     };
+    // Set when the claim turns out to be someone else's (taken over meanwhile): the
+    // answer then must not touch it.
+    let lost = std::cell::Cell::new(false);
     let record = |order_id: &str| -> Result<()> {
         let mine = shopkit::to_json(&Claim::Pending {
             claimed_at_ms,
@@ -226,6 +229,7 @@ fn idempotent(
         if bucket.swap(&claim_key, Some(&mine), &with_id)? {
             Ok(())
         } else {
+            lost.set(true);
             Err(Error::new(409, "Idempotency-Key was taken over"))
         }
     };
@@ -233,6 +237,9 @@ fn idempotent(
         Some(order) => placed(&order).with_header(REPLAYED, "true"),
         None => handler(inherited.clone(), &record).unwrap_or_else(Response::from),
     };
+    if lost.get() {
+        return Ok(response);
+    }
     if response.status >= 500 {
         // Let the client retry at once. If an id was picked, its order may have been
         // announced after all (a publish that timed out can still go out), so the
