@@ -31,15 +31,17 @@
 //!
 //! Idempotent POST: the first request with a key claims it (compare-and-swap against
 //! "absent" in `idempotency`, key `key/<Idempotency-Key>`) and records in the claim
-//! the order id it picks, before announcing the order. Its final answer (status,
-//! body, location) replaces the claim, and later requests with the key get that
-//! answer byte for byte with `idempotent-replayed: true`. A claim not yet answered →
-//! 409; a 5xx answer releases the claim so the client can retry at once. A claim
-//! left by a request that died (older than [`CLAIM_LEASE_MS`]), or released by a
-//! 5xx, is taken over together with its order id: if that order is stored, the
-//! answer is 201 with it; if not, the order is placed again under the same id. So a
-//! host dying after the announcement, or a publish that timed out but went out
-//! later, never turns one key into two orders.
+//! the priced order, before announcing it. Its final answer (status, body, location)
+//! replaces the claim, and later requests with the key get that answer byte for byte
+//! with `idempotent-replayed: true`. A claim not yet answered → 409; a 5xx answer
+//! releases the claim so the client can retry at once. A claim left by a request that
+//! died (older than [`CLAIM_LEASE_MS`]), or released by a 5xx, is taken over together
+//! with its order: if that order is stored, the answer is 201 with it; if not, it is
+//! announced and stored exactly as recorded (the retry's own body is not priced
+//! again). So a host dying after the announcement, or a publish that failed but went
+//! out later, never turns one key into two orders. Every write to a claim after the
+//! first is a compare-and-swap from what this request wrote last: a request whose
+//! claim was taken over answers without touching it.
 //!
 //! Keys in `orders`: `order/<id>`, `next-id` (the counter behind `o<n>`).
 
@@ -97,12 +99,12 @@ struct Product {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
 enum Claim {
-    /// A request holds the key and has not answered yet; `order_id` once it has
-    /// picked the id of the order it is placing (before announcing it).
+    /// A request holds the key and has not answered yet; `order` once it has priced
+    /// the order it is placing (recorded before announcing it).
     Pending {
         claimed_at_ms: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        order_id: Option<String>,
+        order: Option<Order>,
     },
     /// The key's final answer.
     Answered {
@@ -124,8 +126,8 @@ impl Guest for Orders {
 fn route(req: &Request) -> Result<Response> {
     match (req.method(), req.segments().as_slice()) {
         ("POST", ["v1", "orders"]) => match req.header(IDEMPOTENCY_KEY).map(str::trim) {
-            None => place(req, None, |_| Ok(())),
-            Some(key) => idempotent(key, |id, record| place(req, id, record)),
+            None => place(req, |_| Ok(())),
+            Some(key) => idempotent(key, |record| place(req, record)),
         },
         ("GET", ["v1", "orders", id]) => {
             let order: Option<Order> = Bucket::open(ORDERS)?.get(&order_key(id))?;
@@ -139,12 +141,11 @@ fn route(req: &Request) -> Result<Response> {
 
 /// Runs `handler` at most once per idempotency key (see the module docs).
 ///
-/// `handler` gets the order id a dead request with this key had picked (if its claim
-/// is being taken over), and a function that records the id it picks in the claim
-/// before the order is announced.
+/// `handler` gets a function that records the priced order in the claim; it must
+/// call it before announcing the order.
 fn idempotent(
     key: &str,
-    handler: impl FnOnce(Option<String>, &dyn Fn(&str) -> Result<()>) -> Result<Response>,
+    handler: impl FnOnce(&dyn Fn(&Order) -> Result<()>) -> Result<Response>,
 ) -> Result<Response> {
     if key.is_empty() || key.len() > MAX_KEY_LEN {
         return Err(Error::bad_request(format!(
@@ -154,18 +155,21 @@ fn idempotent(
     let bucket = Bucket::open(IDEMPOTENCY)?;
     let claim_key = format!("key/{key}");
     let claimed_at_ms = now_ms();
-    let claim = shopkit::to_json(&Claim::Pending {
-        claimed_at_ms,
-        order_id: None,
-    });
+    let pending = |order: Option<&Order>| {
+        shopkit::to_json(&Claim::Pending {
+            claimed_at_ms,
+            order: order.cloned(),
+        })
+    };
 
-    // Claim the key, or find out who has it.
-    let mut claimed = false;
-    // The order id a request that died with the claim had picked.
+    // Claim the key, or find out who has it. `inherited`: the order a request that
+    // died holding the claim (or failed with a 5xx) had recorded.
+    let mut claim = None;
     let mut inherited = None;
     for _ in 0..3 {
-        if bucket.swap(&claim_key, None, &claim)? {
-            claimed = true;
+        let fresh = pending(None);
+        if bucket.swap(&claim_key, None, &fresh)? {
+            claim = Some(fresh);
             break;
         }
         let Some(current) = bucket.get_raw(&claim_key)? else {
@@ -185,90 +189,106 @@ fn idempotent(
                     "a request with this Idempotency-Key is still in progress",
                 ));
             }
-            // A stale or unreadable claim: take it over.
+            // A stale or unreadable claim: take it over, with its order.
             stale => {
-                let order_id = match stale {
-                    Ok(Claim::Pending { order_id, .. }) => order_id,
+                let order = match stale {
+                    Ok(Claim::Pending { order, .. }) => order,
                     _ => None,
                 };
-                let takeover = shopkit::to_json(&Claim::Pending {
-                    claimed_at_ms,
-                    order_id: order_id.clone(),
-                });
+                let takeover = pending(order.as_ref());
                 if bucket.swap(&claim_key, Some(&current), &takeover)? {
-                    claimed = true;
-                    inherited = order_id;
+                    claim = Some(takeover);
+                    inherited = order;
                     break;
                 }
             }
         }
     }
-    if !claimed {
+    let Some(claim) = claim else {
         return Err(Error::new(409, "Idempotency-Key is contended"));
-    }
-
-    // The request that died may have announced its order: if it is stored, that is
-    // the answer; if not, it is placed again under the same id, so an event of the
-    // first attempt still on its way and this one describe one order.
-    let stored = match &inherited {
-        Some(id) => Bucket::open(ORDERS)?.get::<Order>(&order_key(id))?,
-        None => None,
     };
-    // Set when the claim turns out to be someone else's (taken over meanwhile): the
-    // answer then must not touch it.
+    // What the claim holds now (as written by this request), so every later write
+    // is a compare-and-swap: a claim taken over meanwhile is never overwritten.
+    let mine = std::cell::RefCell::new(claim);
     let lost = std::cell::Cell::new(false);
-    let record = |order_id: &str| -> Result<()> {
-        let mine = shopkit::to_json(&Claim::Pending {
-            claimed_at_ms,
-            order_id: inherited.clone(),
-        });
-        let with_id = shopkit::to_json(&Claim::Pending {
-            claimed_at_ms,
-            order_id: Some(order_id.to_string()),
-        });
-        if bucket.swap(&claim_key, Some(&mine), &with_id)? {
+    let swap_mine = |new: Option<Vec<u8>>| -> Result<bool> {
+        let current = mine.borrow().clone();
+        let ok = match &new {
+            Some(new) => bucket.swap(&claim_key, Some(&current), new)?,
+            None => match bucket.get_raw(&claim_key)? {
+                Some(now) if now == current => {
+                    bucket.delete(&claim_key)?;
+                    true
+                }
+                _ => false,
+            },
+        };
+        match (ok, new) {
+            (true, Some(new)) => *mine.borrow_mut() = new,
+            (true, None) => {}
+            (false, _) => lost.set(true),
+        }
+        Ok(ok)
+    };
+    let record = |order: &Order| -> Result<()> {
+        if swap_mine(Some(pending(Some(order))))? {
             Ok(())
         } else {
-            lost.set(true);
             Err(Error::new(409, "Idempotency-Key was taken over"))
         }
     };
-    let response = match stored {
-        Some(order) => placed(&order).with_header(REPLAYED, "true"),
-        None => handler(inherited.clone(), &record).unwrap_or_else(Response::from),
+
+    let outcome = match inherited {
+        // The request before may have announced its order: the answer is that order,
+        // as stored, or else announced again exactly as it was priced then (every
+        // saga step is keyed by the order id, so two announcements are one order).
+        Some(order) => resume(&order),
+        None => handler(&record),
     };
+    let response = outcome.unwrap_or_else(Response::from);
     if lost.get() {
         return Ok(response);
     }
-    if response.status >= 500 {
-        // Let the client retry at once. If an id was picked, its order may have been
-        // announced after all (a publish that timed out can still go out), so the
-        // retry inherits the id instead of placing a second order.
-        let picked = bucket.get::<Claim>(&claim_key)?.and_then(|c| match c {
-            Claim::Pending { order_id, .. } => order_id,
-            Claim::Answered { .. } => None,
-        });
-        match picked {
-            Some(order_id) => bucket.set(
-                &claim_key,
-                &Claim::Pending {
-                    claimed_at_ms: 0,
-                    order_id: Some(order_id),
-                },
-            )?,
-            None => bucket.delete(&claim_key)?,
+    let last = if response.status >= 500 {
+        // Released so the client can retry at once. A recorded order is kept (as a
+        // claim anyone may take over): it may have been announced after all (a
+        // publish that failed can still have gone out), so the retry answers with it.
+        match shopkit::from_json::<Claim>(&mine.borrow()) {
+            Ok(Claim::Pending {
+                order: Some(order), ..
+            }) => Some(shopkit::to_json(&Claim::Pending {
+                claimed_at_ms: 0,
+                order: Some(order),
+            })),
+            _ => None,
         }
     } else {
-        bucket.set(
-            &claim_key,
-            &Claim::Answered {
-                status: response.status,
-                body: String::from_utf8_lossy(&response.body).into_owned(),
-                location: response.header("location").map(str::to_string),
-            },
-        )?;
+        Some(shopkit::to_json(&Claim::Answered {
+            status: response.status,
+            body: String::from_utf8_lossy(&response.body).into_owned(),
+            location: response.header("location").map(str::to_string),
+        }))
+    };
+    // A failure here leaves the claim to expire: the answer still stands.
+    if let Err(e) = swap_mine(last) {
+        shopkit::log::warn("orders", &format!("claim {key} not updated: {}", e.message));
     }
     Ok(response)
+}
+
+/// Finishes an order a dead request recorded: answers with it if it is stored, else
+/// announces and stores it exactly as recorded.
+fn resume(order: &Order) -> Result<Response> {
+    let bucket = Bucket::open(ORDERS)?;
+    let stored = match bucket.get::<Order>(&order_key(&order.id))? {
+        Some(stored) => stored,
+        None => {
+            events::publish(saga::ORDERS_CREATED, order)?;
+            store_new_or_warn(&bucket, order);
+            order.clone()
+        }
+    };
+    Ok(placed(&stored).with_header(REPLAYED, "true"))
 }
 
 /// The recorded answer for a key, again.
@@ -286,14 +306,9 @@ fn placed(order: &Order) -> Response {
     Response::json(201, order).with_header("location", location)
 }
 
-/// Validates, prices, announces and stores a new order. `id`: the id to use (a
-/// retried request whose first attempt picked it), else a new one; `record` is
-/// told the id before the order is announced.
-fn place(
-    req: &Request,
-    id: Option<String>,
-    record: impl FnOnce(&str) -> Result<()>,
-) -> Result<Response> {
+/// Validates, prices, announces and stores a new order; `record` gets the priced
+/// order before it is announced.
+fn place(req: &Request, record: impl FnOnce(&Order) -> Result<()>) -> Result<Response> {
     let new: NewOrder = req.json()?;
     let user_id = new.user_id.trim();
     if user_id.is_empty() {
@@ -358,13 +373,8 @@ fn place(
     }
 
     let bucket = Bucket::open(ORDERS)?;
-    let id = match id {
-        Some(id) => id,
-        None => format!("o{}", bucket.increment("next-id", 1)?),
-    };
-    record(&id)?;
     let order = Order {
-        id,
+        id: format!("o{}", bucket.increment("next-id", 1)?),
         user_id: user_id.to_string(),
         items,
         total_cents,
@@ -375,14 +385,9 @@ fn place(
     // component's own durable subscription stores the order even if the host dies
     // before the store below. Storing first would leave a `pending` order nobody
     // hears of if the host died before the publish.
+    record(&order)?;
     events::publish(saga::ORDERS_CREATED, &order)?;
-    if let Err(e) = store_new(&bucket, &order) {
-        // The order is placed: its own event stores it (retried until it is).
-        shopkit::log::warn(
-            "orders",
-            &format!("order {} not stored yet ({e}); its event will", order.id),
-        );
-    }
+    store_new_or_warn(&bucket, &order);
     Ok(placed(&order))
 }
 
@@ -390,7 +395,16 @@ impl MessageHandler for Orders {
     fn handle(subject: &str, body: &[u8]) -> Result<()> {
         if subject == saga::ORDERS_CREATED {
             // Our own announcement: store the order unless placing it already did.
-            let order: Order = shopkit::from_json(body)?;
+            // Whatever the event says, an order starts `pending`: only the saga's
+            // own events move it on.
+            let mut order: Order = shopkit::from_json(body)?;
+            if order.id.is_empty() || order.user_id.is_empty() || order.items.is_empty() {
+                return Err(Error::bad_request(
+                    "orders.created without id, user or items",
+                ));
+            }
+            order.status = OrderStatus::Pending;
+            order.reason = None;
             return store_new(&Bucket::open(ORDERS)?, &order);
         }
         let status = match subject {
@@ -444,6 +458,17 @@ impl MessageHandler for Orders {
 /// the saga may have moved it on, and it must stay where the saga put it).
 fn store_new(bucket: &Bucket, order: &Order) -> Result<()> {
     bucket.insert_new(&order_key(&order.id), order).map(drop)
+}
+
+/// [`store_new`] after the announcement: a failure is only logged, because the
+/// order's own event stores it (retried until it is).
+fn store_new_or_warn(bucket: &Bucket, order: &Order) {
+    if let Err(e) = store_new(bucket, order) {
+        shopkit::log::warn(
+            "orders",
+            &format!("order {} not stored yet ({e}); its event will", order.id),
+        );
+    }
 }
 
 fn order_key(id: &str) -> String {
