@@ -91,9 +91,12 @@ pub trait Bus: Send + Sync + 'static {
     /// Where it is, for humans (`nats://127.0.0.1:4222`, `in-process`).
     fn describe(&self) -> String;
 
-    /// Publishes `message` (its `reply_to` and headers included). Ok means it is out
-    /// of the publisher's hands: NATS, written to the server's connection (so it
-    /// survives this host dying right after); in-process, queued to the subscribers.
+    /// Publishes `message` (its `reply_to` and headers included), within 2 s or an
+    /// error. NATS: a durable event (a subject the events stream captures, as this
+    /// host knows it, without `reply_to`) goes through JetStream and ok means the
+    /// stream stored it; anything else is ok once written to the client's socket (a
+    /// reconnect at that moment can still lose it). In-process: queued to the
+    /// subscribers.
     async fn publish(&self, message: Message) -> Result<(), BusError>;
 
     /// Publishes `message` with a fresh reply subject and waits for the first answer.

@@ -4,6 +4,7 @@
 //! then fail with [`BusError::Unavailable`].
 
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::{HeaderMap, RequestErrorKind};
@@ -34,6 +35,9 @@ pub struct NatsOptions {
 pub struct NatsBus {
     client: async_nats::Client,
     url: String,
+    /// Subjects the durable events stream captures, as last seen by this host (see
+    /// [`NatsBus::publish`]).
+    captured: Arc<RwLock<Vec<String>>>,
 }
 
 impl NatsBus {
@@ -91,7 +95,42 @@ impl NatsBus {
         Ok(NatsBus {
             client,
             url: opts.url.clone(),
+            captured: Arc::default(),
         })
+    }
+
+    /// Records the subjects the durable events stream captures (every deploy of a
+    /// durable subscription on this host updates them).
+    pub fn set_captured(&self, subjects: Vec<String>) {
+        *self.captured.write().unwrap_or_else(|e| e.into_inner()) = subjects;
+    }
+
+    fn is_captured(&self, subject: &str) -> bool {
+        self.captured
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|p| super::subject::matches(p, subject))
+    }
+
+    /// A core NATS publish, waited for until it is written to the server's
+    /// connection (`publish` alone only queues it in this process).
+    async fn send(
+        &self,
+        subject: String,
+        reply_to: Option<String>,
+        headers: Option<HeaderMap>,
+        body: bytes::Bytes,
+    ) -> Result<(), BusError> {
+        let c = &self.client;
+        match (reply_to, headers) {
+            (None, None) => c.publish(subject, body).await,
+            (None, Some(h)) => c.publish_with_headers(subject, h, body).await,
+            (Some(r), None) => c.publish_with_reply(subject, r, body).await,
+            (Some(r), Some(h)) => c.publish_with_reply_and_headers(subject, r, h, body).await,
+        }
+        .map_err(unavailable)?;
+        c.flush().await.map_err(unavailable)
     }
 
     /// The underlying client (for JetStream).
@@ -152,27 +191,34 @@ impl Bus for NatsBus {
         super::subject::check(&m.subject, false)
             .map_err(|_| BusError::InvalidSubject(m.subject.clone()))?;
         let subject = m.subject;
-        let result = match (m.reply_to, to_headers(&m.headers)) {
-            (None, None) => self.client.publish(subject, m.body).await,
-            (None, Some(h)) => self.client.publish_with_headers(subject, h, m.body).await,
-            (Some(r), None) => self.client.publish_with_reply(subject, r, m.body).await,
-            (Some(r), Some(h)) => {
-                self.client
-                    .publish_with_reply_and_headers(subject, r, h, m.body)
-                    .await
-            }
+        let headers = to_headers(&m.headers);
+        // A durable event (a subject the events stream captures, no reply subject):
+        // published through JetStream, and ok only once the stream has stored it.
+        if m.reply_to.is_none() && self.is_captured(&subject) {
+            let js = async_nats::jetstream::new(self.client.clone());
+            let stored = async {
+                let ack = match headers {
+                    Some(h) => js.publish_with_headers(subject.clone(), h, m.body).await,
+                    None => js.publish(subject.clone(), m.body).await,
+                }
+                .map_err(unavailable)?;
+                ack.await.map(drop).map_err(unavailable)
+            };
+            return match tokio::time::timeout(PUBLISH_TIMEOUT, stored).await {
+                Ok(result) => result,
+                Err(_) => Err(BusError::Unavailable(format!(
+                    "{subject}: not stored by JetStream within {PUBLISH_TIMEOUT:?}; it may still be"
+                ))),
+            };
+        }
+        let sent = async {
+            self.send(subject.clone(), m.reply_to, headers, m.body)
+                .await
         };
-        result.map_err(unavailable)?;
-        // `publish` only queues the message in this process. Wait until it is written
-        // to the server's socket, so a publish that returned ok survives the host
-        // dying right after (a service that answers "placed" once its event is
-        // published relies on that). Bounded: while disconnected the client keeps
-        // the message and sends it on reconnect, but the caller learns it is not out.
-        match tokio::time::timeout(PUBLISH_FLUSH_TIMEOUT, self.client.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(unavailable(e)),
+        match tokio::time::timeout(PUBLISH_TIMEOUT, sent).await {
+            Ok(result) => result,
             Err(_) => Err(BusError::Unavailable(format!(
-                "not sent to {} within {PUBLISH_FLUSH_TIMEOUT:?} (disconnected?); it may still be sent on reconnect",
+                "{subject}: not sent to {} within {PUBLISH_TIMEOUT:?} (disconnected?); it may still be sent on reconnect",
                 self.url
             ))),
         }
@@ -220,8 +266,9 @@ impl Bus for NatsBus {
     }
 }
 
-/// How long a publish waits for its message to leave the process.
-const PUBLISH_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a publish may take (queued, written, and for a durable event stored by
+/// JetStream) before it is reported as failed.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long [`NatsBus::settle`] waits for its round trip.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -82,7 +82,12 @@ pub async fn start(
 ) -> anyhow::Result<()> {
     let js = jetstream::new(bus.client().clone());
     let spec = &component.spec.messaging;
-    let stream = events_stream(&js, &spec.subscribe).await?;
+    let mut stream = events_stream(&js, &spec.subscribe).await?;
+    // From now on this host's publishes to these subjects wait for JetStream to
+    // store them (the bus's `publish`).
+    if let Ok(info) = stream.info().await {
+        bus.set_captured(info.config.subjects.clone());
+    }
     js.create_or_update_stream(stream::Config {
         name: DLQ_STREAM.into(),
         subjects: vec!["wasmhive.dlq.>".into()],
