@@ -1,7 +1,9 @@
 //! A `nats-server` the host starts for itself when no `--nats` URL is given and the
 //! binary is on PATH: loopback only, a free port, JetStream on with its store under
-//! the data dir. It stops with the host (also if the host is killed: the child gets
-//! SIGTERM when its parent dies).
+//! the data dir. It stops with the host, after the host's drain (on Linux it runs in
+//! its own process group, so a terminal's Ctrl-C reaches only the host; if the host
+//! is killed, the child gets SIGTERM when its parent dies). Elsewhere it shares the
+//! host's process group and gets the terminal's signals with it.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -44,7 +46,9 @@ impl ManagedNats {
         // Its own process group: a terminal's Ctrl-C goes to the host's group, and
         // the server must outlive the host's drain (in-flight handlers still publish
         // and ack); the host stops it afterwards.
-        #[cfg(unix)]
+        // Linux only: there the parent-death signal below still stops it if the host
+        // dies without cleaning up; elsewhere it stays in the host's group.
+        #[cfg(target_os = "linux")]
         cmd.process_group(0);
         #[cfg(target_os = "linux")]
         // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.

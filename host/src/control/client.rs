@@ -144,7 +144,7 @@ impl AdminClient {
             }
             .map_err(|e| anyhow::anyhow!("the host went away mid-stream ({e})"))?;
             let Some(chunk) = chunk else {
-                eprintln!("the host ended the subscription (it is shutting down)");
+                eprintln!("the host closed the subscription");
                 return Ok(seen);
             };
             pending.extend_from_slice(&chunk);

@@ -60,7 +60,7 @@ impl MessagingCtx {
             .collect()
     }
 
-    /// The invocation's `traceparent` (it was set from a `&str`, so it is text).
+    /// The invocation's `traceparent` (one the host built or parsed: visible ASCII).
     fn traceparent(&self) -> Option<&str> {
         self.traceparent.as_ref().and_then(|t| t.to_str().ok())
     }
