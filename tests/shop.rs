@@ -901,6 +901,62 @@ async fn an_order_announced_but_never_stored_still_completes() {
     shop.stock_becomes("lamp", 0, 0).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outcome_before_its_order_waits_for_it() {
+    // With the order announced before it is stored, a saga outcome can reach orders
+    // before the order does. It must be retried, not dropped as unknown: here
+    // `payments.failed` comes first, and the order ends `cancelled` once its
+    // `orders.created` arrives. (Inventory is stopped so that the saga itself does
+    // not move the order meanwhile.)
+    let shop = Shop::start();
+    let mo = shop.create_user("Mo").await;
+    let out = shop.host().cli(&["stop", "shop", "inventory"]);
+    assert!(
+        out.status.success(),
+        "wasmhive stop shop inventory: {out:?}"
+    );
+    let id = "o900020";
+    let order = json!({
+        "id": id, "user_id": mo, "status": "pending", "total_cents": 300,
+        "items": [{"sku": "cup", "quantity": 1, "price_cents": 300}],
+    });
+    let mut failed = order.clone();
+    failed["reason"] = json!("payment declined: test");
+    let js = async_nats::jetstream::new(async_nats::connect(&shop.nats.url).await.unwrap());
+    js.publish("payments.failed", failed.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // orders has seen the outcome and failed it (the order is unknown).
+    eventually("orders to fail the early outcome", SAGA, async || {
+        let failed = shop.host().component_status("shop", "orders")["failures"]
+            .as_u64()
+            .unwrap_or(0);
+        if failed > 0 {
+            Ok(())
+        } else {
+            Err("no failed invocation yet".into())
+        }
+    })
+    .await;
+    let r = shop.get(&format!("/v1/orders/{id}")).await;
+    assert_eq!(r.status, 404, "{r}");
+
+    js.publish("orders.created", order.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    shop.stored(id).await;
+    let o = shop.settled(id).await;
+    assert_eq!(
+        (&o["status"], &o["reason"]),
+        (&json!("cancelled"), &json!("payment declined: test")),
+        "{o}"
+    );
+}
+
 /// The JetStream key-value bucket behind the shop's `idempotency` bucket (named
 /// `WH_shop_orders_idempotency_<hash>`; it exists once a keyed POST has run).
 async fn idempotency_bucket(shop: &Shop) -> async_nats::jetstream::kv::Store {
