@@ -99,10 +99,16 @@ impl NatsBus {
         })
     }
 
-    /// Records the subjects the durable events stream captures (every deploy of a
-    /// durable subscription on this host updates them).
-    pub fn set_captured(&self, subjects: Vec<String>) {
-        *self.captured.write().unwrap_or_else(|e| e.into_inner()) = subjects;
+    /// Adds to the subjects the durable events stream is known to capture (every
+    /// deploy of a durable subscription on this host reports the stream's list; the
+    /// stream only ever gains subjects, so lists reported out of order add up).
+    pub fn add_captured(&self, subjects: Vec<String>) {
+        let mut captured = self.captured.write().unwrap_or_else(|e| e.into_inner());
+        for s in subjects {
+            if !captured.contains(&s) {
+                captured.push(s);
+            }
+        }
     }
 
     fn is_captured(&self, subject: &str) -> bool {

@@ -86,7 +86,7 @@ pub async fn start(
     // From now on this host's publishes to these subjects wait for JetStream to
     // store them (the bus's `publish`).
     if let Ok(info) = stream.info().await {
-        bus.set_captured(info.config.subjects.clone());
+        bus.add_captured(info.config.subjects.clone());
     }
     js.create_or_update_stream(stream::Config {
         name: DLQ_STREAM.into(),
