@@ -973,10 +973,10 @@ async fn idempotency_bucket(shop: &Shop) -> async_nats::jetstream::kv::Store {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retry_after_the_host_died_mid_post_places_no_second_order() {
-    // A POST with an Idempotency-Key records the order id it picks in its claim before
-    // announcing the order. If the host dies before answering, the client's retry
-    // (after the claim's lease) must end in that same order, never a second one:
-    // the order if it was stored, else the same id placed again. The dead request's
+    // A POST with an Idempotency-Key records the priced order in its claim before
+    // announcing it. If the host dies before answering, the client's retry (after the
+    // claim's lease) must end in that same order, never a second one: the order if
+    // it was stored, else the recorded order announced as it was. The dead request's
     // claims are written here as it would have left them.
     let shop = Shop::start();
     let lu = shop.create_user("Lu").await;

@@ -38,6 +38,8 @@ pub struct NatsBus {
     /// Subjects the durable events stream captures, as last seen by this host (see
     /// [`NatsBus::publish`]).
     captured: Arc<RwLock<Vec<String>>>,
+    /// For durable events (one context: each builds an acker task).
+    js: async_nats::jetstream::Context,
 }
 
 impl NatsBus {
@@ -92,10 +94,13 @@ impl NatsBus {
             o = o.add_root_certificates(ca.clone()).require_tls(true);
         }
         let client = o.connect(opts.url.as_str()).await?;
+        let mut js = async_nats::jetstream::new(client.clone());
+        js.set_timeout(PUBLISH_TIMEOUT);
         Ok(NatsBus {
             client,
             url: opts.url.clone(),
             captured: Arc::default(),
+            js,
         })
     }
 
@@ -201,7 +206,7 @@ impl Bus for NatsBus {
         // A durable event (a subject the events stream captures, no reply subject):
         // published through JetStream, and ok only once the stream has stored it.
         if m.reply_to.is_none() && self.is_captured(&subject) {
-            let js = async_nats::jetstream::new(self.client.clone());
+            let js = &self.js;
             let stored = async {
                 let ack = match headers {
                     Some(h) => js.publish_with_headers(subject.clone(), h, m.body).await,
@@ -268,7 +273,23 @@ impl Bus for NatsBus {
         }
         .map_err(unavailable)?;
         self.settle().await;
-        Ok(Box::pin(sub.map(from_nats)))
+        // A durable event published through JetStream carries its ack inbox as the
+        // reply subject. A plain subscriber must not see it: answering it would race
+        // the stream's acknowledgement and fail the publisher.
+        let captured = self.captured.clone();
+        Ok(Box::pin(sub.map(move |m| {
+            let mut m = from_nats(m);
+            if m.reply_to.is_some()
+                && captured
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .any(|p| super::subject::matches(p, &m.subject))
+            {
+                m.reply_to = None;
+            }
+            m
+        })))
     }
 }
 

@@ -85,8 +85,12 @@ pub async fn start(
     let mut stream = events_stream(&js, &spec.subscribe).await?;
     // From now on this host's publishes to these subjects wait for JetStream to
     // store them (the bus's `publish`).
-    if let Ok(info) = stream.info().await {
-        bus.add_captured(info.config.subjects.clone());
+    bus.add_captured(spec.subscribe.clone());
+    match stream.info().await {
+        Ok(info) => bus.add_captured(info.config.subjects.clone()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the events stream's subjects; publishing to other durable subjects without waiting for JetStream")
+        }
     }
     js.create_or_update_stream(stream::Config {
         name: DLQ_STREAM.into(),

@@ -211,27 +211,18 @@ fn idempotent(
     // is a compare-and-swap: a claim taken over meanwhile is never overwritten.
     let mine = std::cell::RefCell::new(claim);
     let lost = std::cell::Cell::new(false);
-    let swap_mine = |new: Option<Vec<u8>>| -> Result<bool> {
+    let swap_mine = |new: Vec<u8>| -> Result<bool> {
         let current = mine.borrow().clone();
-        let ok = match &new {
-            Some(new) => bucket.swap(&claim_key, Some(&current), new)?,
-            None => match bucket.get_raw(&claim_key)? {
-                Some(now) if now == current => {
-                    bucket.delete(&claim_key)?;
-                    true
-                }
-                _ => false,
-            },
-        };
-        match (ok, new) {
-            (true, Some(new)) => *mine.borrow_mut() = new,
-            (true, None) => {}
-            (false, _) => lost.set(true),
+        let ok = bucket.swap(&claim_key, Some(&current), &new)?;
+        if ok {
+            *mine.borrow_mut() = new;
+        } else {
+            lost.set(true);
         }
         Ok(ok)
     };
     let record = |order: &Order| -> Result<()> {
-        if swap_mine(Some(pending(Some(order))))? {
+        if swap_mine(pending(Some(order)))? {
             Ok(())
         } else {
             Err(Error::new(409, "Idempotency-Key was taken over"))
@@ -250,24 +241,25 @@ fn idempotent(
         return Ok(response);
     }
     let last = if response.status >= 500 {
-        // Released so the client can retry at once. A recorded order is kept (as a
-        // claim anyone may take over): it may have been announced after all (a
-        // publish that failed can still have gone out), so the retry answers with it.
-        match shopkit::from_json::<Claim>(&mine.borrow()) {
-            Ok(Claim::Pending {
-                order: Some(order), ..
-            }) => Some(shopkit::to_json(&Claim::Pending {
-                claimed_at_ms: 0,
-                order: Some(order),
-            })),
+        // Released so the client can retry at once: a claim anyone may take over
+        // (a compare-and-swap, never a delete, so a claim taken over meanwhile
+        // stays). A recorded order is kept in it: it may have been announced after
+        // all (a publish that failed can still have gone out), so the retry answers
+        // with it.
+        let order = match shopkit::from_json::<Claim>(&mine.borrow()) {
+            Ok(Claim::Pending { order, .. }) => order,
             _ => None,
-        }
+        };
+        shopkit::to_json(&Claim::Pending {
+            claimed_at_ms: 0,
+            order,
+        })
     } else {
-        Some(shopkit::to_json(&Claim::Answered {
+        shopkit::to_json(&Claim::Answered {
             status: response.status,
             body: String::from_utf8_lossy(&response.body).into_owned(),
             location: response.header("location").map(str::to_string),
-        }))
+        })
     };
     // A failure here leaves the claim to expire: the answer still stands.
     if let Err(e) = swap_mine(last) {
