@@ -233,19 +233,27 @@ async fn a_trap_in_a_reused_p3_instance_fails_only_its_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_p3_request_past_its_deadline_is_504_and_the_next_is_served() {
+    // The guest would sleep 10 s; its 2 s deadline answers 504 instead (a 200 would
+    // mean the deadline was not enforced).
+    deadline_stops("/sleep?ms=10000", 1).await;
+}
+
+/// Requests `path`, which must run past the deadline: 504, one failure counted, and
+/// the host then serves `/hello` `served_after` times.
+async fn deadline_stops(path: &str, served_after: usize) {
     let ws = Workspace::new();
     let host = Host::start(&[&manifest(&ws, "")]);
     let c = client();
-    // The guest would sleep 10 s; its 2 s deadline answers 504 instead (a 200 would
-    // mean the deadline was not enforced).
-    let (status, _) = get_text(&c, host.url("/sleep?ms=10000")).await;
+    let (status, _) = get_text(&c, host.url(path)).await;
     assert_eq!(status, 504);
     let s = host.component_status("p3", "api");
     assert_eq!(s["failures"], 1, "{s:#}");
-    assert_eq!(
-        get_text(&c, host.url("/hello")).await,
-        (200, "hello from wasi 0.3\n".into())
-    );
+    for _ in 0..served_after {
+        assert_eq!(
+            get_text(&c, host.url("/hello")).await,
+            (200, "hello from wasi 0.3\n".into())
+        );
+    }
 }
 
 /// A guest that computes forever, never yielding, is stopped by the epoch deadline:
@@ -253,19 +261,7 @@ async fn a_p3_request_past_its_deadline_is_504_and_the_next_is_served() {
 /// spinning instance would keep its worker thread and the requests routed to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_p3_guest_spinning_past_its_deadline_is_stopped() {
-    let ws = Workspace::new();
-    let host = Host::start(&[&manifest(&ws, "")]);
-    let c = client();
-    let (status, _) = get_text(&c, host.url("/spin")).await;
-    assert_eq!(status, 504);
-    let s = host.component_status("p3", "api");
-    assert_eq!(s["failures"], 1, "{s:#}");
-    for _ in 0..3 {
-        assert_eq!(
-            get_text(&c, host.url("/hello")).await,
-            (200, "hello from wasi 0.3\n".into())
-        );
-    }
+    deadline_stops("/spin", 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

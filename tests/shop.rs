@@ -304,6 +304,31 @@ impl Shop {
         self.get(&format!("/v1/orders/{id}")).await.expect(200)
     }
 
+    /// Publishes `event` to `subject` through JetStream (as a service's durable
+    /// event is) and waits until the stream has stored it.
+    async fn publish_event(&self, subject: &str, event: &Value) {
+        let c = async_nats::connect(&self.nats.url)
+            .await
+            .expect("connect to nats");
+        async_nats::jetstream::new(c)
+            .publish(subject.to_string(), event.to_string().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored by JetStream");
+    }
+
+    /// Runs `wasmhive ARGS` against the host; it must succeed.
+    fn cli_ok(&self, args: &[&str]) {
+        let out = self.host().cli(args);
+        assert!(
+            out.status.success(),
+            "wasmhive {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Waits until an order known only from its `orders.created` is stored.
     async fn stored(&self, id: &str) {
         eventually(
@@ -739,15 +764,7 @@ async fn sagas_cut_by_a_host_crash_complete_after_a_restart() {
             (o["id"].as_str().unwrap().to_string(), quantity)
         }))
     };
-    let cli = |args: &[&str]| {
-        let out = shop.host().cli(args);
-        assert!(
-            out.status.success(),
-            "wasmhive {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    cli(&["stop", "shop", "payments"]);
+    shop.cli_ok(&["stop", "shop", "payments"]);
     let held = place(1, 4).await;
     let held_quantity: u64 = held.iter().map(|(_, q)| q).sum();
     shop.stock_becomes("mug", 100, held_quantity).await;
@@ -758,7 +775,7 @@ async fn sagas_cut_by_a_host_crash_complete_after_a_restart() {
     }
     const N: u64 = 16;
     let burst = place(5, N).await;
-    cli(&["start", "shop", "payments"]);
+    shop.cli_ok(&["start", "shop", "payments"]);
     let first = tokio::time::timeout(SAGA, {
         use futures::StreamExt;
         confirmed.next()
@@ -867,12 +884,7 @@ async fn an_order_announced_but_never_stored_still_completes() {
         "total_cents": 3000,
         "status": "pending",
     });
-    let js = async_nats::jetstream::new(async_nats::connect(&shop.nats.url).await.unwrap());
-    js.publish("orders.created", announced.to_string().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    shop.publish_event("orders.created", &announced).await;
 
     shop.stored(id).await;
     let o = shop.settled(id).await;
@@ -910,11 +922,7 @@ async fn an_outcome_before_its_order_waits_for_it() {
     // not move the order meanwhile.)
     let shop = Shop::start();
     let mo = shop.create_user("Mo").await;
-    let out = shop.host().cli(&["stop", "shop", "inventory"]);
-    assert!(
-        out.status.success(),
-        "wasmhive stop shop inventory: {out:?}"
-    );
+    shop.cli_ok(&["stop", "shop", "inventory"]);
     let id = "o900020";
     let order = json!({
         "id": id, "user_id": mo, "status": "pending", "total_cents": 300,
@@ -922,12 +930,7 @@ async fn an_outcome_before_its_order_waits_for_it() {
     });
     let mut failed = order.clone();
     failed["reason"] = json!("payment declined: test");
-    let js = async_nats::jetstream::new(async_nats::connect(&shop.nats.url).await.unwrap());
-    js.publish("payments.failed", failed.to_string().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    shop.publish_event("payments.failed", &failed).await;
     // orders has seen the outcome and failed it (the order is unknown).
     eventually("orders to fail the early outcome", SAGA, async || {
         let failed = shop.host().component_status("shop", "orders")["failures"]
@@ -943,11 +946,7 @@ async fn an_outcome_before_its_order_waits_for_it() {
     let r = shop.get(&format!("/v1/orders/{id}")).await;
     assert_eq!(r.status, 404, "{r}");
 
-    js.publish("orders.created", order.to_string().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    shop.publish_event("orders.created", &order).await;
     shop.stored(id).await;
     let o = shop.settled(id).await;
     assert_eq!(
@@ -1001,12 +1000,7 @@ async fn a_retry_after_the_host_died_mid_post_places_no_second_order() {
 
     // 1. The order was announced and stored; only the answer was lost.
     let stored = "o900010";
-    let js = async_nats::jetstream::new(async_nats::connect(&shop.nats.url).await.unwrap());
-    js.publish("orders.created", priced(stored).to_string().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    shop.publish_event("orders.created", &priced(stored)).await;
     shop.stored(stored).await;
     assert_eq!(shop.settled(stored).await["status"], "confirmed");
     claims
@@ -1150,13 +1144,7 @@ async fn order_details_survive_analytics_being_stopped() {
     assert_real_reviews(&shop, &page).await;
     assert_eq!(shop.get("/v1/order-details/o999").await.status, 404);
 
-    let out = shop.host().cli(&["stop", "shop", "analytics"]);
-    assert!(
-        out.status.success(),
-        "wasmhive stop shop analytics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    shop.cli_ok(&["stop", "shop", "analytics"]);
     let r = shop.get("/v1/reviews/kettle").await;
     assert_eq!(r.status, 503, "a stopped component answers 503: {r}");
 
@@ -1169,12 +1157,7 @@ async fn order_details_survive_analytics_being_stopped() {
     }
 
     // Started again, the real reviews come back (after the circuit's open period).
-    let out = shop.host().cli(&["start", "shop", "analytics"]);
-    assert!(
-        out.status.success(),
-        "wasmhive start shop analytics: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    shop.cli_ok(&["start", "shop", "analytics"]);
     let page = eventually("real reviews again", SAGA, async || {
         let page = shop.get(&page_path).await.expect(200);
         if page["degraded"] == json!([]) {
@@ -1392,13 +1375,8 @@ async fn a_redelivered_event_changes_nothing() {
         })
     };
     let handled_before = handled(&shop);
-    let js = async_nats::jetstream::new(async_nats::connect(&shop.nats.url).await.unwrap());
     for created in [&ok_created, &short_created] {
-        js.publish("orders.created", created.to_string().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        shop.publish_event("orders.created", created).await;
     }
     shop.quiescent().await;
     let handled_after = handled(&shop);

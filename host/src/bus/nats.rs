@@ -117,11 +117,7 @@ impl NatsBus {
     }
 
     fn is_captured(&self, subject: &str) -> bool {
-        self.captured
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|p| super::subject::matches(p, subject))
+        captures(&self.captured, subject)
     }
 
     /// A core NATS publish, waited for until it is written to the server's
@@ -148,6 +144,15 @@ impl NatsBus {
     pub fn client(&self) -> &async_nats::Client {
         &self.client
     }
+}
+
+/// Whether a subject is among the `captured` patterns.
+fn captures(captured: &RwLock<Vec<String>>, subject: &str) -> bool {
+    captured
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|p| super::subject::matches(p, subject))
 }
 
 fn to_headers(headers: &[(String, String)]) -> Option<HeaderMap> {
@@ -279,13 +284,7 @@ impl Bus for NatsBus {
         let captured = self.captured.clone();
         Ok(Box::pin(sub.map(move |m| {
             let mut m = from_nats(m);
-            if m.reply_to.is_some()
-                && captured
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .any(|p| super::subject::matches(p, &m.subject))
-            {
+            if m.reply_to.is_some() && captures(&captured, &m.subject) {
                 m.reply_to = None;
             }
             m

@@ -188,9 +188,9 @@ impl MeshRouter {
                 .get(&TRACEPARENT_HEADER)
                 .and_then(|v| v.to_str().ok()),
         );
-        if let Ok(v) = HeaderValue::from_str(&trace.header()) {
-            request.headers_mut().insert(TRACEPARENT_HEADER, v);
-        }
+        request
+            .headers_mut()
+            .insert(TRACEPARENT_HEADER, trace.header_value());
         let snapshot = self.apps.snapshot();
         let path = request.uri().path().to_string();
         if let RouteMatch::Found {

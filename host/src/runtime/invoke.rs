@@ -360,7 +360,7 @@ impl PreparedComponent {
     pub async fn handle_message<G: Send + 'static>(
         &self,
         message: BrokerMessage,
-        traceparent: Option<&str>,
+        traceparent: Option<http::HeaderValue>,
         guard: G,
     ) -> Result<(), InvokeError> {
         let inner = self.inner.clone();
@@ -373,9 +373,7 @@ impl PreparedComponent {
         let deadline = Instant::now() + timeout;
         let (mut store, memory_hit) = self.new_store(Arc::new(AtomicU64::new(to_nanos(deadline))));
         store.data_mut().messaging.reply_to = message.reply_to.clone();
-        store
-            .data_mut()
-            .set_traceparent(traceparent.and_then(|t| http::HeaderValue::from_str(t).ok()));
+        store.data_mut().set_traceparent(traceparent);
         let task = tokio::spawn(async move {
             let run = async {
                 let instance = pre

@@ -157,6 +157,6 @@ async fn invoke(
         reply_to: message.reply_to,
     };
     prepared
-        .handle_message(message, Some(&trace.header()), permit)
+        .handle_message(message, Some(trace.header_value()), permit)
         .await
 }
