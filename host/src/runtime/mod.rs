@@ -198,6 +198,9 @@ pub struct Runtime {
     data_dir: std::path::PathBuf,
     /// Components in memory by digest (entries die with their last user).
     loaded: std::sync::Mutex<HashMap<String, Weak<Component>>>,
+    /// One lock per digest being loaded, so concurrent loads of the same bytes
+    /// compile them once: the others wait and take the loaded copy.
+    loading: std::sync::Mutex<HashMap<String, Arc<std::sync::Mutex<()>>>>,
     /// Digests known to need the concurrent engine (so a reload does not first try
     /// the sync one).
     needs_concurrent: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -220,6 +223,7 @@ impl Runtime {
             pool: pool.clone(),
             data_dir: data_dir.to_path_buf(),
             loaded: Default::default(),
+            loading: Default::default(),
             needs_concurrent: Default::default(),
             host_memory: Arc::new(HostMemory::new(pool.total_memory)),
             _ticker: ticker,
@@ -267,7 +271,8 @@ impl Runtime {
     /// uses the async ABI), then for the concurrent one.
     ///
     /// Loaded code is shared, not duplicated: a hundred apps deploying the same
-    /// component (or one scaled back up while another copy is live) map it once. It
+    /// component (or one scaled back up while another copy is live) map it once, and
+    /// loads of one digest at the same time compile it once (the others wait). It
     /// leaves memory when the last [`PreparedComponent`] using it is dropped.
     pub fn load(
         &self,
@@ -275,30 +280,53 @@ impl Runtime {
         read: impl FnOnce() -> std::io::Result<Vec<u8>>,
     ) -> Result<(Arc<Component>, LoadInfo), RuntimeError> {
         let start = std::time::Instant::now();
-        if let Some(c) = self
-            .loaded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(digest)
-            .and_then(Weak::upgrade)
-        {
+        let in_memory = |start: std::time::Instant| {
+            let c = self
+                .loaded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(digest)
+                .and_then(Weak::upgrade)?;
             let info = LoadInfo {
                 origin: CompileOrigin::Memory,
                 took: start.elapsed(),
             };
-            return Ok((c, info));
+            Some((c, info))
+        };
+        if let Some(found) = in_memory(start) {
+            return Ok(found);
         }
-        let (component, origin) = self.load_uncached(digest, read)?;
-        let component = Arc::new(component);
-        self.loaded
+        // Another load of the same digest may be compiling it: wait for it, then
+        // take its copy (if it failed, this load tries on its own).
+        let gate = self
+            .loading
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(digest.to_string(), Arc::downgrade(&component));
-        let info = LoadInfo {
-            origin,
-            took: start.elapsed(),
-        };
-        Ok((component, info))
+            .entry(digest.to_string())
+            .or_default()
+            .clone();
+        let _turn = gate.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = in_memory(start) {
+            return Ok(found);
+        }
+        let result = self.load_uncached(digest, read).map(|(component, origin)| {
+            let component = Arc::new(component);
+            self.loaded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(digest.to_string(), Arc::downgrade(&component));
+            let info = LoadInfo {
+                origin,
+                took: start.elapsed(),
+            };
+            (component, info)
+        });
+        // The last one through removes the gate (a waiter still holds its own).
+        let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if Arc::strong_count(&gate) == 2 {
+            loading.remove(digest);
+        }
+        result
     }
 
     /// [`Runtime::load`] past the in-memory copies.
@@ -433,4 +461,52 @@ fn add_interfaces(
     }
     bindings::add_to_linker(linker)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Several deploys of the same bytes at once (apps sharing a component, a reload
+    /// from zero during a deploy) compile them once and share one copy.
+    #[test]
+    fn concurrent_loads_of_one_digest_compile_it_once() {
+        let wasm = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../components/target/wasm32-wasip2/release/hello.wasm");
+        assert!(
+            wasm.is_file(),
+            "{} not found: build the components first (`just build-components`)",
+            wasm.display()
+        );
+        let data = tempfile::tempdir().expect("tempdir");
+        let mut pool = crate::config::HostConfig::default().pool;
+        pool.instances = 4;
+        let runtime = Arc::new(Runtime::new(&pool, data.path()).expect("runtime"));
+        let start = Arc::new(std::sync::Barrier::new(3));
+        let loads: Vec<_> = (0..3)
+            .map(|_| {
+                let (runtime, start, wasm) = (runtime.clone(), start.clone(), wasm.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    runtime
+                        .load("sha256:concurrent-test", || std::fs::read(&wasm))
+                        .expect("load")
+                })
+            })
+            .collect();
+        let loaded: Vec<_> = loads.into_iter().map(|t| t.join().unwrap()).collect();
+        let origins: Vec<_> = loaded.iter().map(|(_, info)| info.origin).collect();
+        assert_eq!(
+            origins
+                .iter()
+                .filter(|o| **o == CompileOrigin::Compiled)
+                .count(),
+            1,
+            "one load compiles, the others take its copy: {origins:?}"
+        );
+        assert!(
+            loaded.iter().all(|(c, _)| Arc::ptr_eq(c, &loaded[0].0)),
+            "all share one copy"
+        );
+    }
 }
