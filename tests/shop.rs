@@ -131,6 +131,17 @@ impl fmt::Display for Resp {
     }
 }
 
+/// Points `data_dir`'s compile cache at one directory shared by the shop tests, so
+/// the shop's components (the Python one is 18 MB) are compiled once per build of the
+/// host, not once per test. Hosts share it safely: an artifact is written under a
+/// name of its own and renamed into place. (Tests of the cache itself use their own.)
+fn share_compile_cache(data_dir: &std::path::Path) {
+    let shared = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("shop-compile-cache");
+    std::fs::create_dir_all(&shared).expect("shared compile cache");
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&shared, data_dir.join("cache")).expect("link the compile cache");
+}
+
 /// A shop: a nats-server and a host running the shop app, with a data dir that
 /// survives a host restart.
 struct Shop {
@@ -151,6 +162,7 @@ impl Shop {
     fn start_manifest(manifest: PathBuf) -> Shop {
         let nats = NatsServer::start();
         let data = tempfile::tempdir().expect("tempdir");
+        share_compile_cache(data.path());
         let opts = HostOptions {
             manifests: vec![manifest],
             data_dir: Some(data.path().to_path_buf()),
