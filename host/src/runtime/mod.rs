@@ -305,23 +305,25 @@ impl Runtime {
             .entry(digest.to_string())
             .or_default()
             .clone();
-        let _turn = gate.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(found) = in_memory(start) {
-            return Ok(found);
-        }
-        let result = self.load_uncached(digest, read).map(|(component, origin)| {
-            let component = Arc::new(component);
-            self.loaded
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(digest.to_string(), Arc::downgrade(&component));
-            let info = LoadInfo {
-                origin,
-                took: start.elapsed(),
-            };
-            (component, info)
-        });
-        // The last one through removes the gate (a waiter still holds its own).
+        let turn = gate.lock().unwrap_or_else(|e| e.into_inner());
+        let result = match in_memory(start) {
+            Some(found) => Ok(found),
+            None => self.load_uncached(digest, read).map(|(component, origin)| {
+                let component = Arc::new(component);
+                self.loaded
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(digest.to_string(), Arc::downgrade(&component));
+                let info = LoadInfo {
+                    origin,
+                    took: start.elapsed(),
+                };
+                (component, info)
+            }),
+        };
+        drop(turn);
+        // The last one through removes the gate (a waiter still holds its own clone;
+        // clones are taken under the same lock as this check).
         let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
         if Arc::strong_count(&gate) == 2 {
             loading.remove(digest);
@@ -507,6 +509,10 @@ mod tests {
         assert!(
             loaded.iter().all(|(c, _)| Arc::ptr_eq(c, &loaded[0].0)),
             "all share one copy"
+        );
+        assert!(
+            runtime.loading.lock().unwrap().is_empty(),
+            "the gate goes with the last load through it"
         );
     }
 }
