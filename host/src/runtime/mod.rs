@@ -280,7 +280,7 @@ impl Runtime {
         read: impl FnOnce() -> std::io::Result<Vec<u8>>,
     ) -> Result<(Arc<Component>, LoadInfo), RuntimeError> {
         let start = std::time::Instant::now();
-        let in_memory = |start: std::time::Instant| {
+        let in_memory = || {
             let c = self
                 .loaded
                 .lock()
@@ -293,7 +293,7 @@ impl Runtime {
             };
             Some((c, info))
         };
-        if let Some(found) = in_memory(start) {
+        if let Some(found) = in_memory() {
             return Ok(found);
         }
         // Another load of the same digest may be compiling it: wait for it, then
@@ -306,7 +306,7 @@ impl Runtime {
             .or_default()
             .clone();
         let turn = gate.lock().unwrap_or_else(|e| e.into_inner());
-        let result = match in_memory(start) {
+        let result = match in_memory() {
             Some(found) => Ok(found),
             None => self.load_uncached(digest, read).map(|(component, origin)| {
                 let component = Arc::new(component);
