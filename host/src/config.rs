@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::manifest::{Location, ManifestError, parse_duration, parse_size};
+use crate::section::{Location, ManifestError, parse_duration, parse_size};
 
 /// Public HTTP listener (`--http`, `WASMHIVE_HTTP`).
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";

@@ -1,26 +1,34 @@
 //! wasmhive: a host for serverless microservices written as WebAssembly components.
 //!
-//! Module map (arrows point at what a module may use):
+//! Module map (arrows point at what a module may use; docs/adr/0011 has the seams):
 //!
 //! ```text
-//! cli ──► host ──► control ──► apps ──► scaler ──► runtime ──► (wasmtime)
-//!                    │  │        ▲                    │
-//!                    │  ▼        │                    ▼
-//!                    │ subscriber┤                   bus (nats | local)
-//!                    ▼           │
-//!                 gateway ───────┘
-//! manifest, routes, config, body, listener, telemetry: shared leaves
+//! cli ─► host ─► control ─┬─► gateway ─┐
+//!                 │       ├─► mesh ────┼─► envelope ─► apps ─► scaler ─► runtime ─► capability
+//!                 │       └─► subscriber┘      │        │                   │            │
+//!                 ├─► validate                 ▼        ▼                   ▼            ▼
+//!                 └─► bus, state            trigger ◄─ manifest       (wasmtime)    bus, state
+//!
+//! leaves: section (manifest tables, errors), ids, headers, routes, body, listener,
+//!         config, telemetry
 //! ```
 //!
-//! - [`runtime`]: engine, compile cache, linker, per-instance state, invocation.
+//! - [`capability`]: what a guest may import, one module per capability (WIT
+//!   interfaces, manifest keys, grant, per-instance state, linker), assembled from one
+//!   list.
+//! - [`trigger`]: what starts an invocation, one module per trigger (manifest keys,
+//!   the export it needs, its label), assembled from one list.
+//! - [`envelope`]: the one invocation envelope every trigger's source uses:
+//!   admission, wake from zero, counters, the call, the failure table, metrics, trace.
+//! - [`runtime`]: engines, compile cache, linker, instances (fresh or reused), calls.
+//! - [`manifest`]: app manifests, format version 1, read once into the host's types.
 //! - [`apps`]: the deployed apps and the live route table (atomic snapshots).
-//! - [`mesh`]: calls between components by name, with timeout, retry, breaker, fallback.
-//! - [`bus`]: the message bus trait, NATS and in-process backends, managed nats-server.
-//! - [`subscriber`]: message triggers (subscriptions → scaler → runtime).
 //! - [`scaler`]: per-component admission (bulkhead, queue, shedding) and scale to zero.
+//! - [`gateway`], [`mesh`], [`subscriber`]: the sources of HTTP, service-call and
+//!   message invocations.
+//! - [`bus`]: the message bus trait, NATS and in-process backends, managed nats-server.
+//! - [`state`]: key-value backends (redb, JetStream).
 //! - [`control`]: deploy/undeploy/status, the admin API and its client.
-//! - [`gateway`]: the public HTTP listener and status-code mapping.
-//! - [`manifest`]: app manifests, format version 1.
 //! - [`host`]: the composition root that wires a host together.
 
 #![deny(missing_docs)]
@@ -28,18 +36,24 @@
 pub mod apps;
 pub mod body;
 pub mod bus;
+pub mod capability;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod envelope;
 pub mod gateway;
+pub mod headers;
 pub mod host;
+pub mod ids;
 pub mod listener;
 pub mod manifest;
 pub mod mesh;
 pub mod routes;
 pub mod runtime;
 pub mod scaler;
+pub mod section;
 pub mod state;
 pub mod subscriber;
 pub mod telemetry;
+pub mod trigger;
 pub mod validate;

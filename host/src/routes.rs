@@ -1,10 +1,64 @@
 //! A route table: path patterns (matchit syntax) with optional methods, mapped to
 //! values; refuses overlapping claims and says which claim is in the way.
 //!
-//! Used twice: by the manifest checker (routes inside one app) and by the app registry
-//! (the live table across all apps).
+//! Used twice: by the HTTP trigger's manifest check (routes inside one app) and by the
+//! app registry (the live table across all apps). Also parses a route as written in a
+//! manifest ([`parse_route`]). A leaf: it imports nothing from the host.
 
 use http::Method;
+
+/// A route: an optional method and a path pattern (`/users/{id}`, `/files/{*path}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// `None` matches any method.
+    pub method: Option<Method>,
+    /// The path pattern, in `matchit` syntax.
+    pub path: String,
+}
+
+impl std::fmt::Display for RouteSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.method {
+            Some(m) => write!(f, "{m} {}", self.path),
+            None => write!(f, "{}", self.path),
+        }
+    }
+}
+
+/// Parses `"GET /users/{id}"` or `"/files/{*path}"` (any method).
+pub fn parse_route(text: &str) -> Result<RouteSpec, String> {
+    let text = text.trim();
+    let (method, path) = match text.split_once(char::is_whitespace) {
+        Some((m, p)) => (Some(m), p.trim()),
+        None => (None, text),
+    };
+    let method = match method {
+        None => None,
+        Some(m) => {
+            if !m.chars().all(|c| c.is_ascii_uppercase()) {
+                return Err(format!(
+                    "invalid method {m:?}: write it in upper case, e.g. \"GET /path\""
+                ));
+            }
+            Some(Method::from_bytes(m.as_bytes()).map_err(|_| format!("invalid method {m:?}"))?)
+        }
+    };
+    if !path.starts_with('/') {
+        return Err(format!("route path {path:?} must start with '/'"));
+    }
+    if path.chars().any(char::is_whitespace) {
+        return Err(format!("route path {path:?} must not contain spaces"));
+    }
+    // Let the router judge the pattern syntax, so what we accept is what it serves.
+    let mut probe = matchit::Router::new();
+    probe
+        .insert(path, ())
+        .map_err(|e| format!("invalid route pattern {path:?}: {e}"))?;
+    Ok(RouteSpec {
+        method,
+        path: path.to_string(),
+    })
+}
 
 /// The outcome of a lookup.
 #[derive(Debug)]
@@ -197,6 +251,15 @@ mod tests {
             t.lookup(&Method::GET, "/nope"),
             RouteMatch::NotFound
         ));
+    }
+
+    #[test]
+    fn routes_parse() {
+        assert!(parse_route("get /x").is_err());
+        assert!(parse_route("GET x").is_err());
+        assert!(parse_route("GET /x/{").is_err());
+        assert_eq!(parse_route("/a/{*rest}").unwrap().method, None);
+        assert_eq!(parse_route("GET /a").unwrap().to_string(), "GET /a");
     }
 
     #[test]

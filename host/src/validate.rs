@@ -2,9 +2,11 @@
 //!
 //! Runs the same checks a deploy runs, minus the comparison with other deployed apps:
 //! the manifest (fields, routes inside the app), each component's bytes (valid,
-//! compiles, imports only what the host provides, exports a handler the manifest's
-//! triggers need) and limits against the default host configuration. Compiled
-//! artifacts go to the data dir's compile cache, so a later `up` starts faster.
+//! compiles, imports only what the host provides and its grants back, exports a
+//! handler for what the manifest's triggers need) and limits against the default host
+//! configuration. No host services exist here (no bus, no key-value store): their
+//! grants are checked, not backed. Compiled artifacts go to the data dir's compile
+//! cache, so a later `up` starts faster.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -12,10 +14,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::capability::Services;
 use crate::config::{HostConfig, PoolConfig};
-use crate::control::{DeployError, blobs::digest_of, grants_for};
+use crate::control::{DeployError, blobs::digest_of, check_component, resolve};
 use crate::manifest::Manifest;
-use crate::runtime::Runtime;
+use crate::runtime::{HttpFlavor, Runtime};
 
 /// Validates `manifest`; returns a report, or the first problem found.
 pub async fn validate(manifest_path: &Path, data_dir: &Path) -> anyhow::Result<String> {
@@ -47,53 +50,31 @@ pub async fn validate(manifest_path: &Path, data_dir: &Path) -> anyhow::Result<S
             )
         })?;
         let digest = digest_of(&bytes);
-        let grants = grants_for(&manifest, spec, &config)?;
+        let (grants, limits) = resolve(&manifest, spec, &config, &Services::default())?;
+        let component_err = |error| DeployError::Component {
+            component: spec.name.clone(),
+            error,
+        };
         let rt = runtime.clone();
-        let d = digest.clone();
-        let (component, _) = tokio::task::spawn_blocking(move || rt.load(&d, || Ok(bytes)))
+        let (component, _) = tokio::task::spawn_blocking(move || rt.load(&digest, || Ok(bytes)))
             .await?
-            .map_err(|error| DeployError::Component {
-                component: spec.name.clone(),
-                error,
-            })?;
+            .map_err(component_err)?;
         let prepared = runtime
-            .prepare(&component, std::sync::Arc::new(grants), Default::default())
-            .map_err(|error| DeployError::Component {
-                component: spec.name.clone(),
-                error,
-            })?;
-        crate::control::check_triggers(spec, &prepared).map_err(|error| {
-            DeployError::Component {
-                component: spec.name.clone(),
-                error,
-            }
-        })?;
-        let interface = runtime.interface(&component);
+            .prepare(&component, grants, limits, Default::default())
+            .map_err(component_err)?;
+        check_component(spec, &prepared).map_err(component_err)?;
+        let handler = match prepared.flavor() {
+            Some(HttpFlavor::P2) => "wasi:http 0.2",
+            Some(HttpFlavor::P3) => "wasi:http 0.3",
+            None => "no HTTP",
+        };
         let _ = writeln!(
             out,
-            "  component {}: {} handler, {} imports, routes: {}, subscribes: {}",
+            "  component {}: {handler} handler, exports {}, {} imports, {}",
             spec.name,
-            match (prepared.flavor(), prepared.handles_messages()) {
-                (Some(crate::runtime::HttpFlavor::P2), false) => "wasi:http 0.2",
-                (Some(crate::runtime::HttpFlavor::P3), false) => "wasi:http 0.3",
-                (Some(_), true) => "wasi:http + message",
-                (None, _) => "message",
-            },
-            interface.imports.len(),
-            if spec.routes.is_empty() {
-                "none".to_string()
-            } else {
-                spec.routes
-                    .iter()
-                    .map(|r| r.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            },
-            if spec.messaging.subscribe.is_empty() {
-                "none".to_string()
-            } else {
-                spec.messaging.subscribe.join(", ")
-            }
+            prepared.exports().len(),
+            runtime.interface(&component).imports.len(),
+            spec.triggers.describe(&spec.caps).join(", ")
         );
     }
     Ok(out)

@@ -14,9 +14,10 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use crate::ids::ComponentId;
 use crate::manifest::{ComponentSpec, Manifest};
 use crate::routes::{RouteMatch, RouteTable};
-use crate::runtime::{ComponentId, HttpFlavor, LoadInfo};
+use crate::runtime::{HttpFlavor, LoadInfo};
 use crate::scaler::Scaler;
 
 /// One deployed component version.
@@ -29,8 +30,8 @@ pub struct DeployedComponent {
     pub digest: String,
     /// Which HTTP handler it exports, if any.
     pub flavor: Option<HttpFlavor>,
-    /// Whether it exports a message handler.
-    pub handles_messages: bool,
+    /// Its export names (which triggers it can serve: see [`crate::trigger::serves`]).
+    pub exports: Vec<String>,
     /// How it was loaded at deploy time (cache hit or compile).
     pub load: LoadInfo,
     /// Admission and lifecycle; hands out the loaded component.
@@ -119,7 +120,7 @@ impl Snapshot {
         for app in apps.values() {
             for c in &app.components {
                 let owner = format!("app {}, component {}", app.name(), c.id.component);
-                for r in &c.spec.routes {
+                for r in &c.spec.triggers.http.routes {
                     routes.insert(r.method.clone(), &r.path, &owner, c.clone())?;
                 }
             }

@@ -22,10 +22,11 @@ use std::time::{Instant, SystemTime};
 
 use crate::apps::{App, Apps, DeploySource, DeployedComponent};
 use crate::bus::Bus;
+use crate::capability::{GrantContext, Grants, Services};
 use crate::config::HostConfig;
+use crate::ids::ComponentId;
 use crate::manifest::{ComponentSpec, Manifest, ManifestError};
-use crate::runtime::messaging::BusHandle;
-use crate::runtime::{ComponentId, Grants, Runtime, RuntimeError};
+use crate::runtime::{HttpFlavor, Limits, PreparedComponent, ReusePolicy, Runtime, RuntimeError};
 use crate::scaler::{HostCapacity, Loader, ScalePolicy, Scaler};
 use crate::telemetry::metrics::RequestMetrics;
 use blobs::BlobStore;
@@ -53,6 +54,15 @@ pub enum DeployError {
         component: String,
         /// What is wrong.
         error: RuntimeError,
+    },
+    /// A capability cannot grant what the manifest asks (an unset variable, an
+    /// unreadable secret file).
+    #[error("component {component}: {message}")]
+    Grant {
+        /// Component name.
+        component: String,
+        /// What is wrong (names the field, never a secret's value).
+        message: String,
     },
     /// A manifest value exceeds what this host allows.
     #[error("component {component}: {message}")]
@@ -134,7 +144,8 @@ pub struct ControlPlane {
     requests: Arc<RequestMetrics>,
     registry: prometheus_client::registry::Registry,
     bus: Arc<dyn Bus>,
-    kv: Arc<dyn crate::state::KvStore>,
+    /// What capabilities back their grants with.
+    services: Services,
     mesh: Arc<crate::mesh::MeshRouter>,
     /// Message handlers running now (waited for at shutdown).
     handlers: tokio_util::task::TaskTracker,
@@ -171,8 +182,12 @@ impl ControlPlane {
             apps,
             requests,
             registry,
+            services: Services {
+                bus: Some(bus.clone()),
+                kv: Some(kv),
+                mesh: Some(mesh.clone()),
+            },
             bus,
-            kv,
             mesh,
             handlers: tokio_util::task::TaskTracker::new(),
             subscriptions: Default::default(),
@@ -304,11 +319,7 @@ impl ControlPlane {
                 source_path: spec.source.clone(),
             });
         }
-        let mut grants = grants_for(manifest, spec, &self.config)?;
-        grants.bus = Some(BusHandle(self.bus.clone()));
-        grants.keyvalue.store = Some(self.kv.clone());
-        grants.mesh = Some(crate::runtime::mesh::MeshHandle(self.mesh.clone()));
-        let grants = Arc::new(grants);
+        let (grants, limits) = resolve(manifest, spec, &self.config, &self.services)?;
         let mut policy = policy_for(spec, &self.config);
         let instances = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let runtime = self.runtime.clone();
@@ -317,7 +328,7 @@ impl ControlPlane {
             let (digest, grants, instances) = (digest.clone(), grants.clone(), instances.clone());
             Arc::new(move || {
                 let (component, _) = runtime.load(&digest, || blobs.read(&digest))?;
-                runtime.prepare(&component, grants.clone(), instances.clone())
+                runtime.prepare(&component, grants.clone(), limits, instances.clone())
             })
         };
         let runtime = self.runtime.clone();
@@ -330,11 +341,11 @@ impl ControlPlane {
                 .map_err(component_err)?;
         let prepared = self
             .runtime
-            .prepare(&component, grants.clone(), instances.clone())
+            .prepare(&component, grants.clone(), limits, instances.clone())
             .map_err(component_err)?;
-        check_triggers(spec, &prepared).map_err(component_err)?;
+        check_component(spec, &prepared).map_err(component_err)?;
         if let Some(flavor) = prepared.flavor() {
-            policy.per_instance = grants.reuse.max_concurrent_for(flavor);
+            policy.per_instance = limits.reuse.max_concurrent_for(flavor);
         }
         tracing::info!(
             app = %manifest.app.name,
@@ -349,10 +360,10 @@ impl ControlPlane {
             spec: spec.clone(),
             digest,
             flavor: prepared.flavor(),
-            handles_messages: prepared.handles_messages(),
+            exports: prepared.exports().to_vec(),
             load,
             scaler: Scaler::new(policy, loader, prepared, self.capacity.clone()),
-            timeout: grants.timeout,
+            timeout: limits.timeout,
             instances,
             stats: Default::default(),
             series: Default::default(),
@@ -537,12 +548,15 @@ impl ControlPlane {
     }
 }
 
-/// The grants a component gets from its manifest section and the host's defaults.
-pub fn grants_for(
+/// What one component version may use and the limits it runs under: each
+/// capability's grant (from its manifest keys, the host's configuration and
+/// `services`) and the runtime's limits (from the manifest and the host's defaults).
+pub fn resolve(
     manifest: &Manifest,
-    spec: &crate::manifest::ComponentSpec,
+    spec: &ComponentSpec,
     config: &HostConfig,
-) -> Result<Grants, DeployError> {
+    services: &Services,
+) -> Result<(Arc<Grants>, Limits), DeployError> {
     let memory = spec.limits.memory.unwrap_or(config.defaults.memory);
     if memory > config.pool.max_memory {
         return Err(DeployError::Limit {
@@ -554,114 +568,50 @@ pub fn grants_for(
             ),
         });
     }
-    Ok(Grants {
-        id: ComponentId {
-            app: manifest.app.name.as_str().into(),
-            component: spec.name.as_str().into(),
-            version: manifest.app.version.as_str().into(),
-        },
-        env: spec.env.clone(),
-        outbound: spec.allowed_outbound_hosts.clone(),
+    let id = ComponentId::new(&manifest.app.name, &spec.name, &manifest.app.version);
+    let cx = GrantContext {
+        id: &id,
+        host: config,
+        services,
+    };
+    let grants = Grants::derive(&spec.caps, &cx).map_err(|message| DeployError::Grant {
+        component: spec.name.clone(),
+        message,
+    })?;
+    let limits = Limits {
         memory,
         timeout: spec.limits.timeout.unwrap_or(config.defaults.timeout),
-        publish: spec.messaging.publish.clone(),
-        subscribe: spec.messaging.subscribe.clone(),
-        bus: None,
-        keyvalue: crate::runtime::keyvalue::KeyvalueGrant {
-            buckets: spec.keyvalue.buckets.clone(),
-            max_value_size: spec
-                .keyvalue
-                .max_value_size
-                .unwrap_or(crate::runtime::keyvalue::DEFAULT_MAX_VALUE_SIZE),
-            store: None,
-        },
-        config: resolve_config(spec)?,
-        calls: spec.calls.clone(),
-        mesh: None,
-        reuse: crate::runtime::ReusePolicy {
+        reuse: ReusePolicy {
             max_requests: spec.instances.max_requests,
             max_concurrent: spec.instances.max_concurrent,
             max_instances: policy_for(spec, config).max_instances,
             idle_timeout: spec
                 .instances
                 .idle_timeout
-                .unwrap_or(crate::runtime::ReusePolicy::default().idle_timeout),
+                .unwrap_or(crate::runtime::DEFAULT_REUSE_IDLE_TIMEOUT),
         },
-    })
-}
-
-/// Expands `${VAR}` in config values from the host environment and reads secrets.
-/// Errors name the field; secret values never appear in them.
-fn resolve_config(
-    spec: &ComponentSpec,
-) -> Result<crate::runtime::config::ConfigValues, DeployError> {
-    let err = |message: String| DeployError::Limit {
-        component: spec.name.clone(),
-        message,
     };
-    let mut values = Vec::with_capacity(spec.config.len());
-    for (key, raw) in &spec.config {
-        let mut out = String::with_capacity(raw.len());
-        let mut rest = raw.as_str();
-        while let Some(start) = rest.find("${") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let end = after
-                .find('}')
-                .ok_or_else(|| err(format!("config.{key}: unclosed \"${{\" in {raw:?}")))?;
-            let var = &after[..end];
-            let value = std::env::var(var).map_err(|_| {
-                err(format!(
-                    "config.{key}: environment variable {var} is not set on the host"
-                ))
-            })?;
-            out.push_str(&value);
-            rest = &after[end + 1..];
-        }
-        out.push_str(rest);
-        values.push((key.clone(), out));
-    }
-    let mut secrets = Vec::with_capacity(spec.secrets.len());
-    for (key, source) in &spec.secrets {
-        let value = match source {
-            crate::manifest::SecretSource::Env(var) => std::env::var(var).map_err(|_| {
-                err(format!(
-                    "secrets.{key}: environment variable {var} is not set on the host"
-                ))
-            })?,
-            crate::manifest::SecretSource::File(path) => std::fs::read_to_string(path)
-                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                .map_err(|e| err(format!("secrets.{key}: cannot read {path}: {}", e.kind())))?,
-        };
-        secrets.push((key.clone(), value));
-    }
-    Ok(crate::runtime::config::ConfigValues::new(values, secrets))
+    Ok((Arc::new(grants), limits))
 }
 
-/// Checks that the component exports a handler for every trigger its manifest
-/// section configures (routes need an HTTP handler, subscriptions a message handler).
-pub fn check_triggers(
+/// Checks a prepared component against its manifest section: it exports a handler for
+/// every trigger the manifest configures (routes need an HTTP handler, subscriptions a
+/// message handler) and at least one handler at all; WASI 0.3-only settings are set
+/// only on WASI 0.3 components.
+pub fn check_component(
     spec: &ComponentSpec,
-    prepared: &crate::runtime::PreparedComponent,
+    prepared: &PreparedComponent,
 ) -> Result<(), RuntimeError> {
     if spec.instances.max_concurrent.is_some_and(|n| n > 1)
-        && prepared.flavor() != Some(crate::runtime::HttpFlavor::P3)
+        && prepared.flavor() != Some(HttpFlavor::P3)
     {
         return Err(RuntimeError::Exports(
             "instances.max_concurrent applies to WASI 0.3 components (wasi:http/handler@0.3.x); a WASI 0.2 component serves one request at a time per instance".into(),
         ));
     }
-    if !spec.routes.is_empty() && prepared.flavor().is_none() {
-        return Err(RuntimeError::Exports(
-            "routes are set but the component exports no HTTP handler (wasi:http/incoming-handler@0.2.x or wasi:http/handler@0.3.x)".into(),
-        ));
-    }
-    if !spec.messaging.subscribe.is_empty() && !prepared.handles_messages() {
-        return Err(RuntimeError::Exports(
-            "messaging.subscribe is set but the component exports no message handler (wasmcloud:messaging/handler@0.2.0)".into(),
-        ));
-    }
-    Ok(())
+    spec.triggers
+        .check_exports(&spec.caps, prepared.exports())
+        .map_err(RuntimeError::Exports)
 }
 
 /// A component's scaling policy from its manifest section and the host's defaults.

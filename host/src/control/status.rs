@@ -9,6 +9,7 @@ use crate::apps::{DeployedComponent, Snapshot};
 use crate::config::HostConfig;
 use crate::runtime::{CompileOrigin, HttpFlavor};
 use crate::scaler::State;
+use crate::trigger::{message::MessageTrigger, serves};
 
 /// The whole host.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,7 +48,8 @@ pub struct ComponentStatus {
     pub name: String,
     /// Content digest.
     pub digest: String,
-    /// `p2` or `p3`.
+    /// What it serves: `p2` or `p3` (its HTTP handler), `msg` (a message handler),
+    /// joined by `+` (`p2+msg`).
     pub flavor: String,
     /// Routes served.
     pub routes: Vec<String>,
@@ -88,14 +90,15 @@ impl ComponentStatus {
         ComponentStatus {
             name: c.id.component.to_string(),
             digest: c.digest.clone(),
-            flavor: match (c.flavor, c.handles_messages) {
-                (Some(HttpFlavor::P2), false) => "p2".into(),
-                (Some(HttpFlavor::P3), false) => "p3".into(),
-                (Some(HttpFlavor::P2), true) => "p2+msg".into(),
-                (Some(HttpFlavor::P3), true) => "p3+msg".into(),
-                (None, _) => "msg".into(),
-            },
-            routes: c.spec.routes.iter().map(|r| r.to_string()).collect(),
+            flavor: kind(c),
+            routes: c
+                .spec
+                .triggers
+                .http
+                .routes
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
             loaded_from: match c.load.origin {
                 CompileOrigin::Memory => "memory".into(),
                 CompileOrigin::Cache => "cache".into(),
@@ -115,6 +118,20 @@ impl ComponentStatus {
             circuits: Vec::new(),
         }
     }
+}
+
+/// `p2`, `p3`, `msg`, or several joined by `+`: the handlers a component exports.
+fn kind(c: &DeployedComponent) -> String {
+    let mut parts = Vec::new();
+    match c.flavor {
+        Some(HttpFlavor::P2) => parts.push("p2"),
+        Some(HttpFlavor::P3) => parts.push("p3"),
+        None => {}
+    }
+    if serves::<MessageTrigger>(&c.exports) {
+        parts.push("msg");
+    }
+    parts.join("+")
 }
 
 impl HostStatus {

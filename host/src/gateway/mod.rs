@@ -1,48 +1,45 @@
-//! The public HTTP listener: match a route, hand the request to the component that
-//! serves it, and turn every failure into a status code in one place ([`error`]).
+//! The public HTTP listener's handler, the HTTP trigger's source: match a route, turn
+//! the client's request into what the guest receives, and run it through the
+//! invocation envelope (admission, wake from zero, the call, status, metrics, the
+//! trace). A failure becomes its status through the envelope's one failure table.
 //!
-//! Before a guest sees a request the gateway removes headers a client must not be able
-//! to forge (`wasmhive-*`) and adds what the route matched: one
-//! `wasmhive-param-NAME` per captured parameter and `wasmhive-route` (the pattern,
-//! only when it has parameters: each header costs the guest work), and sets
-//! `traceparent` to the invocation's span (continuing the client's trace if it sent
-//! one; see `telemetry::trace`). Hop-by-hop headers
-//! are removed by the runtime (see `runtime::hooks`).
+//! Order of work for one request: trace context (continue the client's
+//! `traceparent` or start a trace) → route (404, 405 with `Allow`) → rewrite (absolute
+//! URI, client `wasmhive-*` headers removed, `wasmhive-route`/`wasmhive-param-*`
+//! added, `traceparent` set to the invocation's span, `x-request-id` kept or made) →
+//! envelope. Hop-by-hop headers are removed by the runtime's wasi:http hooks.
 
-mod error;
-
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::apps::{Apps, DeployedComponent};
+use crate::apps::Apps;
 use crate::body::{self, Body};
+use crate::envelope::{self, Admission, Context, HttpCall};
+use crate::headers::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
 use crate::routes::RouteMatch;
-use crate::telemetry::metrics::{RequestMetrics, Trigger};
-use crate::telemetry::trace::{TRACEPARENT_HEADER, TraceContext, hex128, random_u128};
-
-/// Header prefix reserved for the host; stripped from client requests.
-pub const RESERVED_HEADER_PREFIX: &str = "wasmhive-";
-/// Header identifying a request across every service it reaches.
-pub const REQUEST_ID: &str = "x-request-id";
-/// [`REQUEST_ID`] as a header name (no parsing per lookup).
-pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
-/// Header carrying the matched route pattern to the guest.
-pub const ROUTE_HEADER: &str = "wasmhive-route";
-/// Prefix of headers carrying captured path parameters to the guest.
-pub const PARAM_HEADER_PREFIX: &str = "wasmhive-param-";
+use crate::telemetry::metrics::RequestMetrics;
+use crate::telemetry::trace::{TraceContext, new_request_id};
+use crate::trigger::http::HttpTrigger;
 
 /// The gateway's shared state.
 pub struct Gateway {
     apps: Arc<Apps>,
     local_addr: SocketAddr,
-    next_id: AtomicU64,
     metrics: Arc<RequestMetrics>,
+}
+
+/// `METHOD /path`, for the log.
+struct RequestLine<'a>(&'a Method, &'a str);
+
+impl fmt::Display for RequestLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.0, self.1)
+    }
 }
 
 impl Gateway {
@@ -52,21 +49,17 @@ impl Gateway {
         Arc::new(Gateway {
             apps,
             local_addr,
-            next_id: AtomicU64::new(1),
             metrics,
         })
     }
 
     /// Handles one request from a client.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        let started = Instant::now();
-        let invocation = self.next_id.fetch_add(1, Ordering::Relaxed);
         let trace = TraceContext::for_invocation(
             req.headers()
                 .get(&TRACEPARENT_HEADER)
                 .and_then(|v| v.to_str().ok()),
         );
-        let traceparent = trace.header_value();
         let snapshot = self.apps.snapshot();
         let path = req.uri().path().to_string();
         let (component, req) = match snapshot.route(req.method(), &path) {
@@ -74,7 +67,7 @@ impl Gateway {
                 value,
                 pattern,
                 params,
-            } => match self.prepare_request(req, pattern, &params, traceparent) {
+            } => match self.prepare_request(req, pattern, &params, trace.header_value()) {
                 Ok(req) => (value.clone(), req),
                 Err(status) => return body::text(status, "bad request"),
             },
@@ -99,55 +92,17 @@ impl Gateway {
         };
         drop(snapshot);
 
-        component.stats.started();
         let method = req.method().clone();
-        let response = match self.invoke(&component, req).await {
-            Ok(response) => {
-                tracing::debug!(
-                    invocation,
-                    trace_id = %trace.trace_id_hex(),
-                    component = %component.id,
-                    %method,
-                    path = %path,
-                    status = response.status().as_u16(),
-                    elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-                    "request served"
-                );
-                response
-            }
-            Err(e) => {
-                component.stats.failed();
-                error::respond(
-                    &e,
-                    &component.id,
-                    invocation,
-                    &trace.trace_id_hex(),
-                    &method,
-                    &path,
-                )
-            }
+        let cx = Context {
+            component: &component,
+            metrics: &self.metrics,
+            trace: &trace,
+            what: &RequestLine(&method, &path),
         };
-        self.metrics.record_for(
-            &component.series,
-            &component.id,
-            Trigger::Http,
-            response.status().as_u16(),
-            started.elapsed().as_secs_f64(),
-        );
-        response
-    }
-
-    /// Admits the request (or sheds it), wakes the component if it is at zero, and
-    /// runs it. The admission permit travels with the instance and is released when
-    /// the instance is gone.
-    async fn invoke(
-        &self,
-        component: &DeployedComponent,
-        req: Request<Body>,
-    ) -> Result<Response<Body>, error::Failure> {
-        let permit = component.scaler.admit().await?;
-        let prepared = component.scaler.prepared().await?;
-        Ok(prepared.handle(req, permit).await?)
+        match envelope::invoke(cx, Admission::Admit, HttpCall::<HttpTrigger>::new(req)).await {
+            Ok(response) => response,
+            Err(e) => envelope::failure::respond(&e),
+        }
     }
 
     /// Rewrites the client's request into what the guest receives.
@@ -173,54 +128,20 @@ impl Gateway {
         }
         parts.uri = Uri::from_parts(uri).map_err(|_| StatusCode::BAD_REQUEST)?;
 
-        let reserved: Vec<HeaderName> = parts
-            .headers
-            .keys()
-            .filter(|k| k.as_str().starts_with(RESERVED_HEADER_PREFIX))
-            .cloned()
-            .collect();
-        for k in reserved {
-            parts.headers.remove(k);
-        }
+        crate::headers::strip_reserved(&mut parts.headers);
         parts.headers.insert(TRACEPARENT_HEADER, traceparent);
         // A request id for the whole call chain: the client's, else a new one.
         let has_id = parts
             .headers
             .get(&REQUEST_ID_HEADER)
             .is_some_and(|v| !v.is_empty() && v.len() <= 128);
-        if !has_id && let Ok(v) = HeaderValue::try_from(hex128(random_u128())) {
-            parts.headers.insert(REQUEST_ID_HEADER, v);
+        if !has_id {
+            parts.headers.insert(REQUEST_ID_HEADER, new_request_id());
         }
-        add_route_headers(&mut parts.headers, pattern, params);
+        crate::headers::add_route(&mut parts.headers, pattern, params);
         let body = incoming
             .map_err(wasmtime_wasi_http::Error::from)
             .boxed_unsync();
         Ok(Request::from_parts(parts, body))
-    }
-}
-
-/// Adds what the route matched to a request for the guest: one
-/// `wasmhive-param-NAME` header per captured parameter and, when the pattern has
-/// parameters, `wasmhive-route` with the pattern. A literal pattern is the path
-/// itself, so it is not repeated: every header a guest receives costs it work on
-/// every request (wasi:http lowers and the guest parses each one).
-pub(crate) fn add_route_headers(
-    headers: &mut http::HeaderMap,
-    pattern: &str,
-    params: &[(&str, &str)],
-) {
-    if params.is_empty() {
-        return;
-    }
-    if let Ok(v) = HeaderValue::from_str(pattern) {
-        headers.insert(HeaderName::from_static(ROUTE_HEADER), v);
-    }
-    for (name, value) in params {
-        let header = HeaderName::from_bytes(
-            format!("{PARAM_HEADER_PREFIX}{}", name.to_ascii_lowercase()).as_bytes(),
-        );
-        if let (Ok(h), Ok(v)) = (header, HeaderValue::from_str(value)) {
-            headers.insert(h, v);
-        }
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use crate::manifest::BreakerPolicy;
+use crate::capability::http::BreakerPolicy;
 
 /// Where a breaker is.
 #[derive(Debug)]

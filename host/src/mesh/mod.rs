@@ -29,12 +29,14 @@ use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 
 use crate::apps::{Apps, DeployedComponent};
 use crate::body::{self, Body};
-use crate::manifest::{CallPolicy, Fallback};
+use crate::capability::http::{CallPolicy, Fallback, Mesh};
+use crate::envelope::{self, Admission, Context, HttpCall};
+use crate::headers::TRACEPARENT_HEADER;
+use crate::ids::ComponentId;
 use crate::routes::RouteMatch;
-use crate::runtime::mesh::Mesh;
-use crate::runtime::{ComponentId, InvokeError};
-use crate::telemetry::metrics::{RequestMetrics, Trigger};
-use crate::telemetry::trace::{TRACEPARENT_HEADER, TraceContext};
+use crate::telemetry::metrics::RequestMetrics;
+use crate::telemetry::trace::TraceContext;
+use crate::trigger::mesh::MeshTrigger;
 use breaker::Breaker;
 
 /// Largest request body kept for replay by retries; larger requests are sent once.
@@ -116,72 +118,38 @@ impl MeshRouter {
         }
     }
 
-    /// One invocation of `target` with `request` (no policy).
+    /// One invocation of `target` with `request` (no policy), through the envelope.
     async fn invoke(&self, target: &DeployedComponent, request: Request<Body>) -> Attempt {
-        let started = Instant::now();
-        let request = self.prepare(target, request);
-        target.stats.started();
-        let outcome = async {
-            let permit = target
-                .scaler
-                .admit()
-                .await
-                .map_err(|e| Attempt::Unavailable(format!("target busy: {e}")))?;
-            let prepared = target
-                .scaler
-                .prepared()
-                .await
-                .map_err(|e| Attempt::Unavailable(format!("cannot load target: {e}")))?;
-            prepared.handle(request, permit).await.map_err(|e| match e {
-                InvokeError::Timeout(_) => Attempt::Timeout,
-                InvokeError::PoolExhausted(m) | InvokeError::HostMemory(m) => {
-                    Attempt::Unavailable(m)
-                }
-                other => Attempt::Answered(status_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
+        let (request, trace) = self.prepare(target, request);
+        let path = request.uri().path().to_string();
+        let cx = Context {
+            component: target,
+            metrics: &self.metrics,
+            trace: &trace,
+            what: &path,
+        };
+        match envelope::invoke(cx, Admission::Admit, HttpCall::<MeshTrigger>::new(request)).await {
+            Ok(response) => Attempt::Answered(response),
+            Err(e) => match e.status() {
+                StatusCode::GATEWAY_TIMEOUT => Attempt::Timeout,
+                StatusCode::SERVICE_UNAVAILABLE => Attempt::Unavailable(e.to_string()),
+                status => Attempt::Answered(status_response(
+                    status,
                     &format!("{} failed", target.id.component),
-                    Some(other.to_string()),
+                    None,
                 )),
-            })
+            },
         }
-        .await;
-        let attempt = match outcome {
-            Ok(r) => Attempt::Answered(r),
-            Err(a) => a,
-        };
-        let status = match &attempt {
-            Attempt::Answered(r) => r.status().as_u16(),
-            Attempt::Timeout => 504,
-            Attempt::Unavailable(_) => 503,
-        };
-        if status >= 500 {
-            target.stats.failed();
-        }
-        self.metrics.record_for(
-            &target.series,
-            &target.id,
-            Trigger::Mesh,
-            status,
-            started.elapsed().as_secs_f64(),
-        );
-        attempt
     }
 
     /// What the callee sees: host-reserved headers replaced, the route it matched,
     /// and its own span of the caller's trace.
-    fn prepare(&self, target: &DeployedComponent, mut request: Request<Body>) -> Request<Body> {
-        let reserved: Vec<HeaderName> = request
-            .headers()
-            .keys()
-            .filter(|k| {
-                k.as_str()
-                    .starts_with(crate::gateway::RESERVED_HEADER_PREFIX)
-            })
-            .cloned()
-            .collect();
-        for k in reserved {
-            request.headers_mut().remove(k);
-        }
+    fn prepare(
+        &self,
+        target: &DeployedComponent,
+        mut request: Request<Body>,
+    ) -> (Request<Body>, TraceContext) {
+        crate::headers::strip_reserved(request.headers_mut());
         let trace = TraceContext::for_invocation(
             request
                 .headers()
@@ -200,9 +168,9 @@ impl MeshRouter {
         } = snapshot.route(request.method(), &path)
             && value.id == target.id
         {
-            crate::gateway::add_route_headers(request.headers_mut(), pattern, &params);
+            crate::headers::add_route(request.headers_mut(), pattern, &params);
         }
-        request
+        (request, trace)
     }
 }
 
@@ -225,8 +193,10 @@ fn fallback_response(f: &Fallback) -> Response<Body> {
             r.headers_mut().insert(k, v);
         }
     }
-    r.headers_mut()
-        .insert("wasmhive-fallback", HeaderValue::from_static("1"));
+    r.headers_mut().insert(
+        HeaderName::from_static(crate::headers::FALLBACK),
+        HeaderValue::from_static("1"),
+    );
     r
 }
 

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::manifest::RetryPolicy;
+use crate::capability::http::RetryPolicy;
 
 /// Whether a request may be sent more than once.
 pub fn retryable(method: &http::Method, headers: &http::HeaderMap) -> bool {

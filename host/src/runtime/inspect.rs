@@ -1,26 +1,9 @@
-//! What a component imports and exports, and whether the host can run it.
+//! What a component imports and exports, and which HTTP handler flavor it has.
+//! (Whether the host provides its imports is the capabilities' call; whether its
+//! exports serve its manifest's triggers, the triggers'.)
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
-
-use super::RuntimeError;
-
-/// Interface packages the host links for every component. Linking grants nothing by
-/// itself (see `state`): these may be imported freely.
-const PROVIDED: &[&str] = &[
-    "wasi:cli/",
-    "wasi:clocks/",
-    "wasi:io/",
-    "wasi:random/",
-    "wasi:filesystem/",
-    "wasi:sockets/",
-    "wasi:http/",
-    "wasi:logging/",
-    "wasmcloud:messaging/",
-    "wasi:keyvalue/",
-    "wasmhive:keyvalue/",
-    "wasi:config/",
-];
 
 /// Which wasi:http handler a component exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -76,42 +59,6 @@ impl ComponentInterface {
             None
         }
     }
-
-    /// Whether it exports `wasmcloud:messaging/handler@0.2.x` (a message trigger).
-    pub fn handles_messages(&self) -> bool {
-        self.exports
-            .iter()
-            .any(|e| e.starts_with("wasmcloud:messaging/handler@0.2"))
-    }
-
-    /// Whether it imports any key-value interface.
-    pub fn uses_keyvalue(&self) -> bool {
-        self.imports
-            .iter()
-            .any(|i| i.starts_with("wasi:keyvalue/") || i.starts_with("wasmhive:keyvalue/"))
-    }
-
-    /// Refuses imports the host does not provide, naming each one.
-    pub fn check_imports(&self) -> Result<(), RuntimeError> {
-        let unknown: Vec<&str> = self
-            .imports
-            .iter()
-            .map(String::as_str)
-            .filter(|i| !PROVIDED.iter().any(|p| i.starts_with(p)))
-            .collect();
-        if unknown.is_empty() {
-            return Ok(());
-        }
-        Err(RuntimeError::Imports(format!(
-            "component imports {}, which this host does not provide (it provides {})",
-            unknown.join(", "),
-            PROVIDED
-                .iter()
-                .map(|p| p.trim_end_matches('/'))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )))
-    }
 }
 
 #[cfg(test)]
@@ -131,16 +78,5 @@ mod tests {
         };
         assert_eq!(i.http_flavor(), Some(HttpFlavor::P3));
         assert_eq!(ComponentInterface::default().http_flavor(), None);
-    }
-
-    #[test]
-    fn unknown_imports_are_named() {
-        let i = ComponentInterface {
-            imports: vec!["wasi:io/streams@0.2.0".into(), "acme:db/query@1.0.0".into()],
-            exports: vec![],
-        };
-        let e = i.check_imports().unwrap_err().to_string();
-        assert!(e.contains("acme:db/query@1.0.0"), "{e}");
-        assert!(!e.contains("wasi:io/streams"), "{e}");
     }
 }

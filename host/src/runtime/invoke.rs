@@ -1,36 +1,29 @@
-//! Invoking a prepared component: a fresh `Store` and instance per request (or a
-//! pooled one when the component allows serial reuse), a wall deadline, and a clear
-//! account of how it ended.
+//! A prepared component and its instances: a fresh `Store` and instance per invocation,
+//! or a pooled one when the component allows serial reuse, whatever the trigger; a
+//! wall deadline; and a clear account of how an invocation ended.
 //!
-//! WASI 0.2 guests run on the caller's task until they finish or set the response
-//! head; if the head comes first, the guest gets one more turn (a small body is then
-//! written and the guest done), and only if it is still running does the rest of the
-//! invocation move to its own task while the body streams from it. WASI 0.3 guests go
-//! through wasmtime's `ProxyHandler` (see `p3.rs`). That future owns the store and
-//! whatever guard the caller passes in (a scaler permit), so capacity is released
-//! when the guest finishes, not when the head is sent. A healthy reusable instance
-//! goes back to the pool; a trap or deadline drops it. Every way an invocation can
-//! fail maps to one [`InvokeError`]: the gateway turns that into a status code in one
-//! place.
+//! How each kind of export is called lives beside this: `http.rs` (WASI 0.2 HTTP, with
+//! its early response head), `p3.rs` (WASI 0.3 HTTP through wasmtime's
+//! `ProxyHandler`), `message.rs` (the message handler). Every other export goes
+//! through [`PreparedComponent::run`]: take an instance (warm or fresh), start the
+//! invocation in it, call, put a healthy instance back. A trap or deadline drops the
+//! instance. Every way an invocation can fail maps to one [`InvokeError`]; the
+//! envelope turns that into a status in one place.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-use wasmtime::component::{Component, InstancePre};
+use wasmtime::component::{Component, Instance, InstancePre};
 use wasmtime::{Store, Trap, UpdateDeadline};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
-use wasmtime_wasi_http::{WasiBody, WasiHttpView};
+use wasmtime_wasi_http::p2::bindings::ProxyIndices;
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 
-use http_body_util::BodyExt;
-
-use super::messaging::BrokerMessage;
-use super::messaging::handler::MessagingHandlerPre;
 use super::p3::{P3Handler, P3Limits};
-use super::state::{HostMemory, MemoryHit, MemoryLimiter};
-use super::{Grants, HttpFlavor, InstanceState, RuntimeError};
+use super::state::{HostMemory, HostSide, MemoryHit, MemoryLimiter};
+use super::{HttpFlavor, InstanceState, Limits, RuntimeError};
+use crate::capability::{Grants, Invocation};
 
 /// How an invocation failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +64,10 @@ pub enum InvokeError {
     /// The guest returned without setting a response.
     #[error("guest returned without a response")]
     NoResponse,
-    /// The host could not hand the request to the guest.
+    /// The component does not export what the trigger calls.
+    #[error("the component exports no {0}")]
+    NotExported(&'static str),
+    /// The host could not hand the invocation to the guest.
     #[error("host error: {0}")]
     Host(String),
 }
@@ -79,33 +75,38 @@ pub enum InvokeError {
 /// A component version ready to serve: pre-instantiated once, instantiated per call.
 #[derive(Clone)]
 pub struct PreparedComponent {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(super) struct Inner {
+    pub(super) pre: InstancePre<InstanceState>,
     /// Set when the component exports a wasi:http 0.2 handler.
-    http: Option<ProxyPre<InstanceState>>,
+    pub(super) proxy: Option<ProxyIndices>,
     /// Set when the component exports a wasi:http 0.3 handler.
-    p3: Option<P3Handler>,
-    /// Set when the component exports a message handler.
-    messages: Option<MessagingHandlerPre<InstanceState>>,
+    pub(super) p3: Option<P3Handler>,
+    /// The component's exports by name.
+    exports: Vec<String>,
     /// Makes stores; keeps the shared loaded code alive (see `Runtime::load`).
-    stores: StoreFactory,
-    grants: Arc<Grants>,
-    flavor: Option<HttpFlavor>,
+    pub(super) stores: StoreFactory,
+    pub(super) flavor: Option<HttpFlavor>,
     /// Idle instances kept for serial reuse (`instances.max_requests > 1`).
     pool: std::sync::Mutex<Vec<Warm>>,
 }
 
-/// An instance kept between requests (p2 serial reuse).
-struct Warm {
-    store: Store<InstanceState>,
-    proxy: wasmtime_wasi_http::p2::bindings::Proxy,
-    memory_hit: Arc<AtomicU8>,
+/// An instance between invocations (serial reuse), or the one serving one now.
+pub(super) struct Live {
+    pub(super) store: Store<InstanceState>,
+    pub(super) instance: Option<Instance>,
+    /// The wasi:http 0.2 bindings, looked up on first HTTP use.
+    pub(super) proxy: Option<wasmtime_wasi_http::p2::bindings::Proxy>,
+    pub(super) memory_hit: Arc<AtomicU8>,
     deadline: Arc<AtomicU64>,
     served: u32,
     idle_since: Instant,
 }
+
+/// Kept in the pool.
+type Warm = Live;
 
 /// Idle reusable instances kept per component at most.
 const MAX_IDLE: usize = 64;
@@ -117,57 +118,57 @@ pub(crate) fn to_nanos(t: Instant) -> u64 {
     t.saturating_duration_since(*BASE).as_nanos() as u64
 }
 
+/// A call into one export of an instance, for [`PreparedComponent::run`].
+pub(crate) trait ExportCall: Send + 'static {
+    /// What the export returns.
+    type Output: Send + 'static;
+    /// Calls the export of `instance` (living in `store`).
+    fn call(
+        self,
+        store: &mut Store<InstanceState>,
+        instance: Instance,
+    ) -> impl Future<Output = wasmtime::Result<Self::Output>> + Send;
+}
+
 impl PreparedComponent {
     pub(crate) fn new(
         pre: InstancePre<InstanceState>,
-        component: Arc<Component>,
         flavor: Option<HttpFlavor>,
-        grants: Arc<Grants>,
-        live: Arc<AtomicU32>,
-        host_memory: Arc<HostMemory>,
+        exports: Vec<String>,
+        stores: StoreFactory,
     ) -> Result<Self, RuntimeError> {
-        let stores = StoreFactory {
-            component,
-            grants: grants.clone(),
-            live,
-            host_memory,
-        };
+        let limits = stores.limits;
         let link = |e: wasmtime::Error| RuntimeError::Link(format!("{e:#}"));
-        let (http, p3) = match flavor {
+        let (proxy, p3) = match flavor {
             None => (None, None),
-            Some(HttpFlavor::P2) => (Some(ProxyPre::new(pre.clone()).map_err(link)?), None),
+            Some(HttpFlavor::P2) => (Some(ProxyIndices::new(&pre).map_err(link)?), None),
             Some(HttpFlavor::P3) => {
                 let service =
                     wasmtime_wasi_http::p3::bindings::ServicePre::new(pre.clone()).map_err(link)?;
-                let reuse = grants.reuse;
-                let limits = P3Limits {
-                    max_requests: reuse.max_requests_for(HttpFlavor::P3) as usize,
+                let reuse = limits.reuse;
+                let p3_limits = P3Limits {
+                    max_requests: reuse.max_requests_for(Some(HttpFlavor::P3)) as usize,
                     max_concurrent: reuse.max_concurrent_for(HttpFlavor::P3) as usize,
                     idle_timeout: reuse.idle_timeout,
                     max_instances: reuse.max_instances as usize,
                 };
-                (None, Some(P3Handler::new(service, stores.clone(), limits)))
+                (
+                    None,
+                    Some(P3Handler::new(service, stores.clone(), p3_limits)),
+                )
             }
         };
-        // Absent export: not a message trigger (checked against the manifest by the
-        // control plane).
-        let messages = MessagingHandlerPre::new(pre).ok();
         Ok(PreparedComponent {
             inner: Arc::new(Inner {
-                http,
+                pre,
+                proxy,
                 p3,
-                messages,
+                exports,
                 stores,
-                grants,
                 flavor,
                 pool: std::sync::Mutex::new(Vec::new()),
             }),
         })
-    }
-
-    /// Whether it exports a message handler.
-    pub fn handles_messages(&self) -> bool {
-        self.inner.messages.is_some()
     }
 
     /// The HTTP handler flavor this component exports, if any.
@@ -175,174 +176,99 @@ impl PreparedComponent {
         self.inner.flavor
     }
 
-    /// The grants the component runs with.
-    pub fn grants(&self) -> &Arc<Grants> {
-        &self.inner.grants
+    /// Its export names.
+    pub fn exports(&self) -> &[String] {
+        &self.inner.exports
     }
 
-    /// Serves one request in a fresh instance, or in an idle reusable one when the
-    /// component allows reuse (`instances.max_requests > 1`). `guard` is held until
-    /// the instance is done with this request (after the response body has been
-    /// produced or the invocation failed). What the guest sends out carries the
-    /// request's `traceparent` and `x-request-id` (the caller puts them on it).
-    pub async fn handle<G: Send + 'static>(
-        &self,
-        request: http::Request<WasiBody>,
-        guard: G,
-    ) -> Result<http::Response<WasiBody>, InvokeError> {
-        let inner = self.inner.clone();
-        if let Some(p3) = &inner.p3 {
-            let response = p3.handle(request).await?;
-            // The body streams from the instance after the head: the guard (a
-            // scaler permit) is held until it is done.
-            return Ok(response.map(|body| {
-                Guarded {
-                    body,
-                    guard: Some(Box::new(guard)),
-                }
-                .boxed_unsync()
-            }));
-        }
-        let Some(http) = inner.http.clone() else {
-            return Err(InvokeError::Host(
-                "component exports no HTTP handler".into(),
-            ));
-        };
-        let timeout = inner.grants.timeout;
-        let deadline = Instant::now() + timeout;
-        let (tx, rx) = oneshot::channel();
-        let reuse = inner.grants.reuse;
-        let max_requests = reuse.max_requests_for(HttpFlavor::P2);
-        let warm = if max_requests > 1 {
-            self.take_warm(reuse.idle_timeout)
+    /// The grants the component runs with.
+    pub fn grants(&self) -> &Arc<Grants> {
+        &self.inner.stores.grants
+    }
+
+    /// The limits it runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.stores.limits
+    }
+
+    /// Requests one instance serves before it is dropped.
+    fn max_requests(&self) -> u32 {
+        self.inner
+            .stores
+            .limits
+            .reuse
+            .max_requests_for(self.inner.flavor)
+    }
+
+    /// An instance for one invocation: an idle reusable one if the component allows
+    /// reuse and one is fresh enough, else a new store (instantiated by the caller on
+    /// first use). Its deadline is set to `deadline` and `invocation` is started in it.
+    pub(super) fn acquire(&self, invocation: Invocation, deadline: Instant) -> Live {
+        let warm = if self.max_requests() > 1 {
+            self.take_warm()
         } else {
             None
         };
-        let (mut store, memory_hit, cell, proxy, served) = match warm {
-            Some(w) => (w.store, w.memory_hit, w.deadline, Some(w.proxy), w.served),
-            None => {
-                let cell = Arc::new(AtomicU64::new(0));
-                let (store, hit) = self.new_store(cell.clone());
-                (store, hit, cell, None, 0)
+        let mut live = warm.unwrap_or_else(|| {
+            let cell = Arc::new(AtomicU64::new(0));
+            let (store, memory_hit) = self.inner.stores.new_store(cell.clone());
+            Live {
+                store,
+                instance: None,
+                proxy: None,
+                memory_hit,
+                deadline: cell,
+                served: 0,
+                idle_since: Instant::now(),
             }
-        };
-        cell.store(to_nanos(deadline), Ordering::Relaxed);
-        memory_hit.store(0, Ordering::Relaxed);
-        store.set_epoch_deadline(1);
-        let (traceparent, request_id) = trace_headers(request.headers());
-        store.data_mut().set_traceparent(traceparent);
-        store.data_mut().set_request_id(request_id);
-        let this = self.clone();
-
-        let mut task = Box::pin(async move {
-            let run = async {
-                let proxy = match proxy {
-                    Some(p) => p,
-                    None => http
-                        .instantiate_async(&mut store)
-                        .await
-                        .map_err(|e| classify(e, Phase::Instantiate, &memory_hit, &inner.grants))?,
-                };
-                let mut http = store.data_mut().http();
-                let req = http
-                    .new_incoming_request(Scheme::Http, request)
-                    .map_err(|e| InvokeError::Host(format!("{e:#}")))?;
-                let out = http
-                    .new_response_outparam(tx)
-                    .map_err(|e| InvokeError::Host(format!("{e:#}")))?;
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, req, out)
-                    .await
-                    .map_err(|e| classify(e, Phase::Call, &memory_hit, &inner.grants))?;
-                Ok(proxy)
-            };
-            let result = match tokio::time::timeout_at(deadline.into(), run).await {
-                Ok(r) => r,
-                Err(_) => Err(InvokeError::Timeout(timeout)),
-            };
-            let result = match result {
-                // A healthy instance with requests left goes back for the next one.
-                Ok(proxy) if served + 1 < max_requests => {
-                    this.put_warm(Warm {
-                        store,
-                        proxy,
-                        memory_hit,
-                        deadline: cell,
-                        served: served + 1,
-                        idle_since: Instant::now(),
-                    });
-                    Ok(())
-                }
-                Ok(_) => {
-                    drop(store);
-                    Ok(())
-                }
-                // A trap or deadline poisons the instance: it is dropped here.
-                Err(e) => {
-                    drop(store);
-                    Err(e)
-                }
-            };
-            drop(guard);
-            result
         });
+        live.deadline.store(to_nanos(deadline), Ordering::Relaxed);
+        live.memory_hit.store(0, Ordering::Relaxed);
+        live.store.set_epoch_deadline(1);
+        live.store.data_mut().begin(invocation);
+        live
+    }
 
-        // Run the guest right here until it either finishes or sets the response head.
-        // A small response usually finishes in one go: no task to spawn, no wakeup of
-        // another thread. If the head comes first, the rest (the body) keeps running
-        // in its own task while the head goes out.
-        let mut rx = rx;
-        tokio::select! {
-            biased;
-            finished = &mut task => match rx.try_recv() {
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(code)) => Err(InvokeError::Guest(code)),
-                Err(_) => match finished {
-                    Err(e) => Err(e),
-                    Ok(()) => Err(InvokeError::NoResponse),
-                },
-            },
-            head = &mut rx => match head {
-                Ok(head) => {
-                    // Give the guest one more turn before handing it to its own task:
-                    // a small body is usually written and the guest done by then (no
-                    // spawn, no wakeup of another thread). A guest still writing runs
-                    // on in its own task, its deadline enforced there.
-                    if futures::FutureExt::now_or_never(&mut task).is_none() {
-                        tokio::spawn(task);
-                    }
-                    head.map_err(InvokeError::Guest)
-                }
-                // The outparam was dropped unset: the guest's end says why.
-                Err(_) => match task.await {
-                    Err(e) => Err(e),
-                    Ok(()) => Err(InvokeError::NoResponse),
-                },
+    /// The instance of `live`, instantiating it if it is new.
+    pub(super) async fn instance(&self, live: &mut Live) -> Result<Instance, InvokeError> {
+        if let Some(i) = live.instance {
+            return Ok(i);
+        }
+        let i = self
+            .inner
+            .pre
+            .instantiate_async(&mut live.store)
+            .await
+            .map_err(|e| self.classify(e, Phase::Instantiate, &live.memory_hit))?;
+        live.instance = Some(i);
+        Ok(i)
+    }
+
+    /// Ends an invocation in `live`: a healthy instance with invocations left goes
+    /// back to the pool, anything else is dropped.
+    pub(super) fn release(&self, mut live: Live, healthy: bool) {
+        if healthy && live.instance.is_some() && live.served + 1 < self.max_requests() {
+            live.served += 1;
+            live.idle_since = Instant::now();
+            let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < MAX_IDLE {
+                pool.push(live);
             }
         }
     }
-}
 
-impl PreparedComponent {
     /// An idle reusable instance, if one is fresh enough (stale ones are dropped).
-    fn take_warm(&self, idle_timeout: std::time::Duration) -> Option<Warm> {
+    fn take_warm(&self) -> Option<Warm> {
+        let idle = self.inner.stores.limits.reuse.idle_timeout;
         let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        pool.retain(|w| now.duration_since(w.idle_since) < idle_timeout);
+        pool.retain(|w| now.duration_since(w.idle_since) < idle);
         pool.pop()
-    }
-
-    fn put_warm(&self, warm: Warm) {
-        let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < MAX_IDLE {
-            pool.push(warm);
-        }
     }
 
     /// Drops reusable instances idle longer than the component's `idle_timeout`.
     pub fn prune_idle(&self) {
-        let idle = self.inner.grants.reuse.idle_timeout;
+        let idle = self.inner.stores.limits.reuse.idle_timeout;
         let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
         if !pool.is_empty() {
             let now = Instant::now();
@@ -350,54 +276,71 @@ impl PreparedComponent {
         }
     }
 
-    fn new_store(&self, deadline: Arc<AtomicU64>) -> (Store<InstanceState>, Arc<AtomicU8>) {
-        self.inner.stores.new_store(deadline)
-    }
-
-    /// Delivers one message to a fresh instance's `handle-message`. `guard` is held
-    /// until the instance is gone. A handler returning `Err` is
-    /// [`InvokeError::Handler`].
-    pub async fn handle_message<G: Send + 'static>(
+    /// Runs one call into an export to completion in an instance (warm or fresh) under
+    /// the component's deadline. `guard` (a scaler permit) is held until the instance
+    /// is done.
+    pub(crate) async fn run<C: ExportCall, G: Send + 'static>(
         &self,
-        message: BrokerMessage,
-        traceparent: Option<http::HeaderValue>,
+        invocation: Invocation,
         guard: G,
-    ) -> Result<(), InvokeError> {
-        let inner = self.inner.clone();
-        let Some(pre) = inner.messages.clone() else {
-            return Err(InvokeError::Host(
-                "component exports no message handler".into(),
-            ));
-        };
-        let timeout = inner.grants.timeout;
+        call: C,
+    ) -> Result<C::Output, InvokeError> {
+        let timeout = self.inner.stores.limits.timeout;
         let deadline = Instant::now() + timeout;
-        let (mut store, memory_hit) = self.new_store(Arc::new(AtomicU64::new(to_nanos(deadline))));
-        store.data_mut().messaging.reply_to = message.reply_to.clone();
-        store.data_mut().set_traceparent(traceparent);
+        let this = self.clone();
         let task = tokio::spawn(async move {
+            let mut live = this.acquire(invocation, deadline);
             let run = async {
-                let instance = pre
-                    .instantiate_async(&mut store)
+                let instance = this.instance(&mut live).await?;
+                call.call(&mut live.store, instance)
                     .await
-                    .map_err(|e| classify(e, Phase::Instantiate, &memory_hit, &inner.grants))?;
-                instance
-                    .wasmcloud_messaging_handler()
-                    .call_handle_message(&mut store, &message)
-                    .await
-                    .map_err(|e| classify(e, Phase::Call, &memory_hit, &inner.grants))?
-                    .map_err(InvokeError::Handler)
+                    .map_err(|e| this.classify(e, Phase::Call, &live.memory_hit))
             };
             let result = match tokio::time::timeout_at(deadline.into(), run).await {
                 Ok(r) => r,
                 Err(_) => Err(InvokeError::Timeout(timeout)),
             };
-            drop(store);
+            this.release(live, result.is_ok());
             drop(guard);
             result
         });
         task.await.unwrap_or_else(|join| {
             Err(InvokeError::Host(format!("invocation task failed: {join}")))
         })
+    }
+
+    /// Sorts a wasmtime error into what a caller can act on.
+    pub(super) fn classify(
+        &self,
+        e: wasmtime::Error,
+        phase: Phase,
+        memory_hit: &AtomicU8,
+    ) -> InvokeError {
+        let limits = &self.inner.stores.limits;
+        if let Some(trap) = e.downcast_ref::<Trap>()
+            && *trap == Trap::Interrupt
+        {
+            return InvokeError::Timeout(limits.timeout);
+        }
+        if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+        {
+            return InvokeError::PoolExhausted(format!("{e:#}"));
+        }
+        let detail = format!("{e:#}");
+        let hit = MemoryLimiter::decode(memory_hit);
+        if hit != MemoryHit::None {
+            return memory_failure(hit, limits.memory, detail);
+        }
+        match phase {
+            Phase::Instantiate => InvokeError::Instantiate(detail),
+            Phase::Call => InvokeError::Trap(detail),
+        }
+    }
+
+    /// The deadline of one invocation.
+    pub fn timeout(&self) -> Duration {
+        self.inner.stores.limits.timeout
     }
 }
 
@@ -407,30 +350,46 @@ impl PreparedComponent {
 pub(crate) struct StoreFactory {
     /// Keeps the shared loaded code alive (see `Runtime::load`).
     component: Arc<Component>,
-    grants: Arc<Grants>,
+    pub(crate) grants: Arc<Grants>,
+    pub(crate) limits: Limits,
     live: Arc<AtomicU32>,
     host_memory: Arc<HostMemory>,
 }
 
 impl StoreFactory {
-    pub(crate) fn grants(&self) -> &Arc<Grants> {
-        &self.grants
+    /// The stores of `component` (loaded code, shared) with `grants` and `limits`,
+    /// drawing memory from `host_memory`, counted in `live`.
+    pub(crate) fn new(
+        component: Arc<Component>,
+        grants: Arc<Grants>,
+        limits: Limits,
+        live: Arc<AtomicU32>,
+        host_memory: Arc<HostMemory>,
+    ) -> Self {
+        StoreFactory {
+            component,
+            grants,
+            limits,
+            live,
+            host_memory,
+        }
     }
 
     /// A fresh store for one instance, with its memory limiter and a wall-clock
     /// deadline (read from `deadline`, so a reused instance gets a new one per
-    /// request) enforced through epoch interruption.
+    /// invocation) enforced through epoch interruption.
     pub(crate) fn new_store(
         &self,
         deadline: Arc<AtomicU64>,
     ) -> (Store<InstanceState>, Arc<AtomicU8>) {
+        let host = HostSide::new(self.limits.memory, &self.host_memory, &self.live);
         let mut store = Store::new(
             self.component.engine(),
-            InstanceState::new(&self.grants, &self.live, &self.host_memory),
+            InstanceState::new(&self.grants, host),
         );
-        let memory_hit = store.data().limiter.hit_flag();
-        let interrupted = store.data().interrupted.clone();
-        store.limiter(|s| &mut s.limiter);
+        let memory_hit = store.data().host.limiter.hit_flag();
+        let interrupted = store.data().host.interrupted.clone();
+        store.limiter(|s| &mut s.host.limiter);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if to_nanos(Instant::now()) >= deadline.load(Ordering::Relaxed) {
@@ -444,69 +403,11 @@ impl StoreFactory {
     }
 }
 
-/// A response body that holds `guard` until it has been produced to the end (or
-/// dropped).
-struct Guarded {
-    body: WasiBody,
-    guard: Option<Box<dyn std::any::Any + Send>>,
-}
-
-impl http_body::Body for Guarded {
-    type Data = bytes::Bytes;
-    type Error = wasmtime_wasi_http::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
-            self.guard = None;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
+/// Where a failure happened.
 #[derive(Clone, Copy)]
-enum Phase {
+pub(super) enum Phase {
     Instantiate,
     Call,
-}
-
-/// Sorts a wasmtime error into what a caller can act on.
-fn classify(
-    e: wasmtime::Error,
-    phase: Phase,
-    memory_hit: &AtomicU8,
-    grants: &Grants,
-) -> InvokeError {
-    if let Some(trap) = e.downcast_ref::<Trap>()
-        && *trap == Trap::Interrupt
-    {
-        return InvokeError::Timeout(grants.timeout);
-    }
-    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
-        .is_some()
-    {
-        return InvokeError::PoolExhausted(format!("{e:#}"));
-    }
-    let detail = format!("{e:#}");
-    let hit = MemoryLimiter::decode(memory_hit);
-    if hit != MemoryHit::None {
-        return memory_failure(hit, grants.memory, detail);
-    }
-    match phase {
-        Phase::Instantiate => InvokeError::Instantiate(detail),
-        Phase::Call => InvokeError::Trap(detail),
-    }
 }
 
 /// The failure of an instance that hit a memory limit (`hit` is not `None`): its own
@@ -518,15 +419,12 @@ pub(crate) fn memory_failure(hit: MemoryHit, limit: u64, detail: String) -> Invo
     }
 }
 
-/// The `traceparent` and `x-request-id` a request for a guest carries (shared, not
-/// copied: a header value's bytes are reference counted).
-pub(crate) fn trace_headers(
-    headers: &http::HeaderMap,
-) -> (Option<http::HeaderValue>, Option<http::HeaderValue>) {
-    (
-        headers
-            .get(&crate::telemetry::trace::TRACEPARENT_HEADER)
-            .cloned(),
-        headers.get(&crate::gateway::REQUEST_ID_HEADER).cloned(),
-    )
+/// What an HTTP request carries into the instance: its trace context.
+pub(crate) fn http_invocation(headers: &http::HeaderMap) -> Invocation {
+    let (traceparent, request_id) = crate::headers::trace_pair(headers);
+    Invocation {
+        traceparent,
+        request_id,
+        reply_to: None,
+    }
 }

@@ -3,20 +3,17 @@
 //!
 //! This module narrows wasmtime for the rest of the host. It compiles a component once
 //! per content hash (cached on disk), pre-instantiates it once per deployed version
-//! ([`PreparedComponent`]), and runs each invocation in a fresh `Store` with the
-//! component's [`Grants`] and limits. It knows nothing about routes, subjects, apps or
-//! scaling; callers hand it a request and get a response or an [`InvokeError`].
+//! ([`PreparedComponent`]), and runs each invocation in a fresh or reused `Store`
+//! with the component's [`Grants`] (what its capabilities allow) and [`Limits`]. It
+//! knows nothing about routes, subjects, apps or scaling; callers hand it a request
+//! or a message and get a response or an [`InvokeError`].
 
-mod bindings;
 mod cache;
-pub mod config;
 mod engine;
-mod hooks;
+mod http;
 mod inspect;
 mod invoke;
-pub mod keyvalue;
-pub mod mesh;
-pub mod messaging;
+mod message;
 mod p3;
 mod state;
 
@@ -30,70 +27,32 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 pub use cache::{CompileOrigin, LoadInfo};
-pub use hooks::is_forbidden_header;
 pub use inspect::{ComponentInterface, HttpFlavor};
 pub use invoke::{InvokeError, PreparedComponent};
-pub use state::{HostMemory, InstanceState};
+pub use state::{HostMemory, HostSide, InstanceState};
 
+use crate::capability::Grants;
 use crate::config::PoolConfig;
-use crate::manifest::OutboundRule;
 
-/// Identifies one deployed component version in logs and errors.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ComponentId {
-    /// App name.
-    pub app: Arc<str>,
-    /// Component name within the app.
-    pub component: Arc<str>,
-    /// App version.
-    pub version: Arc<str>,
-}
-
-impl std::fmt::Display for ComponentId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}@{}", self.app, self.component, self.version)
-    }
-}
-
-/// What one component may do and use: resolved from its manifest and host defaults.
-#[derive(Debug)]
-pub struct Grants {
-    /// Who this is.
-    pub id: ComponentId,
-    /// Environment variables visible to the guest.
-    pub env: Vec<(String, String)>,
-    /// Outbound HTTP destinations allowed.
-    pub outbound: Vec<OutboundRule>,
+/// What the runtime enforces on one component version: resources and reuse
+/// (resolved from its manifest and the host's defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
     /// Linear memory cap in bytes.
     pub memory: u64,
     /// Wall-clock deadline per invocation.
     pub timeout: Duration,
-    /// Subjects (wildcards allowed) the component may publish and send requests to.
-    pub publish: Vec<String>,
-    /// Subjects it subscribes to (a published message may name one as its reply-to).
-    pub subscribe: Vec<String>,
-    /// The bus its messaging calls go to (`None`: messaging unavailable, e.g. offline
-    /// validation).
-    pub bus: Option<messaging::BusHandle>,
-    /// Key-value buckets it may open.
-    pub keyvalue: keyvalue::KeyvalueGrant,
-    /// Configuration and secrets it reads through wasi:config.
-    pub config: config::ConfigValues,
-    /// Components it may call by name, with their policies.
-    pub calls: Vec<(String, crate::manifest::CallPolicy)>,
-    /// Where those calls go (`None`: unavailable, e.g. offline validation).
-    pub mesh: Option<mesh::MeshHandle>,
     /// Instance reuse.
     pub reuse: ReusePolicy,
 }
 
-/// How many requests one instance may serve (`[components.X.instances]`). Unset
-/// values take the defaults of `wasmtime serve`, which differ by flavor: a WASI 0.2
-/// component gets a fresh instance per request, a WASI 0.3 one serves 128 requests,
-/// 16 at once.
+/// How many invocations one instance may serve (`[components.X.instances]`), for
+/// every trigger. Unset values take the defaults of `wasmtime serve`, which differ by
+/// flavor: a WASI 0.2 component gets a fresh instance per invocation, a WASI 0.3 one
+/// serves 128, 16 at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReusePolicy {
-    /// Requests one instance serves before it is dropped (1: fresh every time).
+    /// Invocations one instance serves before it is dropped (1: fresh every time).
     pub max_requests: Option<u32>,
     /// Requests one instance serves at once (WASI 0.3 only).
     pub max_concurrent: Option<u32>,
@@ -104,11 +63,12 @@ pub struct ReusePolicy {
 }
 
 impl ReusePolicy {
-    /// `max_requests` with the flavor's default.
-    pub fn max_requests_for(&self, flavor: HttpFlavor) -> u32 {
+    /// `max_requests` with the flavor's default (a component without an HTTP
+    /// handler counts as WASI 0.2).
+    pub fn max_requests_for(&self, flavor: Option<HttpFlavor>) -> u32 {
         self.max_requests.unwrap_or(match flavor {
-            HttpFlavor::P2 => 1,
-            HttpFlavor::P3 => 128,
+            Some(HttpFlavor::P3) => 128,
+            Some(HttpFlavor::P2) | None => 1,
         })
     }
 
@@ -121,12 +81,15 @@ impl ReusePolicy {
     }
 }
 
+/// How long an idle reusable instance is kept when the manifest does not say.
+pub const DEFAULT_REUSE_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Default for ReusePolicy {
     fn default() -> Self {
         ReusePolicy {
             max_requests: None,
             max_concurrent: None,
-            idle_timeout: Duration::from_secs(1),
+            idle_timeout: DEFAULT_REUSE_IDLE_TIMEOUT,
             max_instances: 100,
         }
     }
@@ -165,7 +128,9 @@ impl EngineSet {
     fn new(kind: engine::EngineKind, pool: &PoolConfig, data_dir: &Path) -> anyhow::Result<Self> {
         let engine = engine::build_engine(pool, kind)?;
         let mut linker = Linker::new(&engine);
-        add_interfaces(&mut linker, kind)?;
+        // Linking an interface grants nothing by itself: what a guest can reach
+        // through it is decided per instance by its grants.
+        crate::capability::add_to_linker(&mut linker, kind == engine::EngineKind::Concurrent)?;
         let cache = cache::CompileCache::open(data_dir, &engine).map_err(|e| {
             anyhow::anyhow!(
                 "cannot open compile cache under {}: {e}",
@@ -408,61 +373,35 @@ impl Runtime {
         &self.host_memory
     }
 
-    /// Checks `component` against what its grants allow and pre-instantiates it.
-    /// Instances it creates are counted in `live` while they exist.
+    /// Checks `component`'s imports against what the host provides and its grants
+    /// allow, and pre-instantiates it. Instances it creates are counted in `live`
+    /// while they exist.
     pub fn prepare(
         &self,
         component: &Arc<Component>,
         grants: Arc<Grants>,
+        limits: Limits,
         live: Arc<AtomicU32>,
     ) -> Result<PreparedComponent, RuntimeError> {
         let interface = self.interface(component);
-        interface.check_imports()?;
-        if interface.uses_keyvalue() && grants.keyvalue.buckets.is_empty() {
-            return Err(RuntimeError::Imports(
-                "component imports wasi:keyvalue but its manifest grants no buckets: list them under [components.NAME.keyvalue] buckets".into(),
-            ));
-        }
-        let flavor = interface.http_flavor();
-        if flavor.is_none() && !interface.handles_messages() {
-            return Err(RuntimeError::Exports(format!(
-                "component exports no handler this host can call: expected wasi:http/incoming-handler@0.2.x, wasi:http/handler@0.3.x or wasmcloud:messaging/handler@0.2.x, found [{}]",
-                interface.exports.join(", ")
-            )));
-        }
+        crate::capability::check_provided(&interface.imports).map_err(RuntimeError::Imports)?;
+        grants
+            .check_imports(&interface.imports)
+            .map_err(RuntimeError::Imports)?;
         let pre = self
             .set_of(component)
             .linker
             .instantiate_pre(component)
             .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
-        PreparedComponent::new(
-            pre,
+        let stores = invoke::StoreFactory::new(
             component.clone(),
-            flavor,
             grants,
+            limits,
             live,
             self.host_memory.clone(),
-        )
+        );
+        PreparedComponent::new(pre, interface.http_flavor(), interface.exports, stores)
     }
-}
-
-/// Links every interface the host provides: the whole WASI 0.2 set, wasi:http, and on
-/// the concurrent engine the WASI 0.3 set (its host functions need concurrency
-/// support). Linking an interface grants nothing by itself: what a guest can reach
-/// through it (env, files, sockets, outbound HTTP) is decided per instance by
-/// [`InstanceState`] from the component's grants.
-fn add_interfaces(
-    linker: &mut Linker<InstanceState>,
-    kind: engine::EngineKind,
-) -> anyhow::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_async(linker)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
-    if kind == engine::EngineKind::Concurrent {
-        wasmtime_wasi::p3::add_to_linker(linker)?;
-        wasmtime_wasi_http::p3::add_to_linker(linker)?;
-    }
-    bindings::add_to_linker(linker)?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -473,13 +412,8 @@ mod tests {
     /// from zero during a deploy) compile them once and share one copy.
     #[test]
     fn concurrent_loads_of_one_digest_compile_it_once() {
-        let wasm = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../components/target/wasm32-wasip2/release/hello.wasm");
-        assert!(
-            wasm.is_file(),
-            "{} not found: build the components first (`just build-components`)",
-            wasm.display()
-        );
+        // A component in text form: unit tests need no prebuilt guest.
+        let wasm = b"(component (core module (func (export \"f\"))))".to_vec();
         let data = tempfile::tempdir().expect("tempdir");
         let mut pool = crate::config::HostConfig::default().pool;
         pool.instances = 4;
@@ -491,7 +425,7 @@ mod tests {
                 std::thread::spawn(move || {
                     start.wait();
                     runtime
-                        .load("sha256:concurrent-test", || std::fs::read(&wasm))
+                        .load("sha256:concurrent-test", || Ok(wasm))
                         .expect("load")
                 })
             })

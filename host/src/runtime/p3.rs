@@ -45,12 +45,13 @@ use wasmtime_wasi_http::handler::{
 use super::InstanceState;
 use super::invoke::{InvokeError, StoreFactory, memory_failure, to_nanos};
 use super::state::{MemoryHit, MemoryLimiter};
+use crate::capability::Invocation;
 
 /// What travels with one request into the worker that accepts it.
 pub(crate) struct RequestData {
     deadline: Instant,
-    traceparent: Option<http::HeaderValue>,
-    request_id: Option<http::HeaderValue>,
+    /// The request's trace context, started in the instance that accepts it.
+    invocation: Invocation,
     /// What the instance that accepted the request records (its memory-limit flag and
     /// that flag's value then, whether the host interrupted it), so a trap can be told
     /// apart from a memory limit hit or a deadline (as for WASI 0.2).
@@ -87,8 +88,8 @@ impl P3Handler {
         stores: StoreFactory,
         limits: P3Limits,
     ) -> Self {
-        let timeout = stores.grants().timeout;
-        let memory_limit = stores.grants().memory;
+        let timeout = stores.limits.timeout;
+        let memory_limit = stores.limits.memory;
         P3Handler {
             handler: ProxyHandler::new(P3State {
                 pre: ProxyPre::P3(pre),
@@ -108,11 +109,9 @@ impl P3Handler {
         &self,
         request: http::Request<wasmtime_wasi_http::WasiBody>,
     ) -> Result<http::Response<wasmtime_wasi_http::WasiBody>, InvokeError> {
-        let (traceparent, request_id) = super::invoke::trace_headers(request.headers());
         let mut data = RequestData {
             deadline: Instant::now() + self.timeout,
-            traceparent,
-            request_id,
+            invocation: super::invoke::http_invocation(request.headers()),
             served_by: Arc::new(OnceLock::new()),
         };
         let served_by = data.served_by.clone();
@@ -203,10 +202,10 @@ impl HandlerState for P3State {
             .clone()
             .try_acquire_owned()
             .map_err(|_| wasmtime::Error::new(AtCapacity))?;
-        let timeout = self.stores.grants().timeout;
+        let timeout = self.stores.limits.timeout;
         let deadline = Arc::new(AtomicU64::new(to_nanos(Instant::now() + timeout)));
         let (mut store, _memory_hit) = self.stores.new_store(deadline.clone());
-        let interrupted = store.data().interrupted.clone();
+        let interrupted = store.data().host.interrupted.clone();
         let proxy = self.pre.instantiate_async(&mut store).await?;
         Ok(Instance {
             store,
@@ -221,7 +220,7 @@ impl HandlerState for P3State {
             state: Worker {
                 limits: self.limits,
                 deadline,
-                component: self.stores.grants().id.to_string(),
+                component: self.stores.grants.id.to_string(),
                 _slot: slot,
             },
         })
@@ -315,13 +314,12 @@ impl WorkerState for Worker {
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + 'static + Send + Sync>> {
         let state = store.data_mut();
-        state.set_traceparent(data.traceparent);
-        state.set_request_id(data.request_id);
-        let memory = state.limiter.hit_flag();
+        state.begin(data.invocation);
+        let memory = state.host.limiter.hit_flag();
         let _ = data.served_by.set(Served {
             memory_at_start: memory.load(Ordering::Relaxed),
             memory,
-            interrupted: state.interrupted.clone(),
+            interrupted: state.host.interrupted.clone(),
         });
         self.deadline
             .fetch_max(to_nanos(data.deadline), Ordering::Relaxed);

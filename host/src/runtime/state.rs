@@ -1,36 +1,37 @@
-//! Per-instance store state: the WASI and wasi:http contexts one instance sees, its
-//! resource table, its memory limiter, and where its stdout/stderr go.
-//!
-//! Built fresh for every instance from the component's [`Grants`]: env vars the manifest
-//! lists and nothing else; no preopened directories, no sockets, no inherited stdio.
+//! Per-instance store state: the capabilities' state (see [`crate::capability`]) plus
+//! what the runtime keeps per instance: its memory limiter (drawing on the host's
+//! budget), whether the host interrupted it at a deadline, and its place in the count
+//! of live instances.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-
-use bytes::Bytes;
-use wasmtime::component::ResourceTable;
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
-
-use super::Grants;
-use super::hooks::HostHooks;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 /// The `T` in `Store<T>` for every component instance.
-pub struct InstanceState {
-    table: ResourceTable,
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    hooks: HostHooks,
+pub type InstanceState = crate::capability::Instance<HostSide>;
+
+/// The runtime's part of an instance's state.
+pub struct HostSide {
     pub(crate) limiter: MemoryLimiter,
     /// Set when the host interrupted the instance at a deadline (the epoch callback,
     /// or a WASI 0.3 worker's expiry): its failure is a timeout, not a trap.
-    pub(crate) interrupted: Arc<std::sync::atomic::AtomicBool>,
-    pub(crate) messaging: super::messaging::MessagingCtx,
-    /// The invocation's trace id, shared with the stdout/stderr writers.
-    trace_id: TraceId,
-    grants: Arc<Grants>,
+    pub(crate) interrupted: Arc<AtomicBool>,
     _live: LiveInstance,
+}
+
+impl HostSide {
+    /// The runtime's state for one instance with a memory cap of `max_memory` bytes,
+    /// drawn from `host_memory`, counted in `live` while it exists.
+    pub(crate) fn new(
+        max_memory: u64,
+        host_memory: &Arc<HostMemory>,
+        live: &Arc<AtomicU32>,
+    ) -> Self {
+        HostSide {
+            limiter: MemoryLimiter::new(max_memory, host_memory.clone()),
+            interrupted: Default::default(),
+            _live: LiveInstance::new(live.clone()),
+        }
+    }
 }
 
 /// Counts one live instance of a component for as long as its store exists.
@@ -46,90 +47,6 @@ impl LiveInstance {
 impl Drop for LiveInstance {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl InstanceState {
-    /// Fresh state for one instance of the component `grants` describes, counted in
-    /// `live` while it exists, its memory drawn from `host_memory`.
-    pub(crate) fn new(
-        grants: &Arc<Grants>,
-        live: &Arc<AtomicU32>,
-        host_memory: &Arc<HostMemory>,
-    ) -> Self {
-        let trace_id: TraceId = Arc::default();
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.envs(&grants.env)
-            .stdout(GuestLog::new(grants.clone(), "stdout", trace_id.clone()))
-            .stderr(GuestLog::new(grants.clone(), "stderr", trace_id.clone()))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
-        InstanceState {
-            table: ResourceTable::new(),
-            wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
-            hooks: HostHooks::new(grants.clone()),
-            limiter: MemoryLimiter::new(grants.memory, host_memory.clone()),
-            interrupted: Default::default(),
-            messaging: Default::default(),
-            trace_id,
-            grants: grants.clone(),
-            _live: LiveInstance::new(live.clone()),
-        }
-    }
-
-    /// Sets the `x-request-id` this instance's outgoing requests carry.
-    pub(crate) fn set_request_id(&mut self, value: Option<http::HeaderValue>) {
-        self.hooks.request_id = value;
-    }
-
-    /// Sets the `traceparent` this instance's outgoing requests and messages carry.
-    pub(crate) fn set_traceparent(&mut self, header: Option<http::HeaderValue>) {
-        let id = header
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|t| t.split('-').nth(1))
-            .unwrap_or_default();
-        // A reused instance keeps its buffer.
-        let mut trace_id = self.trace_id.lock().unwrap_or_else(|e| e.into_inner());
-        trace_id.clear();
-        trace_id.push_str(id);
-        drop(trace_id);
-        self.messaging.traceparent = header.clone();
-        self.hooks.traceparent = header;
-    }
-
-    pub(crate) fn table_ref(&self) -> &ResourceTable {
-        &self.table
-    }
-
-    pub(crate) fn table_mut(&mut self) -> &mut ResourceTable {
-        &mut self.table
-    }
-
-    /// What this instance's component may do.
-    pub fn grants(&self) -> &Arc<Grants> {
-        &self.grants
-    }
-}
-
-impl WasiView for InstanceState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for InstanceState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
-        }
     }
 }
 
@@ -250,141 +167,5 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS && maximum.is_none_or(|m| desired <= m))
-    }
-}
-
-/// The trace id of the invocation an instance is serving (empty: none).
-type TraceId = Arc<std::sync::Mutex<String>>;
-
-/// Longest stdout/stderr line kept; longer output is split.
-const MAX_LOG_LINE: usize = 16 * 1024;
-
-/// Guest stdout/stderr: each line becomes a tracing event with the component's name,
-/// never raw bytes on the host's own stdout.
-#[derive(Clone)]
-struct GuestLog {
-    grants: Arc<Grants>,
-    stream: &'static str,
-    trace_id: TraceId,
-    buf: Vec<u8>,
-}
-
-impl GuestLog {
-    fn new(grants: Arc<Grants>, stream: &'static str, trace_id: TraceId) -> Self {
-        GuestLog {
-            grants,
-            stream,
-            trace_id,
-            buf: Vec::new(),
-        }
-    }
-
-    fn write_bytes(&mut self, mut bytes: &[u8]) {
-        while let Some(i) = bytes.iter().position(|b| *b == b'\n') {
-            self.buf.extend_from_slice(&bytes[..i]);
-            self.emit();
-            bytes = &bytes[i + 1..];
-        }
-        self.buf.extend_from_slice(bytes);
-        if self.buf.len() >= MAX_LOG_LINE {
-            self.emit();
-        }
-    }
-
-    fn emit(&mut self) {
-        let line = String::from_utf8_lossy(&self.buf);
-        let line = line.trim_end_matches('\r');
-        let trace_id = self
-            .trace_id
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        tracing::info!(
-            target: "wasmhive::guest",
-            app = %self.grants.id.app,
-            component = %self.grants.id.component,
-            version = %self.grants.id.version,
-            trace_id,
-            stream = self.stream,
-            "{line}"
-        );
-        self.buf.clear();
-    }
-}
-
-impl Drop for GuestLog {
-    fn drop(&mut self) {
-        if !self.buf.is_empty() {
-            self.emit();
-        }
-    }
-}
-
-impl wasmtime_wasi::cli::IsTerminal for GuestLog {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl wasmtime_wasi::cli::StdoutStream for GuestLog {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(GuestLog::new(
-            self.grants.clone(),
-            self.stream,
-            self.trace_id.clone(),
-        ))
-    }
-
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(GuestLog::new(
-            self.grants.clone(),
-            self.stream,
-            self.trace_id.clone(),
-        ))
-    }
-}
-
-impl OutputStream for GuestLog {
-    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.write_bytes(&bytes);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> StreamResult<()> {
-        Ok(())
-    }
-
-    fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(64 * 1024)
-    }
-}
-
-#[async_trait::async_trait]
-impl Pollable for GuestLog {
-    async fn ready(&mut self) {}
-}
-
-impl tokio::io::AsyncWrite for GuestLog {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.write_bytes(buf);
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
     }
 }

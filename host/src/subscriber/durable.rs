@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::apps::DeployedComponent;
 use crate::bus::nats::{NatsBus, from_nats};
-use crate::runtime::InvokeError;
+use crate::envelope::Failure;
 use crate::telemetry::metrics::RequestMetrics;
 
 /// Added to the component's timeout to get the consumer's ack wait.
@@ -81,11 +81,12 @@ pub async fn start(
     handlers: TaskTracker,
 ) -> anyhow::Result<()> {
     let js = jetstream::new(bus.client().clone());
-    let spec = &component.spec.messaging;
-    let mut stream = events_stream(&js, &spec.subscribe).await?;
+    let subscribe = &component.spec.caps.messaging.subscribe;
+    let delivery = &component.spec.triggers.message;
+    let mut stream = events_stream(&js, subscribe).await?;
     // From now on this host's publishes to these subjects wait for JetStream to
     // store them (the bus's `publish`).
-    bus.add_captured(spec.subscribe.clone());
+    bus.add_captured(subscribe.clone());
     match stream.info().await {
         Ok(info) => bus.add_captured(info.config.subjects.clone()),
         Err(e) => {
@@ -101,7 +102,7 @@ pub async fn start(
     .await
     .map_err(|e| anyhow::anyhow!("cannot create JetStream stream {DLQ_STREAM}: {e}"))?;
     let name = consumer_name(&super::queue_group(&component));
-    let max_deliver = spec.max_deliver.unwrap_or(DEFAULT_MAX_DELIVER);
+    let max_deliver = delivery.max_deliver.unwrap_or(DEFAULT_MAX_DELIVER);
     let consumer_cfg = pull::Config {
         durable_name: Some(name.clone()),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
@@ -110,7 +111,7 @@ pub async fn start(
         // redelivering, so a delivery lost to a crash is not the end of a message.
         max_deliver: -1,
         max_ack_pending: i64::from(component.scaler.policy().max_instances.max(1)) * 4,
-        filter_subjects: spec.subscribe.clone(),
+        filter_subjects: subscribe.clone(),
         // Removed by the server once no host has pulled for this long (every host
         // undeployed the component), so its interest stops pinning messages.
         inactive_threshold: CONSUMER_INACTIVE,
@@ -290,13 +291,14 @@ async fn pull_loop(
                             dead_letter(&js, &component, &message, &e, delivered).await;
                             message.ack_with(AckKind::Term).await
                         } else {
-                            let backoff = &component.spec.messaging.backoff;
+                            let backoff = &component.spec.triggers.message.backoff;
                             let delay = backoff
                                 .get(delivered as usize - 1)
                                 .or(backoff.last())
                                 .copied()
                                 .unwrap_or(DEFAULT_BACKOFF);
-                            tracing::warn!(component = %component.id, %subject, delivered, error = %e, retry_in = ?delay, "message handler failed; will redeliver");
+                            // The envelope logged the failure; this is the decision.
+                            tracing::debug!(component = %component.id, %subject, delivered, retry_in = ?delay, "will redeliver");
                             message.ack_with(AckKind::Nak(Some(delay))).await
                         }
                     }
@@ -313,7 +315,7 @@ async fn dead_letter(
     js: &jetstream::Context,
     component: &DeployedComponent,
     message: &jetstream::Message,
-    error: &InvokeError,
+    error: &Failure,
     delivered: u32,
 ) {
     let mut headers = message.headers.clone().unwrap_or_default();

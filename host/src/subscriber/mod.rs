@@ -1,10 +1,13 @@
-//! Message triggers: one bus subscription per subscribed subject of each deployed
-//! component, delivering each message to a fresh instance's `handle-message`.
+//! The message trigger's source: one bus subscription per subscribed subject of each
+//! deployed component, delivering each message through the invocation envelope to the
+//! component's `handle-message` (a fresh instance, or a reused one when
+//! `instances.max_requests > 1`).
 //!
 //! Subscriptions join the component's queue group (default `APP.COMPONENT`), so the
 //! instances of a component — on this host and on every other host of the lattice —
 //! share the messages: each message is handled once. Delivery is at most once (core
-//! NATS): a handler that fails or traps is logged and counted, not retried.
+//! NATS): a handler that fails or traps is logged and counted (by the envelope), not
+//! retried; `durable = true` delivers at least once ([`durable`]).
 //!
 //! Handlers run on the control plane's handler tracker, so shutdown waits for them
 //! (bounded by the drain timeout) as it does for HTTP requests.
@@ -17,7 +20,6 @@
 pub mod durable;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -25,16 +27,21 @@ use tokio_util::task::TaskTracker;
 
 use crate::apps::DeployedComponent;
 use crate::bus::{Bus, Message};
-use crate::runtime::InvokeError;
-use crate::runtime::messaging::BrokerMessage;
-use crate::telemetry::metrics::{RequestMetrics, Trigger};
-use crate::telemetry::trace::{TRACEPARENT, TraceContext};
+use crate::capability::messaging::BrokerMessage;
+use crate::envelope::{self, Admission, Call, Context, Failure};
+use crate::headers::TRACEPARENT;
+use crate::runtime::{InvokeError, PreparedComponent};
+use crate::scaler::Permit;
+use crate::telemetry::metrics::RequestMetrics;
+use crate::telemetry::trace::TraceContext;
+use crate::trigger::message::MessageTrigger;
 
 /// The queue group a component's subscriptions join.
 pub fn queue_group(component: &DeployedComponent) -> String {
     component
         .spec
-        .messaging
+        .triggers
+        .message
         .queue_group
         .clone()
         .unwrap_or_else(|| format!("{}.{}", component.id.app, component.id.component))
@@ -49,10 +56,10 @@ pub async fn start(
     stop: CancellationToken,
     handlers: TaskTracker,
 ) -> Result<(), crate::bus::BusError> {
-    if component.spec.messaging.subscribe.is_empty() {
+    if component.spec.caps.messaging.subscribe.is_empty() {
         return Ok(());
     }
-    if component.spec.messaging.durable {
+    if component.spec.triggers.message.durable {
         let Some(nats) = bus.as_nats() else {
             return Err(crate::bus::BusError::Unavailable(
                 "durable = true needs NATS with JetStream; this host runs the in-process bus (start it with --nats URL, or with nats-server installed)".into(),
@@ -64,7 +71,7 @@ pub async fn start(
     }
     let group = queue_group(&component);
     let mut subs = Vec::new();
-    for subject in &component.spec.messaging.subscribe {
+    for subject in &component.spec.caps.messaging.subscribe {
         subs.push((subject.clone(), bus.subscribe(subject, Some(&group)).await?));
     }
     for (subject, sub) in subs {
@@ -101,62 +108,53 @@ async fn deliver(
         };
         let component = component.clone();
         let metrics = metrics.clone();
+        // The envelope logs and counts a failure; at most once, nothing more to do.
         handlers.spawn(async move {
-            let subject = message.subject.clone();
-            if let Err(e) = handle(&component, &metrics, message, permit).await {
-                tracing::warn!(component = %component.id, %subject, error = %e, "message handler failed");
-            }
+            let _ = handle(&component, &metrics, message, permit).await;
         });
     }
 }
 
-/// Delivers one admitted message to the component (loading it if at zero), counting
-/// the invocation in its stats and in the request metrics (trigger `message`).
+/// Delivers one admitted message to the component through the envelope (loading it
+/// if at zero, counting it, trigger `message` in the metrics).
 pub(crate) async fn handle(
     component: &DeployedComponent,
     metrics: &RequestMetrics,
     message: Message,
-    permit: crate::scaler::Permit,
-) -> Result<(), InvokeError> {
-    let started = Instant::now();
-    component.stats.started();
-    let result = invoke(component, message, permit).await;
-    let status = match &result {
-        Ok(()) => 200,
-        Err(InvokeError::Timeout(_)) => 504,
-        Err(_) => 500,
+    permit: Permit,
+) -> Result<(), Failure> {
+    let trace = TraceContext::for_invocation(message.header(TRACEPARENT));
+    let subject = message.subject.clone();
+    let cx = Context {
+        component,
+        metrics,
+        trace: &trace,
+        what: &subject,
     };
-    if result.is_err() {
-        component.stats.failed();
-    }
-    metrics.record_for(
-        &component.series,
-        &component.id,
-        Trigger::Message,
-        status,
-        started.elapsed().as_secs_f64(),
-    );
-    result
+    let call = MessageCall {
+        message: BrokerMessage {
+            subject: message.subject,
+            body: message.body.to_vec(),
+            reply_to: message.reply_to,
+        },
+        traceparent: trace.header_value(),
+    };
+    envelope::invoke(cx, Admission::Admitted(permit), call).await
 }
 
-async fn invoke(
-    component: &DeployedComponent,
-    message: Message,
-    permit: crate::scaler::Permit,
-) -> Result<(), InvokeError> {
-    let prepared = component
-        .scaler
-        .prepared()
-        .await
-        .map_err(|e| InvokeError::Instantiate(format!("cannot load from zero: {e}")))?;
-    let trace = TraceContext::for_invocation(message.header(TRACEPARENT));
-    tracing::debug!(component = %component.id, subject = %message.subject, trace_id = %trace.trace_id_hex(), "message delivered");
-    let message = BrokerMessage {
-        subject: message.subject,
-        body: message.body.to_vec(),
-        reply_to: message.reply_to,
-    };
-    prepared
-        .handle_message(message, Some(trace.header_value()), permit)
-        .await
+/// A call of the component's message handler.
+struct MessageCall {
+    message: BrokerMessage,
+    traceparent: http::HeaderValue,
+}
+
+impl Call for MessageCall {
+    type Trigger = MessageTrigger;
+    type Output = ();
+
+    async fn call(self, prepared: PreparedComponent, permit: Permit) -> Result<(), InvokeError> {
+        prepared
+            .handle_message(self.message, Some(self.traceparent), permit)
+            .await
+    }
 }

@@ -11,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::runtime::ComponentId;
+use crate::ids::ComponentId;
 
 /// Labels of one request series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -20,32 +20,23 @@ pub struct RequestLabels {
     pub app: Arc<str>,
     /// Component name.
     pub component: Arc<str>,
-    /// Where the request came from: `http` for the public listener.
+    /// What started the invocation (`http`, `mesh`, `message`, ...).
     pub trigger: &'static str,
-    /// HTTP status answered.
+    /// HTTP status answered (for other triggers, the status their outcome maps to).
     pub status: u16,
 }
 
-/// Where a request came from (the `trigger` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// The public HTTP listener.
-    Http,
-    /// Another component, through the mesh.
-    Mesh,
-    /// A message from the bus.
-    Message,
-}
+/// Triggers a component's series can hold (raise it when adding more).
+pub const MAX_TRIGGERS: usize = 8;
 
-impl Trigger {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Http => "http",
-            Trigger::Mesh => "mesh",
-            Trigger::Message => "message",
-        }
-    }
+/// A trigger as metrics know it: its label value and its slot in [`ComponentSeries`].
+/// Each trigger defines its own (see `trigger::Labelled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TriggerLabel {
+    /// Index in a component's series (below [`MAX_TRIGGERS`]).
+    pub slot: usize,
+    /// The `trigger` label.
+    pub name: &'static str,
 }
 
 /// One component's series of status 200 for each trigger, looked up once and then
@@ -54,9 +45,7 @@ impl Trigger {
 /// series in the family.)
 #[derive(Default)]
 pub struct ComponentSeries {
-    http: OnceLock<(Counter, Histogram)>,
-    mesh: OnceLock<(Counter, Histogram)>,
-    message: OnceLock<(Counter, Histogram)>,
+    ok: [OnceLock<(Counter, Histogram)>; MAX_TRIGGERS],
 }
 
 /// Request counters and latency histograms. Series are never removed from the
@@ -91,23 +80,18 @@ impl RequestMetrics {
         &self,
         series: &ComponentSeries,
         id: &ComponentId,
-        trigger: Trigger,
+        trigger: TriggerLabel,
         status: u16,
         seconds: f64,
     ) {
         let labels = || RequestLabels {
             app: id.app.clone(),
             component: id.component.clone(),
-            trigger: trigger.as_str(),
+            trigger: trigger.name,
             status,
         };
-        if status != 200 {
+        let Some(slot) = series.ok.get(trigger.slot).filter(|_| status == 200) else {
             return self.record(&labels(), seconds);
-        }
-        let slot = match trigger {
-            Trigger::Http => &series.http,
-            Trigger::Mesh => &series.mesh,
-            Trigger::Message => &series.message,
         };
         let (count, latency) = slot.get_or_init(|| {
             let labels = labels();

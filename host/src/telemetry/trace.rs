@@ -8,10 +8,11 @@
 
 use rand::RngCore;
 
-/// The header name.
-pub const TRACEPARENT: &str = "traceparent";
-/// The header name, ready for `HeaderMap` lookups without parsing.
-pub const TRACEPARENT_HEADER: http::HeaderName = http::HeaderName::from_static(TRACEPARENT);
+/// A new `x-request-id` value: 32 random hex digits.
+pub fn new_request_id() -> http::HeaderValue {
+    http::HeaderValue::from_bytes(hex128(random_u128()).as_bytes())
+        .unwrap_or_else(|_| http::HeaderValue::from_static(""))
+}
 
 /// A position in a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,31 +1,61 @@
-//! Host side of `wasi:keyvalue@0.2.0-draft` (store, atomics, batch) and the
+//! Key-value state: `wasi:keyvalue@0.2.0-draft` (store, atomics, batch) and the
 //! `wasmhive:keyvalue/cas` extension.
 //!
-//! `open` succeeds only for buckets the component's manifest lists (`""` and
-//! `default` are the same bucket); anything else is `access-denied`, an error the
-//! guest sees. Buckets are namespaced by app and component in the store, so the same
-//! bucket name in another component is another bucket. A `set` larger than the
-//! component's `max_value_size` fails with `other(...)`.
+//! Manifest: `[keyvalue] buckets = [...]` (the only buckets the guest may open; `""`
+//! and `default` are the same bucket) and `max_value_size` (default 1 MiB). `open` of
+//! any other bucket is `access-denied`, an error the guest sees. Buckets are
+//! namespaced by app and component in the store, so the same bucket name in another
+//! component is another bucket (database per service). A `set` larger than
+//! `max_value_size` fails with `other(...)`. A component importing these interfaces
+//! with no buckets granted is refused at deploy.
 
 use std::sync::Arc;
 
-use wasmtime::component::Resource;
+use wasmtime::component::{Linker, Resource};
 
-use super::InstanceState;
-use super::bindings::imports::wasi::keyvalue::{atomics, batch, store};
-use super::bindings::imports::wasmhive::keyvalue::cas;
+use super::{Capability, GrantContext, Grants, HasView, Instance, View, view_of};
+use crate::section::{ManifestError, Table};
 use crate::state::{KvError, KvStore, Namespace};
+
+#[allow(missing_docs)]
+mod bindings {
+    wasmtime::component::bindgen!({
+        inline: "package wasmhive:keyvalue-host;
+                 world keyvalue {
+                   import wasi:keyvalue/store@0.2.0-draft;
+                   import wasi:keyvalue/atomics@0.2.0-draft;
+                   import wasi:keyvalue/batch@0.2.0-draft;
+                   import wasmhive:keyvalue/cas@0.1.0;
+                 }",
+        path: "../wit",
+        world: "wasmhive:keyvalue-host/keyvalue",
+        imports: { default: async },
+        with: {
+            "wasi:keyvalue/store.bucket": super::KvBucket,
+        },
+    });
+}
+
+use bindings::wasi::keyvalue::{atomics, batch, store};
+use bindings::wasmhive::keyvalue::cas;
 
 /// Default `max_value_size`.
 pub const DEFAULT_MAX_VALUE_SIZE: u64 = 1 << 20;
 
-/// An open bucket (the resource the guest holds).
-pub struct KvBucket {
-    ns: Namespace,
+/// The capability.
+pub struct Keyvalue;
+
+/// `[keyvalue]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyvalueSpec {
+    /// Bucket names the guest may open (`""` is written as `default`).
+    pub buckets: Vec<String>,
+    /// Largest value a `set` accepts.
+    pub max_value_size: Option<u64>,
 }
 
 /// What key-value access a component has.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct KeyvalueGrant {
     /// Buckets it may open.
     pub buckets: Vec<String>,
@@ -45,6 +75,76 @@ impl std::fmt::Debug for KeyvalueGrant {
     }
 }
 
+/// An open bucket (the resource the guest holds).
+pub struct KvBucket {
+    ns: Namespace,
+}
+
+impl Capability for Keyvalue {
+    const INTERFACES: &'static [&'static str] = &["wasi:keyvalue/", "wasmhive:keyvalue/"];
+    type Spec = KeyvalueSpec;
+    type Grant = KeyvalueGrant;
+    type Ctx = ();
+
+    fn spec(component: &mut Table<'_>) -> Result<KeyvalueSpec, ManifestError> {
+        let mut spec = KeyvalueSpec::default();
+        let Some(kv) = component.table("keyvalue")? else {
+            return Ok(spec);
+        };
+        for name in kv.list("buckets", check_bucket)? {
+            if !spec.buckets.contains(&name) {
+                spec.buckets.push(name);
+            }
+        }
+        spec.max_value_size = kv.size("max_value_size")?;
+        Ok(spec)
+    }
+
+    fn grant(spec: &KeyvalueSpec, cx: &GrantContext<'_>) -> Result<KeyvalueGrant, String> {
+        Ok(KeyvalueGrant {
+            buckets: spec.buckets.clone(),
+            max_value_size: spec.max_value_size.unwrap_or(DEFAULT_MAX_VALUE_SIZE),
+            store: cx.services.kv.clone(),
+        })
+    }
+
+    fn check_imports(grant: &KeyvalueGrant, imports: &[String]) -> Result<(), String> {
+        let uses = imports
+            .iter()
+            .any(|i| Self::INTERFACES.iter().any(|p| i.starts_with(p)));
+        if uses && grant.buckets.is_empty() {
+            return Err("component imports wasi:keyvalue but its manifest grants no buckets: list them under [components.NAME.keyvalue] buckets".into());
+        }
+        Ok(())
+    }
+
+    fn instance(_grants: &Arc<Grants>) {}
+
+    fn add_to_linker<X: Send + 'static>(
+        linker: &mut Linker<Instance<X>>,
+        _concurrent: bool,
+    ) -> anyhow::Result<()> {
+        bindings::Keyvalue::add_to_linker::<_, HasView<Keyvalue>>(linker, view_of::<X, Keyvalue>)?;
+        Ok(())
+    }
+}
+
+/// A bucket name as written; `""` becomes `default`.
+fn check_bucket(name: &str) -> Result<String, String> {
+    let ok = name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err("bucket names use letters, digits, '-', '_' and '.' (at most 64)".into());
+    }
+    Ok(if name.is_empty() {
+        "default".into()
+    } else {
+        name.into()
+    })
+}
+
 fn other(e: impl std::fmt::Display) -> store::Error {
     store::Error::Other(e.to_string())
 }
@@ -55,21 +155,21 @@ impl From<KvError> for store::Error {
     }
 }
 
-impl InstanceState {
+impl View<'_, Keyvalue> {
     /// The store and namespace behind `bucket`.
     fn kv(
         &self,
         bucket: &Resource<KvBucket>,
     ) -> Result<(Arc<dyn KvStore>, Namespace), store::Error> {
-        let ns = self.table_ref().get(bucket).map_err(other)?.ns.clone();
-        let Some(kv) = self.grants().keyvalue.store.clone() else {
+        let ns = self.table.get(bucket).map_err(other)?.ns.clone();
+        let Some(kv) = self.grant.store.clone() else {
             return Err(other("key-value storage is not available"));
         };
         Ok((kv, ns))
     }
 
     fn check_size(&self, len: usize) -> Result<(), store::Error> {
-        let max = self.grants().keyvalue.max_value_size;
+        let max = self.grant.max_value_size;
         if len as u64 > max {
             return Err(other(format!(
                 "value of {len} bytes is larger than this component's keyvalue.max_value_size ({max} bytes)"
@@ -79,27 +179,26 @@ impl InstanceState {
     }
 }
 
-impl store::Host for InstanceState {
+impl store::Host for View<'_, Keyvalue> {
     async fn open(&mut self, identifier: String) -> Result<Resource<KvBucket>, store::Error> {
-        let g = self.grants().clone();
         let name = if identifier.is_empty() {
             "default"
         } else {
             identifier.as_str()
         };
-        if !g.keyvalue.buckets.iter().any(|b| b == name) {
-            tracing::warn!(app = %g.id.app, component = %g.id.component, bucket = %identifier, "key-value bucket denied: not in keyvalue.buckets");
+        if !self.grant.buckets.iter().any(|b| b == name) {
+            tracing::warn!(app = %self.id.app, component = %self.id.component, bucket = %identifier, "key-value bucket denied: not in keyvalue.buckets");
             return Err(store::Error::AccessDenied);
         }
-        if g.keyvalue.store.is_none() {
+        if self.grant.store.is_none() {
             return Err(store::Error::NoSuchStore);
         }
-        let ns = Namespace::new(&g.id.app, &g.id.component, name);
-        self.table_mut().push(KvBucket { ns }).map_err(other)
+        let ns = Namespace::new(&self.id.app, &self.id.component, name);
+        self.table.push(KvBucket { ns }).map_err(other)
     }
 }
 
-impl store::HostBucket for InstanceState {
+impl store::HostBucket for View<'_, Keyvalue> {
     async fn get(
         &mut self,
         bucket: Resource<KvBucket>,
@@ -152,12 +251,12 @@ impl store::HostBucket for InstanceState {
     }
 
     async fn drop(&mut self, bucket: Resource<KvBucket>) -> wasmtime::Result<()> {
-        self.table_mut().delete(bucket)?;
+        self.table.delete(bucket)?;
         Ok(())
     }
 }
 
-impl atomics::Host for InstanceState {
+impl atomics::Host for View<'_, Keyvalue> {
     async fn increment(
         &mut self,
         bucket: Resource<KvBucket>,
@@ -169,7 +268,7 @@ impl atomics::Host for InstanceState {
     }
 }
 
-impl batch::Host for InstanceState {
+impl batch::Host for View<'_, Keyvalue> {
     async fn get_many(
         &mut self,
         bucket: Resource<KvBucket>,
@@ -206,7 +305,7 @@ impl batch::Host for InstanceState {
     }
 }
 
-impl cas::Host for InstanceState {
+impl cas::Host for View<'_, Keyvalue> {
     async fn compare_and_swap(
         &mut self,
         bucket: Resource<KvBucket>,

@@ -15,7 +15,8 @@ use wasmtime_wasi_http::{
     WasiHttpHooks,
 };
 
-use super::Grants;
+use crate::capability::Grants;
+use crate::headers::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
 
 /// Whether `name` is a header guests may neither see nor set.
 pub fn is_forbidden_header(name: &HeaderName) -> bool {
@@ -30,7 +31,7 @@ static FORBIDDEN_FILTER: LazyLock<ForbiddenHeaderFilter> =
     LazyLock::new(|| Arc::new(is_forbidden_header));
 
 /// The hooks of one instance.
-pub struct HostHooks {
+pub(crate) struct HostHooks {
     grants: Arc<Grants>,
     /// `traceparent` of the invocation, added to outgoing requests that carry none.
     pub(crate) traceparent: Option<http::HeaderValue>,
@@ -77,11 +78,8 @@ impl WasiHttpHooks for HostHooks {
     ) -> SendFuture {
         drop(fut);
         for (name, value) in [
-            (
-                crate::telemetry::trace::TRACEPARENT_HEADER,
-                &self.traceparent,
-            ),
-            (crate::gateway::REQUEST_ID_HEADER, &self.request_id),
+            (TRACEPARENT_HEADER, &self.traceparent),
+            (REQUEST_ID_HEADER, &self.request_id),
         ] {
             if let Some(v) = value
                 && !request.headers().contains_key(&name)
@@ -93,9 +91,9 @@ impl WasiHttpHooks for HostHooks {
         let target = request.uri().host().unwrap_or_default().to_string();
         let plain_port = matches!(request.uri().port_u16(), None | Some(80));
         if plain_port
-            && let Some((_, policy)) = self.grants.calls.iter().find(|(t, _)| *t == target)
+            && let Some((_, policy)) = self.grants.http.calls.iter().find(|(t, _)| *t == target)
         {
-            let Some(mesh) = self.grants.mesh.clone() else {
+            let Some(mesh) = self.grants.http.mesh.clone() else {
                 return Box::new(async { Err(HttpError::HttpRequestDenied) });
             };
             let (caller, policy) = (self.grants.id.clone(), policy.clone());
@@ -116,6 +114,7 @@ impl WasiHttpHooks for HostHooks {
             .unwrap_or(if scheme == "https" { 443 } else { 80 });
         let allowed = self
             .grants
+            .http
             .outbound
             .iter()
             .any(|rule| rule.matches(&scheme, &host, port));

@@ -1,0 +1,147 @@
+//! `[components.NAME]`: one service. Its core keys (`source`, `limits`, `scale`,
+//! `instances`) are read here; every capability and trigger then takes its own keys
+//! from the same table, and whatever nobody took is refused.
+
+use std::time::Duration;
+
+use crate::capability;
+use crate::section::{ManifestError, Table, check_name};
+use crate::trigger;
+
+/// One service of an app.
+#[derive(Debug, Clone)]
+pub struct ComponentSpec {
+    /// The component's name, unique in the app; also its service name in the mesh.
+    pub name: String,
+    /// `source` exactly as written (a path relative to the manifest file).
+    pub source: String,
+    /// Per-component limits; `None` fields take the host's defaults.
+    pub limits: LimitsSpec,
+    /// Scaling; `None` fields take the host's defaults.
+    pub scale: ScaleSpec,
+    /// Instance reuse.
+    pub instances: InstancesSpec,
+    /// What it may import: each capability's keys.
+    pub caps: capability::Specs,
+    /// What invokes it: each trigger's keys.
+    pub triggers: trigger::Specs,
+}
+
+/// `[components.NAME.limits]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitsSpec {
+    /// Linear memory cap in bytes.
+    pub memory: Option<u64>,
+    /// Wall-clock deadline per invocation.
+    pub timeout: Option<Duration>,
+}
+
+/// `[components.NAME.scale]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScaleSpec {
+    /// Instances running at once (the bulkhead).
+    pub max_instances: Option<u32>,
+    /// Invocations that may wait for a free instance.
+    pub queue: Option<u32>,
+    /// How long an invocation may wait in the queue.
+    pub queue_timeout: Option<Duration>,
+    /// Nothing in flight for this long: scale to zero.
+    pub idle_timeout: Option<Duration>,
+    /// Greater than zero keeps the component loaded.
+    pub min_instances: Option<u32>,
+}
+
+/// `[components.NAME.instances]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstancesSpec {
+    /// Invocations one instance serves before it is dropped (every trigger).
+    pub max_requests: Option<u32>,
+    /// Invocations one instance serves at once (WASI 0.3 only).
+    pub max_concurrent: Option<u32>,
+    /// An idle reusable instance is dropped after this.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// The smallest `limits.memory`: one wasm page.
+const MIN_MEMORY: u64 = 64 * 1024;
+
+impl ComponentSpec {
+    /// Reads `[components.NAME]`; `table` is finished (unknown keys refused) here.
+    pub(super) fn read(
+        name: toml::Spanned<String>,
+        mut table: Table<'_>,
+    ) -> Result<Self, ManifestError> {
+        check_name(name.get_ref()).map_err(|why| ManifestError::Invalid {
+            location: table.source().location(Some(name.span())),
+            field: table.path().to_string(),
+            message: why,
+        })?;
+        let source: toml::Spanned<String> = table.require("source")?;
+        if source.get_ref().trim().is_empty() {
+            return Err(table.invalid(source.span(), "source", "must not be empty"));
+        }
+        let spec = ComponentSpec {
+            name: name.into_inner(),
+            source: source.into_inner(),
+            limits: limits(&mut table)?,
+            scale: scale(&mut table)?,
+            instances: instances(&mut table)?,
+            caps: capability::Specs::read(&mut table)?,
+            triggers: trigger::Specs::read(&mut table)?,
+        };
+        table.finish()?;
+        Ok(spec)
+    }
+}
+
+fn limits(component: &mut Table<'_>) -> Result<LimitsSpec, ManifestError> {
+    let Some(t) = component.table("limits")? else {
+        return Ok(LimitsSpec::default());
+    };
+    let memory = t.parsed("memory", |text| {
+        let bytes = crate::section::parse_size(text)?;
+        if bytes < MIN_MEMORY {
+            return Err("must be at least 64KiB (one wasm page)".into());
+        }
+        Ok(bytes)
+    })?;
+    Ok(LimitsSpec {
+        memory,
+        timeout: t.duration("timeout")?,
+    })
+}
+
+fn scale(component: &mut Table<'_>) -> Result<ScaleSpec, ManifestError> {
+    let Some(t) = component.table("scale")? else {
+        return Ok(ScaleSpec::default());
+    };
+    let max = i64::from(u32::MAX);
+    let spec = ScaleSpec {
+        max_instances: t.count("max_instances", 1, max)?,
+        queue: t.count("queue", 0, max)?,
+        queue_timeout: t.duration("queue_timeout")?,
+        idle_timeout: t.duration("idle_timeout")?,
+        min_instances: t.count("min_instances", 0, max)?,
+    };
+    if let (Some(min), Some(max)) = (spec.min_instances, spec.max_instances)
+        && min > max
+    {
+        return Err(t.invalid(
+            t.span(),
+            "min_instances",
+            format!("min_instances ({min}) is more than max_instances ({max})"),
+        ));
+    }
+    Ok(spec)
+}
+
+fn instances(component: &mut Table<'_>) -> Result<InstancesSpec, ManifestError> {
+    let Some(t) = component.table("instances")? else {
+        return Ok(InstancesSpec::default());
+    };
+    Ok(InstancesSpec {
+        max_requests: t.count("max_requests", 1, 1_000_000)?,
+        max_concurrent: t.count("max_concurrent", 1, 1_000_000)?,
+        idle_timeout: t.duration("idle_timeout")?,
+    })
+}

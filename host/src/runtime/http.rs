@@ -1,0 +1,151 @@
+//! Calling a component's HTTP handler.
+//!
+//! WASI 0.2 guests run on the caller's task until they finish or set the response
+//! head; if the head comes first, the guest gets one more turn (a small body is then
+//! written and the guest done), and only if it is still running does the rest of the
+//! invocation move to its own task while the body streams from it. That future owns
+//! the instance and whatever guard the caller passes in (a scaler permit), so
+//! capacity is released when the guest finishes, not when the head is sent. WASI 0.3
+//! guests go through wasmtime's `ProxyHandler` (see `p3.rs`).
+
+use std::time::Instant;
+
+use http_body_util::BodyExt;
+use tokio::sync::oneshot;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{WasiBody, WasiHttpView};
+
+use super::invoke::{InvokeError, Phase, PreparedComponent, http_invocation};
+
+impl PreparedComponent {
+    /// Serves one request in a fresh instance, or in an idle reusable one when the
+    /// component allows reuse (`instances.max_requests > 1`). `guard` is held until
+    /// the instance is done with this request (after the response body has been
+    /// produced or the invocation failed). What the guest sends out carries the
+    /// request's `traceparent` and `x-request-id` (the caller puts them on it).
+    pub async fn handle<G: Send + 'static>(
+        &self,
+        request: http::Request<WasiBody>,
+        guard: G,
+    ) -> Result<http::Response<WasiBody>, InvokeError> {
+        if let Some(p3) = &self.inner.p3 {
+            let response = p3.handle(request).await?;
+            // The body streams from the instance after the head: the guard (a
+            // scaler permit) is held until it is done.
+            return Ok(response.map(|body| {
+                Guarded {
+                    body,
+                    guard: Some(Box::new(guard)),
+                }
+                .boxed_unsync()
+            }));
+        }
+        let Some(indices) = &self.inner.proxy else {
+            return Err(InvokeError::NotExported("HTTP handler"));
+        };
+        let indices = indices.clone();
+        let timeout = self.timeout();
+        let deadline = Instant::now() + timeout;
+        let (tx, rx) = oneshot::channel();
+        let mut live = self.acquire(http_invocation(request.headers()), deadline);
+        let this = self.clone();
+
+        let mut task = Box::pin(async move {
+            let run = async {
+                let instance = this.instance(&mut live).await?;
+                let proxy = match live.proxy.take() {
+                    Some(p) => p,
+                    None => indices
+                        .load(&mut live.store, &instance)
+                        .map_err(|e| this.classify(e, Phase::Instantiate, &live.memory_hit))?,
+                };
+                let mut http = live.store.data_mut().http();
+                let req = http
+                    .new_incoming_request(Scheme::Http, request)
+                    .map_err(|e| InvokeError::Host(format!("{e:#}")))?;
+                let out = http
+                    .new_response_outparam(tx)
+                    .map_err(|e| InvokeError::Host(format!("{e:#}")))?;
+                let called = proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut live.store, req, out)
+                    .await;
+                live.proxy = Some(proxy);
+                called.map_err(|e| this.classify(e, Phase::Call, &live.memory_hit))
+            };
+            let result = match tokio::time::timeout_at(deadline.into(), run).await {
+                Ok(r) => r,
+                Err(_) => Err(InvokeError::Timeout(timeout)),
+            };
+            // A trap or deadline poisons the instance: it is dropped.
+            this.release(live, result.is_ok());
+            drop(guard);
+            result
+        });
+
+        // Run the guest right here until it either finishes or sets the response head.
+        // A small response usually finishes in one go: no task to spawn, no wakeup of
+        // another thread. If the head comes first, the rest (the body) keeps running
+        // in its own task while the head goes out.
+        let mut rx = rx;
+        tokio::select! {
+            biased;
+            finished = &mut task => match rx.try_recv() {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(code)) => Err(InvokeError::Guest(code)),
+                Err(_) => match finished {
+                    Err(e) => Err(e),
+                    Ok(()) => Err(InvokeError::NoResponse),
+                },
+            },
+            head = &mut rx => match head {
+                Ok(head) => {
+                    // Give the guest one more turn before handing it to its own task:
+                    // a small body is usually written and the guest done by then (no
+                    // spawn, no wakeup of another thread). A guest still writing runs
+                    // on in its own task, its deadline enforced there.
+                    if futures::FutureExt::now_or_never(&mut task).is_none() {
+                        tokio::spawn(task);
+                    }
+                    head.map_err(InvokeError::Guest)
+                }
+                // The outparam was dropped unset: the guest's end says why.
+                Err(_) => match task.await {
+                    Err(e) => Err(e),
+                    Ok(()) => Err(InvokeError::NoResponse),
+                },
+            }
+        }
+    }
+}
+
+/// A response body that holds `guard` until it has been produced to the end (or
+/// dropped).
+struct Guarded {
+    body: WasiBody,
+    guard: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl http_body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
+            self.guard = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
