@@ -9,7 +9,6 @@ use crate::apps::{DeployedComponent, Snapshot};
 use crate::config::HostConfig;
 use crate::runtime::{CompileOrigin, HttpFlavor};
 use crate::scaler::State;
-use crate::trigger::{message::MessageTrigger, serves};
 
 /// The whole host.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,7 +119,8 @@ impl ComponentStatus {
     }
 }
 
-/// `p2`, `p3`, `msg`, or several joined by `+`: the handlers a component exports.
+/// `p2`, `p3` (its HTTP handler), then each other trigger's tag (`msg`), joined by
+/// `+`: what a component serves.
 fn kind(c: &DeployedComponent) -> String {
     let mut parts = Vec::new();
     match c.flavor {
@@ -128,9 +128,7 @@ fn kind(c: &DeployedComponent) -> String {
         Some(HttpFlavor::P3) => parts.push("p3"),
         None => {}
     }
-    if serves::<MessageTrigger>(&c.exports) {
-        parts.push("msg");
-    }
+    parts.extend(crate::trigger::tags(&c.exports));
     parts.join("+")
 }
 

@@ -28,13 +28,10 @@ pub fn delay(policy: &RetryPolicy, retry: u32) -> Duration {
     half + half.mul_f64(jitter())
 }
 
+/// A random fraction in `[0, 1)` (the thread's generator: no shared state between
+/// callers).
 fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher, RandomState};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(N.fetch_add(1, Ordering::Relaxed));
-    (h.finish() % 10_000) as f64 / 10_000.0
+    rand::random::<f64>()
 }
 
 /// A retry budget: each call earns a fraction of a retry, each retry spends one, so

@@ -6,7 +6,7 @@
 //! out (outgoing HTTP requests, published messages and requests) carries it too,
 //! unless the guest set its own. Log lines of the invocation name the trace id.
 
-use rand::RngCore;
+use rand::Rng;
 
 /// A new `x-request-id` value: 32 random hex digits.
 pub fn new_request_id() -> http::HeaderValue {
@@ -26,12 +26,12 @@ pub struct TraceContext {
 }
 
 /// A random non-zero u64 from the thread's cryptographically secure generator
-/// (`rand`'s `ThreadRng`: ChaCha12 seeded from the OS and reseeded periodically), so ids
+/// (`rand`'s `ThreadRng`: ChaCha12 seeded from the OS and reseeded every 64 KiB), so ids
 /// neither repeat nor can be predicted from ids seen before (a guest or an upstream
 /// sees some). It produces a block of output at a time, which makes an id much cheaper
 /// than hashing a counter per id.
 fn random_u64() -> u64 {
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     loop {
         let v = rng.next_u64();
         if v != 0 {

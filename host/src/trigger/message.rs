@@ -44,6 +44,7 @@ impl Trigger for MessageTrigger {
     const EXPORTS: &'static [&'static str] = &["wasmcloud:messaging/handler@0.2"];
     const HANDLER: &'static str = "message handler (wasmcloud:messaging/handler@0.2.0)";
     const FAILED: &'static str = "message handler failed";
+    const TAG: &'static str = "msg";
     type Spec = DeliverySpec;
 
     fn spec(component: &mut Table<'_>) -> Result<DeliverySpec, ManifestError> {

@@ -34,6 +34,9 @@ pub trait Trigger: 'static {
     const HANDLER: &'static str;
     /// The message of the log line for a failed invocation.
     const FAILED: &'static str = "invocation failed";
+    /// Its tag in `status`'s KIND column when the component serves it (`msg`); empty
+    /// for HTTP, whose flavor (`p2`, `p3`) is shown instead.
+    const TAG: &'static str = "";
 
     /// Its part of a component's manifest section, checked.
     type Spec: Debug + Clone + Default + Send + Sync;
@@ -90,6 +93,15 @@ macro_rules! triggers {
                 name: <$trigger as Trigger>::NAME,
             };
         })*
+
+        /// The tags of the triggers (other than HTTP) a component with `exports` serves.
+        pub fn tags(exports: &[String]) -> Vec<&'static str> {
+            let mut out = Vec::new();
+            $(if !<$trigger>::TAG.is_empty() && serves::<$trigger>(exports) {
+                out.push(<$trigger>::TAG);
+            })*
+            out
+        }
 
         impl Specs {
             /// Every trigger takes its keys from `[components.NAME]`.
