@@ -11,9 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
-use crate::section::{Location, ManifestError, parse_duration, parse_size};
+use crate::section::{Location, ManifestError, Source, Table};
 
 /// Public HTTP listener (`--http`, `WASMHIVE_HTTP`).
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
@@ -198,66 +196,6 @@ impl Default for HostConfig {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHostConfig {
-    http: Option<String>,
-    admin: Option<String>,
-    data_dir: Option<PathBuf>,
-    drain_timeout: Option<String>,
-    max_connections: Option<usize>,
-    #[serde(default)]
-    bus: RawBus,
-    kv: Option<KvBackend>,
-    #[serde(default)]
-    defaults: RawDefaults,
-    #[serde(default)]
-    pool: RawPool,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBus {
-    nats: Option<String>,
-    #[serde(default)]
-    local: bool,
-    user: Option<String>,
-    password: Option<String>,
-    token: Option<String>,
-    creds: Option<PathBuf>,
-    tls_ca: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDefaults {
-    memory: Option<String>,
-    timeout: Option<String>,
-    #[serde(default)]
-    scale: RawScaleDefaults,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawScaleDefaults {
-    max_instances: Option<u32>,
-    queue: Option<u32>,
-    queue_timeout: Option<String>,
-    idle_timeout: Option<String>,
-    min_instances: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPool {
-    instances: Option<u32>,
-    max_memory: Option<String>,
-    total_memory: Option<String>,
-    memory_keep_resident: Option<String>,
-    table_keep_resident: Option<String>,
-    stack_keep_resident: Option<String>,
-}
-
 impl HostConfig {
     /// Reads a host configuration file over the defaults.
     pub fn load(path: &Path) -> Result<HostConfig, ManifestError> {
@@ -268,122 +206,49 @@ impl HostConfig {
         HostConfig::parse(&text, &path.display().to_string())
     }
 
-    /// Parses host configuration text; `origin` labels errors.
+    /// Parses host configuration text; `origin` labels errors (which name the field
+    /// and line, as a manifest's do).
     pub fn parse(text: &str, origin: &str) -> Result<HostConfig, ManifestError> {
-        let raw: RawHostConfig = toml::from_str(text).map_err(|e| ManifestError::Syntax {
-            location: Location::from_span(origin, text, e.span()),
-            field: None,
-            message: e.message().trim().to_string(),
-        })?;
-        let bad = |field: &str, message: String| ManifestError::Invalid {
-            location: Location {
-                origin: origin.to_string(),
-                line: None,
-                column: None,
-            },
-            field: field.to_string(),
-            message,
-        };
+        let mut doc = Table::parse(Source { text, origin })?;
         let mut cfg = HostConfig::default();
-        if let Some(a) = raw.http {
-            cfg.http_addr = a.parse().map_err(|e| bad("http", format!("{a:?}: {e}")))?;
+        if let Some(a) = doc.parsed("http", parse_addr)? {
+            cfg.http_addr = a;
         }
-        if let Some(a) = raw.admin {
-            cfg.admin_addr = a.parse().map_err(|e| bad("admin", format!("{a:?}: {e}")))?;
+        if let Some(a) = doc.parsed("admin", parse_addr)? {
+            cfg.admin_addr = a;
         }
-        if let Some(d) = raw.data_dir {
+        if let Some(d) = doc.take::<PathBuf>("data_dir")? {
             cfg.data_dir = d;
         }
-        if let Some(t) = raw.drain_timeout {
-            cfg.drain_timeout = parse_duration(&t).map_err(|e| bad("drain_timeout", e))?;
+        if let Some(t) = doc.duration("drain_timeout")? {
+            cfg.drain_timeout = t;
         }
-        if let Some(n) = raw.max_connections {
-            cfg.max_connections = n.max(1);
+        if let Some(n) = doc.count("max_connections", 1, i64::from(u32::MAX))? {
+            cfg.max_connections = n as usize;
         }
-        if let Some(kv) = raw.kv {
+        if let Some(kv) = doc.take::<KvBackend>("kv")? {
             cfg.kv = kv;
         }
-        let b = raw.bus;
-        if b.user.is_some() != b.password.is_some() {
-            return Err(bad(
-                "bus.user",
-                "bus.user and bus.password go together".into(),
-            ));
+        if let Some(b) = doc.table("bus")? {
+            cfg.bus = bus(b)?;
         }
-        cfg.bus = BusConfig {
-            nats: b.nats,
-            local: b.local,
-            user: b.user,
-            password: b.password,
-            token: b.token,
-            creds: b.creds,
-            tls_ca: b.tls_ca,
-        };
-        if let Some(m) = raw.defaults.memory {
-            cfg.defaults.memory = parse_size(&m).map_err(|e| bad("defaults.memory", e))?;
+        if let Some(d) = doc.table("defaults")? {
+            defaults(d, &mut cfg.defaults)?;
         }
-        if let Some(t) = raw.defaults.timeout {
-            cfg.defaults.timeout = parse_duration(&t).map_err(|e| bad("defaults.timeout", e))?;
+        if let Some(p) = doc.table("pool")? {
+            pool(p, &mut cfg.pool)?;
         }
-        let sc = raw.defaults.scale;
-        if let Some(n) = sc.max_instances {
-            if n == 0 {
-                return Err(bad(
-                    "defaults.scale.max_instances",
-                    "must be at least 1".into(),
-                ));
-            }
-            cfg.defaults.scale.max_instances = n;
-        }
-        if let Some(n) = sc.queue {
-            cfg.defaults.scale.queue = n;
-        }
-        if let Some(t) = sc.queue_timeout {
-            cfg.defaults.scale.queue_timeout =
-                parse_duration(&t).map_err(|e| bad("defaults.scale.queue_timeout", e))?;
-        }
-        if let Some(t) = sc.idle_timeout {
-            cfg.defaults.scale.idle_timeout =
-                parse_duration(&t).map_err(|e| bad("defaults.scale.idle_timeout", e))?;
-        }
-        if let Some(n) = sc.min_instances {
-            cfg.defaults.scale.min_instances = n;
-        }
-        let p = raw.pool;
-        if let Some(n) = p.instances {
-            if n == 0 {
-                return Err(bad("pool.instances", "must be at least 1".into()));
-            }
-            cfg.pool.instances = n;
-        }
-        let size = |v: Option<String>, field: &str, into: &mut u64| -> Result<(), ManifestError> {
-            if let Some(v) = v {
-                *into = parse_size(&v).map_err(|e| bad(field, e))?;
-            }
-            Ok(())
-        };
-        size(p.max_memory, "pool.max_memory", &mut cfg.pool.max_memory)?;
-        size(
-            p.total_memory,
-            "pool.total_memory",
-            &mut cfg.pool.total_memory,
-        )?;
-        size(
-            p.memory_keep_resident,
-            "pool.memory_keep_resident",
-            &mut cfg.pool.memory_keep_resident,
-        )?;
-        size(
-            p.table_keep_resident,
-            "pool.table_keep_resident",
-            &mut cfg.pool.table_keep_resident,
-        )?;
-        size(
-            p.stack_keep_resident,
-            "pool.stack_keep_resident",
-            &mut cfg.pool.stack_keep_resident,
-        )?;
-        cfg.check().map_err(|(field, msg)| bad(field, msg))?;
+        doc.finish()?;
+        cfg.check()
+            .map_err(|(field, message)| ManifestError::Invalid {
+                location: Location {
+                    origin: origin.to_string(),
+                    line: None,
+                    column: None,
+                },
+                field: field.to_string(),
+                message,
+            })?;
         Ok(cfg)
     }
 
@@ -409,6 +274,77 @@ impl HostConfig {
     }
 }
 
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|e| format!("{text:?}: {e} (write e.g. \"127.0.0.1:8080\")"))
+}
+
+/// `[bus]`
+fn bus(t: &mut Table<'_>) -> Result<BusConfig, ManifestError> {
+    let user: Option<toml::Spanned<String>> = t.take("user")?;
+    let password: Option<String> = t.take("password")?;
+    if let Some(u) = &user
+        && password.is_none()
+    {
+        return Err(t.invalid(u.span(), "user", "bus.user and bus.password go together"));
+    }
+    if user.is_none() && password.is_some() {
+        return Err(t.invalid(
+            t.span(),
+            "password",
+            "bus.user and bus.password go together",
+        ));
+    }
+    Ok(BusConfig {
+        nats: t.take("nats")?,
+        local: t.take("local")?.unwrap_or(false),
+        user: user.map(toml::Spanned::into_inner),
+        password,
+        token: t.take("token")?,
+        creds: t.take("creds")?,
+        tls_ca: t.take("tls_ca")?,
+    })
+}
+
+/// `[defaults]` and `[defaults.scale]`
+fn defaults(t: &mut Table<'_>, d: &mut ComponentDefaults) -> Result<(), ManifestError> {
+    let max = i64::from(u32::MAX);
+    d.memory = t.size("memory")?.unwrap_or(d.memory);
+    d.timeout = t.duration("timeout")?.unwrap_or(d.timeout);
+    if let Some(sc) = t.table("scale")? {
+        let s = &mut d.scale;
+        s.max_instances = sc
+            .count("max_instances", 1, max)?
+            .unwrap_or(s.max_instances);
+        s.queue = sc.count("queue", 0, max)?.unwrap_or(s.queue);
+        s.queue_timeout = sc.duration("queue_timeout")?.unwrap_or(s.queue_timeout);
+        s.idle_timeout = sc.duration("idle_timeout")?.unwrap_or(s.idle_timeout);
+        s.min_instances = sc
+            .count("min_instances", 0, max)?
+            .unwrap_or(s.min_instances);
+    }
+    Ok(())
+}
+
+/// `[pool]`
+fn pool(t: &mut Table<'_>, p: &mut PoolConfig) -> Result<(), ManifestError> {
+    p.instances = t
+        .count("instances", 1, i64::from(u32::MAX))?
+        .unwrap_or(p.instances);
+    p.max_memory = t.size("max_memory")?.unwrap_or(p.max_memory);
+    p.total_memory = t.size("total_memory")?.unwrap_or(p.total_memory);
+    p.memory_keep_resident = t
+        .size("memory_keep_resident")?
+        .unwrap_or(p.memory_keep_resident);
+    p.table_keep_resident = t
+        .size("table_keep_resident")?
+        .unwrap_or(p.table_keep_resident);
+    p.stack_keep_resident = t
+        .size("stack_keep_resident")?
+        .unwrap_or(p.stack_keep_resident);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,7 +366,18 @@ mod tests {
         assert_eq!(cfg.defaults.timeout, Duration::from_secs(2));
         assert_eq!(cfg.pool.instances, 10);
         let e = HostConfig::parse("[pool]\ninstancez = 1\n", "h.toml").unwrap_err();
-        assert!(e.to_string().contains("instancez"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("h.toml:2:1: pool.instancez: unknown field"),
+            "{e}"
+        );
+        let e = HostConfig::parse("[bus]\nuser = \"a\"\n", "h.toml").unwrap_err();
+        assert!(e.to_string().contains("bus.user"), "{e}");
+        let e = HostConfig::parse("drain_timeout = \"soon\"\n", "h.toml").unwrap_err();
+        assert!(
+            e.to_string().starts_with("h.toml:1:17: drain_timeout:"),
+            "{e}"
+        );
         let e = HostConfig::parse("[defaults]\nmemory = \"8GiB\"\n", "h.toml").unwrap_err();
         assert!(e.to_string().contains("defaults.memory"), "{e}");
     }

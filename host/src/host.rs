@@ -59,6 +59,43 @@ pub async fn run(
         control.request_metrics().clone(),
     );
 
+    let tasks = serve(&config, http, admin, &control, gateway, &shutdown);
+    print_banner(&config, &bus.describe(), kv.kind());
+
+    control.restore().await;
+    for path in &manifests {
+        let result = async {
+            let request = control::request_from_file(path, control.blobs()).await?;
+            Ok::<_, anyhow::Error>(control.deploy(request).await?)
+        }
+        .await;
+        if let Err(e) = result {
+            shutdown.cancel();
+            tasks.wait().await;
+            return Err(e.context(format!("cannot deploy {}", path.display())));
+        }
+    }
+    control.set_ready();
+
+    print_routes(&control, &config);
+    println!("ready");
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: draining in-flight requests and message handlers");
+    tasks.wait().await;
+    control.drain(config.drain_timeout).await;
+    Ok(())
+}
+
+/// Starts the admin and public listeners and the reaper; they stop at `shutdown`.
+fn serve(
+    config: &HostConfig,
+    http: TcpListener,
+    admin: TcpListener,
+    control: &Arc<ControlPlane>,
+    gateway: Arc<Gateway>,
+    shutdown: &CancellationToken,
+) -> TaskTracker {
     let tasks = TaskTracker::new();
     {
         let control = control.clone();
@@ -81,35 +118,22 @@ pub async fn run(
     ));
     tasks.spawn(reaper(control.clone(), shutdown.clone()));
     tasks.close();
+    tasks
+}
 
+/// Where the host serves, on stdout (the test harness and `just up` read it).
+fn print_banner(config: &HostConfig, bus: &str, kv: &str) {
     println!("wasmhive {} serving", env!("CARGO_PKG_VERSION"));
     println!("  http:  http://{}", config.http_addr);
     println!("  admin: http://{}", config.admin_addr);
     println!("  data:  {}", config.data_dir.display());
-    println!("  bus:   {}", bus.describe());
-    println!(
-        "  kv:    {} ({})",
-        kv.kind(),
-        config.data_dir.join("kv").display()
-    );
+    println!("  bus:   {bus}");
+    println!("  kv:    {kv} ({})", config.data_dir.join("kv").display());
+}
 
-    control.restore().await;
-    for path in &manifests {
-        let result = async {
-            let request = control::request_from_file(path, control.blobs()).await?;
-            Ok::<_, anyhow::Error>(control.deploy(request).await?)
-        }
-        .await;
-        if let Err(e) = result {
-            shutdown.cancel();
-            tasks.wait().await;
-            return Err(e.context(format!("cannot deploy {}", path.display())));
-        }
-    }
-    control.set_ready();
-
-    let status = control.status();
-    for app in &status.apps {
+/// Each deployed app's routes, as URLs.
+fn print_routes(control: &ControlPlane, config: &HostConfig) {
+    for app in &control.status().apps {
         println!("app {} {}", app.name, app.version);
         for c in &app.components {
             for r in &c.routes {
@@ -121,13 +145,6 @@ pub async fn run(
             }
         }
     }
-    println!("ready");
-
-    shutdown.cancelled().await;
-    tracing::info!("shutting down: draining in-flight requests and message handlers");
-    tasks.wait().await;
-    control.drain(config.drain_timeout).await;
-    Ok(())
 }
 
 /// How often idle components are checked for scaling to zero.

@@ -27,50 +27,93 @@ pub struct Cli {
     command: Command,
 }
 
+/// `wasmhive up`'s flags (each also an environment variable; flags win over the
+/// environment, which wins over the config file).
+#[derive(clap::Args)]
+struct UpArgs {
+    /// App manifests to deploy at start-up.
+    manifests: Vec<PathBuf>,
+    /// Public HTTP address.
+    #[arg(long, env = "WASMHIVE_HTTP")]
+    http: Option<std::net::SocketAddr>,
+    /// Admin API address.
+    #[arg(long, env = "WASMHIVE_ADMIN")]
+    admin: Option<std::net::SocketAddr>,
+    /// Data directory (compile cache, components, deployments).
+    #[arg(long, env = "WASMHIVE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Host configuration file (TOML); flags override it.
+    #[arg(long, env = "WASMHIVE_CONFIG")]
+    config: Option<PathBuf>,
+    /// NATS server URL (default: start a managed nats-server if one is on PATH,
+    /// else use the in-process bus).
+    #[arg(long, env = "WASMHIVE_NATS")]
+    nats: Option<String>,
+    /// Key-value backend: auto (JetStream with --nats, else redb), redb or jetstream.
+    #[arg(long, env = "WASMHIVE_KV", value_enum)]
+    kv: Option<crate::config::KvBackend>,
+    /// Use the in-process bus (no NATS) even if nats-server is available.
+    #[arg(long, conflicts_with = "nats")]
+    local_bus: bool,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "WASMHIVE_NATS_USER", requires = "nats_password")]
+    nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "WASMHIVE_NATS_PASSWORD", requires = "nats_user")]
+    nats_password: Option<String>,
+    /// NATS token.
+    #[arg(long, env = "WASMHIVE_NATS_TOKEN")]
+    nats_token: Option<String>,
+    /// NATS credentials file (.creds).
+    #[arg(long, env = "WASMHIVE_NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
+    /// Extra root CA (PEM) to verify the NATS server's TLS certificate.
+    #[arg(long, env = "WASMHIVE_NATS_TLS_CA")]
+    nats_tls_ca: Option<PathBuf>,
+}
+
+impl UpArgs {
+    /// The host configuration: the config file (or defaults) with the flags applied.
+    fn host_config(self) -> anyhow::Result<(HostConfig, Vec<PathBuf>)> {
+        let mut cfg = match &self.config {
+            Some(path) => HostConfig::load(path)?,
+            None => HostConfig::default(),
+        };
+        if let Some(a) = self.http {
+            cfg.http_addr = a;
+        }
+        if let Some(a) = self.admin {
+            cfg.admin_addr = a;
+        }
+        if let Some(d) = self.data_dir {
+            cfg.data_dir = d;
+        }
+        if self.nats.is_some() {
+            cfg.bus.nats = self.nats;
+            cfg.bus.local = false;
+        }
+        if let Some(kv) = self.kv {
+            cfg.kv = kv;
+        }
+        if self.local_bus {
+            cfg.bus.local = true;
+            cfg.bus.nats = None;
+        }
+        if self.nats_user.is_some() {
+            cfg.bus.user = self.nats_user;
+            cfg.bus.password = self.nats_password;
+        }
+        cfg.bus.token = self.nats_token.or(cfg.bus.token);
+        cfg.bus.creds = self.nats_creds.or(cfg.bus.creds);
+        cfg.bus.tls_ca = self.nats_tls_ca.or(cfg.bus.tls_ca);
+        Ok((cfg, self.manifests))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Start a host and deploy the given manifests.
-    Up {
-        /// App manifests to deploy at start-up.
-        manifests: Vec<PathBuf>,
-        /// Public HTTP address.
-        #[arg(long, env = "WASMHIVE_HTTP")]
-        http: Option<std::net::SocketAddr>,
-        /// Admin API address.
-        #[arg(long, env = "WASMHIVE_ADMIN")]
-        admin: Option<std::net::SocketAddr>,
-        /// Data directory (compile cache, components, deployments).
-        #[arg(long, env = "WASMHIVE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
-        /// Host configuration file (TOML); flags override it.
-        #[arg(long, env = "WASMHIVE_CONFIG")]
-        config: Option<PathBuf>,
-        /// NATS server URL (default: start a managed nats-server if one is on PATH,
-        /// else use the in-process bus).
-        #[arg(long, env = "WASMHIVE_NATS")]
-        nats: Option<String>,
-        /// Key-value backend: auto (JetStream with --nats, else redb), redb or jetstream.
-        #[arg(long, env = "WASMHIVE_KV", value_enum)]
-        kv: Option<crate::config::KvBackend>,
-        /// Use the in-process bus (no NATS) even if nats-server is available.
-        #[arg(long, conflicts_with = "nats")]
-        local_bus: bool,
-        /// NATS user (with --nats-password).
-        #[arg(long, env = "WASMHIVE_NATS_USER", requires = "nats_password")]
-        nats_user: Option<String>,
-        /// NATS password.
-        #[arg(long, env = "WASMHIVE_NATS_PASSWORD", requires = "nats_user")]
-        nats_password: Option<String>,
-        /// NATS token.
-        #[arg(long, env = "WASMHIVE_NATS_TOKEN")]
-        nats_token: Option<String>,
-        /// NATS credentials file (.creds).
-        #[arg(long, env = "WASMHIVE_NATS_CREDS")]
-        nats_creds: Option<PathBuf>,
-        /// Extra root CA (PEM) to verify the NATS server's TLS certificate.
-        #[arg(long, env = "WASMHIVE_NATS_TLS_CA")]
-        nats_tls_ca: Option<PathBuf>,
-    },
+    Up(UpArgs),
     /// Deploy (or upgrade) an app on a running host.
     Deploy {
         /// The app manifest.
@@ -190,78 +233,13 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Up {
-            manifests,
-            http,
-            admin,
-            data_dir,
-            config,
-            nats,
-            kv,
-            local_bus,
-            nats_user,
-            nats_password,
-            nats_token,
-            nats_creds,
-            nats_tls_ca,
-        } => {
-            let mut cfg = match config {
-                Some(path) => HostConfig::load(&path)?,
-                None => HostConfig::default(),
-            };
-            if let Some(a) = http {
-                cfg.http_addr = a;
-            }
-            if let Some(a) = admin {
-                cfg.admin_addr = a;
-            }
-            if let Some(d) = data_dir {
-                cfg.data_dir = d;
-            }
-            if nats.is_some() {
-                cfg.bus.nats = nats;
-                cfg.bus.local = false;
-            }
-            if let Some(kv) = kv {
-                cfg.kv = kv;
-            }
-            if local_bus {
-                cfg.bus.local = true;
-                cfg.bus.nats = None;
-            }
-            if nats_user.is_some() {
-                cfg.bus.user = nats_user;
-                cfg.bus.password = nats_password;
-            }
-            cfg.bus.token = nats_token.or(cfg.bus.token);
-            cfg.bus.creds = nats_creds.or(cfg.bus.creds);
-            cfg.bus.tls_ca = nats_tls_ca.or(cfg.bus.tls_ca);
+        Command::Up(args) => {
+            let (cfg, manifests) = args.host_config()?;
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
             crate::host::run(cfg, manifests, shutdown).await
         }
-        Command::Deploy { manifest, admin } => {
-            let report = AdminClient::new(&admin).deploy(&manifest).await?;
-            match &report.replaced {
-                Some(old) => println!(
-                    "deployed {} {} (replaced {old})",
-                    report.app, report.version
-                ),
-                None => println!("deployed {} {}", report.app, report.version),
-            }
-            for c in &report.components {
-                println!(
-                    "  {} {} [{}] loaded from {} in {:.1} ms: {}",
-                    c.name,
-                    &c.digest[..c.digest.len().min(19)],
-                    c.flavor,
-                    c.loaded_from,
-                    c.load_ms,
-                    c.routes.join(", ")
-                );
-            }
-            Ok(())
-        }
+        Command::Deploy { manifest, admin } => deploy(&manifest, &admin).await,
         Command::Undeploy { app, admin } => {
             AdminClient::new(&admin).undeploy(&app).await?;
             println!("undeployed {app}");
@@ -271,38 +249,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             app,
             component,
             admin,
-        } => {
-            let changed = AdminClient::new(&admin)
-                .set_stopped(&app, &component, true)
-                .await?;
-            println!(
-                "{} {app}/{component}",
-                if changed {
-                    "stopped"
-                } else {
-                    "already stopped"
-                }
-            );
-            Ok(())
-        }
+        } => set_stopped(&admin, &app, &component, true).await,
         Command::Start {
             app,
             component,
             admin,
-        } => {
-            let changed = AdminClient::new(&admin)
-                .set_stopped(&app, &component, false)
-                .await?;
-            println!(
-                "{} {app}/{component}",
-                if changed {
-                    "started"
-                } else {
-                    "already running"
-                }
-            );
-            Ok(())
-        }
+        } => set_stopped(&admin, &app, &component, false).await,
         Command::Status { json, admin } => {
             let status = AdminClient::new(&admin).status().await?;
             if json {
@@ -320,26 +272,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             headers,
             admin,
         } => {
-            let mut pairs = Vec::new();
-            for h in headers {
-                let (k, v) = h
-                    .split_once('=')
-                    .ok_or_else(|| anyhow::anyhow!("--header {h:?}: expected K=V"))?;
-                pairs.push((k.to_string(), v.to_string()));
-            }
-            let reply = AdminClient::new(&admin)
-                .publish(&crate::control::PublishRequest {
-                    subject: subject.clone(),
-                    data,
-                    headers: pairs,
-                    request_timeout_ms: request.then_some(timeout.as_millis() as u64),
-                })
-                .await?;
-            match reply {
-                Some(r) => println!("{}", r.data),
-                None => println!("published to {subject}"),
-            }
-            Ok(())
+            let request = crate::control::PublishRequest {
+                subject,
+                data,
+                headers: header_pairs(headers)?,
+                request_timeout_ms: request.then_some(timeout.as_millis() as u64),
+            };
+            publish(&admin, request).await
         }
         Command::Subscribe {
             subject,
@@ -360,6 +299,67 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `wasmhive deploy`: uploads what the host lacks, deploys, prints the report.
+async fn deploy(manifest: &std::path::Path, admin: &str) -> anyhow::Result<()> {
+    let report = AdminClient::new(admin).deploy(manifest).await?;
+    match &report.replaced {
+        Some(old) => println!(
+            "deployed {} {} (replaced {old})",
+            report.app, report.version
+        ),
+        None => println!("deployed {} {}", report.app, report.version),
+    }
+    for c in &report.components {
+        println!(
+            "  {} {} [{}] loaded from {} in {:.1} ms: {}",
+            c.name,
+            &c.digest[..c.digest.len().min(19)],
+            c.flavor,
+            c.loaded_from,
+            c.load_ms,
+            c.routes.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `wasmhive stop` and `wasmhive start`.
+async fn set_stopped(admin: &str, app: &str, component: &str, stop: bool) -> anyhow::Result<()> {
+    let changed = AdminClient::new(admin)
+        .set_stopped(app, component, stop)
+        .await?;
+    let what = match (stop, changed) {
+        (true, true) => "stopped",
+        (true, false) => "already stopped",
+        (false, true) => "started",
+        (false, false) => "already running",
+    };
+    println!("{what} {app}/{component}");
+    Ok(())
+}
+
+/// `--header K=V` flags as pairs.
+fn header_pairs(headers: Vec<String>) -> anyhow::Result<Vec<(String, String)>> {
+    headers
+        .into_iter()
+        .map(|h| {
+            h.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--header {h:?}: expected K=V"))
+        })
+        .collect()
+}
+
+/// `wasmhive publish`: publishes, or sends a request and prints the reply.
+async fn publish(admin: &str, request: crate::control::PublishRequest) -> anyhow::Result<()> {
+    let subject = request.subject.clone();
+    match AdminClient::new(admin).publish(&request).await? {
+        Some(r) => println!("{}", r.data),
+        None => println!("published to {subject}"),
+    }
+    Ok(())
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

@@ -67,87 +67,21 @@ pub async fn handle(control: Arc<ControlPlane>, req: Request<Incoming>) -> Respo
         }
         (&Method::GET, ["v1", "status"]) => body::json(StatusCode::OK, &control.status()),
         (&Method::HEAD, ["v1", "blobs", digest]) => {
-            if control.blobs().contains(digest) {
-                Response::new(body::empty())
-            } else {
-                let mut r = Response::new(body::empty());
+            let mut r = Response::new(body::empty());
+            if !control.blobs().contains(digest) {
                 *r.status_mut() = StatusCode::NOT_FOUND;
-                r
             }
+            r
         }
-        (&Method::PUT, ["v1", "blobs", digest]) => {
-            let digest = digest.to_string();
-            let bytes = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => {
-                    return error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("uploads are limited to {MAX_UPLOAD} bytes"),
-                    );
-                }
-            };
-            let blobs = control.blobs().clone();
-            match tokio::task::spawn_blocking(move || blobs.put(&digest, &bytes)).await {
-                Ok(Ok(())) => body::text(StatusCode::CREATED, "stored"),
-                Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            }
-        }
-        (&Method::POST, ["v1", "publish"]) => {
-            let bytes = match Limited::new(req.into_body(), MAX_DEPLOY_REQUEST)
-                .collect()
-                .await
-            {
-                Ok(b) => b.to_bytes(),
-                Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "message too large"),
-            };
-            let request: super::PublishRequest = match serde_json::from_slice(&bytes) {
-                Ok(r) => r,
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("invalid publish request: {e}"),
-                    );
-                }
-            };
-            use crate::bus::BusError;
-            match control.publish(request).await {
-                Ok(reply) => body::json(StatusCode::OK, &reply),
-                Err(e @ BusError::InvalidSubject(_)) => {
-                    error(StatusCode::BAD_REQUEST, e.to_string())
-                }
-                Err(e @ BusError::NoResponders(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
-                Err(e @ BusError::Timeout { .. }) => {
-                    error(StatusCode::GATEWAY_TIMEOUT, e.to_string())
-                }
-                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-            }
-        }
-        (&Method::POST, ["v1", "apps"]) => {
-            let bytes = match Limited::new(req.into_body(), MAX_DEPLOY_REQUEST)
-                .collect()
-                .await
-            {
-                Ok(b) => b.to_bytes(),
-                Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "deploy request too large"),
-            };
-            let request: DeployRequest = match serde_json::from_slice(&bytes) {
-                Ok(r) => r,
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("invalid deploy request: {e}"),
-                    );
-                }
-            };
-            match control.deploy(request).await {
-                Ok(report) => body::json(StatusCode::OK, &report),
-                Err(e) => {
-                    tracing::warn!(error = %e, "deploy refused");
-                    error(deploy_status(&e), e.to_string())
-                }
-            }
-        }
+        (&Method::PUT, ["v1", "blobs", digest]) => put_blob(&control, digest, req).await,
+        (&Method::POST, ["v1", "publish"]) => match read_json(req, "publish request").await {
+            Ok(request) => publish(&control, request).await,
+            Err(r) => r,
+        },
+        (&Method::POST, ["v1", "apps"]) => match read_json(req, "deploy request").await {
+            Ok(request) => deploy(&control, request).await,
+            Err(r) => r,
+        },
         (
             &Method::POST,
             [
@@ -182,6 +116,71 @@ pub async fn handle(control: Arc<ControlPlane>, req: Request<Incoming>) -> Respo
             StatusCode::NOT_FOUND,
             format!("no admin endpoint {method} {path}"),
         ),
+    }
+}
+
+/// Reads a JSON request body of at most [`MAX_DEPLOY_REQUEST`] bytes; the error is the
+/// response to send (413 or 400).
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    what: &str,
+) -> Result<T, Response<Body>> {
+    let bytes = match Limited::new(req.into_body(), MAX_DEPLOY_REQUEST)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("{what} too large"),
+            ));
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid {what}: {e}")))
+}
+
+/// `PUT /v1/blobs/{digest}`: stores component bytes (checked against the digest).
+async fn put_blob(control: &ControlPlane, digest: &str, req: Request<Incoming>) -> Response<Body> {
+    let digest = digest.to_string();
+    let bytes = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("uploads are limited to {MAX_UPLOAD} bytes"),
+            );
+        }
+    };
+    let blobs = control.blobs().clone();
+    match tokio::task::spawn_blocking(move || blobs.put(&digest, &bytes)).await {
+        Ok(Ok(())) => body::text(StatusCode::CREATED, "stored"),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `POST /v1/publish`.
+async fn publish(control: &ControlPlane, request: super::PublishRequest) -> Response<Body> {
+    use crate::bus::BusError;
+    match control.publish(request).await {
+        Ok(reply) => body::json(StatusCode::OK, &reply),
+        Err(e @ BusError::InvalidSubject(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ BusError::NoResponders(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ BusError::Timeout { .. }) => error(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// `POST /v1/apps`.
+async fn deploy(control: &ControlPlane, request: DeployRequest) -> Response<Body> {
+    match control.deploy(request).await {
+        Ok(report) => body::json(StatusCode::OK, &report),
+        Err(e) => {
+            tracing::warn!(error = %e, "deploy refused");
+            error(deploy_status(&e), e.to_string())
+        }
     }
 }
 

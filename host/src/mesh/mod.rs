@@ -174,6 +174,93 @@ impl MeshRouter {
     }
 }
 
+/// The body of a call, kept for replay when it may be retried.
+enum Replayable {
+    /// Sent once.
+    Once(Option<Body>),
+    /// Small enough to send again.
+    Bytes(Bytes),
+}
+
+impl Replayable {
+    /// Keeps `body` for `attempts` attempts; `None` if it is too large to replay.
+    async fn new(body: Body, attempts: u32) -> Option<Replayable> {
+        if attempts <= 1 {
+            return Some(Replayable::Once(Some(body)));
+        }
+        http_body_util::Limited::new(body, MAX_REPLAY_BODY)
+            .collect()
+            .await
+            .ok()
+            .map(|b| Replayable::Bytes(b.to_bytes()))
+    }
+
+    /// The body for the next attempt (`None`: a one-shot body already sent).
+    fn next(&mut self) -> Option<Body> {
+        match self {
+            Replayable::Once(body) => body.take(),
+            Replayable::Bytes(bytes) => Some(body::full(bytes.clone())),
+        }
+    }
+}
+
+/// One call's attempts: to whom, under which policy.
+struct Attempts<'a> {
+    key: &'a Key,
+    target: &'a DeployedComponent,
+    policy: &'a CallPolicy,
+    retries: Option<&'a crate::capability::http::RetryPolicy>,
+}
+
+impl MeshRouter {
+    /// Tries the call as often as the policy and the retry budget allow: the first
+    /// answer below 500 (`Ok`), else the last attempt's outcome (`Err`).
+    async fn attempts(
+        &self,
+        call: Attempts<'_>,
+        parts: &http::request::Parts,
+        mut body: Replayable,
+    ) -> Result<Response<Body>, Attempt> {
+        self.budget(call.key, |b| b.deposit());
+        let mut last = Attempt::Unavailable("no attempt".into());
+        for attempt in 0..call.retries.map_or(1, |r| r.attempts) {
+            if attempt > 0 {
+                if !self.budget(call.key, |b| b.withdraw()) {
+                    tracing::debug!(target = %call.target.id, "retry budget exhausted");
+                    break;
+                }
+                if let Some(r) = call.retries {
+                    tokio::time::sleep(retry::delay(r, attempt)).await;
+                }
+            }
+            let Some(body) = body.next() else {
+                break;
+            };
+            let request = rebuild(parts, body);
+            let result = match call.policy.timeout {
+                Some(t) => tokio::time::timeout(t, self.invoke(call.target, request))
+                    .await
+                    .unwrap_or(Attempt::Timeout),
+                None => self.invoke(call.target, request).await,
+            };
+            match result {
+                Attempt::Answered(r) if r.status().as_u16() < 500 => {
+                    self.breaker_record(call.key, call.policy, true);
+                    return Ok(r);
+                }
+                other => last = other,
+            }
+        }
+        Err(last)
+    }
+
+    /// Runs `f` on the retry budget of `key`.
+    fn budget<R>(&self, key: &Key, f: impl FnOnce(&mut retry::Budget) -> R) -> R {
+        let mut budgets = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
+        f(budgets.entry(key.clone()).or_default())
+    }
+}
+
 /// A short text response the host makes up.
 fn status_response(status: StatusCode, message: &str, detail: Option<String>) -> Response<Body> {
     if let Some(d) = detail {
@@ -249,70 +336,23 @@ impl Mesh for MeshRouter {
             .retries
             .as_ref()
             .filter(|_| retry::retryable(&parts.method, &parts.headers));
-        let attempts = retries.map_or(1, |r| r.attempts);
-        // Replaying needs the body: keep it if it is small enough, else send once.
-        let (mut once, replay) = if attempts > 1 {
-            match http_body_util::Limited::new(body, MAX_REPLAY_BODY)
-                .collect()
-                .await
-            {
-                Ok(b) => (None, Some(b.to_bytes())),
-                Err(_) => {
-                    return Ok(status_response(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "request body too large to retry",
-                        None,
-                    ));
-                }
-            }
-        } else {
-            (Some(body), None)
+        let Some(body) = Replayable::new(body, retries.map_or(1, |r| r.attempts)).await else {
+            return Ok(status_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large to retry",
+                None,
+            ));
         };
-        self.budgets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key.clone())
-            .or_default()
-            .deposit();
-
-        let mut last = Attempt::Unavailable("no attempt".into());
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                let allowed = self
-                    .budgets
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(key.clone())
-                    .or_default()
-                    .withdraw();
-                if !allowed {
-                    tracing::debug!(caller = %caller, target, "retry budget exhausted");
-                    break;
-                }
-                if let Some(r) = retries {
-                    tokio::time::sleep(retry::delay(r, attempt)).await;
-                }
-            }
-            let body = match (&replay, once.take()) {
-                (Some(bytes), _) => body::full(bytes.clone()),
-                (None, Some(b)) => b,
-                (None, None) => break,
-            };
-            let request = rebuild(&parts, body);
-            let result = match policy.timeout {
-                Some(t) => tokio::time::timeout(t, self.invoke(&component, request))
-                    .await
-                    .unwrap_or(Attempt::Timeout),
-                None => self.invoke(&component, request).await,
-            };
-            match result {
-                Attempt::Answered(r) if r.status().as_u16() < 500 => {
-                    self.breaker_record(&key, policy, true);
-                    return Ok(r);
-                }
-                other => last = other,
-            }
-        }
+        let call = Attempts {
+            key: &key,
+            target: &component,
+            policy,
+            retries,
+        };
+        let last = match self.attempts(call, &parts, body).await {
+            Ok(answer) => return Ok(answer),
+            Err(last) => last,
+        };
         self.breaker_record(&key, policy, false);
         if let Some(f) = &policy.fallback {
             return Ok(fallback_response(f));

@@ -8,11 +8,12 @@
 //! capacity is released when the guest finishes, not when the head is sent. WASI 0.3
 //! guests go through wasmtime's `ProxyHandler` (see `p3.rs`).
 
+use std::future::Future;
 use std::time::Instant;
 
 use http_body_util::BodyExt;
 use tokio::sync::oneshot;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
 use super::invoke::{InvokeError, Phase, PreparedComponent, http_invocation};
@@ -43,14 +44,26 @@ impl PreparedComponent {
         let Some(indices) = &self.inner.proxy else {
             return Err(InvokeError::NotExported("HTTP handler"));
         };
-        let indices = indices.clone();
+        let (tx, rx) = oneshot::channel();
+        let task = self.p2_task(indices.clone(), request, tx, guard);
+        head_or_end(Box::pin(task), rx).await
+    }
+
+    /// The whole invocation of a WASI 0.2 handler: take an instance, call it, give it
+    /// back (or drop it after a trap or the deadline), then release `guard`. The
+    /// response head is sent on `tx` by the guest.
+    fn p2_task<G: Send + 'static>(
+        &self,
+        indices: wasmtime_wasi_http::p2::bindings::ProxyIndices,
+        request: http::Request<WasiBody>,
+        tx: oneshot::Sender<Result<http::Response<WasiBody>, ErrorCode>>,
+        guard: G,
+    ) -> impl Future<Output = Result<(), InvokeError>> + Send + 'static {
         let timeout = self.timeout();
         let deadline = Instant::now() + timeout;
-        let (tx, rx) = oneshot::channel();
         let mut live = self.acquire(http_invocation(request.headers()), deadline);
         let this = self.clone();
-
-        let mut task = Box::pin(async move {
+        async move {
             let run = async {
                 let instance = this.instance(&mut live).await?;
                 let proxy = match live.proxy.take() {
@@ -81,40 +94,44 @@ impl PreparedComponent {
             this.release(live, result.is_ok());
             drop(guard);
             result
-        });
+        }
+    }
+}
 
-        // Run the guest right here until it either finishes or sets the response head.
-        // A small response usually finishes in one go: no task to spawn, no wakeup of
-        // another thread. If the head comes first, the rest (the body) keeps running
-        // in its own task while the head goes out.
-        let mut rx = rx;
-        tokio::select! {
-            biased;
-            finished = &mut task => match rx.try_recv() {
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(code)) => Err(InvokeError::Guest(code)),
-                Err(_) => match finished {
-                    Err(e) => Err(e),
-                    Ok(()) => Err(InvokeError::NoResponse),
-                },
+type Head = Result<http::Response<WasiBody>, ErrorCode>;
+
+/// Runs the guest right here until it either finishes or sets the response head. A
+/// small response usually finishes in one go: no task to spawn, no wakeup of another
+/// thread. If the head comes first, the guest gets one more turn (a small body is
+/// usually written and the guest done by then), and only if it is still running does
+/// the rest (the body) move to its own task, its deadline enforced there, while the
+/// head goes out.
+async fn head_or_end(
+    mut task: std::pin::Pin<Box<dyn Future<Output = Result<(), InvokeError>> + Send>>,
+    mut rx: oneshot::Receiver<Head>,
+) -> Result<http::Response<WasiBody>, InvokeError> {
+    tokio::select! {
+        biased;
+        finished = &mut task => match rx.try_recv() {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err(InvokeError::Guest(code)),
+            Err(_) => match finished {
+                Err(e) => Err(e),
+                Ok(()) => Err(InvokeError::NoResponse),
             },
-            head = &mut rx => match head {
-                Ok(head) => {
-                    // Give the guest one more turn before handing it to its own task:
-                    // a small body is usually written and the guest done by then (no
-                    // spawn, no wakeup of another thread). A guest still writing runs
-                    // on in its own task, its deadline enforced there.
-                    if futures::FutureExt::now_or_never(&mut task).is_none() {
-                        tokio::spawn(task);
-                    }
-                    head.map_err(InvokeError::Guest)
+        },
+        head = &mut rx => match head {
+            Ok(head) => {
+                if futures::FutureExt::now_or_never(&mut task).is_none() {
+                    tokio::spawn(task);
                 }
-                // The outparam was dropped unset: the guest's end says why.
-                Err(_) => match task.await {
-                    Err(e) => Err(e),
-                    Ok(()) => Err(InvokeError::NoResponse),
-                },
+                head.map_err(InvokeError::Guest)
             }
+            // The outparam was dropped unset: the guest's end says why.
+            Err(_) => match task.await {
+                Err(e) => Err(e),
+                Ok(()) => Err(InvokeError::NoResponse),
+            },
         }
     }
 }

@@ -274,40 +274,56 @@ async fn pull_loop(
                     }
                 }
             };
-            let (component, js, metrics) = (component.clone(), js.clone(), metrics.clone());
-            handlers.spawn(async move {
-                let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
-                let mut bus_message = from_nats(message.message.clone());
-                // The reply subject of a JetStream delivery is the ack protocol's, not
-                // a sender's: never let the guest publish into it.
-                bus_message.reply_to = None;
-                let subject = bus_message.subject.clone();
-                let result = super::handle(&component, &metrics, bus_message, permit).await;
-                let outcome = match result {
-                    Ok(()) => message.ack().await,
-                    Err(e) => {
-                        if delivered >= max_deliver {
-                            tracing::warn!(component = %component.id, %subject, delivered, error = %e, "message dead-lettered");
-                            dead_letter(&js, &component, &message, &e, delivered).await;
-                            message.ack_with(AckKind::Term).await
-                        } else {
-                            let backoff = &component.spec.triggers.message.backoff;
-                            let delay = backoff
-                                .get(delivered as usize - 1)
-                                .or(backoff.last())
-                                .copied()
-                                .unwrap_or(DEFAULT_BACKOFF);
-                            // The envelope logged the failure; this is the decision.
-                            tracing::debug!(component = %component.id, %subject, delivered, retry_in = ?delay, "will redeliver");
-                            message.ack_with(AckKind::Nak(Some(delay))).await
-                        }
-                    }
-                };
-                if let Err(e) = outcome {
-                    tracing::warn!(component = %component.id, %subject, error = %e, "cannot acknowledge message; it will be redelivered");
-                }
-            });
+            handlers.spawn(settle(
+                component.clone(),
+                js.clone(),
+                metrics.clone(),
+                message,
+                permit,
+                max_deliver,
+            ));
         }
+    }
+}
+
+/// Handles one pulled message and settles it with the server: ack on success; on
+/// failure nak with the next backoff, or dead-letter and terminate it on its
+/// `max_deliver`-th delivery.
+async fn settle(
+    component: Arc<DeployedComponent>,
+    js: jetstream::Context,
+    metrics: Arc<RequestMetrics>,
+    message: jetstream::Message,
+    permit: crate::scaler::Permit,
+    max_deliver: u32,
+) {
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
+    let mut bus_message = from_nats(message.message.clone());
+    // The reply subject of a JetStream delivery is the ack protocol's, not a
+    // sender's: never let the guest publish into it.
+    bus_message.reply_to = None;
+    let subject = bus_message.subject.clone();
+    let outcome = match super::handle(&component, &metrics, bus_message, permit).await {
+        Ok(()) => message.ack().await,
+        Err(e) if delivered >= max_deliver => {
+            tracing::warn!(component = %component.id, %subject, delivered, error = %e, "message dead-lettered");
+            dead_letter(&js, &component, &message, &e, delivered).await;
+            message.ack_with(AckKind::Term).await
+        }
+        Err(_) => {
+            let backoff = &component.spec.triggers.message.backoff;
+            let delay = backoff
+                .get(delivered as usize - 1)
+                .or(backoff.last())
+                .copied()
+                .unwrap_or(DEFAULT_BACKOFF);
+            // The envelope logged the failure; this is the decision.
+            tracing::debug!(component = %component.id, %subject, delivered, retry_in = ?delay, "will redeliver");
+            message.ack_with(AckKind::Nak(Some(delay))).await
+        }
+    };
+    if let Err(e) = outcome {
+        tracing::warn!(component = %component.id, %subject, error = %e, "cannot acknowledge message; it will be redelivered");
     }
 }
 
