@@ -15,6 +15,9 @@ Scenarios:
             the redb and JetStream backends, next to a route that touches no state.
   messaging messages/s through a trivial handler (core NATS and durable JetStream) next
             to the raw async-nats publish->subscribe rate on the same nats-server.
+  ab        the hello route (fresh, serial reuse, WASI 0.3) under two wasmhive release
+            binaries alternating: BENCH_BASELINE (e.g. one built from an older commit)
+            and this tree's. Not in the default set.
   instr     instructions per request (valgrind callgrind: deterministic, unlike req/s on
             a noisy machine) of wasmhive and `wasmtime serve` in each pair of the http
             scenario, split into guest code and host code. Needs valgrind (apt).
@@ -305,6 +308,69 @@ def scenario_http():
         text = text.replace("\n\nCommands:", "\n\n" + "\n".join(pair_lines) + "\n\nCommands:", 1)
     print(text)
     write_block("http", text)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def scenario_ab():
+    """The request path of two wasmhive binaries, alternating: BENCH_BASELINE (an
+    older release build) against target/release/wasmhive, for the hello route with a
+    fresh instance per request, with serial reuse, and the WASI 0.3 hello."""
+    baseline = os.environ.get("BENCH_BASELINE")
+    if not baseline or not Path(baseline).is_file():
+        sys.exit("ab needs BENCH_BASELINE=/path/to/another/release/wasmhive")
+    label = os.environ.get("BENCH_BASELINE_LABEL", "baseline")
+    current = ROOT / "target/release/wasmhive"
+    data = Path(tempfile.mkdtemp(prefix="wasmhive-bench-"))
+    hello, hello_p3 = COMPONENTS / "hello.wasm", COMPONENTS / "hello_p3.wasm"
+    manifests = {}
+    for name, component, extra in (("fresh", hello, ""),
+                                   ("reuse", hello, '[components.hello.instances]\nmax_requests = 128\n'),
+                                   ("p3", hello_p3, "")):
+        path = data / f"{name}.toml"
+        path.write_text(f'manifest_version = 1\n[app]\nname = "hello"\nversion = "1.0.0"\n'
+                        f'[components.hello]\nsource = "{component}"\nroutes = ["GET /hello"]\n{extra}')
+        manifests[name] = path
+
+    def start(binary, manifest, tag):
+        def go():
+            port, admin = free_port(), free_port()
+            s = Server("wasmhive", [str(binary), "--log-format", "json", "up", str(manifest), "--http",
+                                    f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}", "--data-dir",
+                                    str(data / f"data-{tag}"), "--local-bus"], port,
+                       env={"WASMHIVE_LOG": "warn"}, ready_line="ready")
+            return s, f"http://127.0.0.1:{port}/hello"
+        return go
+
+    variants = []
+    for name in manifests:
+        variants.append((f"{label}: {name}", start(baseline, manifests[name], f"old-{name}")))
+        variants.append((f"this tree: {name}", start(current, manifests[name], f"new-{name}")))
+    results = measure_rounds_raw(variants)
+    rows = medians(variants, results)
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores; wrk -t{THREADS} -c{CONNECTIONS} "
+        f"-d{DURATION}s on loopback; {ROUNDS} rounds, each running the two binaries back to back.",
+        "",
+        "| path | binary | req/s (median) | p99 ms (median) | ratio per round (this / baseline) | median ratio |",
+        "| --- | --- | ---: | ---: | --- | ---: |",
+    ]
+    by_name = {row[0]: row for row in rows}
+    for name in manifests:
+        old, new = f"{label}: {name}", f"this tree: {name}"
+        ratios = [b[0] / a[0] for a, b in zip(results[old], results[new])]
+        per_round = ", ".join(f"{r:.2f}x" for r in ratios)
+        lines.append(f"| {name} | {label} | {by_name[old][1]:,.0f} | {by_name[old][3]:.2f} | | |")
+        lines.append(f"| {name} | this tree | {by_name[new][1]:,.0f} | {by_name[new][3]:.2f} | {per_round} | "
+                     f"{statistics.median(ratios):.2f}x |")
+    lines += ["", "Commands:", "", "```sh",
+              f"BENCH_BASELINE=path/to/{label}/wasmhive BENCH_BASELINE_LABEL={label} just bench ab",
+              "wasmhive up hello.toml --local-bus   # fresh: one route, GET /hello",
+              "wasmhive up hello-reuse.toml ...     # + [components.hello.instances] max_requests = 128",
+              "wasmhive up hello-p3.toml ...        # hello-p3 (WASI 0.3 defaults)",
+              f"wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}s --latency http://127.0.0.1:PORT/hello", "```"]
+    text = "\n".join(lines)
+    print(text)
+    write_block("ab", text)
     shutil.rmtree(data, ignore_errors=True)
 
 
@@ -737,13 +803,14 @@ def scenario_messaging():
     wait_port(port, nats)
     messenger = COMPONENTS / "messenger.wasm"
 
-    def manifest(durable):
-        path = data / f"fwd-{durable}.toml"
+    def manifest(durable, reuse):
+        path = data / f"fwd-{durable}-{reuse}.toml"
         path.write_text(
             f'manifest_version = 1\n[app]\nname = "fwd"\nversion = "1.0.0"\n'
             f'[components.fwd]\nsource = "{messenger}"\nenv = {{ FORWARD_TO = "bench.out" }}\n'
             f'[components.fwd.messaging]\nsubscribe = ["bench.in"]\npublish = ["bench.out"]\n'
-            f'durable = {"true" if durable else "false"}\n')
+            f'durable = {"true" if durable else "false"}\n'
+            + (f'[components.fwd.instances]\nmax_requests = {reuse}\n' if reuse > 1 else ''))
         return path
 
     def run(mode, count):
@@ -754,15 +821,22 @@ def scenario_messaging():
         m = re.search(r"rate=(\d+)", out.stdout)
         return float(m.group(1)) if m else float("nan")
 
-    results = {"raw": [], "through": [], "durable": []}
+    # mode -> (msgbench mode, durable, max_requests); alternated within each round.
+    modes = {
+        "through": ("through", False, 1),
+        "through-reuse": ("through", False, 128),
+        "durable": ("durable", True, 1),
+        "durable-reuse": ("durable", True, 128),
+    }
+    results = {"raw": [], **{m: [] for m in modes}}
     try:
         for r in range(ROUNDS):
             results["raw"].append(run("raw", n))
-            for mode, durable in (("through", False), ("durable", True)):
-                host = Host(data / f"data-{mode}-{r}", [manifest(durable)], bus=("--nats", url))
+            for mode, (bench_mode, durable, reuse) in modes.items():
+                host = Host(data / f"data-{mode}-{r}", [manifest(durable, reuse)], bus=("--nats", url))
                 try:
-                    count = n if mode == "through" else max(n // 4, 1000)
-                    results[mode].append(run(mode, count))
+                    count = n if not durable else max(n // 4, 1000)
+                    results[mode].append(run(bench_mode, count))
                 finally:
                     host.stop()
             print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in results.items()))
@@ -773,8 +847,12 @@ def scenario_messaging():
     rows = [("raw async-nats publish -> subscribe (no wasm)", raw),
             ("through a wasmhive handler, core NATS (fresh instance per message)",
              statistics.median(results["through"])),
-            ("through a wasmhive handler, durable JetStream (ack per message)",
-             statistics.median(results["durable"]))]
+            ("through a wasmhive handler, core NATS, `max_requests = 128` (serial reuse)",
+             statistics.median(results["through-reuse"])),
+            ("through a wasmhive handler, durable JetStream (ack per message, fresh instance)",
+             statistics.median(results["durable"])),
+            ("through a wasmhive handler, durable JetStream, `max_requests = 128`",
+             statistics.median(results["durable-reuse"]))]
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, one nats-server 2.x on loopback. "
         f"{n:,} messages of 16 bytes (durable: {max(n // 4, 1000):,}, published through JetStream with acks); "
@@ -790,6 +868,7 @@ def scenario_messaging():
               "nats-server -a 127.0.0.1 -p PORT -js -sd DIR",
               "target/release/msgbench raw nats://127.0.0.1:PORT N",
               "target/release/wasmhive up fwd.toml --nats nats://127.0.0.1:PORT   # subscribe bench.in, FORWARD_TO bench.out",
+              "# reuse rows: fwd.toml + [components.fwd.instances] max_requests = 128",
               "target/release/msgbench through nats://127.0.0.1:PORT N   # or: durable", "```"]
     text = "\n".join(lines)
     print(text)
@@ -923,6 +1002,7 @@ SCENARIOS = {
     "density": scenario_density,
     "bulkhead": scenario_bulkhead,
     "instr": scenario_instr,
+    "ab": scenario_ab,
 }
 
 
@@ -931,7 +1011,7 @@ def main():
     # developer shell) is not what production pays; measure without it.
     os.environ.pop("RUST_BACKTRACE", None)
     os.environ.pop("RUST_LIB_BACKTRACE", None)
-    names = sys.argv[1:] or list(SCENARIOS)
+    names = sys.argv[1:] or [n for n in SCENARIOS if n != "ab"]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         sys.exit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
