@@ -264,4 +264,48 @@ min_instances = 0
         let e = err(&GOOD.replace("name = \"hello\"", "name = \"Hello World\""));
         assert!(e.contains("app.name"), "{e}");
     }
+
+    #[test]
+    fn a_shared_section_refuses_what_no_owner_takes() {
+        // [messaging] is read by the messaging capability (subscribe, publish) and the
+        // message trigger (delivery keys); a typo is refused, naming every allowed key.
+        let e = err(&format!(
+            "{GOOD}\n[components.hello.messaging]\nsubscribe = [\"a\"]\nduarble = true\n"
+        ));
+        assert!(e.contains("components.hello.messaging.duarble"), "{e}");
+        for key in ["subscribe", "publish", "durable", "queue_group", "backoff"] {
+            assert!(e.contains(&format!("`{key}`")), "{key}: {e}");
+        }
+        let m = Manifest::parse(
+            &format!(
+                "{GOOD}\n[components.hello.messaging]\nsubscribe = [\"a.>\"]\ndurable = true\nbackoff = [\"1s\"]\n"
+            ),
+            "m.toml",
+        )
+        .unwrap();
+        let c = &m.components[0];
+        assert_eq!(c.caps.messaging.subscribe, ["a.>"]);
+        assert!(c.triggers.message.durable);
+        assert_eq!(c.triggers.message.backoff, [Duration::from_secs(1)]);
+    }
+
+    #[test]
+    fn an_unknown_component_key_lists_the_keys_of_every_owner() {
+        let e = err(&GOOD.replace("env = {", "envv = {"));
+        assert!(
+            e.contains("components.hello.envv: unknown field `envv`"),
+            "{e}"
+        );
+        for key in [
+            "source",
+            "routes",
+            "env",
+            "keyvalue",
+            "calls",
+            "messaging",
+            "scale",
+        ] {
+            assert!(e.contains(&format!("`{key}`")), "{key}: {e}");
+        }
+    }
 }
