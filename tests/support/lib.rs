@@ -718,19 +718,6 @@ impl Gate {
     }
 }
 
-/// Polls `check` every 50 ms until it returns `Some`, panicking with `what` after
-/// `timeout`.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The bound for waiting on something that should happen: generous, because it only
 /// ends a stuck test (a passing test waits only as long as the condition takes), and a
 /// small CI machine running a debug host with other tests is slow.
