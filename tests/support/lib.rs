@@ -442,16 +442,6 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
-/// GETs `url` with `headers` and returns the JSON body (the inspect-request fixture's
-/// report of the request it received).
-pub async fn get_json(url: String, headers: &[(&str, &str)]) -> serde_json::Value {
-    let mut request = client().get(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    request.send().await.unwrap().json().await.unwrap()
-}
-
 /// An HTTP answer, read to the end: what a test asserts on.
 pub struct Reply {
     /// The request's method.
