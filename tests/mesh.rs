@@ -187,6 +187,7 @@ async fn a_fan_out_to_three_services_returns_all_three() {
         "[components.search.calls.analytics]\n[components.search.calls.flaky]\n[components.search.calls.inspect]",
     );
     let host = Host::start(&[&m]);
+    // Analytics sleeps 300 ms on purpose: the slowest of the three still comes first.
     let r = get(host.url(
         "/fanout?url=http://analytics/faults/sleep?ms=300&url=http://flaky/flaky/fan&url=http://inspect/inspect/x",
     ))

@@ -332,11 +332,15 @@ queue = 0
     assert_eq!(total[&504], 20, "{total:?}");
     assert_eq!(total[&500], 980, "{total:?}");
 
-    let s = host.component_status("faults", "faults");
-    assert_eq!(s["in_flight"], 0, "{s:#}");
-    assert_eq!(s["instances"], 0, "{s:#}");
+    // A slot is released just after its response body: wait for the last ones.
+    let s = host
+        .wait_status("faults", "faults", "slots and instances released", |s| {
+            s["in_flight"] == 0 && s["instances"] == 0
+        })
+        .await;
     assert_eq!(s["failures"], 1000, "{s:#}");
-    // All four slots are free: four slow requests run at once.
+    // All four slots are free: four slow requests run at once (the guest sleeps 100
+    // ms on purpose, so that they overlap).
     let slow: Vec<_> = (0..4)
         .map(|_| tokio::spawn(get(host.url("/faults/sleep?ms=100"))))
         .collect();
