@@ -2,9 +2,7 @@
 //! that leave the running version alone, atomic upgrades, undeploy, the compile cache
 //! across restarts, graceful shutdown, and `validate`.
 
-use std::time::Duration;
-
-use wasmhive_e2e::{Host, HostOptions, Workspace, client};
+use wasmhive_e2e::{Host, HostOptions, Workspace, get};
 
 fn hello(ws: &Workspace, file: &str, version: &str, greeting: &str) -> std::path::PathBuf {
     ws.write(
@@ -22,11 +20,6 @@ env = {{ GREETING = "{greeting}" }}
 "#
         ),
     )
-}
-
-async fn get(host: &Host, path: &str) -> (u16, String) {
-    let resp = client().get(host.url(path)).send().await.unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
 fn stderr(out: &std::process::Output) -> String {
@@ -84,7 +77,7 @@ async fn a_refused_deploy_leaves_the_old_version_serving() {
     let ws = Workspace::new();
     let v1 = hello(&ws, "v1.toml", "1.0.0", "hello");
     let host = Host::start(&[&v1]);
-    assert_eq!(get(&host, "/hello").await, (200, "hello, world\n".into()));
+    assert_eq!(get(host.url("/hello")).await, (200, "hello, world\n"));
 
     // Not wasm at all.
     std::fs::write(ws.path().join("garbage.wasm"), b"this is not a component").unwrap();
@@ -106,7 +99,7 @@ routes = ["GET /hello"]
         "{}",
         stderr(&out)
     );
-    assert_eq!(get(&host, "/hello").await, (200, "hello, world\n".into()));
+    assert_eq!(get(host.url("/hello")).await, (200, "hello, world\n"));
 
     // A component importing something the host does not provide.
     let unknown = ws.write(
@@ -127,7 +120,7 @@ routes = ["GET /hello"]
         "{}",
         stderr(&out)
     );
-    assert_eq!(get(&host, "/hello").await, (200, "hello, world\n".into()));
+    assert_eq!(get(host.url("/hello")).await, (200, "hello, world\n"));
     let st = host.status();
     assert_eq!(st["apps"][0]["version"], "1.0.0");
 }
@@ -136,24 +129,24 @@ routes = ["GET /hello"]
 async fn deploy_swaps_versions_and_undeploy_removes_routes() {
     let ws = Workspace::new();
     let host = Host::start(&[]);
-    assert_eq!(get(&host, "/hello").await.0, 404);
+    assert_eq!(get(host.url("/hello")).await.status, 404);
 
     let v1 = hello(&ws, "v1.toml", "1.0.0", "hello");
     let out = host.cli(&["deploy", v1.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(get(&host, "/hello").await, (200, "hello, world\n".into()));
+    assert_eq!(get(host.url("/hello")).await, (200, "hello, world\n"));
 
     let v2 = hello(&ws, "v2.toml", "2.0.0", "bonjour");
     let out = host.cli(&["deploy", v2.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(stdout.contains("replaced 1.0.0"), "{stdout}");
-    assert_eq!(get(&host, "/hello").await, (200, "bonjour, world\n".into()));
+    assert_eq!(get(host.url("/hello")).await, (200, "bonjour, world\n"));
     assert_eq!(host.status()["apps"][0]["version"], "2.0.0");
 
     let out = host.cli(&["undeploy", "hello"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(get(&host, "/hello").await.0, 404);
+    assert_eq!(get(host.url("/hello")).await.status, 404);
     let out = host.cli(&["undeploy", "hello"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no app named"), "{}", stderr(&out));
@@ -178,14 +171,15 @@ routes = ["/sleep"]
         )
     };
     let host = Host::start(&[&slow("1.0.0", "v1.toml")]);
-    let in_flight = tokio::spawn({
-        let url = host.url("/sleep?ms=1500");
-        async move { client().get(url).send().await.unwrap().status() }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The guest sleeps on purpose, so that the request is still running at the deploy.
+    let in_flight = tokio::spawn(get(host.url("/sleep?ms=1500")));
+    host.wait_status("slow", "faults", "the request in flight", |s| {
+        s["in_flight"] == 1
+    })
+    .await;
     let out = host.cli(&["deploy", slow("2.0.0", "v2.toml").to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(in_flight.await.unwrap(), 200);
+    assert_eq!(in_flight.await.unwrap().status, 200);
     assert_eq!(host.status()["apps"][0]["version"], "2.0.0");
 }
 
@@ -237,7 +231,7 @@ async fn a_restart_reuses_the_compile_cache_and_the_deployments() {
         host.component_status("hello", "hello")["loaded_from"],
         "cache"
     );
-    assert_eq!(get(&host, "/hello").await, (200, "hello, world\n".into()));
+    assert_eq!(get(host.url("/hello")).await, (200, "hello, world\n"));
 }
 
 #[tokio::test]
@@ -255,19 +249,17 @@ routes = ["/sleep"]
 "#,
     );
     let host = Host::start(&[&m]);
-    let in_flight = tokio::spawn({
-        let url = host.url("/sleep?ms=1500");
-        async move {
-            let resp = client().get(url).send().await.unwrap();
-            (resp.status().as_u16(), resp.text().await.unwrap())
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The guest sleeps on purpose, so that the request is still running at SIGTERM.
+    let in_flight = tokio::spawn(get(host.url("/sleep?ms=1500")));
+    host.wait_status("slow", "faults", "the request in flight", |s| {
+        s["in_flight"] == 1
+    })
+    .await;
     let status = tokio::task::spawn_blocking(move || host.stop())
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    assert_eq!(in_flight.await.unwrap(), (200, "slept 1500 ms".into()));
+    assert_eq!(in_flight.await.unwrap(), (200, "slept 1500 ms"));
 }
 
 #[tokio::test]
@@ -363,23 +355,8 @@ source = "{component:unknown-import}"
 #[tokio::test]
 async fn health_and_readiness() {
     let host = Host::start(&[]);
-    let c = client();
-    assert_eq!(
-        c.get(host.admin_url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        c.get(host.admin_url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get(host.admin_url("/healthz")).await.status, 200);
+    assert_eq!(get(host.admin_url("/readyz")).await.status, 200);
 }
 
 #[test]

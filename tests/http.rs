@@ -4,7 +4,19 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wasmhive_e2e::{Host, Upstream, Workspace, client, get_json, seen_header, seen_header_names};
+use wasmhive_e2e::{Host, Upstream, Workspace, client, get, seen_header, seen_header_names, send};
+
+/// GETs `url` with `headers` and returns the inspect-request fixture's report of the
+/// request it received.
+async fn inspect(url: String, headers: &[(&str, &str)]) -> serde_json::Value {
+    let mut request = client().get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let r = send(request).await;
+    assert_eq!(r.status, 200, "{r}");
+    r.json()
+}
 
 fn hello_manifest(ws: &Workspace) -> std::path::PathBuf {
     ws.write(
@@ -45,9 +57,7 @@ timeout = "1s"
 async fn hello_route_answers() {
     let ws = Workspace::new();
     let host = Host::start(&[&hello_manifest(&ws)]);
-    let resp = client().get(host.url("/hello")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.text().await.unwrap(), "hi, world\n");
+    assert_eq!(get(host.url("/hello")).await, (200, "hi, world\n"));
     // The startup output says where to send requests.
     assert!(host.stdout().contains("/hello"), "{}", host.stdout());
 }
@@ -56,15 +66,7 @@ async fn hello_route_answers() {
 async fn path_params_reach_the_guest() {
     let ws = Workspace::new();
     let host = Host::start(&[&hello_manifest(&ws)]);
-    let body = client()
-        .get(host.url("/hello/ada"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(body, "hi, ada\n");
+    assert_eq!(get(host.url("/hello/ada")).await.text, "hi, ada\n");
 
     let m = ws.write(
         "inspect.toml",
@@ -79,7 +81,7 @@ routes = ["GET /users/{id}/files/{*rest}", "GET /plain"]
 "#,
     );
     let host = Host::start(&[&m]);
-    let v = get_json(
+    let v = inspect(
         host.url("/users/42/files/a/b.txt?x=1"),
         &[("wasmhive-param-id", "forged")],
     )
@@ -92,7 +94,7 @@ routes = ["GET /users/{id}/files/{*rest}", "GET /plain"]
 
     // A literal route adds nothing (its pattern is the path); a forged header is
     // still removed.
-    let v = get_json(host.url("/plain"), &[("wasmhive-route", "forged")]).await;
+    let v = inspect(host.url("/plain"), &[("wasmhive-route", "forged")]).await;
     let names = seen_header_names(&v);
     assert!(
         !names.iter().any(|n| n.starts_with("wasmhive-")),
@@ -105,23 +107,18 @@ routes = ["GET /users/{id}/files/{*rest}", "GET /plain"]
 async fn unknown_route_is_404_and_wrong_method_is_405() {
     let ws = Workspace::new();
     let host = Host::start(&[&hello_manifest(&ws)]);
-    let c = client();
-    assert_eq!(c.get(host.url("/nope")).send().await.unwrap().status(), 404);
-    let resp = c.post(host.url("/hello")).send().await.unwrap();
-    assert_eq!(resp.status(), 405);
-    assert_eq!(resp.headers()["allow"], "GET");
+    assert_eq!(get(host.url("/nope")).await.status, 404);
+    let r = send(client().post(host.url("/hello"))).await;
+    assert_eq!(r.status, 405, "{r}");
+    assert_eq!(r.header("allow"), Some("GET"), "{r:?}");
 }
 
 #[tokio::test]
 async fn trap_is_500_and_the_next_request_succeeds() {
     let ws = Workspace::new();
     let host = Host::start(&[&faults_paths_manifest(&ws)]);
-    let c = client();
-    let resp = c.get(host.url("/trap")).send().await.unwrap();
-    assert_eq!(resp.status(), 500);
-    let resp = c.get(host.url("/ok")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.text().await.unwrap(), "ok");
+    assert_eq!(get(host.url("/trap")).await.status, 500);
+    assert_eq!(get(host.url("/ok")).await, (200, "ok"));
     // Logged once with the component and the trap.
     assert!(
         host.log_contains("invocation failed") && host.log_contains("faults/faults@0.1.0"),
@@ -137,28 +134,21 @@ async fn trap_is_500_and_the_next_request_succeeds() {
 async fn busy_loop_is_504_and_the_host_keeps_serving() {
     let ws = Workspace::new();
     let host = Host::start(&[&faults_paths_manifest(&ws)]);
-    let c = client();
-    let resp = c.get(host.url("/loop")).send().await.unwrap();
-    assert_eq!(resp.status(), 504);
-    assert_eq!(c.get(host.url("/ok")).send().await.unwrap().status(), 200);
+    assert_eq!(get(host.url("/loop")).await.status, 504);
+    assert_eq!(get(host.url("/ok")).await.status, 200);
     // A guest blocked in a host call past its deadline is stopped the same way.
-    let resp = c.get(host.url("/sleep?ms=5000")).send().await.unwrap();
-    assert_eq!(resp.status(), 504);
-    let resp = c.get(host.url("/sleep?ms=10")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.text().await.unwrap(), "slept 10 ms");
+    assert_eq!(get(host.url("/sleep?ms=5000")).await.status, 504);
+    assert_eq!(get(host.url("/sleep?ms=10")).await, (200, "slept 10 ms"));
 }
 
 #[tokio::test]
 async fn memory_bomb_is_contained() {
     let ws = Workspace::new();
     let host = Host::start(&[&faults_paths_manifest(&ws)]);
-    let c = client();
-    let resp = c.get(host.url("/alloc")).send().await.unwrap();
-    assert_eq!(resp.status(), 500);
+    assert_eq!(get(host.url("/alloc")).await.status, 500);
     assert!(host.log_contains("memory limit"), "{}", host.logs());
     for _ in 0..3 {
-        assert_eq!(c.get(host.url("/ok")).send().await.unwrap().status(), 200);
+        assert_eq!(get(host.url("/ok")).await.status, 200);
     }
 }
 
@@ -258,19 +248,10 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 async fn two_hundred_concurrent_requests_all_succeed() {
     let ws = Workspace::new();
     let host = Host::start(&[&hello_manifest(&ws)]);
-    let c = client();
-    let requests = (0..200).map(|i| {
-        let c = c.clone();
-        let url = host.url(&format!("/hello/n{i}"));
-        async move {
-            let resp = c.get(url).send().await.unwrap();
-            (resp.status(), resp.text().await.unwrap())
-        }
-    });
+    let requests = (0..200).map(|i| get(host.url(&format!("/hello/n{i}"))));
     let results = futures::future::join_all(requests).await;
-    for (i, (status, body)) in results.into_iter().enumerate() {
-        assert_eq!(status, 200);
-        assert_eq!(body, format!("hi, n{i}\n"));
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r, (200, format!("hi, n{i}\n")));
     }
 }
 
@@ -295,7 +276,7 @@ env = { COLOR = "blue" }
         env: vec![("HOST_SECRET".into(), "do-not-leak".into())],
         ..Default::default()
     });
-    let v = get_json(
+    let v = inspect(
         host.url("/inspect"),
         &[
             ("x-custom", "yes"),
@@ -357,22 +338,14 @@ allowed_outbound_hosts = ["{}"]
         ),
     );
     let host = Host::start(&[&m]);
-    let c = client();
-    let resp = c
-        .get(host.url(&format!("/call?url={}/x", allowed.url)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.text().await.unwrap(), "status=200\nfrom upstream");
-
-    let resp = c
-        .get(host.url(&format!("/call?url={}/x", unlisted.url)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 502);
-    assert_eq!(resp.text().await.unwrap(), "error=HttpRequestDenied");
+    assert_eq!(
+        get(host.url(&format!("/call?url={}/x", allowed.url))).await,
+        (200, "status=200\nfrom upstream")
+    );
+    assert_eq!(
+        get(host.url(&format!("/call?url={}/x", unlisted.url))).await,
+        (502, "error=HttpRequestDenied")
+    );
     assert_eq!(unlisted.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
     assert!(
         host.log_contains("outbound request denied"),
@@ -403,7 +376,7 @@ routes = ["GET /inspect"]
         all[0].clone()
     };
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let v = get_json(host.url("/inspect"), &[("traceparent", parent)]).await;
+    let v = inspect(host.url("/inspect"), &[("traceparent", parent)]).await;
     let seen = traceparent_seen(&v);
     // Same trace, the host's own span.
     assert!(
@@ -413,7 +386,7 @@ routes = ["GET /inspect"]
     assert_ne!(seen, parent);
 
     // Without one, the host starts a trace.
-    let v = get_json(host.url("/inspect"), &[]).await;
+    let v = inspect(host.url("/inspect"), &[]).await;
     let seen = traceparent_seen(&v);
     let parts: Vec<&str> = seen.split('-').collect();
     assert_eq!(parts.len(), 4, "{seen}");
@@ -428,8 +401,7 @@ routes = ["GET /inspect"]
 async fn guest_output_becomes_log_events_not_host_output() {
     let ws = Workspace::new();
     let host = Host::start(&[&faults_paths_manifest(&ws)]);
-    let r = client().get(host.url("/print")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(get(host.url("/print")).await.status, 200);
     assert!(
         host.log_contains("a line on the guest's stderr"),
         "{}",

@@ -1,9 +1,7 @@
 //! Calls between services by name (`http://NAME/...`), in process, with the caller's
 //! resilience policy: timeout, retries (idempotent only), circuit breaker, fallback.
 
-use std::time::{Duration, Instant};
-
-use wasmhive_e2e::{Host, Workspace, client};
+use wasmhive_e2e::{Host, PATIENCE, Workspace, client, eventually, get, send};
 
 /// The shop: `search` (outbound-call) may call what `calls` lists; `analytics`
 /// (faults), `flaky` (fails N times per key) and `inspect` (echoes the request).
@@ -36,11 +34,6 @@ routes = ["/inspect/{{*rest}}"]
     )
 }
 
-async fn get(host: &Host, path: &str) -> (u16, String) {
-    let r = client().get(host.url(path)).send().await.unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
 fn invocations(host: &Host, component: &str) -> u64 {
     host.component_status("shop", component)["invocations"]
         .as_u64()
@@ -57,18 +50,24 @@ timeout = "300ms"
 fallback = { status = 200, headers = { "content-type" = "application/json" }, body = '{"likes":0,"comments":0}' }"#,
     );
     let host = Host::start(&[&m]);
-    let started = Instant::now();
-    let r = get(&host, "/call?url=http://analytics/faults/sleep?ms=3000").await;
-    assert_eq!(r, (200, "status=200\n{\"likes\":0,\"comments\":0}".into()));
+    // A direct request to analytics, sleeping as long as the call below will ask for:
+    // the caller must have its answer before this one is done.
+    let direct = tokio::spawn(get(host.url("/faults/sleep?ms=3000")));
+    host.wait_status("shop", "analytics", "the direct request running", |s| {
+        s["in_flight"] == 1
+    })
+    .await;
+    let r = get(host.url("/call?url=http://analytics/faults/sleep?ms=3000")).await;
+    assert_eq!(r, (200, "status=200\n{\"likes\":0,\"comments\":0}"));
     assert!(
-        started.elapsed() < Duration::from_millis(2500),
-        "{:?}",
-        started.elapsed()
+        !direct.is_finished(),
+        "the fallback came before analytics' own answer to an earlier request"
     );
+    assert_eq!(direct.await.unwrap(), (200, "slept 3000 ms"));
     // Healthy: the real answer.
     assert_eq!(
-        get(&host, "/call?url=http://analytics/faults/ok").await,
-        (200, "status=200\nok".into())
+        get(host.url("/call?url=http://analytics/faults/ok")).await,
+        (200, "status=200\nok")
     );
 }
 
@@ -82,16 +81,16 @@ circuit_breaker = { failures = 3, window = "10s", open_for = "1s" }"#,
     );
     let host = Host::start(&[&m]);
     for _ in 0..3 {
-        let (status, body) = get(&host, "/call?url=http://analytics/faults/trap").await;
-        assert_eq!(status, 200);
-        assert!(body.starts_with("status=500"), "{body}");
+        let r = get(host.url("/call?url=http://analytics/faults/trap")).await;
+        assert_eq!(r.status, 200, "{r}");
+        assert!(r.text.starts_with("status=500"), "{r}");
     }
     assert_eq!(invocations(&host, "analytics"), 3);
     // Open: calls fail fast and analytics is not touched.
     for _ in 0..5 {
         assert_eq!(
-            get(&host, "/call?url=http://analytics/faults/ok").await,
-            (200, "status=503\ncircuit open\n".into())
+            get(host.url("/call?url=http://analytics/faults/ok")).await,
+            (200, "status=503\ncircuit open\n")
         );
     }
     assert_eq!(
@@ -105,26 +104,24 @@ circuit_breaker = { failures = 3, window = "10s", open_for = "1s" }"#,
         serde_json::json!([["analytics", "open"]]),
         "{s:#}"
     );
-    let metrics = client()
-        .get(host.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get(host.admin_url("/metrics")).await.text;
     assert!(
         metrics.contains(
             r#"wasmhive_circuit_open{app="shop",component="search",target="analytics"} 1"#
         ),
         "{metrics}"
     );
-    // After open_for a probe goes through; a healthy answer closes the circuit.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(
-        get(&host, "/call?url=http://analytics/faults/ok").await,
-        (200, "status=200\nok".into())
-    );
+    // After open_for a probe goes through; a healthy answer closes the circuit. (Calls
+    // before that still fail fast, without reaching analytics.)
+    eventually("a probe after open_for", PATIENCE, async || {
+        let r = get(host.url("/call?url=http://analytics/faults/ok")).await;
+        match r.text.as_str() {
+            "status=200\nok" if r.status == 200 => Ok(()),
+            "status=503\ncircuit open\n" if r.status == 200 => Err(r.to_string()),
+            _ => panic!("neither open nor closed: {r}"),
+        }
+    })
+    .await;
     assert_eq!(invocations(&host, "analytics"), 4);
     let s = host.component_status("shop", "search");
     assert_eq!(
@@ -145,30 +142,25 @@ retries = { attempts = 3, backoff = "10ms", max_backoff = "50ms" }"#,
     let host = Host::start(&[&m]);
     // A GET that fails twice succeeds on the third attempt.
     assert_eq!(
-        get(&host, "/call?url=http://flaky/flaky/get-1?fail=2").await,
-        (200, "status=200\nattempt=3".into())
+        get(host.url("/call?url=http://flaky/flaky/get-1?fail=2")).await,
+        (200, "status=200\nattempt=3")
     );
-    assert_eq!(get(&host, "/flaky-count/get-1").await, (200, "3".into()));
+    assert_eq!(get(host.url("/flaky-count/get-1")).await, (200, "3"));
     // A POST without an idempotency key: exactly once, failure passed back.
     assert_eq!(
-        get(
-            &host,
-            "/call?url=http://flaky/flaky/post-1?fail=1&method=POST"
-        )
-        .await,
-        (200, "status=503\nattempt=1".into())
+        get(host.url("/call?url=http://flaky/flaky/post-1?fail=1&method=POST")).await,
+        (200, "status=503\nattempt=1")
     );
-    assert_eq!(get(&host, "/flaky-count/post-1").await, (200, "1".into()));
+    assert_eq!(get(host.url("/flaky-count/post-1")).await, (200, "1"));
     // With an Idempotency-Key it may be retried.
     assert_eq!(
-        get(
-            &host,
+        get(host.url(
             "/call?url=http://flaky/flaky/post-2?fail=1&method=POST&header=Idempotency-Key:order-7"
-        )
+        ))
         .await,
-        (200, "status=200\nattempt=2".into())
+        (200, "status=200\nattempt=2")
     );
-    assert_eq!(get(&host, "/flaky-count/post-2").await, (200, "2".into()));
+    assert_eq!(get(host.url("/flaky-count/post-2")).await, (200, "2"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -177,12 +169,12 @@ async fn only_listed_services_can_be_called() {
     let m = shop(&ws, "[components.search.calls.analytics]");
     let host = Host::start(&[&m]);
     assert_eq!(
-        get(&host, "/call?url=http://analytics/faults/ok").await,
-        (200, "status=200\nok".into())
+        get(host.url("/call?url=http://analytics/faults/ok")).await,
+        (200, "status=200\nok")
     );
     assert_eq!(
-        get(&host, "/call?url=http://inspect/inspect/x").await,
-        (502, "error=HttpRequestDenied".into())
+        get(host.url("/call?url=http://inspect/inspect/x")).await,
+        (502, "error=HttpRequestDenied")
     );
     assert_eq!(invocations(&host, "inspect"), 0);
 }
@@ -195,16 +187,16 @@ async fn a_fan_out_to_three_services_returns_all_three() {
         "[components.search.calls.analytics]\n[components.search.calls.flaky]\n[components.search.calls.inspect]",
     );
     let host = Host::start(&[&m]);
-    let (status, body) = get(
-        &host,
+    // Analytics sleeps 300 ms on purpose: the slowest of the three still comes first.
+    let r = get(host.url(
         "/fanout?url=http://analytics/faults/sleep?ms=300&url=http://flaky/flaky/fan&url=http://inspect/inspect/x",
-    )
+    ))
     .await;
-    assert_eq!(status, 200, "{body}");
-    let lines: Vec<&str> = body.lines().collect();
-    assert_eq!(lines[0], "200 slept 300 ms", "{body}");
-    assert_eq!(lines[1], "200 attempt=1", "{body}");
-    assert!(lines[2].starts_with("200 {"), "{body}");
+    assert_eq!(r.status, 200, "{r}");
+    let lines: Vec<&str> = r.text.lines().collect();
+    assert_eq!(lines[0], "200 slept 300 ms", "{r}");
+    assert_eq!(lines[1], "200 attempt=1", "{r}");
+    assert!(lines[2].starts_with("200 {"), "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -212,20 +204,20 @@ async fn trace_context_and_request_id_reach_the_callee() {
     let ws = Workspace::new();
     let m = shop(&ws, "[components.search.calls.inspect]");
     let host = Host::start(&[&m]);
-    let r = client()
-        .get(host.url("/call?url=http://inspect/inspect/x"))
-        .header(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
-        .header("x-request-id", "req-42")
-        .send()
-        .await
-        .unwrap();
-    let body = r.text().await.unwrap();
-    let json = body
+    let r = send(
+        client()
+            .get(host.url("/call?url=http://inspect/inspect/x"))
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .header("x-request-id", "req-42"),
+    )
+    .await;
+    let json = r
+        .text
         .strip_prefix("status=200\n")
-        .unwrap_or_else(|| panic!("{body}"));
+        .unwrap_or_else(|| panic!("{r}"));
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
     let header = |name: &str| wasmhive_e2e::seen_header(&v, name);
     let tp = header("traceparent");

@@ -3,9 +3,7 @@
 //! instances, instance reuse and its limits, traps and deadlines contained, and the
 //! same grants and limits as WASI 0.2: outbound hosts, forbidden headers, memory.
 
-use std::time::{Duration, Instant};
-
-use wasmhive_e2e::{Host, Upstream, Workspace, client};
+use wasmhive_e2e::{Host, PATIENCE, Upstream, Workspace, client, eventually, get, send};
 
 /// The hello-p3 app; `extra` goes into `[components.api.limits]` (or later tables).
 fn manifest(ws: &Workspace, extra: &str) -> std::path::PathBuf {
@@ -35,24 +33,15 @@ timeout = "2s"
     )
 }
 
-async fn get_text(c: &reqwest::Client, url: String) -> (u16, String) {
-    let r = c.get(url).send().await.unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_p3_component_is_detected_and_serves_its_routes() {
     let ws = Workspace::new();
     let host = Host::start(&[&manifest(&ws, "")]);
-    let c = client();
     assert_eq!(
-        get_text(&c, host.url("/hello")).await,
-        (200, "hello from wasi 0.3\n".into())
+        get(host.url("/hello")).await,
+        (200, "hello from wasi 0.3\n")
     );
-    assert_eq!(
-        get_text(&c, host.url("/hello/ada")).await,
-        (200, "hello, ada\n".into())
-    );
+    assert_eq!(get(host.url("/hello/ada")).await, (200, "hello, ada\n"));
     let s = host.component_status("p3", "api");
     assert_eq!(s["flavor"], "p3", "{s:#}");
     let text = String::from_utf8_lossy(&host.cli(&["status"]).stdout).to_string();
@@ -84,8 +73,8 @@ async fn a_p3_component_comes_from_the_compile_cache_after_a_restart() {
     assert_eq!(s["loaded_from"], "cache", "{s:#}");
     assert_eq!(s["flavor"], "p3", "{s:#}");
     assert_eq!(
-        get_text(&client(), host.url("/hello")).await,
-        (200, "hello from wasi 0.3\n".into())
+        get(host.url("/hello")).await,
+        (200, "hello from wasi 0.3\n")
     );
 }
 
@@ -109,16 +98,9 @@ routes = ["GET /hello/{name}"]
 "#,
     );
     let host = Host::start(&[&m]);
-    let c = client();
     for _ in 0..3 {
-        assert_eq!(
-            get_text(&c, host.url("/hello")).await,
-            (200, "hello, world\n".into())
-        );
-        assert_eq!(
-            get_text(&c, host.url("/hello/ada")).await,
-            (200, "hello, ada\n".into())
-        );
+        assert_eq!(get(host.url("/hello")).await, (200, "hello, world\n"));
+        assert_eq!(get(host.url("/hello/ada")).await, (200, "hello, ada\n"));
     }
     assert_eq!(host.component_status("mixed", "old")["flavor"], "p2");
     assert_eq!(host.component_status("mixed", "new")["flavor"], "p3");
@@ -149,49 +131,43 @@ async fn a_p3_component_echoes_one_mebibyte_byte_for_byte() {
 async fn concurrent_sleeps_share_instances_and_finish_together() {
     let ws = Workspace::new();
     let host = Host::start(&[&manifest(&ws, "")]);
-    let c = client();
-    let started = Instant::now();
+    // The guest sleeps on purpose: the requests must overlap.
     let requests: Vec<_> = (0..50)
-        .map(|_| {
-            let (c, url) = (c.clone(), host.url("/sleep?ms=1000"));
-            tokio::spawn(async move { get_text(&c, url).await })
-        })
+        .map(|_| tokio::spawn(get(host.url("/sleep?ms=1000"))))
         .collect();
     // While they sleep, the host shows all 50 in flight in fewer instances.
-    let mut seen = None;
-    while started.elapsed() < Duration::from_millis(900) {
+    let s = eventually("all 50 requests in flight at once", PATIENCE, async || {
         let s = host.component_status("p3", "api");
         if s["in_flight"] == 50 {
-            seen = Some(s);
-            break;
+            return Ok(s);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let s = seen.expect("all 50 requests in flight at once");
+        // Once one has answered, the 50 can no longer be in flight at once.
+        assert!(
+            !requests.iter().any(|r| r.is_finished()),
+            "a request answered before all 50 were in flight: {s:#}"
+        );
+        Err(format!("{s:#}"))
+    })
+    .await;
     let instances = s["instances"].as_u64().unwrap();
     assert!(
         (1..50).contains(&instances),
         "50 sleeping requests should need fewer than 50 instances: {s:#}"
     );
+    // One sleep, not 50 one after another (or 50 / max_concurrent): each answers
+    // within its 2 s deadline (`limits.timeout`), else it would be a 504.
     for r in requests {
-        assert_eq!(r.await.unwrap(), (200, "slept 1000\n".into()));
+        assert_eq!(r.await.unwrap(), (200, "slept 1000\n"));
     }
-    // One sleep, not 50 one after another (or 50 / max_concurrent).
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn by_default_a_p3_instance_is_reused_and_max_requests_1_makes_it_fresh() {
     let ws = Workspace::new();
     let host = Host::start(&[&manifest(&ws, "")]);
-    let c = client();
     let mut counts = Vec::new();
     for _ in 0..5 {
-        counts.push(get_text(&c, host.url("/count")).await.1);
+        counts.push(get(host.url("/count")).await.text);
     }
     assert_eq!(
         counts,
@@ -207,8 +183,8 @@ async fn by_default_a_p3_instance_is_reused_and_max_requests_1_makes_it_fresh() 
     )]);
     for _ in 0..5 {
         assert_eq!(
-            get_text(&c, host.url("/count")).await,
-            (200, "1\n".into()),
+            get(host.url("/count")).await,
+            (200, "1\n"),
             "with max_requests = 1 no guest global survives a request"
         );
     }
@@ -218,15 +194,14 @@ async fn by_default_a_p3_instance_is_reused_and_max_requests_1_makes_it_fresh() 
 async fn a_trap_in_a_reused_p3_instance_fails_only_its_request() {
     let ws = Workspace::new();
     let host = Host::start(&[&manifest(&ws, "")]);
-    let c = client();
-    assert_eq!(get_text(&c, host.url("/count")).await.1, "1\n");
-    assert_eq!(get_text(&c, host.url("/count")).await.1, "2\n");
-    let (status, _) = get_text(&c, host.url("/trap")).await;
+    assert_eq!(get(host.url("/count")).await.text, "1\n");
+    assert_eq!(get(host.url("/count")).await.text, "2\n");
+    let status = get(host.url("/trap")).await.status;
     assert_eq!(status, 500);
     // The trapped instance is gone: the count starts again in a new one.
-    assert_eq!(get_text(&c, host.url("/count")).await.1, "1\n");
+    assert_eq!(get(host.url("/count")).await.text, "1\n");
     for _ in 0..100 {
-        assert_eq!(get_text(&c, host.url("/hello")).await.0, 200);
+        assert_eq!(get(host.url("/hello")).await.status, 200);
     }
     assert!(host.log_contains("WASI 0.3 instance failed"));
 }
@@ -243,15 +218,14 @@ async fn a_p3_request_past_its_deadline_is_504_and_the_next_is_served() {
 async fn deadline_stops(path: &str, served_after: usize) {
     let ws = Workspace::new();
     let host = Host::start(&[&manifest(&ws, "")]);
-    let c = client();
-    let (status, _) = get_text(&c, host.url(path)).await;
+    let status = get(host.url(path)).await.status;
     assert_eq!(status, 504);
     let s = host.component_status("p3", "api");
     assert_eq!(s["failures"], 1, "{s:#}");
     for _ in 0..served_after {
         assert_eq!(
-            get_text(&c, host.url("/hello")).await,
-            (200, "hello from wasi 0.3\n".into())
+            get(host.url("/hello")).await,
+            (200, "hello from wasi 0.3\n")
         );
     }
 }
@@ -271,25 +245,43 @@ async fn max_instances_bounds_p3_instances_and_max_concurrent_the_requests_in_ea
         &ws,
         "[components.api.scale]\nmax_instances = 2\nqueue = 0\n[components.api.instances]\nmax_concurrent = 4",
     )]);
-    let c = client();
+    // The guest sleeps on purpose: the requests must overlap.
     let requests: Vec<_> = (0..8)
-        .map(|_| {
-            let (c, url) = (c.clone(), host.url("/sleep?ms=1000"));
-            tokio::spawn(async move { get_text(&c, url).await })
-        })
+        .map(|_| tokio::spawn(get(host.url("/sleep?ms=1000"))))
         .collect();
+    // The most instances seen while the requests run.
     let mut most = 0;
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_millis(800) {
+    let mut instances = || {
         let s = host.component_status("p3", "api");
         most = most.max(s["instances"].as_u64().unwrap());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        s
+    };
+    eventually("8 requests in flight", PATIENCE, async || {
+        let s = instances();
+        if s["in_flight"] == 8 {
+            return Ok(());
+        }
+        // Once one has answered, the 8 can no longer be in flight at once.
+        assert!(
+            !requests.iter().any(|r| r.is_finished()),
+            "a request answered before all 8 were in flight: {s:#}"
+        );
+        Err(format!("{s:#}"))
+    })
+    .await;
     // 2 instances × 4 at once: the bulkhead admits 8, a ninth is shed.
-    let (status, _) = get_text(&c, host.url("/hello")).await;
+    let status = get(host.url("/hello")).await.status;
     assert_eq!(status, 503, "the ninth request finds the bulkhead full");
+    eventually("the 8 requests to answer", PATIENCE, async || {
+        instances();
+        match requests.iter().filter(|r| !r.is_finished()).count() {
+            0 => Ok(()),
+            n => Err(format!("{n} still running")),
+        }
+    })
+    .await;
     for r in requests {
-        assert_eq!(r.await.unwrap(), (200, "slept 1000\n".into()));
+        assert_eq!(r.await.unwrap(), (200, "slept 1000\n"));
     }
     assert!((1..=2).contains(&most), "instances seen: {most}");
 }
@@ -325,15 +317,14 @@ async fn a_p3_component_sees_only_the_env_its_manifest_lists() {
         env: vec![("HOST_SECRET".into(), "not for guests".into())],
         ..Default::default()
     });
-    let c = client();
     assert_eq!(
-        get_text(&c, host.url("/env/GREETING")).await,
-        (200, "hi from the manifest\n".into())
+        get(host.url("/env/GREETING")).await,
+        (200, "hi from the manifest\n")
     );
     for name in ["HOST_SECRET", "PATH", "HOME"] {
         assert_eq!(
-            get_text(&c, host.url(&format!("/env/{name}"))).await,
-            (404, "unset\n".into()),
+            get(host.url(&format!("/env/{name}"))).await,
+            (404, "unset\n"),
             "{name} must not reach the guest"
         );
     }
@@ -350,14 +341,13 @@ async fn a_p3_component_reaches_only_the_outbound_hosts_its_manifest_lists() {
         "",
     );
     let host = Host::start(&[&m]);
-    let c = client();
     assert_eq!(
-        get_text(&c, host.url(&format!("/fetch?url={}/x", allowed.url))).await,
-        (200, "status=200\nfrom upstream".into())
+        get(host.url(&format!("/fetch?url={}/x", allowed.url))).await,
+        (200, "status=200\nfrom upstream")
     );
     assert_eq!(
-        get_text(&c, host.url(&format!("/fetch?url={}/x", unlisted.url))).await,
-        (502, "error=HttpRequestDenied".into())
+        get(host.url(&format!("/fetch?url={}/x", unlisted.url))).await,
+        (502, "error=HttpRequestDenied")
     );
     assert_eq!(unlisted.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
     assert!(
@@ -371,21 +361,19 @@ async fn a_p3_component_reaches_only_the_outbound_hosts_its_manifest_lists() {
 async fn a_p3_component_neither_sees_nor_sets_forbidden_headers() {
     let ws = Workspace::new();
     let host = Host::start(&[&manifest(&ws, "")]);
-    let c = client();
-    let r = c
-        .get(host.url("/headers"))
-        .header("x-custom", "yes")
-        .header("proxy-authorization", "Basic c2VjcmV0")
-        .header("upgrade", "websocket")
-        .header("te", "trailers")
-        .header("connection", "keep-alive")
-        .header("keep-alive", "timeout=5")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body = r.text().await.unwrap();
-    let names: Vec<&str> = body.lines().collect();
+    let r = send(
+        client()
+            .get(host.url("/headers"))
+            .header("x-custom", "yes")
+            .header("proxy-authorization", "Basic c2VjcmV0")
+            .header("upgrade", "websocket")
+            .header("te", "trailers")
+            .header("connection", "keep-alive")
+            .header("keep-alive", "timeout=5"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r}");
+    let names: Vec<&str> = r.text.lines().collect();
     assert!(names.contains(&"x-custom"), "{names:?}");
     for forbidden in [
         "proxy-authorization",
@@ -402,47 +390,31 @@ async fn a_p3_component_neither_sees_nor_sets_forbidden_headers() {
     }
 
     for forbidden in ["connection", "keep-alive", "transfer-encoding", "proxy-foo"] {
-        let r = c
-            .get(host.url(&format!("/set-header?name={forbidden}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let r = get(host.url(&format!("/set-header?name={forbidden}"))).await;
+        assert_eq!(r.status, 200, "{r}");
         assert!(
-            !r.headers().contains_key(forbidden),
+            !r.headers.contains_key(forbidden),
             "{forbidden} reached the client"
         );
-        assert_eq!(
-            r.text().await.unwrap(),
-            "refused: forbidden\n",
-            "{forbidden}"
-        );
+        assert_eq!(r.text, "refused: forbidden\n", "{forbidden}");
     }
-    let r = c
-        .get(host.url("/set-header?name=x-allowed"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["x-allowed"], "1");
-    assert_eq!(r.text().await.unwrap(), "set\n");
+    let r = get(host.url("/set-header?name=x-allowed")).await;
+    assert_eq!(r.header("x-allowed"), Some("1"), "{r:?}");
+    assert_eq!(r.text, "set\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_p3_component_past_its_memory_limit_is_contained() {
     let ws = Workspace::new();
     let host = Host::start(&[&manifest(&ws, "memory = \"32MiB\"")]);
-    let c = client();
-    assert_eq!(
-        get_text(&c, host.url("/alloc?mb=4")).await,
-        (200, "allocated 4\n".into())
-    );
-    let (status, _) = get_text(&c, host.url("/alloc?mb=64")).await;
+    assert_eq!(get(host.url("/alloc?mb=4")).await, (200, "allocated 4\n"));
+    let status = get(host.url("/alloc?mb=64")).await.status;
     assert_eq!(status, 500);
     assert!(host.log_contains("memory limit"), "{}", host.logs());
     for _ in 0..3 {
         assert_eq!(
-            get_text(&c, host.url("/hello")).await,
-            (200, "hello from wasi 0.3\n".into())
+            get(host.url("/hello")).await,
+            (200, "hello from wasi 0.3\n")
         );
     }
 }

@@ -4,42 +4,7 @@
 
 use std::time::Duration;
 
-use wasmhive_e2e::{Gate, Host, HostOptions, Workspace, client, wait_until};
-
-/// Polls `host`'s status until `component` of `app` satisfies `pred`.
-async fn wait_status(
-    host: &Host,
-    app: &str,
-    component: &str,
-    what: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = host.component_status(app, component);
-        if pred(&s) {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}; last status: {s:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits (without blocking the runtime) until `gate` holds `n` requests.
-async fn held(gate: &Gate, n: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while gate.waiting() < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gate holds {} requests, expected {n}",
-            gate.waiting()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+use wasmhive_e2e::{Gate, Host, HostOptions, Workspace, get};
 
 fn outbound_manifest(ws: &Workspace, gates: &[&Gate], scale: &str) -> std::path::PathBuf {
     let hosts = gates
@@ -97,36 +62,28 @@ async fn idle_component_scales_to_zero_and_wakes_on_the_next_request() {
     let ws = Workspace::new();
     let m = hello_manifest(&ws, r#"idle_timeout = "3s""#);
     let host = Host::start(&[&m]);
-    let c = client();
 
     let s = host.component_status("hello", "hello");
     assert_eq!(s["state"], "ready", "{s:#}");
     assert_eq!(s["cold_starts"], 0);
-    assert_eq!(
-        c.get(host.url("/hello")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(get(host.url("/hello")).await.status, 200);
 
-    wait_status(&host, "hello", "hello", "scale to zero", |s| {
-        s["state"] == "zero"
-    })
-    .await;
+    host.wait_status("hello", "hello", "scale to zero", |s| s["state"] == "zero")
+        .await;
     let text = host.cli(&["status"]);
     let text = String::from_utf8_lossy(&text.stdout).to_string();
     assert!(text.contains("zero"), "{text}");
 
-    let resp = c.get(host.url("/hello")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.text().await.unwrap(), "hello, world\n");
+    assert_eq!(get(host.url("/hello")).await, (200, "hello, world\n"));
     let s = host.component_status("hello", "hello");
     assert_eq!(s["cold_starts"], 1, "{s:#}");
     assert_eq!(s["state"], "ready", "{s:#}");
     assert_eq!(s["invocations"], 2, "{s:#}");
 
     // The same counters, scraped.
-    let metrics = c.get(host.admin_url("/metrics")).send().await.unwrap();
-    assert_eq!(metrics.status(), 200);
-    let text = metrics.text().await.unwrap();
+    let metrics = get(host.admin_url("/metrics")).await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text;
     let labels = r#"app="hello",component="hello""#;
     assert_eq!(
         metric(&text, "wasmhive_component_cold_starts_total", labels),
@@ -157,20 +114,15 @@ async fn over_max_instances_is_shed_with_503_and_retry_after() {
     let ws = Workspace::new();
     let m = outbound_manifest(&ws, &[&gate], "max_instances = 2\nqueue = 0");
     let host = Host::start(&[&m]);
-    let c = client();
     let url = host.url(&format!("/call?url={}/held", gate.url));
 
-    let first = tokio::spawn(c.get(&url).send());
-    let second = tokio::spawn(c.get(&url).send());
-    held(&gate, 2).await;
+    let first = tokio::spawn(get(url.clone()));
+    let second = tokio::spawn(get(url.clone()));
+    gate.wait_for(2).await;
 
-    let third = c.get(&url).send().await.unwrap();
-    assert_eq!(third.status(), 503);
-    assert!(
-        third.headers().get("retry-after").is_some(),
-        "{:?}",
-        third.headers()
-    );
+    let third = get(&url).await;
+    assert_eq!(third.status, 503, "{third}");
+    assert!(third.header("retry-after").is_some(), "{third:?}");
     let s = host.component_status("held", "caller");
     assert_eq!(s["in_flight"], 2, "{s:#}");
     assert_eq!(s["shed"], 1, "{s:#}");
@@ -178,18 +130,13 @@ async fn over_max_instances_is_shed_with_503_and_retry_after() {
 
     gate.release();
     for r in [first, second] {
-        let r = r.await.unwrap().unwrap();
-        assert_eq!(r.status(), 200);
-        assert_eq!(r.text().await.unwrap(), "status=200\n/held");
+        assert_eq!(r.await.unwrap(), (200, "status=200\n/held"));
     }
     // A slot is released when its instance is gone, just after the response body:
     // wait for that before asking again.
-    wait_status(&host, "held", "caller", "slots released", |s| {
-        s["in_flight"] == 0
-    })
-    .await;
-    let r = c.get(&url).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    host.wait_status("held", "caller", "slots released", |s| s["in_flight"] == 0)
+        .await;
+    assert_eq!(get(&url).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -203,32 +150,31 @@ async fn queued_requests_are_served_in_turn_and_time_out_past_queue_timeout() {
         "max_instances = 1\nqueue = 2\nqueue_timeout = \"20s\"",
     );
     let host = Host::start(&[&m]);
-    let c = client();
     let call = |g: &Gate, path: &str| host.url(&format!("/call?url={}/{path}", g.url));
 
     // One runs, two wait in order, a fourth finds the queue full.
-    let r1 = tokio::spawn(c.get(call(&gate, "1")).send());
-    held(&gate, 1).await;
-    let r2 = tokio::spawn(c.get(call(&gate, "2")).send());
-    wait_status(&host, "held", "caller", "one queued", |s| s["queued"] == 1).await;
-    let r3 = tokio::spawn(c.get(call(&gate, "3")).send());
-    wait_status(&host, "held", "caller", "two queued", |s| s["queued"] == 2).await;
-    let r4 = c.get(call(&gate, "4")).send().await.unwrap();
-    assert_eq!(r4.status(), 503, "queue full");
-    assert!(r4.headers().get("retry-after").is_some());
+    let r1 = tokio::spawn(get(call(&gate, "1")));
+    gate.wait_for(1).await;
+    let r2 = tokio::spawn(get(call(&gate, "2")));
+    host.wait_status("held", "caller", "one queued", |s| s["queued"] == 1)
+        .await;
+    let r3 = tokio::spawn(get(call(&gate, "3")));
+    host.wait_status("held", "caller", "two queued", |s| s["queued"] == 2)
+        .await;
+    let r4 = get(call(&gate, "4")).await;
+    assert_eq!(r4.status, 503, "queue full: {r4}");
+    assert!(r4.header("retry-after").is_some(), "{r4:?}");
 
     gate.release();
     for (r, path) in [(r1, "/1"), (r2, "/2"), (r3, "/3")] {
-        let r = r.await.unwrap().unwrap();
-        assert_eq!(r.status(), 200);
-        assert_eq!(r.text().await.unwrap(), format!("status=200\n{path}"));
+        assert_eq!(r.await.unwrap(), (200, format!("status=200\n{path}")));
     }
     assert_eq!(
         gate.arrivals(),
         ["/1", "/2", "/3"],
         "served in arrival order"
     );
-    wait_status(&host, "held", "caller", "queue drained", |s| {
+    host.wait_status("held", "caller", "queue drained", |s| {
         s["queued"] == 0 && s["in_flight"] == 0
     })
     .await;
@@ -245,12 +191,14 @@ async fn queued_requests_are_served_in_turn_and_time_out_past_queue_timeout() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let blocker = tokio::spawn(c.get(call(&stuck, "blocker")).send());
-    held(&stuck, 1).await;
+    let blocker = tokio::spawn(get(call(&stuck, "blocker")));
+    stuck.wait_for(1).await;
     let waited = std::time::Instant::now();
-    let late = c.get(call(&gate, "late")).send().await.unwrap();
-    assert_eq!(late.status(), 503, "past queue_timeout");
-    assert!(late.headers().get("retry-after").is_some());
+    let late = get(call(&gate, "late")).await;
+    assert_eq!(late.status, 503, "past queue_timeout: {late}");
+    assert!(late.header("retry-after").is_some(), "{late:?}");
+    // A lower bound on the documented deadline (queue_timeout): a full queue would
+    // have answered 503 at once.
     assert!(
         waited.elapsed() >= Duration::from_millis(450),
         "it waited in the queue first"
@@ -260,7 +208,7 @@ async fn queued_requests_are_served_in_turn_and_time_out_past_queue_timeout() {
         "the timed-out request never ran"
     );
     stuck.release();
-    assert_eq!(blocker.await.unwrap().unwrap().status(), 200);
+    assert_eq!(blocker.await.unwrap().status, 200);
     let s = host.component_status("held", "caller");
     assert_eq!(s["shed"], 1, "{s:#}");
 }
@@ -273,17 +221,14 @@ async fn concurrent_first_requests_share_one_load() {
         "idle_timeout = \"2s\"\nmax_instances = 50\nqueue = 1000\nqueue_timeout = \"60s\"",
     );
     let host = Host::start(&[&m]);
-    wait_status(&host, "hello", "hello", "scale to zero", |s| {
-        s["state"] == "zero"
-    })
-    .await;
+    host.wait_status("hello", "hello", "scale to zero", |s| s["state"] == "zero")
+        .await;
 
-    let c = client();
     let requests: Vec<_> = (0..300)
-        .map(|_| tokio::spawn(c.get(host.url("/hello")).send()))
+        .map(|_| tokio::spawn(get(host.url("/hello"))))
         .collect();
     for r in requests {
-        assert_eq!(r.await.unwrap().unwrap().status(), 200);
+        assert_eq!(r.await.unwrap().status, 200);
     }
     let s = host.component_status("hello", "hello");
     assert_eq!(s["cold_starts"], 1, "{s:#}");
@@ -315,19 +260,21 @@ idle_timeout = "200ms"
 "#,
     );
     let host = Host::start(&[&m]);
-    let c = client();
-    assert_eq!(c.get(host.url("/warm")).send().await.unwrap().status(), 200);
-    assert_eq!(c.get(host.url("/cold")).send().await.unwrap().status(), 200);
-    // The reaper is running: the other component goes to zero...
-    wait_status(&host, "pair", "cold", "cold to zero", |s| {
-        s["state"] == "zero"
+    assert_eq!(get(host.url("/warm")).await.status, 200);
+    assert_eq!(get(host.url("/cold")).await.status, 200);
+    // The reaper is running: the other component goes to zero, twice over (so the
+    // reaper has passed over the idle warm one again and again)...
+    host.wait_status("pair", "cold", "cold to zero", |s| s["state"] == "zero")
+        .await;
+    assert_eq!(get(host.url("/cold")).await.status, 200);
+    host.wait_status("pair", "cold", "cold to zero again", |s| {
+        s["state"] == "zero" && s["cold_starts"] == 1
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
     // ...and the warm one never does.
     let s = host.component_status("pair", "warm");
     assert_eq!(s["state"], "ready", "{s:#}");
-    assert_eq!(c.get(host.url("/warm")).send().await.unwrap().status(), 200);
+    assert_eq!(get(host.url("/warm")).await.status, 200);
     let s = host.component_status("pair", "warm");
     assert_eq!(s["cold_starts"], 0, "{s:#}");
 }
@@ -354,12 +301,10 @@ queue = 0
 "#,
     );
     let host = Host::start(&[&m]);
-    let c = client();
     // Four workers, each waiting for its answer before the next request: if any
     // failure leaked its slot, a later request would be shed (503).
     let workers: Vec<_> = (0..4)
         .map(|w| {
-            let c = c.clone();
             let base = host.url("/faults/");
             tokio::spawn(async move {
                 let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
@@ -369,13 +314,8 @@ queue = 0
                         1 => "alloc",
                         _ => "trap",
                     };
-                    let s = c
-                        .get(format!("{base}{what}"))
-                        .send()
-                        .await
-                        .unwrap()
-                        .status();
-                    *statuses.entry(s.as_u16()).or_default() += 1;
+                    let s = get(format!("{base}{what}")).await.status;
+                    *statuses.entry(s).or_default() += 1;
                 }
                 statuses
             })
@@ -392,16 +332,20 @@ queue = 0
     assert_eq!(total[&504], 20, "{total:?}");
     assert_eq!(total[&500], 980, "{total:?}");
 
-    let s = host.component_status("faults", "faults");
-    assert_eq!(s["in_flight"], 0, "{s:#}");
-    assert_eq!(s["instances"], 0, "{s:#}");
+    // A slot is released just after its response body: wait for the last ones.
+    let s = host
+        .wait_status("faults", "faults", "slots and instances released", |s| {
+            s["in_flight"] == 0 && s["instances"] == 0
+        })
+        .await;
     assert_eq!(s["failures"], 1000, "{s:#}");
-    // All four slots are free: four slow requests run at once.
+    // All four slots are free: four slow requests run at once (the guest sleeps 100
+    // ms on purpose, so that they overlap).
     let slow: Vec<_> = (0..4)
-        .map(|_| tokio::spawn(c.get(host.url("/faults/sleep?ms=100")).send()))
+        .map(|_| tokio::spawn(get(host.url("/faults/sleep?ms=100"))))
         .collect();
     for r in slow {
-        assert_eq!(r.await.unwrap().unwrap().status(), 200);
+        assert_eq!(r.await.unwrap().status, 200);
     }
 }
 
@@ -437,36 +381,31 @@ memory = "32MiB"
         args: vec!["--config".into(), config.display().to_string()],
         ..Default::default()
     });
-    let c = client();
     let url = host.url(&format!("/call?url={}/x", gate.url));
 
     // Two invocations fill the host's instance pool; a third, even of another
     // component with its own free slots, is shed.
-    let held_requests: Vec<_> = (0..2).map(|_| tokio::spawn(c.get(&url).send())).collect();
-    held(&gate, 2).await;
-    let r = c.get(host.url("/faults/ok")).send().await.unwrap();
-    assert_eq!(r.status(), 503);
-    assert!(r.headers().get("retry-after").is_some());
+    let held_requests: Vec<_> = (0..2).map(|_| tokio::spawn(get(url.clone()))).collect();
+    gate.wait_for(2).await;
+    let r = get(host.url("/faults/ok")).await;
+    assert_eq!(r.status, 503, "{r}");
+    assert!(r.header("retry-after").is_some(), "{r:?}");
     gate.release();
     for r in held_requests {
-        assert_eq!(r.await.unwrap().unwrap().status(), 200);
+        assert_eq!(r.await.unwrap().status, 200);
     }
-    wait_until("slots released", Duration::from_secs(10), || {
-        (host.component_status("held", "caller")["in_flight"] == 0).then_some(())
-    });
+    host.wait_status("held", "caller", "slots released", |s| s["in_flight"] == 0)
+        .await;
 
     // The memory budget: the host has 12 MiB for all instances, less than this
     // component's own 32 MiB limit, so an allocating guest runs out of host budget
     // first: 503 (the host is full), not 500 (the component misbehaved).
-    let r = c.get(host.url("/faults/alloc")).send().await.unwrap();
-    assert_eq!(r.status(), 503);
-    assert!(r.headers().get("retry-after").is_some());
+    let r = get(host.url("/faults/alloc")).await;
+    assert_eq!(r.status, 503, "{r}");
+    assert!(r.header("retry-after").is_some(), "{r:?}");
     assert!(host.log_contains("memory budget"), "{}", host.logs());
     // And the budget is back once the instance is gone.
-    assert_eq!(
-        c.get(host.url("/faults/ok")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(get(host.url("/faults/ok")).await.status, 200);
 }
 
 fn reuse_manifest(ws: &Workspace, instances: &str) -> std::path::PathBuf {
@@ -493,16 +432,8 @@ timeout = "1s"
 async fn by_default_every_request_gets_a_fresh_instance() {
     let ws = Workspace::new();
     let host = Host::start(&[&reuse_manifest(&ws, "")]);
-    let c = client();
     for _ in 0..5 {
-        let body = c
-            .get(host.url("/faults/count"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = get(host.url("/faults/count")).await.text;
         assert_eq!(
             body, "count=1",
             "guest globals never survive a request by default"
@@ -518,18 +449,10 @@ async fn serial_reuse_keeps_an_instance_and_a_trap_drops_only_it() {
         "[components.faults.instances]\nmax_requests = 4\nidle_timeout = \"30s\"",
     );
     let host = Host::start(&[&m]);
-    let c = client();
+    let count = async || get(host.url("/faults/count")).await.text;
     let mut counts = Vec::new();
     for _ in 0..8 {
-        let body = c
-            .get(host.url("/faults/count"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        counts.push(body);
+        counts.push(count().await);
     }
     // One instance serves four requests, then a new one takes over.
     assert_eq!(
@@ -540,59 +463,15 @@ async fn serial_reuse_keeps_an_instance_and_a_trap_drops_only_it() {
     );
     // A trap fails its own request and drops that instance; the next requests succeed
     // on a new one.
-    assert_eq!(
-        c.get(host.url("/faults/count"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "count=1"
-    );
-    assert_eq!(
-        c.get(host.url("/faults/trap"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        500
-    );
-    assert_eq!(
-        c.get(host.url("/faults/count"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "count=1"
-    );
+    assert_eq!(count().await, "count=1");
+    assert_eq!(get(host.url("/faults/trap")).await.status, 500);
+    assert_eq!(count().await, "count=1");
     for _ in 0..100 {
-        assert_eq!(
-            c.get(host.url("/faults/ok")).send().await.unwrap().status(),
-            200
-        );
+        assert_eq!(get(host.url("/faults/ok")).await.status, 200);
     }
     // A deadline in a reused instance is contained the same way.
-    assert_eq!(
-        c.get(host.url("/faults/loop"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        504
-    );
-    assert_eq!(
-        c.get(host.url("/faults/count"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "count=1"
-    );
+    assert_eq!(get(host.url("/faults/loop")).await.status, 504);
+    assert_eq!(count().await, "count=1");
     // Idle reusable instances count as live instances.
     let s = host.component_status("reuse", "faults");
     assert!(s["instances"].as_u64().unwrap() >= 1, "{s:#}");
@@ -603,11 +482,7 @@ async fn a_stopped_component_refuses_requests_until_started() {
     let ws = Workspace::new();
     let m = hello_manifest(&ws, "min_instances = 1");
     let host = Host::start(&[&m]);
-    let c = client();
-    assert_eq!(
-        c.get(host.url("/hello")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(get(host.url("/hello")).await.status, 200);
 
     let out = host.cli(&["stop", "hello", "hello"]);
     assert!(out.status.success(), "{out:?}");
@@ -619,10 +494,10 @@ async fn a_stopped_component_refuses_requests_until_started() {
     let s = host.component_status("hello", "hello");
     assert_eq!(s["state"], "stopped", "{s:#}");
     for _ in 0..3 {
-        let resp = c.get(host.url("/hello")).send().await.unwrap();
-        assert_eq!(resp.status(), 503);
-        assert!(resp.headers().contains_key("retry-after"));
-        assert!(resp.text().await.unwrap().contains("stopped"));
+        let r = get(host.url("/hello")).await;
+        assert_eq!(r.status, 503, "{r}");
+        assert!(r.headers.contains_key("retry-after"), "{r:?}");
+        assert!(r.text.contains("stopped"), "{r}");
     }
     let text = String::from_utf8_lossy(&host.cli(&["status"]).stdout).to_string();
     assert!(text.contains("stopped"), "{text}");
@@ -637,8 +512,7 @@ async fn a_stopped_component_refuses_requests_until_started() {
 
     let out = host.cli(&["start", "hello", "hello"]);
     assert!(out.status.success(), "{out:?}");
-    let resp = c.get(host.url("/hello")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(get(host.url("/hello")).await.status, 200);
     let s = host.component_status("hello", "hello");
     assert_eq!(s["state"], "ready", "{s:#}");
     assert_eq!(s["cold_starts"], 1, "loaded again after the start: {s:#}");

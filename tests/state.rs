@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use wasmhive_e2e::{BusChoice, Host, HostOptions, NatsServer, Workspace, client};
+use wasmhive_e2e::{BusChoice, Host, HostOptions, NatsServer, Reply, Workspace, client, send};
 
 /// Which key-value backend a test runs against.
 enum Backend {
@@ -90,14 +90,9 @@ routes = ["/kv/{{*rest}}", "/config/{{*rest}}", "/config-runtime/{{*rest}}", "GE
     )
 }
 
-async fn call(method: reqwest::Method, url: String, body: &str) -> (u16, String) {
-    let r = client()
-        .request(method, url)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
+/// `METHOD url` with `body` as it is (the fixture's bodies are plain text).
+async fn call(method: reqwest::Method, url: String, body: &str) -> Reply {
+    send(client().request(method, url).body(body.to_string())).await
 }
 
 use reqwest::Method;
@@ -127,7 +122,7 @@ async fn a_counter_survives_a_host_kill_and_restart(backend: Backend) {
     });
     assert_eq!(
         call(Method::POST, host.url("/kv/counts/incr/visits"), "").await,
-        (200, "6".into())
+        (200, "6")
     );
 }
 
@@ -141,21 +136,21 @@ async fn buckets_belong_to_their_component(backend: Backend) {
     let host = backend.start_manifests(&[&a]);
     assert_eq!(
         call(Method::PUT, host.url("/kv/orders/set/o1"), "alpha's order").await,
-        (200, "ok".into())
+        (200, "ok")
     );
     assert_eq!(
         call(Method::GET, host.url("/kv/orders/get/o1"), "").await,
-        (200, "alpha's order".into())
+        (200, "alpha's order")
     );
     // An unlisted bucket (including the default one) is refused with an error the
     // guest sees.
     assert_eq!(
         call(Method::GET, host.url("/kv/payments/get/o1"), "").await,
-        (403, "error=access-denied".into())
+        (403, "error=access-denied")
     );
     assert_eq!(
         call(Method::GET, host.url("/kv/_/get/o1"), "").await,
-        (403, "error=access-denied".into())
+        (403, "error=access-denied")
     );
     assert!(
         host.log_contains("key-value bucket denied"),
@@ -181,7 +176,7 @@ async fn two_apps_with_the_same_bucket_name_share_nothing_on_one_host(backend: B
     assert_eq!(
         call(Method::PUT, host.url("/kv/orders/set/k"), "from alpha")
             .await
-            .0,
+            .status,
         200
     );
     let out = host.cli(&["undeploy", "alpha"]);
@@ -199,7 +194,7 @@ async fn two_apps_with_the_same_bucket_name_share_nothing_on_one_host(backend: B
     );
     assert_eq!(
         call(Method::GET, host.url("/kv/orders/get/k"), "").await,
-        (404, "none".into())
+        (404, "none")
     );
 }
 
@@ -221,16 +216,16 @@ async fn a_thousand_concurrent_increments_count_exactly(backend: Backend) {
     }
     let mut seen = BTreeSet::new();
     for t in tasks {
-        let (status, body) = t.await.unwrap();
-        assert_eq!(status, 200, "{body}");
-        seen.insert(body.parse::<u64>().unwrap());
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{r}");
+        seen.insert(r.text.parse::<u64>().unwrap());
     }
     // Every increment returned a distinct value: 1..=1000.
     assert_eq!(seen.len(), 1000);
     assert_eq!(seen.iter().next_back(), Some(&1000));
     assert_eq!(
         call(Method::GET, host.url("/kv/counts/get/n"), "").await,
-        (200, "1000".into())
+        (200, "1000")
     );
 }
 
@@ -247,25 +242,25 @@ async fn batches_paging_cas_and_limits(backend: Backend) {
     let body = "a=1\nb=2\nc=3\n";
     assert_eq!(
         call(Method::POST, host.url("/kv/_/set-many"), body).await,
-        (200, "ok".into())
+        (200, "ok")
     );
     assert_eq!(
         call(Method::GET, host.url("/kv/_/get-many?keys=a,x,c"), "").await,
-        (200, r#"[["a","1"],null,["c","3"]]"#.into())
+        (200, r#"[["a","1"],null,["c","3"]]"#)
     );
     assert_eq!(
         call(Method::POST, host.url("/kv/_/delete-many?keys=a,b"), "")
             .await
-            .0,
+            .status,
         200
     );
     assert_eq!(
         call(Method::GET, host.url("/kv/_/exists/a"), "").await,
-        (200, "false".into())
+        (200, "false")
     );
     assert_eq!(
         call(Method::GET, host.url("/kv/_/exists/c"), "").await,
-        (200, "true".into())
+        (200, "true")
     );
 
     // list-keys pages through 2,500 keys (the host returns 1,000 per page).
@@ -276,7 +271,7 @@ async fn batches_paging_cas_and_limits(backend: Backend) {
         assert_eq!(
             call(Method::POST, host.url("/kv/big/set-many"), &lines)
                 .await
-                .0,
+                .status,
             200
         );
     }
@@ -284,14 +279,14 @@ async fn batches_paging_cas_and_limits(backend: Backend) {
     let mut cursor: Option<u64> = Some(0);
     let mut pages = 0;
     while let Some(c) = cursor {
-        let (status, body) = call(
+        let r = call(
             Method::GET,
             host.url(&format!("/kv/big/keys?cursor={c}")),
             "",
         )
         .await;
-        assert_eq!(status, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(r.status, 200, "{r}");
+        let v = r.json();
         keys.extend(
             v["keys"]
                 .as_array()
@@ -309,11 +304,11 @@ async fn batches_paging_cas_and_limits(backend: Backend) {
     // Compare-and-swap (a host extension).
     assert_eq!(
         call(Method::POST, host.url("/kv/_/cas/lock?new=me"), "").await,
-        (200, "true".into())
+        (200, "true")
     );
     assert_eq!(
         call(Method::POST, host.url("/kv/_/cas/lock?new=you"), "").await,
-        (200, "false".into())
+        (200, "false")
     );
     assert_eq!(
         call(
@@ -322,20 +317,20 @@ async fn batches_paging_cas_and_limits(backend: Backend) {
             ""
         )
         .await,
-        (200, "true".into())
+        (200, "true")
     );
     assert_eq!(
         call(Method::GET, host.url("/kv/_/get/lock"), "").await,
-        (200, "you".into())
+        (200, "you")
     );
 
     // A value over max_value_size is an error the guest sees; nothing is stored.
-    let (status, body) = call(Method::PUT, host.url("/kv/_/set/huge"), &"x".repeat(2048)).await;
-    assert_eq!(status, 500);
-    assert!(body.contains("max_value_size"), "{body}");
+    let r = call(Method::PUT, host.url("/kv/_/set/huge"), &"x".repeat(2048)).await;
+    assert_eq!(r.status, 500, "{r}");
+    assert!(r.text.contains("max_value_size"), "{r}");
     assert_eq!(
         call(Method::GET, host.url("/kv/_/get/huge"), "").await,
-        (404, "none".into())
+        (404, "none")
     );
 }
 
@@ -369,29 +364,29 @@ db_password = {{ file = "{}" }}"#,
     });
     assert_eq!(
         call(Method::GET, host.url("/config/currency"), "").await,
-        (200, "EUR".into())
+        (200, "EUR")
     );
     assert_eq!(
         call(Method::GET, host.url("/config/payment_url"), "").await,
-        (200, "http://payments.internal:8080/pay".into())
+        (200, "http://payments.internal:8080/pay")
     );
     assert_eq!(
         call(Method::GET, host.url("/config-runtime/currency"), "").await,
-        (200, "EUR".into())
+        (200, "EUR")
     );
     assert_eq!(
         call(Method::GET, host.url("/config/missing"), "").await,
-        (404, "none".into())
+        (404, "none")
     );
     assert_eq!(
         call(Method::GET, host.url("/config/api_key"), "").await,
-        (200, secret.into())
+        (200, secret)
     );
     assert_eq!(
         call(Method::GET, host.url("/config/db_password"), "").await,
-        (200, "file-secret-55e1".into())
+        (200, "file-secret-55e1")
     );
-    let (_, all) = call(Method::GET, host.url("/config-all"), "").await;
+    let all = call(Method::GET, host.url("/config-all"), "").await.text;
     assert!(all.contains("\"currency\""), "{all}");
 
     // Never in logs, status or the deploy record.

