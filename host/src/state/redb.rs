@@ -104,41 +104,7 @@ fn write_loop(db: &Database, jobs: mpsc::Receiver<Job>) {
                     let mut done = Vec::with_capacity(job.writes.len());
                     let mut failed = None;
                     for w in &job.writes {
-                        let r = match w {
-                            Write::Set(k, v) => table
-                                .insert((ns, k.as_str()), v.as_slice())
-                                .map(|_| Done::Unit)
-                                .map_err(storage),
-                            Write::Delete(k) => table
-                                .remove((ns, k.as_str()))
-                                .map(|_| Done::Unit)
-                                .map_err(storage),
-                            Write::Increment(k, delta) => (|| {
-                                let current = {
-                                    let old = table.get((ns, k.as_str())).map_err(storage)?;
-                                    parse_counter(k, old.as_ref().map(|g| g.value()))?
-                                };
-                                let new = current
-                                    .checked_add(*delta)
-                                    .ok_or_else(|| KvError::Overflow(k.clone()))?;
-                                table
-                                    .insert((ns, k.as_str()), new.to_string().as_bytes())
-                                    .map_err(storage)?;
-                                Ok(Done::Count(new))
-                            })(),
-                            Write::Cas(k, expected, new) => (|| {
-                                let matches = {
-                                    let old = table.get((ns, k.as_str())).map_err(storage)?;
-                                    old.as_ref().map(|g| g.value()) == expected.as_deref()
-                                };
-                                if matches {
-                                    table
-                                        .insert((ns, k.as_str()), new.as_slice())
-                                        .map_err(storage)?;
-                                }
-                                Ok(Done::Swapped(matches))
-                            })(),
-                        };
+                        let r = apply(&mut table, ns, w);
                         match r {
                             Ok(d) => done.push(d),
                             Err(e) => {
@@ -167,6 +133,49 @@ fn write_loop(db: &Database, jobs: mpsc::Receiver<Job>) {
                     let _ = job.reply.send(Err(e.clone()));
                 }
             }
+        }
+    }
+}
+
+/// One write inside the batch's transaction.
+fn apply(
+    table: &mut redb::Table<'_, (&str, &str), &[u8]>,
+    ns: &str,
+    write: &Write,
+) -> Result<Done, KvError> {
+    match write {
+        Write::Set(k, v) => table
+            .insert((ns, k.as_str()), v.as_slice())
+            .map(|_| Done::Unit)
+            .map_err(storage),
+        Write::Delete(k) => table
+            .remove((ns, k.as_str()))
+            .map(|_| Done::Unit)
+            .map_err(storage),
+        Write::Increment(k, delta) => {
+            let current = {
+                let old = table.get((ns, k.as_str())).map_err(storage)?;
+                parse_counter(k, old.as_ref().map(|g| g.value()))?
+            };
+            let new = current
+                .checked_add(*delta)
+                .ok_or_else(|| KvError::Overflow(k.clone()))?;
+            table
+                .insert((ns, k.as_str()), new.to_string().as_bytes())
+                .map_err(storage)?;
+            Ok(Done::Count(new))
+        }
+        Write::Cas(k, expected, new) => {
+            let matches = {
+                let old = table.get((ns, k.as_str())).map_err(storage)?;
+                old.as_ref().map(|g| g.value()) == expected.as_deref()
+            };
+            if matches {
+                table
+                    .insert((ns, k.as_str()), new.as_slice())
+                    .map_err(storage)?;
+            }
+            Ok(Done::Swapped(matches))
         }
     }
 }
