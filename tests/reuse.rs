@@ -40,7 +40,9 @@ fn message_handlers_reuse_instances_when_the_manifest_allows_it() {
     let reused = manifest(
         &ws,
         "reused",
-        "[components.messenger.instances]\nmax_requests = 3",
+        // A long idle_timeout: a slow machine must not drop the idle instance between
+        // two messages (the CLI starts a process per message).
+        "[components.messenger.instances]\nmax_requests = 3\nidle_timeout = \"1m\"",
     );
     let fresh = manifest(&ws, "fresh", "");
     let host = Host::start(&[&reused, &fresh]);

@@ -223,8 +223,8 @@ impl HostConfig {
         if let Some(t) = doc.duration("drain_timeout")? {
             cfg.drain_timeout = t;
         }
-        if let Some(n) = doc.count("max_connections", 1, i64::from(u32::MAX))? {
-            cfg.max_connections = n as usize;
+        if let Some(n) = doc.count("max_connections", 0, i64::from(u32::MAX))? {
+            cfg.max_connections = (n as usize).max(1);
         }
         if let Some(kv) = doc.take::<KvBackend>("kv")? {
             cfg.kv = kv;

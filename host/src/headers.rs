@@ -1,6 +1,6 @@
 //! Header names the host reads or writes on requests to guests, and the helpers that
-//! set them. A leaf: the gateway, the mesh, the runtime's outgoing-HTTP hooks and
-//! telemetry all use these, and it imports nothing from the host.
+//! set them. A leaf: the gateway, the mesh, the capabilities (outgoing-HTTP hooks,
+//! messaging) and the runtime use these, and it imports nothing from the host.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 

@@ -258,7 +258,7 @@ impl<'a> Table<'a> {
         Ok(self.shared.last_mut().map(|(_, t)| t))
     }
 
-    /// The tables under `key` by name (`[components.NAME]`, `[calls.NAME]`), in document
+    /// The tables under `key` by name (`[components.NAME]`, `[calls.NAME]`), in name
     /// order. The caller finishes each.
     pub fn tables(
         &mut self,
@@ -357,6 +357,16 @@ impl<'a> Table<'a> {
         min: i64,
         max: i64,
     ) -> Result<Option<u32>, ManifestError> {
+        Ok(self.count_spanned(key, min, max)?.map(Spanned::into_inner))
+    }
+
+    /// [`Table::count`], keeping where the number is written.
+    pub fn count_spanned(
+        &mut self,
+        key: &'static str,
+        min: i64,
+        max: i64,
+    ) -> Result<Option<Spanned<u32>>, ManifestError> {
         let Some(v) = self.take::<Spanned<i64>>(key)? else {
             return Ok(None);
         };
@@ -368,7 +378,7 @@ impl<'a> Table<'a> {
                 format!("must be a whole number from {min} to {max}"),
             ));
         }
-        Ok(Some(n as u32))
+        Ok(Some(Spanned::new(v.span(), n as u32)))
     }
 
     /// Takes `key` as a string and parses it with `parse`, whose error is the message.

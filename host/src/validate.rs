@@ -20,6 +20,15 @@ use crate::control::{DeployError, blobs::digest_of, check_component, resolve};
 use crate::manifest::Manifest;
 use crate::runtime::{HttpFlavor, Runtime};
 
+/// The HTTP handler a component exports, in words.
+fn kind(flavor: Option<HttpFlavor>) -> &'static str {
+    match flavor {
+        Some(HttpFlavor::P2) => "wasi:http 0.2 handler",
+        Some(HttpFlavor::P3) => "wasi:http 0.3 handler",
+        None => "no HTTP handler",
+    }
+}
+
 /// Validates `manifest`; returns a report, or the first problem found.
 pub async fn validate(manifest_path: &Path, data_dir: &Path) -> anyhow::Result<String> {
     let manifest = Manifest::load(manifest_path)?;
@@ -63,16 +72,12 @@ pub async fn validate(manifest_path: &Path, data_dir: &Path) -> anyhow::Result<S
             .prepare(&component, grants, limits, Default::default())
             .map_err(component_err)?;
         check_component(spec, &prepared).map_err(component_err)?;
-        let handler = match prepared.flavor() {
-            Some(HttpFlavor::P2) => "wasi:http 0.2",
-            Some(HttpFlavor::P3) => "wasi:http 0.3",
-            None => "no HTTP",
-        };
         let _ = writeln!(
             out,
-            "  component {}: {handler} handler, exports {}, {} imports, {}",
+            "  component {}: {} ({}), {} imports, {}",
             spec.name,
-            prepared.exports().len(),
+            kind(prepared.flavor()),
+            crate::control::status::kind(prepared.flavor(), prepared.exports()),
             runtime.interface(&component).imports.len(),
             spec.triggers.describe(&spec.caps).join(", ")
         );

@@ -89,7 +89,7 @@ pub struct DeploySource {
 pub struct App {
     /// The manifest it came from.
     pub manifest: Manifest,
-    /// Its components, in manifest order.
+    /// Its components, in name order.
     pub components: Vec<Arc<DeployedComponent>>,
     /// When it was deployed.
     pub deployed_at: SystemTime,

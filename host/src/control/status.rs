@@ -89,7 +89,7 @@ impl ComponentStatus {
         ComponentStatus {
             name: c.id.component.to_string(),
             digest: c.digest.clone(),
-            flavor: kind(c),
+            flavor: kind(c.flavor, &c.exports),
             routes: c
                 .spec
                 .triggers
@@ -121,14 +121,14 @@ impl ComponentStatus {
 
 /// `p2`, `p3` (its HTTP handler), then each other trigger's tag (`msg`), joined by
 /// `+`: what a component serves.
-fn kind(c: &DeployedComponent) -> String {
+pub fn kind(flavor: Option<HttpFlavor>, exports: &[String]) -> String {
     let mut parts = Vec::new();
-    match c.flavor {
+    match flavor {
         Some(HttpFlavor::P2) => parts.push("p2"),
         Some(HttpFlavor::P3) => parts.push("p3"),
         None => {}
     }
-    parts.extend(crate::trigger::tags(&c.exports));
+    parts.extend(crate::trigger::tags(exports));
     parts.join("+")
 }
 

@@ -1,15 +1,20 @@
 //! The failure table: the one place an invocation's failure becomes a status, whatever
 //! the trigger.
 //!
-//! | failure | status | HTTP caller | message |
+//! | failure | status | HTTP caller | durable message |
 //! | --- | --- | --- | --- |
-//! | shed: all instances busy and queue full, queue timeout, host instance pool full, stopped | 503 | 503 + Retry-After | waits (flow control) |
-//! | instance pool exhausted, host memory budget exhausted | 503 | 503 + Retry-After | nak, redelivered |
-//! | deadline exceeded | 504 | 504 | nak, redelivered |
-//! | trap, memory limit, guest error, no response, instantiation, load from zero | 500 | 500 | nak, redelivered; dead letter after `max_deliver` |
+//! | shed: all instances busy and queue full, queue timeout, host instance pool full, stopped | 503 | 503 + Retry-After | not taken: waits for a slot (flow control) |
+//! | instance pool exhausted, host memory budget exhausted | 503 | 503 + Retry-After | nak, redelivered after `backoff` |
+//! | deadline exceeded | 504 | 504 | nak, redelivered after `backoff` |
+//! | trap, memory limit, guest error, no response, instantiation, load from zero | 500 | 500 | nak, redelivered after `backoff` |
 //!
-//! HTTP clients get a short generic body ([`respond`]); the log gets the detail, once,
-//! from the envelope.
+//! Any failed delivery of a durable message that was its `max_deliver`-th is
+//! dead-lettered instead ([`settle`]); a core (at-most-once) message is not retried.
+//! HTTP clients get a short generic body ([`respond`]); a mesh caller a proxy's answer
+//! (the mesh maps 503 and 504 to its own); the log gets the detail, once, from the
+//! envelope.
+
+use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode};
 
@@ -54,6 +59,33 @@ impl Failure {
     }
 }
 
+/// What happens to a durable message whose delivery failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Nak it: the server redelivers it after this delay.
+    Redeliver(Duration),
+    /// Its last delivery: publish it to the dead-letter subject and terminate it.
+    DeadLetter,
+}
+
+/// Delay before a redelivery when the manifest gives no `backoff`.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The disposition of a durable message whose `delivered`-th delivery (1-based)
+/// failed, under `max_deliver` and the `backoff` delays (the n-th after the n-th
+/// failure; the last repeats; none: [`DEFAULT_BACKOFF`]).
+pub fn settle(delivered: u32, max_deliver: u32, backoff: &[Duration]) -> Settle {
+    if delivered >= max_deliver {
+        return Settle::DeadLetter;
+    }
+    let delay = backoff
+        .get(delivered.max(1) as usize - 1)
+        .or(backoff.last())
+        .copied()
+        .unwrap_or(DEFAULT_BACKOFF);
+    Settle::Redeliver(delay)
+}
+
 /// The response an HTTP client gets for `e` (logged already by the envelope).
 pub fn respond(e: &Failure) -> Response<Body> {
     let status = e.status();
@@ -77,6 +109,25 @@ pub fn respond(e: &Failure) -> Response<Body> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn durable_failures_back_off_then_dead_letter() {
+        let backoff = [Duration::from_secs(1), Duration::from_secs(5)];
+        assert_eq!(
+            settle(1, 3, &backoff),
+            Settle::Redeliver(Duration::from_secs(1))
+        );
+        assert_eq!(
+            settle(2, 3, &backoff),
+            Settle::Redeliver(Duration::from_secs(5))
+        );
+        assert_eq!(settle(3, 3, &backoff), Settle::DeadLetter);
+        assert_eq!(
+            settle(2, 9, &backoff[..1]),
+            Settle::Redeliver(Duration::from_secs(1))
+        );
+        assert_eq!(settle(1, 2, &[]), Settle::Redeliver(DEFAULT_BACKOFF));
+    }
 
     #[test]
     fn the_table() {

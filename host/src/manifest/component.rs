@@ -116,20 +116,24 @@ fn scale(component: &mut Table<'_>) -> Result<ScaleSpec, ManifestError> {
         return Ok(ScaleSpec::default());
     };
     let max = i64::from(u32::MAX);
+    let min_instances = t.count_spanned("min_instances", 0, max)?;
     let spec = ScaleSpec {
         max_instances: t.count("max_instances", 1, max)?,
         queue: t.count("queue", 0, max)?,
         queue_timeout: t.duration("queue_timeout")?,
         idle_timeout: t.duration("idle_timeout")?,
-        min_instances: t.count("min_instances", 0, max)?,
+        min_instances: min_instances.as_ref().map(|m| *m.get_ref()),
     };
-    if let (Some(min), Some(max)) = (spec.min_instances, spec.max_instances)
-        && min > max
+    if let (Some(min), Some(max)) = (&min_instances, spec.max_instances)
+        && *min.get_ref() > max
     {
         return Err(t.invalid(
-            t.span(),
+            min.span(),
             "min_instances",
-            format!("min_instances ({min}) is more than max_instances ({max})"),
+            format!(
+                "min_instances ({}) is more than max_instances ({max})",
+                min.get_ref()
+            ),
         ));
     }
     Ok(spec)

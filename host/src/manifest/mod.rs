@@ -27,7 +27,7 @@ pub const MANIFEST_VERSION: i64 = 1;
 pub struct Manifest {
     /// `[app]`: name and version.
     pub app: AppMeta,
-    /// `[components.*]`, in manifest order.
+    /// `[components.*]`, in name order.
     pub components: Vec<ComponentSpec>,
 }
 

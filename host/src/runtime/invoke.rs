@@ -84,6 +84,8 @@ pub(super) struct Inner {
     pub(super) proxy: Option<ProxyIndices>,
     /// Set when the component exports a wasi:http 0.3 handler.
     pub(super) p3: Option<P3Handler>,
+    /// Set when the component exports a message handler.
+    pub(super) messages: Option<super::message::Indices>,
     /// The component's exports by name.
     exports: Vec<String>,
     /// Makes stores; keeps the shared loaded code alive (see `Runtime::load`).
@@ -158,11 +160,13 @@ impl PreparedComponent {
                 )
             }
         };
+        let messages = super::message::indices(&pre, &exports)?;
         Ok(PreparedComponent {
             inner: Arc::new(Inner {
                 pre,
                 proxy,
                 p3,
+                messages,
                 exports,
                 stores,
                 flavor,

@@ -2,10 +2,10 @@
 //! fresh or reused instance like every other invocation.
 
 use wasmtime::Store;
-use wasmtime::component::Instance;
+use wasmtime::component::{Instance, InstancePre};
 
-use super::InstanceState;
 use super::invoke::{ExportCall, InvokeError, PreparedComponent};
+use super::{InstanceState, RuntimeError};
 use crate::capability::Invocation;
 use crate::capability::messaging::BrokerMessage;
 
@@ -25,7 +25,25 @@ mod bindings {
 /// The export called (any 0.2.x).
 const EXPORT: &str = "wasmcloud:messaging/handler@0.2";
 
-struct HandleMessage(BrokerMessage);
+/// The message handler's export, looked up and type-checked once per prepared
+/// component.
+pub(super) type Indices = bindings::MessagingHandlerIndices;
+
+/// The handler's indices if the component exports one (`Ok(None)` if not); an export
+/// of that name with the wrong type refuses the component (at deploy).
+pub(super) fn indices(
+    pre: &InstancePre<InstanceState>,
+    exports: &[String],
+) -> Result<Option<Indices>, RuntimeError> {
+    if !exports.iter().any(|e| e.starts_with(EXPORT)) {
+        return Ok(None);
+    }
+    Indices::new(pre)
+        .map(Some)
+        .map_err(|e| RuntimeError::Link(format!("{EXPORT}.x: {e:#}")))
+}
+
+struct HandleMessage(Indices, BrokerMessage);
 
 impl ExportCall for HandleMessage {
     type Output = Result<(), String>;
@@ -35,10 +53,10 @@ impl ExportCall for HandleMessage {
         store: &mut Store<InstanceState>,
         instance: Instance,
     ) -> wasmtime::Result<Result<(), String>> {
-        let handler = bindings::MessagingHandler::new(&mut *store, &instance)?;
+        let handler = self.0.load(&mut *store, &instance)?;
         handler
             .wasmcloud_messaging_handler()
-            .call_handle_message(store, &self.0)
+            .call_handle_message(store, &self.1)
             .await
     }
 }
@@ -53,15 +71,15 @@ impl PreparedComponent {
         traceparent: Option<http::HeaderValue>,
         guard: G,
     ) -> Result<(), InvokeError> {
-        if !self.exports().iter().any(|e| e.starts_with(EXPORT)) {
+        let Some(indices) = self.inner.messages.clone() else {
             return Err(InvokeError::NotExported("message handler"));
-        }
+        };
         let invocation = Invocation {
             traceparent,
             request_id: None,
             reply_to: message.reply_to.clone(),
         };
-        self.run(invocation, guard, HandleMessage(message))
+        self.run(invocation, guard, HandleMessage(indices, message))
             .await?
             .map_err(InvokeError::Handler)
     }

@@ -33,14 +33,13 @@ use tokio_util::task::TaskTracker;
 use crate::apps::DeployedComponent;
 use crate::bus::nats::{NatsBus, from_nats};
 use crate::envelope::Failure;
+use crate::envelope::failure::{self, Settle};
 use crate::telemetry::metrics::RequestMetrics;
 
 /// Added to the component's timeout to get the consumer's ack wait.
 pub const ACK_MARGIN: Duration = Duration::from_secs(5);
 /// Deliveries before dead-lettering when the manifest does not say.
 pub const DEFAULT_MAX_DELIVER: u32 = 5;
-/// Delay before a redelivery when the manifest gives no backoff.
-pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
 /// The stream that keeps dead letters.
 pub const DLQ_STREAM: &str = "WASMHIVE_DLQ";
 /// A durable consumer no host has pulled from for this long is deleted by the server.
@@ -303,22 +302,21 @@ async fn settle(
     // sender's: never let the guest publish into it.
     bus_message.reply_to = None;
     let subject = bus_message.subject.clone();
-    let outcome = match super::handle(&component, &metrics, bus_message, permit).await {
+    let result = super::handle(&component, &metrics, bus_message, permit).await;
+    let backoff = &component.spec.triggers.message.backoff;
+    let outcome = match result
+        .as_ref()
+        .map_err(|e| (e, failure::settle(delivered, max_deliver, backoff)))
+    {
         Ok(()) => message.ack().await,
-        Err(e) if delivered >= max_deliver => {
+        Err((e, Settle::DeadLetter)) => {
             tracing::warn!(component = %component.id, %subject, delivered, error = %e, "message dead-lettered");
-            dead_letter(&js, &component, &message, &e, delivered).await;
+            dead_letter(&js, &component, &message, e, delivered).await;
             message.ack_with(AckKind::Term).await
         }
-        Err(_) => {
-            let backoff = &component.spec.triggers.message.backoff;
-            let delay = backoff
-                .get(delivered as usize - 1)
-                .or(backoff.last())
-                .copied()
-                .unwrap_or(DEFAULT_BACKOFF);
+        Err((_, Settle::Redeliver(delay))) => {
             // The envelope logged the failure; this is the decision.
-            tracing::debug!(component = %component.id, %subject, delivered, retry_in = ?delay, "will redeliver");
+            tracing::info!(component = %component.id, %subject, delivered, retry_in = ?delay, "message will be redelivered");
             message.ack_with(AckKind::Nak(Some(delay))).await
         }
     };

@@ -11,7 +11,8 @@
 //! The host assembles its triggers from one list, the [`triggers!`] call at the bottom
 //! of this file. Adding a trigger is one module here and one line in that list, plus
 //! its source (what produces invocations) and, for a new kind of export, the call
-//! into it in `runtime::exports`. See docs/adr/0011 for a worked example.
+//! into it in the runtime (as `runtime/message.rs` does for messages). See
+//! docs/adr/0011 for a worked example.
 
 pub mod http;
 pub mod mesh;

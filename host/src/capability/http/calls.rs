@@ -103,7 +103,10 @@ fn policy(t: &mut Table<'_>) -> Result<CallPolicy, ManifestError> {
                 .ok_or_else(|| b.missing("failures"))?,
             window: b.duration("window")?.unwrap_or(DEFAULT_BREAKER_WINDOW),
             open_for: b.duration("open_for")?.unwrap_or(DEFAULT_OPEN_FOR),
-            half_open_probes: b.count("half_open_probes", 1, 1_000)?.unwrap_or(1),
+            half_open_probes: b
+                .count("half_open_probes", 0, i64::from(u32::MAX))?
+                .unwrap_or(1)
+                .max(1),
         });
     }
     if let Some(f) = t.table("fallback")? {
