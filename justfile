@@ -67,6 +67,15 @@ lint:
     cargo clippy --workspace --all-targets -- -D warnings
     cd components && cargo clippy --target wasm32-wasip2 --all-targets -- -D warnings
 
+# Check both lockfiles for known advisories against a local RustSec database:
+# RUSTSEC_DB=~/advisory-db just audit (git clone https://github.com/rustsec/advisory-db).
+# Exceptions, each with its reason, are in .cargo/audit.toml (docs/SECURITY.md).
+audit:
+    command -v cargo-audit >/dev/null || cargo install cargo-audit --locked
+    test -d "${RUSTSEC_DB:-}/crates" || { echo "RUSTSEC_DB must point at a clone of https://github.com/rustsec/advisory-db (git clone https://github.com/rustsec/advisory-db ~/advisory-db)" >&2; exit 1; }
+    cargo audit --no-fetch --db "$RUSTSEC_DB" --file Cargo.lock
+    cargo audit --no-fetch --db "$RUSTSEC_DB" --file components/Cargo.lock
+
 # Benchmarks (release build, wrk on loopback); rewrites their blocks in docs/BENCHMARKS.md.
 bench *SCENARIOS: build-components
     python3 bench/bench.py {{SCENARIOS}}

@@ -71,6 +71,7 @@ pub fn build_engine(pool: &PoolConfig, kind: EngineKind) -> anyhow::Result<Engin
     }
     config.epoch_interruption(true);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    turn_off_unneeded_proposals(&mut config);
 
     let mut pooling = PoolingAllocationConfig::new();
     let n = pool.instances;
@@ -88,12 +89,57 @@ pub fn build_engine(pool: &PoolConfig, kind: EngineKind) -> anyhow::Result<Engin
         .async_stack_keep_resident(to_usize(pool.stack_keep_resident))
         // Reset only the pages an instance dirtied (Linux 6.7+ PAGEMAP_SCAN) instead
         // of memset-ing the whole keep-resident prefix of every memory: a hello
-        // instance touches a few pages of its ~1 MiB initial memory.
-        .pagemap_scan(wasmtime::Enabled::Auto);
+        // instance touches a few pages of its ~1 MiB initial memory. Not with swap
+        // on: wasmtime 48's scan skips dirty pages that are swapped out, which then
+        // keep the previous instance's data (docs/SECURITY.md).
+        .pagemap_scan(pagemap_scan(swap_in_use()));
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
 
     Engine::new(&config)
         .map_err(|e| anyhow::anyhow!("cannot build the {} wasm engine: {e:#}", kind.as_str()))
+}
+
+/// Wasm proposals no supported guest toolchain emits, off in both engines: a component
+/// that uses one is refused at deploy. The GC proposal and its relatives carried the
+/// code paths of several wasmtime advisories (docs/SECURITY.md); the host is also
+/// built without wasmtime's `gc` feature, so their runtime is not compiled in.
+fn turn_off_unneeded_proposals(config: &mut Config) {
+    // Exception handling and typed function references need wasmtime's `gc` feature,
+    // threads its `threads` feature; the host is built without either, so these
+    // cannot be turned on at all.
+    config
+        .wasm_gc(false)
+        .gc_support(false)
+        .wasm_stack_switching(false);
+}
+
+/// What the host says when a component uses a proposal it turns off.
+pub const PROPOSALS_OFF: &str = "wasmhive runs components without the GC, typed function references, exception-handling, stack-switching and threads proposals (see docs/SECURITY.md)";
+
+/// Whether to reset instance memory with PAGEMAP_SCAN, given whether swap is in use.
+fn pagemap_scan(swap: bool) -> wasmtime::Enabled {
+    if swap {
+        tracing::warn!(
+            "swap is in use: instance memory is reset without PAGEMAP_SCAN (slower; wasmtime 48's scan would miss swapped-out pages, see docs/SECURITY.md)"
+        );
+        wasmtime::Enabled::No
+    } else {
+        wasmtime::Enabled::Auto
+    }
+}
+
+/// Whether the machine has swap space in use, from `/proc/swaps` (unknown: assume
+/// yes, the safe side).
+fn swap_in_use() -> bool {
+    match std::fs::read_to_string("/proc/swaps") {
+        Ok(text) => swaps_listed(&text),
+        Err(_) => cfg!(target_os = "linux"),
+    }
+}
+
+/// Whether `/proc/swaps` text lists a swap area (a line after the header).
+fn swaps_listed(text: &str) -> bool {
+    text.lines().skip(1).any(|l| !l.trim().is_empty())
 }
 
 fn to_usize(v: u64) -> usize {
@@ -136,5 +182,21 @@ impl Drop for EpochTicker {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swap_turns_the_page_scan_off() {
+        let none = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+        assert!(!swaps_listed(none));
+        let one =
+            format!("{none}/swapfile                               file\t\t1048572\t\t0\t\t-2\n");
+        assert!(swaps_listed(&one));
+        assert_eq!(pagemap_scan(true), wasmtime::Enabled::No);
+        assert_eq!(pagemap_scan(false), wasmtime::Enabled::Auto);
     }
 }

@@ -117,6 +117,18 @@ pub enum RuntimeError {
     Cache(String),
 }
 
+/// The error for bytes an engine refused; says why when it is a proposal the host
+/// turns off.
+fn refused_error(message: String) -> RuntimeError {
+    if ["not enabled", "not supported without", "proposal"]
+        .iter()
+        .any(|m| message.contains(m))
+    {
+        return RuntimeError::Compile(format!("{message}; {}", engine::PROPOSALS_OFF));
+    }
+    RuntimeError::Compile(message)
+}
+
 /// One engine with the linker and compile cache that go with it.
 struct EngineSet {
     engine: Engine,
@@ -335,7 +347,7 @@ impl Runtime {
         let set = match self.concurrent() {
             Ok(set) => set,
             // Without a concurrent engine, the sync engine's verdict stands.
-            Err(e) => return Err(refused.map(RuntimeError::Compile).unwrap_or(e)),
+            Err(e) => return Err(refused.map(refused_error).unwrap_or(e)),
         };
         let loaded = match set.cache.load_cached(&set.engine, digest) {
             Some(c) => (c, CompileOrigin::Cache),
@@ -358,7 +370,7 @@ impl Runtime {
         set.cache
             .compile(&set.engine, digest, wasm)
             .map_err(|e| match e {
-                cache::CompileFailure::Refused(e) => RuntimeError::Compile(e),
+                cache::CompileFailure::Refused(e) => refused_error(e),
                 cache::CompileFailure::Cache(e) => RuntimeError::Cache(e),
             })
     }
@@ -410,6 +422,30 @@ mod tests {
 
     /// Several deploys of the same bytes at once (apps sharing a component, a reload
     /// from zero during a deploy) compile them once and share one copy.
+    #[test]
+    fn a_component_using_the_gc_proposal_is_refused_saying_why() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let mut pool = crate::config::HostConfig::default().pool;
+        pool.instances = 4;
+        let runtime = Runtime::new(&pool, data.path()).expect("runtime");
+        // A core module declaring a GC struct type, inside a component.
+        let wasm = b"(component (core module (type (struct (field i32)))))".to_vec();
+        let e = runtime
+            .load("sha256:gc-test", || Ok(wasm))
+            .map(|_| ())
+            .expect_err("refused");
+        let e = e.to_string();
+        assert!(e.starts_with("not a valid WebAssembly component"), "{e}");
+        assert!(e.contains("docs/SECURITY.md"), "{e}");
+        // Exceptions too.
+        let wasm = b"(component (core module (tag (param i32))))".to_vec();
+        let e = runtime
+            .load("sha256:exn-test", || Ok(wasm))
+            .map(|_| ())
+            .expect_err("refused");
+        assert!(e.to_string().contains("docs/SECURITY.md"), "{e}");
+    }
+
     #[test]
     fn concurrent_loads_of_one_digest_compile_it_once() {
         // A component in text form: unit tests need no prebuilt guest.
