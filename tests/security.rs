@@ -56,3 +56,71 @@ routes = ["GET /hello"]
     assert_eq!(get(host.url("/hello")).await.status, 200);
     assert_eq!(get(host.url("/gc")).await.status, 404);
 }
+
+/// A guest whose request body fails (the client cut it short) learns a short error,
+/// not the host's internals, even with `RUST_BACKTRACE=1` in the host's environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_body_read_hands_the_guest_no_host_backtrace() {
+    use std::io::Write;
+    let ws = Workspace::new();
+    let manifest = ws.write(
+        "echo.toml",
+        r#"manifest_version = 1
+[app]
+name = "echo"
+version = "1.0.0"
+[components.echo]
+source = "{component:echo-body}"
+routes = ["POST /echo"]
+[components.hello]
+source = "{component:hello}"
+routes = ["GET /hello"]
+"#,
+    );
+    let host = Host::start_with(wasmhive_e2e::HostOptions {
+        manifests: vec![manifest],
+        env: vec![("RUST_BACKTRACE".into(), "1".into())],
+        ..Default::default()
+    });
+    let addr = host.http.trim_start_matches("http://").to_string();
+    let mut socket = std::net::TcpStream::connect(&addr).unwrap();
+    socket
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n0123456789")
+        .unwrap();
+    socket.flush().unwrap();
+    // The client gives up after 10 of 1000 bytes.
+    socket.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(socket);
+
+    // echo-body panics with the error's debug string when a read fails.
+    assert!(host.log_contains("read failed:"), "{}", host.logs());
+    let logs = host.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("read failed:"))
+        .expect("the guest's line");
+    assert!(
+        line.len() < 600,
+        "a short error, not a host backtrace: {line}"
+    );
+    // What the guest printed (its stderr, one log event per line) holds nothing of the
+    // host: no backtrace, no source paths of the host or its libraries.
+    let guest: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"wasmhive::guest\""))
+        .collect();
+    for needle in [
+        "Stack backtrace",
+        "/rustc/",
+        "registry/src",
+        "host/src",
+        "wasmtime",
+    ] {
+        assert!(
+            !guest.iter().any(|l| l.contains(needle)),
+            "{needle:?} reached the guest: {guest:#?}"
+        );
+    }
+    // The host keeps serving.
+    assert_eq!(get(host.url("/hello")).await.status, 200);
+}

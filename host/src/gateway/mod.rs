@@ -33,6 +33,19 @@ pub struct Gateway {
     metrics: Arc<RequestMetrics>,
 }
 
+/// What a guest reading the request body learns when the client's body fails: a
+/// short code, never the host's error chain (the detail goes to the host's log).
+fn client_body_error(e: hyper::Error) -> wasmtime_wasi_http::Error {
+    tracing::debug!(error = %e, "request body from the client failed");
+    if e.is_incomplete_message() || e.is_canceled() {
+        wasmtime_wasi_http::Error::ConnectionTerminated
+    } else if e.is_timeout() {
+        wasmtime_wasi_http::Error::ConnectionReadTimeout
+    } else {
+        wasmtime_wasi_http::Error::HttpProtocolError
+    }
+}
+
 /// `METHOD /path`, for the log.
 struct RequestLine<'a>(&'a Method, &'a str);
 
@@ -139,9 +152,7 @@ impl Gateway {
             parts.headers.insert(REQUEST_ID_HEADER, new_request_id());
         }
         crate::headers::add_route(&mut parts.headers, pattern, params);
-        let body = incoming
-            .map_err(wasmtime_wasi_http::Error::from)
-            .boxed_unsync();
+        let body = incoming.map_err(client_body_error).boxed_unsync();
         Ok(Request::from_parts(parts, body))
     }
 }

@@ -22,6 +22,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// Turns off backtrace capture for errors (not for panics) unless `RUST_LIB_BACKTRACE`
+/// is set: with `RUST_BACKTRACE=1` in a developer's shell, every error the host or
+/// wasmtime creates would otherwise capture and symbolize a native backtrace, and
+/// errors handed to guests (a failed body read's `to-debug-string`) would carry it:
+/// hundreds of lines of the host's internals, and ~180 MB of symbol data loaded.
+/// `RUST_BACKTRACE` still shows panics' backtraces in the host's log.
+///
+/// Call first thing in `main`, before any thread is started.
+pub fn no_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: called at the start of `main` (see above): no other thread exists
+        // that could read or write the environment concurrently.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+}
+
 /// Default filter when neither `WASMHIVE_LOG` nor `RUST_LOG` is set.
 pub const DEFAULT_FILTER: &str = "info,wasmtime=warn,cranelift=warn,wasmtime_wasi_http=warn";
 
