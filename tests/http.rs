@@ -45,7 +45,7 @@ name = "faults"
 version = "0.1.0"
 [components.faults]
 source = "{component:faults}"
-routes = ["/ok", "/trap", "/loop", "/alloc", "/sleep", "/print"]
+routes = ["/ok", "/trap", "/loop", "/alloc", "/sleep", "/print", "/trap-after-head"]
 [components.faults.limits]
 memory = "32MiB"
 timeout = "1s"
@@ -128,6 +128,46 @@ async fn trap_is_500_and_the_next_request_succeeds() {
     let st = host.component_status("faults", "faults");
     assert_eq!(st["failures"], 1);
     assert_eq!(st["invocations"], 2);
+}
+
+/// A guest that fails after sending its response head: the client must not take the
+/// truncated body for a whole one, and the host counts, logs and records a failure.
+#[tokio::test]
+async fn a_failure_after_the_response_head_fails_the_response() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&faults_paths_manifest(&ws)]);
+    // Whatever reaches the client, the response does not end cleanly: reading it fails
+    // (the connection is cut, no final chunk).
+    let outcome = client().get(host.url("/trap-after-head")).send().await;
+    let clean = match outcome {
+        Ok(r) => r.text().await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!clean, "a truncated body must not end cleanly");
+    assert_eq!(get(host.url("/ok")).await, (200, "ok"));
+
+    let st = host.component_status("faults", "faults");
+    assert_eq!(st["failures"], 1, "{st:#}");
+    assert_eq!(st["invocations"], 2, "{st:#}");
+    assert!(
+        host.log_contains("invocation failed after its response head"),
+        "{}",
+        host.logs()
+    );
+    let failures = host
+        .logs()
+        .lines()
+        .filter(|l| l.contains("\"level\":\"WARN\"") && l.contains("invocation failed"))
+        .count();
+    assert_eq!(failures, 1, "logged once: {}", host.logs());
+    // Recorded as a 500, and the healthy request as a 200.
+    let metrics = get(host.admin_url("/metrics")).await.text;
+    for status in ["500", "200"] {
+        let series = format!(
+            "wasmhive_requests_total{{app=\"faults\",component=\"faults\",trigger=\"http\",status=\"{status}\"}} 1"
+        );
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
 }
 
 #[tokio::test]

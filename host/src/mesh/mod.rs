@@ -119,7 +119,7 @@ impl MeshRouter {
     }
 
     /// One invocation of `target` with `request` (no policy), through the envelope.
-    async fn invoke(&self, target: &DeployedComponent, request: Request<Body>) -> Attempt {
+    async fn invoke(&self, target: &Arc<DeployedComponent>, request: Request<Body>) -> Attempt {
         let (request, trace) = self.prepare(target, request);
         let path = request.uri().path().to_string();
         let cx = Context {
@@ -207,7 +207,7 @@ impl Replayable {
 /// One call's attempts: to whom, under which policy.
 struct Attempts<'a> {
     key: &'a Key,
-    target: &'a DeployedComponent,
+    target: &'a Arc<DeployedComponent>,
     policy: &'a CallPolicy,
     retries: Option<&'a crate::capability::http::RetryPolicy>,
 }

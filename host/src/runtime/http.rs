@@ -9,6 +9,7 @@
 //! guests go through wasmtime's `ProxyHandler` (see `p3.rs`).
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use http_body_util::BodyExt;
@@ -45,8 +46,11 @@ impl PreparedComponent {
             return Err(InvokeError::NotExported("HTTP handler"));
         };
         let (tx, rx) = oneshot::channel();
-        let task = self.p2_task(indices.clone(), request, tx, guard);
-        head_or_end(Box::pin(task), rx).await
+        let failed = Arc::new(OnceLock::new());
+        let task = self.p2_task(indices.clone(), request, tx, guard, failed.clone());
+        let response = head_or_end(Box::pin(task), rx).await?;
+        // A guest that fails after its head: the body must fail too, not end cleanly.
+        Ok(response.map(|body| FailsWithGuest { body, failed }.boxed_unsync()))
     }
 
     /// The whole invocation of a WASI 0.2 handler: take an instance, call it, give it
@@ -58,6 +62,7 @@ impl PreparedComponent {
         request: http::Request<WasiBody>,
         tx: oneshot::Sender<Result<http::Response<WasiBody>, ErrorCode>>,
         guard: G,
+        failed: Arc<OnceLock<String>>,
     ) -> impl Future<Output = Result<(), InvokeError>> + Send + 'static {
         let timeout = self.timeout();
         let deadline = Instant::now() + timeout;
@@ -90,6 +95,11 @@ impl PreparedComponent {
                 Ok(r) => r,
                 Err(_) => Err(InvokeError::Timeout(timeout)),
             };
+            // Marked before the instance (and with it the body's sender) goes, so the
+            // body's end sees it.
+            if let Err(e) = &result {
+                let _ = failed.set(e.to_string());
+            }
             // A trap or deadline poisons the instance: it is dropped.
             this.release(live, result.is_ok());
             drop(guard);
@@ -133,6 +143,46 @@ async fn head_or_end(
                 Ok(()) => Err(InvokeError::NoResponse),
             },
         }
+    }
+}
+
+/// A WASI 0.2 guest's response body that ends with an error instead of cleanly when
+/// the guest failed (trap, deadline) while producing it: wasmtime ends a body whose
+/// writer was dropped unfinished like a finished one, and the client would take a
+/// truncated body for a whole one. An error makes hyper cut the response off
+/// (HTTP/1.1: no final chunk, the connection closed; HTTP/2: the stream reset).
+struct FailsWithGuest {
+    body: WasiBody,
+    /// How the guest failed, once it has.
+    failed: Arc<OnceLock<String>>,
+}
+
+impl http_body::Body for FailsWithGuest {
+    type Data = bytes::Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None))
+            && let Some(why) = self.failed.get()
+        {
+            // Seen by hyper and the envelope's log, not by the client.
+            return std::task::Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(
+                Some(why.clone()),
+            ))));
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

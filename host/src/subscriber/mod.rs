@@ -118,8 +118,8 @@ async fn deliver(
 /// Delivers one admitted message to the component through the envelope (loading it
 /// if at zero, counting it, trigger `message` in the metrics).
 pub(crate) async fn handle(
-    component: &DeployedComponent,
-    metrics: &RequestMetrics,
+    component: &Arc<DeployedComponent>,
+    metrics: &Arc<RequestMetrics>,
     message: Message,
     permit: Permit,
 ) -> Result<(), Failure> {
