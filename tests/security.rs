@@ -124,3 +124,39 @@ routes = ["GET /hello"]
     // The host keeps serving.
     assert_eq!(get(host.url("/hello")).await.status, 200);
 }
+
+/// Headers NATS cannot carry are refused with a clear error (async-nats panics on
+/// them: this took the admin API's connection down), on NATS and the local bus alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_headers_nats_cannot_carry_is_a_clear_error() {
+    let server = wasmhive_e2e::NatsServer::start();
+    for bus in [
+        wasmhive_e2e::BusChoice::Nats(server.url.clone()),
+        wasmhive_e2e::BusChoice::Local,
+    ] {
+        let host = Host::start_with(wasmhive_e2e::HostOptions {
+            bus: bus.clone(),
+            ..Default::default()
+        });
+        for (name, value) in [
+            ("bad name", "v"),
+            ("a:b", "v"),
+            ("ok", "line\r\nInjected: 1"),
+        ] {
+            let r = wasmhive_e2e::post_json(
+                host.admin_url("/v1/publish"),
+                &serde_json::json!({"subject": "x.y", "data": "d", "headers": [[name, value]]}),
+            )
+            .await;
+            assert_eq!(r.status, 400, "{bus:?} {name:?}: {r}");
+            assert!(r.text.contains("invalid header"), "{r}");
+        }
+        // The host is fine, and a valid header still goes through.
+        let r = wasmhive_e2e::post_json(
+            host.admin_url("/v1/publish"),
+            &serde_json::json!({"subject": "x.y", "data": "d", "headers": [["k", "v"]]}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r}");
+    }
+}

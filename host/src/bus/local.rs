@@ -121,6 +121,7 @@ impl Bus for LocalBus {
     async fn publish(&self, message: Message) -> Result<(), BusError> {
         subject::check(&message.subject, false)
             .map_err(|_| BusError::InvalidSubject(message.subject.clone()))?;
+        message.check_headers()?;
         self.deliver(&message);
         Ok(())
     }
@@ -128,6 +129,7 @@ impl Bus for LocalBus {
     async fn request(&self, mut message: Message, timeout: Duration) -> Result<Message, BusError> {
         subject::check(&message.subject, false)
             .map_err(|_| BusError::InvalidSubject(message.subject.clone()))?;
+        message.check_headers()?;
         let inbox = format!(
             "_INBOX.local.{}",
             self.inner.next_id.fetch_add(1, Ordering::Relaxed)

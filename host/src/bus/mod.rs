@@ -77,6 +77,29 @@ pub enum BusError {
     /// The bus is not reachable (disconnected, closed).
     #[error("bus unavailable: {0}")]
     Unavailable(String),
+    /// A header name or value NATS cannot carry.
+    #[error("invalid header: {0}")]
+    InvalidHeader(String),
+}
+
+impl Message {
+    /// Checks that every header can be carried (NATS headers: names of visible ASCII
+    /// without `:`, values without CR or LF). Both buses refuse what NATS would.
+    pub fn check_headers(&self) -> Result<(), BusError> {
+        for (name, value) in &self.headers {
+            if name.is_empty() || name.contains(|c: char| !c.is_ascii_graphic() || c == ':') {
+                return Err(BusError::InvalidHeader(format!(
+                    "name {name:?}: use visible ASCII characters other than ':'"
+                )));
+            }
+            if value.contains(['\r', '\n']) {
+                return Err(BusError::InvalidHeader(format!(
+                    "value of {name:?}: no line breaks"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Messages arriving on a subscription. Dropping it unsubscribes.
@@ -178,4 +201,32 @@ pub async fn connect(
         bus: Arc::new(local::LocalBus::new()),
         managed: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_nats_cannot_carry_are_refused() {
+        let with = |k: &str, v: &str| {
+            let mut m = Message::new("a", "");
+            m.headers.push((k.into(), v.into()));
+            m.check_headers()
+        };
+        assert!(with("traceparent", "00-ab-cd-01").is_ok());
+        for (k, v) in [
+            ("", "v"),
+            ("a b", "v"),
+            ("a:b", "v"),
+            ("é", "v"),
+            ("k", "a\nb"),
+            ("k", "a\rb"),
+        ] {
+            assert!(
+                matches!(with(k, v), Err(BusError::InvalidHeader(_))),
+                "{k:?} {v:?}"
+            );
+        }
+    }
 }

@@ -155,6 +155,8 @@ fn captures(captured: &RwLock<Vec<String>>, subject: &str) -> bool {
         .any(|p| super::subject::matches(p, subject))
 }
 
+/// The headers as NATS headers; the caller has checked them
+/// ([`Message::check_headers`]): async-nats panics on an invalid name or value.
 fn to_headers(headers: &[(String, String)]) -> Option<HeaderMap> {
     if headers.is_empty() {
         return None;
@@ -206,6 +208,7 @@ impl Bus for NatsBus {
     async fn publish(&self, m: Message) -> Result<(), BusError> {
         super::subject::check(&m.subject, false)
             .map_err(|_| BusError::InvalidSubject(m.subject.clone()))?;
+        m.check_headers()?;
         let subject = m.subject;
         let headers = to_headers(&m.headers);
         // A durable event (a subject the events stream captures, no reply subject):
@@ -244,6 +247,7 @@ impl Bus for NatsBus {
         let subject = m.subject.clone();
         super::subject::check(&subject, false)
             .map_err(|_| BusError::InvalidSubject(subject.clone()))?;
+        m.check_headers()?;
         let mut request = async_nats::Request::new()
             .payload(m.body)
             .timeout(Some(timeout));

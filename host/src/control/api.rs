@@ -166,7 +166,9 @@ async fn publish(control: &ControlPlane, request: super::PublishRequest) -> Resp
     use crate::bus::BusError;
     match control.publish(request).await {
         Ok(reply) => body::json(StatusCode::OK, &reply),
-        Err(e @ BusError::InvalidSubject(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ (BusError::InvalidSubject(_) | BusError::InvalidHeader(_))) => {
+            error(StatusCode::BAD_REQUEST, e.to_string())
+        }
         Err(e @ BusError::NoResponders(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
         Err(e @ BusError::Timeout { .. }) => error(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),

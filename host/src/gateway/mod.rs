@@ -127,32 +127,47 @@ impl Gateway {
         traceparent: HeaderValue,
     ) -> Result<Request<Body>, StatusCode> {
         let (mut parts, incoming) = req.into_parts();
-        // Absolute URI: wasi:http needs an authority; use Host, else our own address.
-        let authority = match parts.headers.get(http::header::HOST) {
-            Some(host) => http::uri::Authority::try_from(host.as_bytes()),
-            None => http::uri::Authority::try_from(self.local_addr.to_string()),
-        }
-        .map_err(|_| StatusCode::BAD_REQUEST)?;
-        let mut uri = std::mem::take(&mut parts.uri).into_parts();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = Some(authority);
-        if uri.path_and_query.is_none() {
-            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        parts.uri = Uri::from_parts(uri).map_err(|_| StatusCode::BAD_REQUEST)?;
-
-        crate::headers::strip_reserved(&mut parts.headers);
-        parts.headers.insert(TRACEPARENT_HEADER, traceparent);
-        // A request id for the whole call chain: the client's, else a new one.
-        let has_id = parts
-            .headers
-            .get(&REQUEST_ID_HEADER)
-            .is_some_and(|v| !v.is_empty() && v.len() <= 128);
-        if !has_id {
-            parts.headers.insert(REQUEST_ID_HEADER, new_request_id());
-        }
-        crate::headers::add_route(&mut parts.headers, pattern, params);
+        rewrite_head(&mut parts, self.local_addr, pattern, params, traceparent)?;
         let body = incoming.map_err(client_body_error).boxed_unsync();
         Ok(Request::from_parts(parts, body))
     }
+}
+
+/// Rewrites a client's request head into what the guest receives: an absolute URI
+/// (wasi:http needs an authority: the `Host` header's, else `local_addr`), no
+/// client `wasmhive-*` header, the route's `wasmhive-route`/`wasmhive-param-*`, the
+/// invocation's `traceparent`, and an `x-request-id` (the client's if it is usable,
+/// else a new one). A head that cannot be made into a valid request is 400.
+pub fn rewrite_head(
+    parts: &mut http::request::Parts,
+    local_addr: SocketAddr,
+    pattern: &str,
+    params: &[(&str, &str)],
+    traceparent: HeaderValue,
+) -> Result<(), StatusCode> {
+    let authority = match parts.headers.get(http::header::HOST) {
+        Some(host) => http::uri::Authority::try_from(host.as_bytes()),
+        None => http::uri::Authority::try_from(local_addr.to_string()),
+    }
+    .map_err(|_| StatusCode::BAD_REQUEST)?;
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(authority);
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    parts.uri = Uri::from_parts(uri).map_err(|_| StatusCode::BAD_REQUEST)?;
+
+    crate::headers::strip_reserved(&mut parts.headers);
+    parts.headers.insert(TRACEPARENT_HEADER, traceparent);
+    // A request id for the whole call chain: the client's, else a new one.
+    let has_id = parts
+        .headers
+        .get(&REQUEST_ID_HEADER)
+        .is_some_and(|v| !v.is_empty() && v.len() <= 128);
+    if !has_id {
+        parts.headers.insert(REQUEST_ID_HEADER, new_request_id());
+    }
+    crate::headers::add_route(&mut parts.headers, pattern, params);
+    Ok(())
 }
