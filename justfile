@@ -67,14 +67,24 @@ lint:
     cargo clippy --workspace --all-targets -- -D warnings
     cd components && cargo clippy --target wasm32-wasip2 --all-targets -- -D warnings
 
-# Check both lockfiles for known advisories against a local RustSec database:
 # RUSTSEC_DB=~/advisory-db just audit (git clone https://github.com/rustsec/advisory-db).
 # Exceptions, each with its reason, are in .cargo/audit.toml (docs/SECURITY.md).
+# Check both lockfiles for known advisories against a local RustSec database.
 audit:
     command -v cargo-audit >/dev/null || cargo install cargo-audit --locked
     test -d "${RUSTSEC_DB:-}/crates" || { echo "RUSTSEC_DB must point at a clone of https://github.com/rustsec/advisory-db (git clone https://github.com/rustsec/advisory-db ~/advisory-db)" >&2; exit 1; }
     cargo audit --no-fetch --db "$RUSTSEC_DB" --file Cargo.lock
     cargo audit --no-fetch --db "$RUSTSEC_DB" --file components/Cargo.lock
+
+# Targets: manifest, routes, request_head, admin_json, message_headers (all by default).
+# Corpora in fuzz/corpus/; a crash lands in fuzz/artifacts/ (docs/SECURITY.md).
+# Fuzz the parsers of hostile input (cargo fuzz, nightly), each target for SECONDS.
+fuzz SECONDS="60" *TARGETS:
+    rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cd fuzz && targets="{{TARGETS}}" && for t in ${targets:-$(cargo +nightly fuzz list)}; do \
+        cargo +nightly fuzz run "$t" -- -max_total_time={{SECONDS}} -rss_limit_mb=4096 || exit 1; \
+    done
 
 # Benchmarks (release build, wrk on loopback); rewrites their blocks in docs/BENCHMARKS.md.
 bench *SCENARIOS: build-components

@@ -155,9 +155,9 @@ fn captures(captured: &RwLock<Vec<String>>, subject: &str) -> bool {
         .any(|p| super::subject::matches(p, subject))
 }
 
-/// The headers as NATS headers; the caller has checked them
-/// ([`Message::check_headers`]): async-nats panics on an invalid name or value.
-fn to_headers(headers: &[(String, String)]) -> Option<HeaderMap> {
+/// The headers as NATS headers (`None` if there are none). The caller has checked
+/// them ([`Message::check_headers`]): async-nats panics on an invalid name or value.
+pub fn nats_headers(headers: &[(String, String)]) -> Option<HeaderMap> {
     if headers.is_empty() {
         return None;
     }
@@ -210,7 +210,7 @@ impl Bus for NatsBus {
             .map_err(|_| BusError::InvalidSubject(m.subject.clone()))?;
         m.check_headers()?;
         let subject = m.subject;
-        let headers = to_headers(&m.headers);
+        let headers = nats_headers(&m.headers);
         // A durable event (a subject the events stream captures, no reply subject):
         // published through JetStream, and ok only once the stream has stored it.
         if m.reply_to.is_none() && self.is_captured(&subject) {
@@ -251,7 +251,7 @@ impl Bus for NatsBus {
         let mut request = async_nats::Request::new()
             .payload(m.body)
             .timeout(Some(timeout));
-        if let Some(h) = to_headers(&m.headers) {
+        if let Some(h) = nats_headers(&m.headers) {
             request = request.headers(h);
         }
         match self.client.send_request(subject.clone(), request).await {
