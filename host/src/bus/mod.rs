@@ -114,6 +114,12 @@ pub trait Bus: Send + Sync + 'static {
     /// Where it is, for humans (`nats://127.0.0.1:4222`, `in-process`).
     fn describe(&self) -> String;
 
+    /// Whether it is connected now (NATS: the client's connection is up; it
+    /// reconnects by itself). The in-process bus always is.
+    fn connected(&self) -> bool {
+        true
+    }
+
     /// Publishes `message` (its `reply_to` and headers included), within 2 s or an
     /// error. NATS: a durable event (a subject the events stream captures, as this
     /// host knows it, without `reply_to`) goes through JetStream and ok means the

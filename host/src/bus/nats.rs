@@ -205,6 +205,10 @@ impl Bus for NatsBus {
         Some(self)
     }
 
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     async fn publish(&self, m: Message) -> Result<(), BusError> {
         super::subject::check(&m.subject, false)
             .map_err(|_| BusError::InvalidSubject(m.subject.clone()))?;

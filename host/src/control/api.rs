@@ -3,7 +3,7 @@
 //! | method | path | what |
 //! | --- | --- | --- |
 //! | GET | `/healthz` | 200 while the process serves |
-//! | GET | `/readyz` | 200 once start-up deployments are done, else 503 |
+//! | GET | `/readyz` | 200 once start-up deployments are done and the bus is connected, else 503 (`starting`, or `bus down: ...` while NATS is unreachable) |
 //! | GET | `/metrics` | Prometheus text (see [`metrics`](super::metrics)) |
 //! | GET | `/v1/status` | [`HostStatus`](super::status::HostStatus) as JSON |
 //! | HEAD | `/v1/blobs/{digest}` | 200 if the component bytes are stored, else 404 |
@@ -51,10 +51,15 @@ pub async fn handle(control: Arc<ControlPlane>, req: Request<Incoming>) -> Respo
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => body::text(StatusCode::OK, "ok"),
         (&Method::GET, ["readyz"]) => {
-            if control.is_ready() {
-                body::text(StatusCode::OK, "ready")
-            } else {
+            if !control.is_ready() {
                 body::text(StatusCode::SERVICE_UNAVAILABLE, "starting")
+            } else if !control.bus().connected() {
+                body::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("bus down: {} (reconnecting)", control.bus().describe()),
+                )
+            } else {
+                body::text(StatusCode::OK, "ready")
             }
         }
         (&Method::GET, ["metrics"]) => {

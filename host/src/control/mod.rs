@@ -492,6 +492,11 @@ impl ControlPlane {
             &self.config,
             self.started.elapsed(),
         );
+        st.bus = status::BusStatus {
+            kind: self.bus.kind().to_string(),
+            describe: self.bus.describe(),
+            connected: self.bus.connected(),
+        };
         for app in &mut st.apps {
             for c in &mut app.components {
                 c.circuits = self.mesh.circuits(&ComponentId {

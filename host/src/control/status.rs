@@ -23,8 +23,22 @@ pub struct HostStatus {
     pub data_dir: String,
     /// Seconds since start.
     pub uptime_secs: u64,
+    /// The message bus.
+    #[serde(default)]
+    pub bus: BusStatus,
     /// Deployed apps.
     pub apps: Vec<AppStatus>,
+}
+
+/// The bus as `status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BusStatus {
+    /// `nats` or `local`.
+    pub kind: String,
+    /// Where it is.
+    pub describe: String,
+    /// Connected now (false while NATS is unreachable; the client reconnects).
+    pub connected: bool,
 }
 
 /// One app.
@@ -140,6 +154,7 @@ impl HostStatus {
             admin: config.admin_addr.to_string(),
             data_dir: config.data_dir.display().to_string(),
             uptime_secs: uptime.as_secs(),
+            bus: BusStatus::default(),
             apps: snapshot
                 .apps
                 .values()
@@ -208,6 +223,12 @@ impl HostStatus {
             "wasmhive {} — http://{} (admin http://{}), up {}s\n",
             self.version, self.http, self.admin, self.uptime_secs
         );
+        if !self.bus.kind.is_empty() && !self.bus.connected {
+            out.push_str(&format!(
+                "bus {} is DOWN (reconnecting): messages wait, publishes fail\n",
+                self.bus.describe
+            ));
+        }
         if self.apps.is_empty() {
             out.push_str("no apps deployed\n");
             return out;
