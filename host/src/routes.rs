@@ -25,6 +25,26 @@ impl std::fmt::Display for RouteSpec {
     }
 }
 
+/// Parameters one route may have.
+pub const MAX_PARAMS: usize = 16;
+
+/// The `{...}` parameters of a pattern (`{{` is an escaped literal brace).
+fn count_params(path: &str) -> usize {
+    let bytes = path.as_bytes();
+    let (mut i, mut n) = (0, 0);
+    while i < bytes.len() {
+        if bytes[i] == b'{' {
+            if bytes.get(i + 1) == Some(&b'{') {
+                i += 2;
+                continue;
+            }
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
 /// Parses `"GET /users/{id}"` or `"/files/{*path}"` (any method).
 pub fn parse_route(text: &str) -> Result<RouteSpec, String> {
     let text = text.trim();
@@ -48,6 +68,13 @@ pub fn parse_route(text: &str) -> Result<RouteSpec, String> {
     }
     if path.chars().any(char::is_whitespace) {
         return Err(format!("route path {path:?} must not contain spaces"));
+    }
+    let params = count_params(path);
+    if params > MAX_PARAMS {
+        // (matchit panics past 26; found by fuzzing.)
+        return Err(format!(
+            "route path {path:?} has {params} parameters; at most {MAX_PARAMS} are allowed"
+        ));
     }
     // Let the router judge the pattern syntax, so what we accept is what it serves.
     let mut probe = matchit::Router::new();
@@ -251,6 +278,25 @@ mod tests {
             t.lookup(&Method::GET, "/nope"),
             RouteMatch::NotFound
         ));
+    }
+
+    #[test]
+    fn too_many_parameters_are_refused_not_a_panic() {
+        let many: String = (0..30).map(|i| format!("/{{p{i}}}")).collect();
+        let e = parse_route(&many).unwrap_err();
+        assert!(e.contains("30 parameters; at most 16"), "{e}");
+        let ok: String = (0..16).map(|i| format!("/{{p{i}}}")).collect();
+        parse_route(&ok).unwrap();
+        assert_eq!(count_params("/a/{{literal}}/{b}"), 1);
+        // The input the fuzzer found (fuzz/regressions/routes-too-many-params).
+        let found = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/regressions/routes-too-many-params"
+        ))
+        .expect("the regression input");
+        for line in String::from_utf8_lossy(&found).lines() {
+            let _ = parse_route(line);
+        }
     }
 
     #[test]
