@@ -77,3 +77,109 @@ subscribe = ["echo.>"]
     )
     .await;
 }
+
+/// The host killed (SIGKILL) while a deploy is compiling a new version: started again
+/// on the same data dir, it serves one whole version, the old or the new, never a mix,
+/// and takes the next deploy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_mid_deploy_comes_back_on_a_whole_version() {
+    let ws = Workspace::new();
+    let data = tempfile::tempdir().unwrap();
+    let v1 = ws.write(
+        "v1.toml",
+        r#"manifest_version = 1
+[app]
+name = "app"
+version = "1.0.0"
+[components.hello]
+source = "{component:hello}"
+routes = ["GET /hello"]
+env = { GREETING = "one" }
+"#,
+    );
+    // v2 adds a large component (the Python one, ~18 MB) whose compile takes a while.
+    let analytics = wasmhive_e2e::repo_root().join("components/target/python/analytics.wasm");
+    assert!(
+        analytics.is_file(),
+        "{} (just build-python)",
+        analytics.display()
+    );
+    let v2 = ws.write(
+        "v2.toml",
+        &format!(
+            r#"manifest_version = 1
+[app]
+name = "app"
+version = "2.0.0"
+[components.hello]
+source = "{{component:hello}}"
+routes = ["GET /hello"]
+env = {{ GREETING = "two" }}
+[components.analytics]
+source = "{}"
+routes = ["/v1/reviews/{{*rest}}"]
+[components.analytics.keyvalue]
+buckets = ["reviews"]
+"#,
+            analytics.display()
+        ),
+    );
+    let options = HostOptions {
+        manifests: vec![v1.clone()],
+        data_dir: Some(data.path().to_path_buf()),
+        ..Default::default()
+    };
+    let host = Host::start_with(options.clone());
+    assert_eq!(get(host.url("/hello")).await.text, "one, world\n");
+
+    // Deploy v2 in the background and kill the host once the deploy has begun (its
+    // component uploaded, so the host is compiling or about to).
+    let deploy = std::process::Command::new(wasmhive_e2e::binary())
+        .args(["deploy", v2.to_str().unwrap(), "--admin", &host.admin])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let blobs = data.path().join("blobs");
+    eventually("the new component to be uploaded", PATIENCE, async || {
+        let count = std::fs::read_dir(blobs.join("sha256"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if count >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{count} blobs"))
+        }
+    })
+    .await;
+    host.kill();
+    let _ = deploy.wait_with_output();
+
+    // Back on the same data dir, without the start-up manifest: what it restores.
+    let host = Host::start_with(HostOptions {
+        manifests: vec![],
+        ..options.clone()
+    });
+    let status = host.status();
+    let app = &status["apps"][0];
+    let hello = get(host.url("/hello")).await;
+    match app["version"].as_str() {
+        Some("1.0.0") => {
+            assert_eq!(hello.text, "one, world\n");
+            assert_eq!(app["components"].as_array().unwrap().len(), 1, "{status:#}");
+        }
+        Some("2.0.0") => {
+            assert_eq!(hello.text, "two, world\n");
+            assert_eq!(app["components"].as_array().unwrap().len(), 2, "{status:#}");
+        }
+        other => panic!("no whole version: {other:?} in {status:#}"),
+    }
+    // And it takes the next deploy.
+    let out = host.cli(&["deploy", v2.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get(host.url("/hello")).await.text, "two, world\n");
+}
