@@ -1,5 +1,6 @@
 //! Faults with real processes: what a user notices when the infrastructure fails.
 
+use futures::StreamExt;
 use wasmhive_e2e::{
     BusChoice, Host, HostOptions, NatsServer, PATIENCE, Workspace, eventually, get,
 };
@@ -182,4 +183,73 @@ buckets = ["reviews"]
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(get(host.url("/hello")).await.text, "two, world\n");
+}
+
+/// The host's resident memory, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// A client that streams a request body without end to a guest that never reads it:
+/// the host takes only what the guest asks for (back-pressure, no buffering of the
+/// body), answers when the guest does, and keeps serving other components meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_never_reads_its_body_does_not_make_the_host_buffer_it() {
+    let ws = Workspace::new();
+    let manifest = ws.write(
+        "app.toml",
+        r#"manifest_version = 1
+[app]
+name = "app"
+version = "1.0.0"
+[components.faults]
+source = "{component:faults}"
+routes = ["/sleep"]
+[components.hello]
+source = "{component:hello}"
+routes = ["GET /hello"]
+"#,
+    );
+    let host = Host::start(&[&manifest]);
+    assert_eq!(get(host.url("/hello")).await.status, 200);
+    let before = rss_mib(host.pid());
+
+    // Up to 4 GiB in 1 MiB chunks, as fast as loopback takes them.
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    let chunks = futures::stream::iter(0..4096u32).map(move |_| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 1 << 20]))
+    });
+    let upload = tokio::spawn(
+        wasmhive_e2e::client()
+            .post(host.url("/sleep?ms=3000"))
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send(),
+    );
+    // While the guest sleeps without reading: other components answer.
+    for _ in 0..5 {
+        assert_eq!(get(host.url("/hello")).await.status, 200);
+    }
+    let answered = upload.await.unwrap();
+    let grew = rss_mib(host.pid()).saturating_sub(before);
+    let sent_mib = sent.load(std::sync::atomic::Ordering::Relaxed);
+    // The guest answered 200 after its sleep, or the host cut the unread upload off
+    // once it answered; either way it never held the body.
+    if let Ok(r) = &answered {
+        assert_eq!(r.status(), 200);
+    }
+    eprintln!("sent {sent_mib} MiB, the host grew by {grew} MiB");
+    assert!(
+        grew < 64,
+        "the host grew by {grew} MiB while the client sent {sent_mib} MiB"
+    );
+    assert_eq!(get(host.url("/hello")).await.status, 200);
 }
