@@ -9,6 +9,10 @@ Scenarios:
   density   host RSS with 1,000 then 10,000 deployed hello components: loaded, scaled to
             zero, and after touching each once.
   bulkhead  req/s of a fast component alone, then while a slow component is saturated.
+  noisy     the latency of a quiet component (hello, one connection) alone and beside a
+            component whose 100 admitted invocations spin on the CPU (200 connections),
+            with the per-component CPU share on (default) and off (a share larger than the
+            machine), alternating.
   mesh      added latency of an in-process component-to-component call, next to calling
             the callee directly over HTTP (one connection, so latency is not queueing).
   kv        key-value get/set/increment ops/s through the kv-store fixture over HTTP, for
@@ -793,6 +797,85 @@ def scenario_bulkhead():
     shutil.rmtree(data, ignore_errors=True)
 
 
+def scenario_noisy():
+    data = Path(tempfile.mkdtemp(prefix="wasmhive-bench-"))
+    faults = COMPONENTS / "faults.wasm"
+    spin_ms = 50
+    spinner = data / "spinner.toml"
+    spinner.write_text(
+        f'manifest_version = 1\n[app]\nname = "spinner"\nversion = "1.0.0"\n'
+        f'[components.spinner]\nsource = "{faults}"\nroutes = ["/spin/{{*what}}"]\n'
+        f'[components.spinner.limits]\ntimeout = "120s"\n'
+        f'[components.spinner.scale]\nmax_instances = 100\nqueue = 1000\nqueue_timeout = "120s"\n'
+    )
+    quiet = hello_manifest(data / "quiet.toml", "quiet")
+    unshared = data / "unshared.toml"
+    unshared.write_text("[pool]\ncpus_per_component = 4096\n")
+    variants = [("CPU share on (default)", None), ("CPU share off", unshared)]
+    rows = {name: {"alone": [], "beside": [], "spin": []} for name, _ in variants}
+    quiet_seconds = max(3, DURATION // 2)
+    try:
+        for r in range(ROUNDS):
+            for name, config in variants:
+                host = Host(data / f"data-{r}-{len(rows[name]['alone'])}-{name[:6].strip()}", [quiet, spinner],
+                            config=config)
+                try:
+                    quiet_url, spin_url = host.url("/hello"), host.url(f"/spin/x?ms={spin_ms}")
+                    wrk(quiet_url, duration=1, threads=1, connections=1)
+                    _, p50, p99 = wrk(quiet_url, duration=quiet_seconds, threads=1, connections=1)
+                    rows[name]["alone"].append((p50, p99))
+                    hog = subprocess.Popen(
+                        ["wrk", "-t1", "-c200", f"-d{quiet_seconds + 6}s", "--latency", spin_url],
+                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                    time.sleep(3)
+                    status = {c["name"]: c for c in host.status()}["spinner"]
+                    _, p50, p99 = wrk(quiet_url, duration=quiet_seconds, threads=1, connections=1)
+                    rows[name]["beside"].append((p50, p99))
+                    out, _ = hog.communicate()
+                    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+                    rows[name]["spin"].append(rps)
+                    print(f"  round {r + 1} {name}: quiet alone p50 {rows[name]['alone'][-1][0]:.2f} ms "
+                          f"p99 {rows[name]['alone'][-1][1]:.2f} ms; beside spinner p50 {p50:.2f} ms p99 {p99:.2f} ms "
+                          f"(spinner {rps:,.1f} req/s, in flight {status['in_flight']}, queued {status['queued']})")
+                finally:
+                    host.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, release build. `quiet` is hello, "
+        f"driven by one wrk connection; `spinner` is the faults fixture computing {spin_ms} ms per request "
+        f"(`/spin?ms={spin_ms}`) with `max_instances = 100`, driven by 200 connections (100 running, "
+        f"the rest queued). Median of {ROUNDS} rounds; the two variants alternate, each on a fresh host. "
+        f"\"CPU share off\" is `[pool] cpus_per_component = 4096`: every admitted invocation takes turns on "
+        f"the runtime with everyone else's (the behaviour before the share).",
+        "",
+        "| variant | quiet alone p50 / p99 ms | quiet beside spinner p50 / p99 ms | p99 beside / alone | spinner req/s |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, _ in variants:
+        row = rows[name]
+        a50, a99 = med(row["alone"], 0), med(row["alone"], 1)
+        b50, b99 = med(row["beside"], 0), med(row["beside"], 1)
+        lines.append(f"| {name} | {a50:.2f} / {a99:.2f} | {b50:.2f} / {b99:.2f} | {b99 / a99:.1f}x | "
+                     f"{statistics.median(row['spin']):,.1f} |")
+    lines += [
+        "",
+        "Target: quiet p99 beside the spinner at most 5x its p99 alone.",
+        "",
+        "Commands:",
+        "",
+        "```sh",
+        "just bench noisy",
+        f"wrk -t1 -c1 -d{quiet_seconds}s --latency http://127.0.0.1:PORT/hello",
+        f"wrk -t1 -c200 -d{quiet_seconds + 6}s http://127.0.0.1:PORT/spin/x?ms={spin_ms}   # at the same time",
+        "```",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    write_block("noisy", text)
+
+
 def scenario_messaging():
     n = int(os.environ.get("BENCH_MESSAGES", "200000"))
     data = Path(tempfile.mkdtemp(prefix="wasmhive-bench-"))
@@ -1001,6 +1084,7 @@ SCENARIOS = {
     "coldstart": scenario_coldstart,
     "density": scenario_density,
     "bulkhead": scenario_bulkhead,
+    "noisy": scenario_noisy,
     "instr": scenario_instr,
     "ab": scenario_ab,
 }

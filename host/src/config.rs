@@ -55,6 +55,14 @@ pub fn default_total_memory() -> u64 {
         .map(|kib| kib * 1024 / 2)
         .unwrap_or(4 << 30)
 }
+/// CPUs' worth of guest code one component version may run at once, when not
+/// configured: the machine's cores (so a lone busy component can use them all, and
+/// a hundred of its spinning invocations share them instead of crowding out others).
+pub fn default_cpus_per_component() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+}
 /// Same for tables.
 pub const DEFAULT_TABLE_KEEP_RESIDENT: u64 = 1 << 20;
 /// Same for async (fiber) stacks.
@@ -161,6 +169,8 @@ pub struct PoolConfig {
     pub table_keep_resident: u64,
     /// Bytes of async stack kept resident per slot.
     pub stack_keep_resident: u64,
+    /// CPUs' worth of guest code one component version may run at once.
+    pub cpus_per_component: u32,
 }
 
 impl Default for HostConfig {
@@ -187,6 +197,7 @@ impl Default for HostConfig {
                 memory_keep_resident: DEFAULT_MEMORY_KEEP_RESIDENT,
                 table_keep_resident: DEFAULT_TABLE_KEEP_RESIDENT,
                 stack_keep_resident: DEFAULT_STACK_KEEP_RESIDENT,
+                cpus_per_component: default_cpus_per_component(),
             },
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -342,6 +353,9 @@ fn pool(t: &mut Table<'_>, p: &mut PoolConfig) -> Result<(), ManifestError> {
     p.stack_keep_resident = t
         .size("stack_keep_resident")?
         .unwrap_or(p.stack_keep_resident);
+    p.cpus_per_component = t
+        .count("cpus_per_component", 1, 4096)?
+        .unwrap_or(p.cpus_per_component);
     Ok(())
 }
 

@@ -782,6 +782,24 @@ impl NatsServer {
         NatsServer::start_with(&[])
     }
 
+    /// A free port and store for a server not started yet ([`NatsServer::restart`]
+    /// starts it).
+    pub fn not_started() -> NatsServer {
+        let store = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        NatsServer {
+            child: None,
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            store,
+            args: Vec::new(),
+        }
+    }
+
     /// Starts one with extra `nats-server` arguments (e.g. `--user`, `--pass`).
     pub fn start_with(args: &[&str]) -> NatsServer {
         let store = tempfile::tempdir().expect("tempdir");
@@ -829,7 +847,7 @@ impl NatsServer {
         );
     }
 
-    /// Kills the server and starts it again on the same port and store.
+    /// Kills the server (if running) and starts it again on the same port and store.
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();

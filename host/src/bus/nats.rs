@@ -2,6 +2,11 @@
 //! request/reply. The client reconnects by itself and re-establishes subscriptions;
 //! while it is disconnected, publishes are buffered by the client up to its limit and
 //! then fail with [`BusError::Unavailable`].
+//!
+//! A server that cannot be reached at start-up does not stop the host: it starts
+//! without the bus (reported down in `status` and `/readyz`), subscriptions made in
+//! the meantime wait in the client, and it connects when the server appears. Bad
+//! credentials or TLS settings still fail the start at once.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -11,9 +16,6 @@ use async_nats::{HeaderMap, RequestErrorKind};
 use futures::StreamExt;
 
 use super::{Bus, BusError, Message, Subscription};
-
-/// How long start-up waits for an unreachable NATS server.
-pub const CONNECT_PATIENCE: Duration = Duration::from_secs(15);
 
 /// How to reach and authenticate to a NATS system.
 #[derive(Debug, Clone, Default)]
@@ -43,27 +45,32 @@ pub struct NatsBus {
 }
 
 impl NatsBus {
-    /// Connects, retrying for up to [`CONNECT_PATIENCE`] while the server is not
-    /// reachable; bad credentials or TLS fail at once. Once connected, the client
-    /// reconnects by itself for as long as the host runs.
+    /// Connects. A server that is not reachable (refused, timed out, unknown name)
+    /// is connected to in the background: the bus starts disconnected. Bad
+    /// credentials or TLS fail at once. Once connected, the client reconnects by
+    /// itself for as long as the host runs.
     pub async fn connect(opts: &NatsOptions) -> anyhow::Result<NatsBus> {
-        let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
-        loop {
-            match Self::try_connect(opts).await {
-                Ok(bus) => return Ok(bus),
-                Err(e) => {
-                    use async_nats::ConnectErrorKind as K;
-                    let retry = matches!(e.kind(), K::Io | K::TimedOut | K::Dns);
-                    if !retry || tokio::time::Instant::now() >= deadline {
-                        anyhow::bail!("cannot connect to NATS at {}: {e}", opts.url);
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+        match Self::try_connect(opts, false).await {
+            Ok(bus) => Ok(bus),
+            Err(e) => {
+                use async_nats::ConnectErrorKind as K;
+                if !matches!(e.kind(), K::Io | K::TimedOut | K::Dns) {
+                    anyhow::bail!("cannot connect to NATS at {}: {e}", opts.url);
                 }
+                tracing::warn!(url = %opts.url, error = %e, "NATS is not reachable: starting without the bus (reported down in status and /readyz) and connecting when it appears");
+                Self::try_connect(opts, true)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {}: {e}", opts.url))
             }
         }
     }
 
-    async fn try_connect(opts: &NatsOptions) -> Result<NatsBus, async_nats::ConnectError> {
+    /// One attempt; with `background`, the client is returned at once and connects
+    /// on its own.
+    async fn try_connect(
+        opts: &NatsOptions,
+        background: bool,
+    ) -> Result<NatsBus, async_nats::ConnectError> {
         let mut o = async_nats::ConnectOptions::new()
             .name("wasmhive")
             .max_reconnects(None)
@@ -92,6 +99,9 @@ impl NatsBus {
         }
         if let Some(ca) = &opts.tls_ca {
             o = o.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if background {
+            o = o.retry_on_initial_connect();
         }
         let client = o.connect(opts.url.as_str()).await?;
         let mut js = async_nats::jetstream::new(client.clone());

@@ -20,6 +20,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::p2::bindings::ProxyIndices;
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 
+use super::fair::CpuShare;
 use super::p3::{P3Handler, P3Limits};
 use super::state::{HostMemory, HostSide, MemoryHit, MemoryLimiter};
 use super::{HttpFlavor, InstanceState, Limits, RuntimeError};
@@ -118,6 +119,11 @@ static BASE: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::no
 
 pub(crate) fn to_nanos(t: Instant) -> u64 {
     t.saturating_duration_since(*BASE).as_nanos() as u64
+}
+
+/// The instant `n` [`to_nanos`] units stand for.
+pub(crate) fn from_nanos(n: u64) -> Instant {
+    *BASE + Duration::from_nanos(n)
 }
 
 /// A call into one export of an instance, for [`PreparedComponent::run`].
@@ -229,6 +235,7 @@ impl PreparedComponent {
         live.deadline.store(to_nanos(deadline), Ordering::Relaxed);
         live.memory_hit.store(0, Ordering::Relaxed);
         live.store.set_epoch_deadline(1);
+        live.store.data_mut().host.cpu.begin();
         live.store.data_mut().begin(invocation);
         live
     }
@@ -358,6 +365,8 @@ pub(crate) struct StoreFactory {
     pub(crate) limits: Limits,
     live: Arc<AtomicU32>,
     host_memory: Arc<HostMemory>,
+    /// The component's share of guest CPU, drawn on by all its stores.
+    cpu: Arc<CpuShare>,
 }
 
 impl StoreFactory {
@@ -369,6 +378,7 @@ impl StoreFactory {
         limits: Limits,
         live: Arc<AtomicU32>,
         host_memory: Arc<HostMemory>,
+        cpu: Arc<CpuShare>,
     ) -> Self {
         StoreFactory {
             component,
@@ -376,17 +386,19 @@ impl StoreFactory {
             limits,
             live,
             host_memory,
+            cpu,
         }
     }
 
     /// A fresh store for one instance, with its memory limiter and a wall-clock
     /// deadline (read from `deadline`, so a reused instance gets a new one per
-    /// invocation) enforced through epoch interruption.
+    /// invocation) enforced through epoch interruption. At each tick a running guest
+    /// yields, or waits while its component is over its share of CPU (`fair.rs`).
     pub(crate) fn new_store(
         &self,
         deadline: Arc<AtomicU64>,
     ) -> (Store<InstanceState>, Arc<AtomicU8>) {
-        let host = HostSide::new(self.limits.memory, &self.host_memory, &self.live);
+        let host = HostSide::new(self.limits.memory, &self.host_memory, &self.cpu, &self.live);
         let mut store = Store::new(
             self.component.engine(),
             InstanceState::new(&self.grants, host),
@@ -395,12 +407,13 @@ impl StoreFactory {
         let interrupted = store.data().host.interrupted.clone();
         store.limiter(|s| &mut s.host.limiter);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
+        store.epoch_deadline_callback(move |mut store| {
             if to_nanos(Instant::now()) >= deadline.load(Ordering::Relaxed) {
                 interrupted.store(true, Ordering::Relaxed);
                 Ok(UpdateDeadline::Interrupt)
             } else {
-                Ok(UpdateDeadline::Yield(1))
+                let next = store.data_mut().host.cpu.next_slice();
+                Ok(UpdateDeadline::YieldCustom(1, next))
             }
         });
         (store, memory_hit)

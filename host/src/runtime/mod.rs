@@ -10,6 +10,7 @@
 
 mod cache;
 mod engine;
+mod fair;
 mod http;
 mod inspect;
 mod invoke;
@@ -411,6 +412,7 @@ impl Runtime {
             limits,
             live,
             self.host_memory.clone(),
+            fair::CpuShare::new(self.pool.cpus_per_component),
         );
         PreparedComponent::new(pre, interface.http_flavor(), interface.exports, stores)
     }

@@ -314,6 +314,7 @@ impl WorkerState for Worker {
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + 'static + Send + Sync>> {
         let state = store.data_mut();
+        state.host.cpu.begin();
         state.begin(data.invocation);
         let memory = state.host.limiter.hit_flag();
         let _ = data.served_by.set(Served {

@@ -1,7 +1,7 @@
 //! Per-instance store state: the capabilities' state (see [`crate::capability`]) plus
 //! what the runtime keeps per instance: its memory limiter (drawing on the host's
-//! budget), whether the host interrupted it at a deadline, and its place in the count
-//! of live instances.
+//! budget), whether the host interrupted it at a deadline, its turn in its
+//! component's share of CPU, and its place in the count of live instances.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -15,20 +15,24 @@ pub struct HostSide {
     /// Set when the host interrupted the instance at a deadline (the epoch callback,
     /// or a WASI 0.3 worker's expiry): its failure is a timeout, not a trap.
     pub(crate) interrupted: Arc<AtomicBool>,
+    /// Its turn in its component's share of guest CPU (see `fair.rs`).
+    pub(crate) cpu: super::fair::CpuTurn,
     _live: LiveInstance,
 }
 
 impl HostSide {
     /// The runtime's state for one instance with a memory cap of `max_memory` bytes,
-    /// drawn from `host_memory`, counted in `live` while it exists.
+    /// drawn from `host_memory`, running under `cpu`, counted in `live` while it exists.
     pub(crate) fn new(
         max_memory: u64,
         host_memory: &Arc<HostMemory>,
+        cpu: &Arc<super::fair::CpuShare>,
         live: &Arc<AtomicU32>,
     ) -> Self {
         HostSide {
             limiter: MemoryLimiter::new(max_memory, host_memory.clone()),
             interrupted: Default::default(),
+            cpu: super::fair::CpuTurn::new(cpu.clone()),
             _live: LiveInstance::new(live.clone()),
         }
     }

@@ -5,10 +5,16 @@
 //! (group commit, durable: fsync before anyone is answered). That serializes
 //! increment and compare-and-swap without locks in the callers, and amortizes the
 //! fsync over concurrent writers.
+//!
+//! After an I/O failure (a full disk, say) redb refuses every operation, reads too,
+//! until the database is opened again. The store does that itself: the failed write
+//! is reported to its callers (nothing of it was committed), the file is reopened, and
+//! reads and later writes go on with everything committed before.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -41,8 +47,91 @@ struct Job {
 /// The redb store.
 #[derive(Clone)]
 pub struct RedbStore {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     writer: mpsc::Sender<Job>,
+}
+
+/// The open database, reopened after an I/O failure.
+struct Handle {
+    path: PathBuf,
+    /// `None` while a reopen failed (the next use tries again).
+    db: RwLock<Option<Arc<Database>>>,
+}
+
+/// How long a reopen waits for reads still using the old database.
+const REOPEN_PATIENCE: Duration = Duration::from_secs(5);
+
+impl Handle {
+    /// The database to use now.
+    fn current(&self) -> Result<Arc<Database>, KvError> {
+        if let Some(db) = self.db.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Ok(db.clone());
+        }
+        self.reopen(None)
+    }
+
+    /// Closes `broken` (unless another caller already replaced it) and opens the
+    /// file again.
+    fn reopen(&self, broken: Option<Arc<Database>>) -> Result<Arc<Database>, KvError> {
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(current) = slot.as_ref()
+            && broken.as_ref().is_none_or(|b| !Arc::ptr_eq(b, current))
+        {
+            return Ok(current.clone());
+        }
+        drop(broken);
+        if let Some(mut old) = slot.take() {
+            // Reads hold it for one read: wait for them to let go (redb locks the
+            // file, so it cannot be opened twice).
+            let deadline = Instant::now() + REOPEN_PATIENCE;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still) if Instant::now() < deadline => {
+                        old = still;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(still) => {
+                        *slot = Some(still);
+                        return Err(storage("the key-value store is busy reopening"));
+                    }
+                }
+            }
+        }
+        let db = Arc::new(open(&self.path).map_err(storage)?);
+        tracing::warn!(path = %self.path.display(), "key-value store reopened after an I/O failure");
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Runs a read; after an I/O failure, reopens the database and tries once more.
+    fn read<T>(&self, op: impl Fn(&Database) -> Result<T, redb::Error>) -> Result<T, KvError> {
+        let db = self.current()?;
+        match op(&db) {
+            Err(e) if needs_reopen(&e) => {
+                let db = self.reopen(Some(db))?;
+                op(&db).map_err(storage)
+            }
+            other => other.map_err(storage),
+        }
+    }
+}
+
+/// Whether redb refuses to go on without a reopen.
+fn needs_reopen(e: &redb::Error) -> bool {
+    matches!(e, redb::Error::PreviousIo | redb::Error::Io(_))
+}
+
+/// Opens (creating) the database file with its table.
+fn open(path: &Path) -> Result<Database, redb::Error> {
+    let db = Database::create(path)?;
+    let tx = db.begin_write()?;
+    tx.open_table(TABLE)?;
+    tx.commit()?;
+    Ok(db)
 }
 
 fn storage(e: impl std::fmt::Display) -> KvError {
@@ -54,14 +143,12 @@ impl RedbStore {
     pub fn open(dir: &Path) -> anyhow::Result<RedbStore> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("kv.redb");
-        let db = Database::create(&path)
+        let db = open(&path)
             .map_err(|e| anyhow::anyhow!("cannot open key-value store {}: {e}", path.display()))?;
-        {
-            let tx = db.begin_write()?;
-            tx.open_table(TABLE)?;
-            tx.commit()?;
-        }
-        let db = Arc::new(db);
+        let db = Arc::new(Handle {
+            path,
+            db: RwLock::new(Some(Arc::new(db))),
+        });
         let (writer, jobs) = mpsc::channel::<Job>();
         let wdb = db.clone();
         std::thread::Builder::new()
@@ -85,7 +172,7 @@ impl RedbStore {
     }
 }
 
-fn write_loop(db: &Database, jobs: mpsc::Receiver<Job>) {
+fn write_loop(handle: &Handle, jobs: mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -95,10 +182,19 @@ fn write_loop(db: &Database, jobs: mpsc::Receiver<Job>) {
             }
         }
         let mut results: Vec<Result<Vec<Done>, KvError>> = Vec::with_capacity(batch.len());
-        let committed = (|| -> Result<(), KvError> {
-            let tx = db.begin_write().map_err(storage)?;
+        let db = match handle.current() {
+            Ok(db) => db,
+            Err(e) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+                continue;
+            }
+        };
+        let committed = (|| -> Result<(), redb::Error> {
+            let tx = db.begin_write()?;
             {
-                let mut table = tx.open_table(TABLE).map_err(storage)?;
+                let mut table = tx.open_table(TABLE)?;
                 for job in &batch {
                     let ns = job.ns.as_str();
                     let mut done = Vec::with_capacity(job.writes.len());
@@ -119,7 +215,8 @@ fn write_loop(db: &Database, jobs: mpsc::Receiver<Job>) {
                     });
                 }
             }
-            tx.commit().map_err(storage)
+            tx.commit()?;
+            Ok(())
         })();
         match committed {
             Ok(()) => {
@@ -128,9 +225,14 @@ fn write_loop(db: &Database, jobs: mpsc::Receiver<Job>) {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "key-value commit failed");
+                tracing::error!(error = %e, "key-value commit failed; nothing of it was written");
+                let reopen = needs_reopen(&e);
+                let e = storage(e);
                 for job in batch {
                     let _ = job.reply.send(Err(e.clone()));
+                }
+                if reopen && let Err(again) = handle.reopen(Some(db)) {
+                    tracing::error!(error = %again, "cannot reopen the key-value store; retrying on next use");
                 }
             }
         }
@@ -182,36 +284,16 @@ fn apply(
 
 impl RedbStore {
     fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        let tx = self.db.begin_read().map_err(storage)?;
-        let table = tx.open_table(TABLE).map_err(storage)?;
-        let v = table.get((ns.as_str(), key)).map_err(storage)?;
-        Ok(v.map(|g| g.value().to_vec()))
+        self.db.read(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(TABLE)?;
+            let v = table.get((ns.as_str(), key))?;
+            Ok(v.map(|g| g.value().to_vec()))
+        })
     }
 
     fn list_keys(&self, ns: &Namespace, cursor: u64) -> Result<KeyPage, KvError> {
-        let tx = self.db.begin_read().map_err(storage)?;
-        let table = tx.open_table(TABLE).map_err(storage)?;
-        let n = ns.as_str();
-        let mut keys = Vec::new();
-        let mut more = false;
-        for entry in table
-            .range((n, "")..)
-            .map_err(storage)?
-            .skip(usize::try_from(cursor).unwrap_or(usize::MAX))
-        {
-            let (k, _) = entry.map_err(storage)?;
-            let (kns, key) = k.value();
-            if kns != n {
-                break;
-            }
-            if keys.len() == KEYS_PAGE {
-                more = true;
-                break;
-            }
-            keys.push(key.to_string());
-        }
-        let next = more.then(|| cursor + keys.len() as u64);
-        Ok(KeyPage { keys, cursor: next })
+        self.db.read(|db| list_keys(db, ns, cursor))
     }
 
     fn increment_blocking(&self, ns: &Namespace, key: &str, delta: u64) -> Result<u64, KvError> {
@@ -243,17 +325,44 @@ impl RedbStore {
         ns: &Namespace,
         keys: &[String],
     ) -> Result<Vec<Option<Vec<u8>>>, KvError> {
-        let tx = self.db.begin_read().map_err(storage)?;
-        let table = tx.open_table(TABLE).map_err(storage)?;
-        keys.iter()
-            .map(|k| {
-                table
-                    .get((ns.as_str(), k.as_str()))
-                    .map(|v| v.map(|g| g.value().to_vec()))
-                    .map_err(storage)
-            })
-            .collect()
+        self.db.read(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(TABLE)?;
+            keys.iter()
+                .map(|k| {
+                    Ok(table
+                        .get((ns.as_str(), k.as_str()))?
+                        .map(|g| g.value().to_vec()))
+                })
+                .collect()
+        })
     }
+}
+
+/// One page of `ns`'s keys from `cursor`.
+fn list_keys(db: &Database, ns: &Namespace, cursor: u64) -> Result<KeyPage, redb::Error> {
+    let tx = db.begin_read()?;
+    let table = tx.open_table(TABLE)?;
+    let n = ns.as_str();
+    let mut keys = Vec::new();
+    let mut more = false;
+    for entry in table
+        .range((n, "")..)?
+        .skip(usize::try_from(cursor).unwrap_or(usize::MAX))
+    {
+        let (k, _) = entry?;
+        let (kns, key) = k.value();
+        if kns != n {
+            break;
+        }
+        if keys.len() == KEYS_PAGE {
+            more = true;
+            break;
+        }
+        keys.push(key.to_string());
+    }
+    let next = more.then(|| cursor + keys.len() as u64);
+    Ok(KeyPage { keys, cursor: next })
 }
 
 /// Runs a blocking operation on a clone of the store off the async threads.

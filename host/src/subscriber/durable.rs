@@ -71,7 +71,9 @@ fn consumer_name(group: &str) -> String {
         .collect()
 }
 
-/// Creates (or updates) the stream and consumer, then pulls until `stop`.
+/// Creates (or updates) the stream and consumer, then pulls until `stop`. With the
+/// bus disconnected (NATS not reachable yet), the deploy goes on and the subscription
+/// is set up in the background once NATS is back (retried until `stop`).
 pub async fn start(
     component: Arc<DeployedComponent>,
     bus: NatsBus,
@@ -79,10 +81,62 @@ pub async fn start(
     stop: CancellationToken,
     handlers: TaskTracker,
 ) -> anyhow::Result<()> {
+    use crate::bus::Bus;
     let js = jetstream::new(bus.client().clone());
+    if bus.connected() {
+        let (consumer, max_deliver) = setup(&component, &bus, &js).await?;
+        tokio::spawn(pull_loop(
+            component,
+            js,
+            consumer,
+            max_deliver,
+            metrics,
+            stop,
+            handlers,
+        ));
+        return Ok(());
+    }
+    tracing::warn!(component = %component.id, "NATS is not connected: the durable subscription starts when it is");
+    tokio::spawn(async move {
+        loop {
+            if bus.connected() {
+                match setup(&component, &bus, &js).await {
+                    Ok((consumer, max_deliver)) => {
+                        return pull_loop(
+                            component,
+                            js,
+                            consumer,
+                            max_deliver,
+                            metrics,
+                            stop,
+                            handlers,
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(component = %component.id, error = %format!("{e:#}"), "durable subscription set-up failed; retrying")
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Creates or updates the events stream, the dead-letter stream and the component's
+/// consumer; returns the consumer and the deliveries before dead-lettering.
+async fn setup(
+    component: &DeployedComponent,
+    bus: &NatsBus,
+    js: &jetstream::Context,
+) -> anyhow::Result<(jetstream::consumer::PullConsumer, u32)> {
     let subscribe = &component.spec.caps.messaging.subscribe;
     let delivery = &component.spec.triggers.message;
-    let mut stream = events_stream(&js, subscribe).await?;
+    let mut stream = events_stream(js, subscribe).await?;
     // From now on this host's publishes to these subjects wait for JetStream to
     // store them (the bus's `publish`).
     bus.add_captured(subscribe.clone());
@@ -100,7 +154,7 @@ pub async fn start(
     })
     .await
     .map_err(|e| anyhow::anyhow!("cannot create JetStream stream {DLQ_STREAM}: {e}"))?;
-    let name = consumer_name(&super::queue_group(&component));
+    let name = consumer_name(&super::queue_group(component));
     let max_deliver = delivery.max_deliver.unwrap_or(DEFAULT_MAX_DELIVER);
     let consumer_cfg = pull::Config {
         durable_name: Some(name.clone()),
@@ -125,16 +179,7 @@ pub async fn start(
                 .map_err(|e| anyhow::anyhow!("cannot create JetStream consumer {name}: {e}"))?,
         };
     tracing::info!(component = %component.id, stream = EVENTS_STREAM, consumer = %name, max_deliver, "durable subscription");
-    tokio::spawn(pull_loop(
-        component,
-        js,
-        consumer,
-        max_deliver,
-        metrics,
-        stop,
-        handlers,
-    ));
-    Ok(())
+    Ok((consumer, max_deliver))
 }
 
 /// The events stream, created or widened to capture `subjects`. Other hosts may

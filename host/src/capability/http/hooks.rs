@@ -6,10 +6,13 @@
 //! are stripped from requests before a guest sees them, and a guest cannot set them on
 //! responses or outgoing requests. Outgoing requests are denied (the guest sees
 //! `HttpRequestDenied`) unless the URL matches the component's `allowed_outbound_hosts`.
+//! An instance has at most `max_outgoing_requests` open at once: a request past that
+//! waits for a permit, held until its connection is done.
 
 use std::sync::{Arc, LazyLock};
 
 use http::HeaderName;
+use tokio::sync::Semaphore;
 use wasmtime_wasi_http::{
     DEFAULT_FORBIDDEN_HEADERS, Error as HttpError, ForbiddenHeaderFilter, RequestOptions, WasiBody,
     WasiHttpHooks,
@@ -37,11 +40,14 @@ pub(crate) struct HostHooks {
     pub(crate) traceparent: Option<http::HeaderValue>,
     /// `x-request-id` of the invocation, added likewise.
     pub(crate) request_id: Option<http::HeaderValue>,
+    /// Permits for requests open at once.
+    open: Arc<Semaphore>,
 }
 
 impl HostHooks {
     pub(crate) fn new(grants: Arc<Grants>) -> Self {
         HostHooks {
+            open: Arc::new(Semaphore::new(grants.http.max_outgoing as usize)),
             grants,
             traceparent: None,
             request_id: None,
@@ -97,7 +103,9 @@ impl WasiHttpHooks for HostHooks {
                 return Box::new(async { Err(HttpError::HttpRequestDenied) });
             };
             let (caller, policy) = (self.grants.id.clone(), policy.clone());
+            let open = self.open.clone();
             return Box::new(async move {
+                let _permit = open.acquire_owned().await;
                 let response = mesh.0.call(&caller, &target, &policy, request).await?;
                 Ok((
                     response,
@@ -127,9 +135,17 @@ impl WasiHttpHooks for HostHooks {
             );
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
+        let open = self.open.clone();
         Box::new(async move {
             use http_body_util::BodyExt;
+            let permit = open.acquire_owned().await;
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            // The connection stays open until the response body is read or dropped.
+            let io = async move {
+                let done = io.await;
+                drop(permit);
+                done
+            };
             Ok((
                 response.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,

@@ -8,6 +8,11 @@
 //! if an `allowed_outbound_hosts` pattern matches; otherwise the guest sees
 //! `HttpRequestDenied`. Hop-by-hop headers are neither seen nor set by guests
 //! ([`hooks`]).
+//!
+//! `max_outgoing_requests` (default [`DEFAULT_MAX_OUTGOING_REQUESTS`]) bounds the
+//! requests one instance has open at once, external or by name: more wait for one to
+//! finish (like a client's connection pool), under the invocation's deadline. A guest
+//! that starts thousands at once holds that many connections, not thousands.
 
 pub mod calls;
 pub mod hooks;
@@ -29,6 +34,9 @@ pub use outbound::OutboundRule;
 /// The capability.
 pub struct OutgoingHttp;
 
+/// Outgoing requests one instance may have open at once, unless the manifest says.
+pub const DEFAULT_MAX_OUTGOING_REQUESTS: u32 = 32;
+
 /// `allowed_outbound_hosts` and `calls`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpSpec {
@@ -36,6 +44,8 @@ pub struct HttpSpec {
     pub allowed_outbound_hosts: Vec<OutboundRule>,
     /// Components it may call by name, with their policies (in name order).
     pub calls: Vec<(String, CallPolicy)>,
+    /// Requests one instance may have open at once (`None`: the default).
+    pub max_outgoing_requests: Option<u32>,
 }
 
 /// What a component may reach over HTTP.
@@ -47,6 +57,8 @@ pub struct HttpGrant {
     pub calls: Vec<(String, CallPolicy)>,
     /// Where those calls go (`None`: unavailable, e.g. offline validation).
     pub mesh: Option<MeshHandle>,
+    /// Requests one instance may have open at once.
+    pub max_outgoing: u32,
 }
 
 /// Per-instance state: the wasi:http context and the hooks that apply the grant.
@@ -66,6 +78,7 @@ impl Capability for OutgoingHttp {
             allowed_outbound_hosts: component
                 .list("allowed_outbound_hosts", OutboundRule::parse)?,
             calls: calls::read(component)?,
+            max_outgoing_requests: component.count("max_outgoing_requests", 1, 10_000)?,
         })
     }
 
@@ -74,6 +87,9 @@ impl Capability for OutgoingHttp {
             outbound: spec.allowed_outbound_hosts.clone(),
             calls: spec.calls.clone(),
             mesh: cx.services.mesh.clone().map(MeshHandle),
+            max_outgoing: spec
+                .max_outgoing_requests
+                .unwrap_or(DEFAULT_MAX_OUTGOING_REQUESTS),
         })
     }
 
