@@ -22,7 +22,7 @@ name = "p3"
 version = "0.1.0"
 [components.api]
 source = "{{component:hello-p3}}"
-routes = ["GET /hello", "GET /hello/{{name}}", "POST /echo", "GET /sleep", "GET /trap", "GET /spin", "GET /count", "GET /env/{{name}}", "GET /headers", "GET /set-header", "GET /fetch", "GET /alloc"]
+routes = ["GET /hello", "GET /hello/{{name}}", "POST /echo", "GET /sleep", "GET /trap", "GET /spin", "GET /count", "GET /env/{{name}}", "GET /headers", "GET /set-header", "GET /fetch", "GET /alloc", "GET /trap-after-head"]
 env = {{ GREETING = "hi from the manifest" }}
 {component}
 [components.api.limits]
@@ -417,4 +417,30 @@ async fn a_p3_component_past_its_memory_limit_is_contained() {
             (200, "hello from wasi 0.3\n")
         );
     }
+}
+
+/// A WASI 0.3 guest that traps after sending its response head: as for WASI 0.2, the
+/// client's body fails (it does not end cleanly), the invocation counts as a failure
+/// and is logged once, and the component serves the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_p3_failure_after_the_response_head_fails_the_response() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&manifest(&ws, "")]);
+    let outcome = client().get(host.url("/trap-after-head")).send().await;
+    let clean = match outcome {
+        Ok(r) => r.text().await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!clean, "a truncated body must not end cleanly");
+    assert_eq!(
+        get(host.url("/hello")).await,
+        (200, "hello from wasi 0.3\n")
+    );
+    let st = host.component_status("p3", "api");
+    assert_eq!(st["failures"], 1, "{st:#}");
+    assert!(
+        host.log_contains("invocation failed after its response head"),
+        "{}",
+        host.logs()
+    );
 }

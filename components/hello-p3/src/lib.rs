@@ -19,6 +19,8 @@
 //!   clock (`wait-for`), without blocking the instance, then answers `slept N`.
 //!   Concurrent sleeps on one instance overlap. A missing or bad `ms` is a 400.
 //! - `GET /trap` panics, which traps the instance (the host answers 500).
+//! - `GET /trap-after-head` answers a 200 head and the first part of a body, then
+//!   panics (the client must see the response fail, not end cleanly).
 //! - `GET /spin` loops forever without yielding; only the host's deadline stops it.
 //! - `GET /count` increments a guest-global counter and answers its new value, so a
 //!   test can tell whether requests were served by the same instance.
@@ -76,6 +78,7 @@ impl wasip3::exports::http::handler::Guest for HelloP3 {
                 Method::Get => Ok(sleep(&query).await),
                 _ => Ok(method_not_allowed("GET")),
             },
+            "/trap-after-head" => only(method, Method::Get, "GET", trap_after_head),
             "/trap" => only(method, Method::Get, "GET", || {
                 panic!("hello-p3: /trap requested")
             }),
@@ -254,6 +257,19 @@ fn echo(request: Request) -> Response {
         let trailers = request_trailers.await;
         let _ = request_done_tx.write(Ok(())).await;
         let _ = trailers_tx.write(trailers).await;
+    });
+    response
+}
+
+/// A 200 head and part of a body, then a trap.
+fn trap_after_head() -> Response {
+    let (mut body_tx, body_rx) = wit_stream::new();
+    let (_trailers_tx, trailers_rx) =
+        wit_future::new::<Result<Option<Trailers>, ErrorCode>>(|| Ok(None));
+    let (response, _sent) = Response::new(Fields::new(), Some(body_rx), trailers_rx);
+    wasip3::spawn_local(async move {
+        let _ = body_tx.write_all(b"the first part of the body".to_vec()).await;
+        panic!("hello-p3: /trap-after-head traps after its response head");
     });
     response
 }

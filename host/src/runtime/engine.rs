@@ -26,7 +26,7 @@ use crate::config::PoolConfig;
 
 /// How often the epoch advances. Deadlines are checked (and long-running guests yield
 /// to the scheduler) at this granularity.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Core instances, memories and tables per pooled component instance. Components hold
 /// several core modules (the main module plus adapters and shims): a Rust wasip2 build
