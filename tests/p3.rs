@@ -443,4 +443,10 @@ async fn a_p3_failure_after_the_response_head_fails_the_response() {
         "{}",
         host.logs()
     );
+    let failures = host
+        .logs()
+        .lines()
+        .filter(|l| l.contains("invocation failed"))
+        .count();
+    assert_eq!(failures, 1, "logged once: {}", host.logs());
 }

@@ -31,15 +31,17 @@ impl PreparedComponent {
         guard: G,
     ) -> Result<http::Response<WasiBody>, InvokeError> {
         if let Some(p3) = &self.inner.p3 {
-            let response = p3.handle(request).await?;
+            let (response, failed) = p3.handle(request).await?;
             // The body streams from the instance after the head: the guard (a
-            // scaler permit) is held until it is done.
+            // scaler permit) is held until it is done; if the instance fails
+            // meanwhile, the body fails.
             return Ok(response.map(|body| {
-                Guarded {
+                let body = Guarded {
                     body,
                     guard: Some(Box::new(guard)),
                 }
-                .boxed_unsync()
+                .boxed_unsync();
+                FailsWithGuest { body, failed }.boxed_unsync()
             }));
         }
         let Some(indices) = &self.inner.proxy else {
@@ -146,10 +148,11 @@ async fn head_or_end(
     }
 }
 
-/// A WASI 0.2 guest's response body that ends with an error instead of cleanly when
-/// the guest failed (trap, deadline) while producing it: wasmtime ends a body whose
-/// writer was dropped unfinished like a finished one, and the client would take a
-/// truncated body for a whole one. An error makes hyper cut the response off
+/// A guest's response body that ends with an error instead of cleanly when the guest
+/// failed (trap, deadline) while producing it: wasmtime ends a body whose writer was
+/// dropped unfinished like a finished one (WASI 0.2: the outgoing body; WASI 0.3: the
+/// stream and its trailers future, dropped with the failed store), and the client
+/// would take a truncated body for a whole one. An error makes hyper cut the response off
 /// (HTTP/1.1: no final chunk, the connection closed; HTTP/2: the stream reset).
 struct FailsWithGuest {
     body: WasiBody,

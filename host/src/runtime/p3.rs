@@ -104,11 +104,18 @@ impl P3Handler {
 
     /// Hands `request` to an instance with room for it (or a new one) and waits for
     /// the response head. At `max_instances`, the request waits (until its deadline)
-    /// for an instance to take it or to go away.
+    /// for an instance to take it or to go away. Returns the response and the failure
+    /// flag of the instance serving it (set if it fails while the body streams).
     pub(crate) async fn handle(
         &self,
         request: http::Request<wasmtime_wasi_http::WasiBody>,
-    ) -> Result<http::Response<wasmtime_wasi_http::WasiBody>, InvokeError> {
+    ) -> Result<
+        (
+            http::Response<wasmtime_wasi_http::WasiBody>,
+            Arc<OnceLock<String>>,
+        ),
+        InvokeError,
+    > {
         let mut data = RequestData {
             deadline: Instant::now() + self.timeout,
             invocation: super::invoke::http_invocation(request.headers()),
@@ -119,7 +126,13 @@ impl P3Handler {
         let mut pause = Duration::from_millis(1);
         loop {
             let e = match self.handler.handle(data, request).await {
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    let failed = served_by
+                        .get()
+                        .map(|s| s.failed.clone())
+                        .unwrap_or_default();
+                    return Ok((response, failed));
+                }
                 Err(e) => e,
             };
             // No instance had room and a new one would exceed max_instances: the
@@ -234,6 +247,8 @@ pub(crate) struct Served {
     memory_at_start: u8,
     /// Whether the host interrupted the instance at a deadline.
     interrupted: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when the instance fails (see `Worker::drop`).
+    failed: Arc<OnceLock<String>>,
 }
 
 /// A new instance would exceed `max_instances`.
@@ -321,6 +336,7 @@ impl WorkerState for Worker {
             memory_at_start: memory.load(Ordering::Relaxed),
             memory,
             interrupted: state.host.interrupted.clone(),
+            failed: state.host.failed.clone(),
         });
         self.deadline
             .fetch_max(to_nanos(data.deadline), Ordering::Relaxed);
@@ -329,7 +345,11 @@ impl WorkerState for Worker {
 
     fn drop(&self, store: Store<InstanceState>, result: wasmtime::Result<()>) {
         if let Err(e) = result {
-            tracing::warn!(component = %self.component, error = %format!("{e:#}"), "WASI 0.3 instance failed; dropped");
+            let why = format!("{e:#}");
+            tracing::warn!(component = %self.component, error = %why, "WASI 0.3 instance failed; dropped");
+            // Before the store goes: dropping it ends the bodies it was producing, and
+            // they must see the failure then (`runtime/http.rs`, `FailsWithGuest`).
+            let _ = store.data().host.failed.set(why);
         }
         drop(store);
     }

@@ -15,6 +15,9 @@ pub struct HostSide {
     /// Set when the host interrupted the instance at a deadline (the epoch callback,
     /// or a WASI 0.3 worker's expiry): its failure is a timeout, not a trap.
     pub(crate) interrupted: Arc<AtomicBool>,
+    /// Set, with the reason, when a WASI 0.3 instance failed (trapped) while serving:
+    /// the bodies it was still producing must then fail, not end cleanly.
+    pub(crate) failed: Arc<std::sync::OnceLock<String>>,
     /// Its turn in its component's share of guest CPU (see `fair.rs`).
     pub(crate) cpu: super::fair::CpuTurn,
     _live: LiveInstance,
@@ -32,6 +35,7 @@ impl HostSide {
         HostSide {
             limiter: MemoryLimiter::new(max_memory, host_memory.clone()),
             interrupted: Default::default(),
+            failed: Default::default(),
             cpu: super::fair::CpuTurn::new(cpu.clone()),
             _live: LiveInstance::new(live.clone()),
         }
