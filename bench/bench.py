@@ -804,14 +804,16 @@ def scenario_noisy():
     spinner = data / "spinner.toml"
     spinner.write_text(
         f'manifest_version = 1\n[app]\nname = "spinner"\nversion = "1.0.0"\n'
-        f'[components.spinner]\nsource = "{faults}"\nroutes = ["/spin/{{*what}}"]\n'
+        f'[components.spinner]\nsource = "{faults}"\nroutes = ["/spin"]\n'
         f'[components.spinner.limits]\ntimeout = "120s"\n'
         f'[components.spinner.scale]\nmax_instances = 100\nqueue = 1000\nqueue_timeout = "120s"\n'
     )
     quiet = hello_manifest(data / "quiet.toml", "quiet")
     unshared = data / "unshared.toml"
     unshared.write_text("[pool]\ncpus_per_component = 4096\n")
-    variants = [("CPU share on (default)", None), ("CPU share off", unshared)]
+    one = data / "one.toml"
+    one.write_text("[pool]\ncpus_per_component = 1\n")
+    variants = [("CPU share: default", None), ("CPU share: 1 CPU", one), ("CPU share off", unshared)]
     rows = {name: {"alone": [], "beside": [], "spin": []} for name, _ in variants}
     quiet_seconds = max(3, DURATION // 2)
     try:
@@ -820,7 +822,7 @@ def scenario_noisy():
                 host = Host(data / f"data-{r}-{len(rows[name]['alone'])}-{name[:6].strip()}", [quiet, spinner],
                             config=config)
                 try:
-                    quiet_url, spin_url = host.url("/hello"), host.url(f"/spin/x?ms={spin_ms}")
+                    quiet_url, spin_url = host.url("/hello"), host.url(f"/spin?ms={spin_ms}")
                     wrk(quiet_url, duration=1, threads=1, connections=1)
                     _, p50, p99 = wrk(quiet_url, duration=quiet_seconds, threads=1, connections=1)
                     rows[name]["alone"].append((p50, p99))
@@ -847,7 +849,8 @@ def scenario_noisy():
         f"driven by one wrk connection; `spinner` is the faults fixture computing {spin_ms} ms per request "
         f"(`/spin?ms={spin_ms}`) with `max_instances = 100`, driven by 200 connections (100 running, "
         f"the rest queued). Median of {ROUNDS} rounds; the two variants alternate, each on a fresh host. "
-        f"\"CPU share off\" is `[pool] cpus_per_component = 4096`: every admitted invocation takes turns on "
+        f"\"default\" is `[pool] cpus_per_component` unset (the machine's cores, {os.cpu_count()}); \"1 CPU\" "
+        f"sets it to 1; \"CPU share off\" sets it to 4096: every admitted invocation takes turns on "
         f"the runtime with everyone else's (the behaviour before the share).",
         "",
         "| variant | quiet alone p50 / p99 ms | quiet beside spinner p50 / p99 ms | p99 beside / alone | spinner req/s |",
@@ -868,7 +871,7 @@ def scenario_noisy():
         "```sh",
         "just bench noisy",
         f"wrk -t1 -c1 -d{quiet_seconds}s --latency http://127.0.0.1:PORT/hello",
-        f"wrk -t1 -c200 -d{quiet_seconds + 6}s http://127.0.0.1:PORT/spin/x?ms={spin_ms}   # at the same time",
+        f"wrk -t1 -c200 -d{quiet_seconds + 6}s http://127.0.0.1:PORT/spin?ms={spin_ms}   # at the same time",
         "```",
     ]
     text = "\n".join(lines)

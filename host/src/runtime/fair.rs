@@ -51,6 +51,17 @@ impl CpuShare {
         })
     }
 
+    /// Waits, before an invocation of the component starts, while the component is
+    /// over its share (its clock more than a tick ahead): a new invocation's first
+    /// slice would otherwise run before anything charged it. Free when within share.
+    pub(crate) async fn wait_turn(&self) {
+        let ahead = self.clock.load(Ordering::Relaxed);
+        let allowed = to_nanos(Instant::now()).saturating_add(EPOCH_TICK.as_nanos() as u64);
+        if ahead > allowed {
+            tokio::time::sleep_until(from_nanos(ahead - EPOCH_TICK.as_nanos() as u64).into()).await;
+        }
+    }
+
     /// Charges a slice of `ran` guest time at `now` and says until when the guest
     /// must wait before its next slice (`None`: go on after a plain yield).
     fn charge(&self, now: Instant, ran: Duration) -> Option<Instant> {

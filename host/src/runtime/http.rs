@@ -30,6 +30,7 @@ impl PreparedComponent {
         request: http::Request<WasiBody>,
         guard: G,
     ) -> Result<http::Response<WasiBody>, InvokeError> {
+        self.wait_cpu_turn().await;
         if let Some(p3) = &self.inner.p3 {
             let (response, failed) = p3.handle(request).await?;
             // The body streams from the instance after the head: the guard (a

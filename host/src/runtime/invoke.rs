@@ -201,6 +201,12 @@ impl PreparedComponent {
         &self.inner.stores.limits
     }
 
+    /// Waits while the component is over its share of CPU (`fair.rs`), before an
+    /// invocation starts.
+    pub(super) async fn wait_cpu_turn(&self) {
+        self.inner.stores.cpu.wait_turn().await
+    }
+
     /// Requests one instance serves before it is dropped.
     fn max_requests(&self) -> u32 {
         self.inner
@@ -296,6 +302,7 @@ impl PreparedComponent {
         guard: G,
         call: C,
     ) -> Result<C::Output, InvokeError> {
+        self.wait_cpu_turn().await;
         let timeout = self.inner.stores.limits.timeout;
         let deadline = Instant::now() + timeout;
         let this = self.clone();
