@@ -814,8 +814,7 @@ def scenario_noisy():
     one = data / "one.toml"
     one.write_text("[pool]\ncpus_per_component = 1\n")
     variants = [("CPU share: default", None), ("CPU share: 1 CPU", one), ("CPU share off", unshared)]
-    reference = "reference: two busy OS processes, no spinner"
-    rows = {name: {"alone": [], "beside": [], "spin": []} for name, _ in variants + [(reference, None)]}
+    rows = {name: {"alone": [], "beside": [], "spin": []} for name, _ in variants}
     quiet_seconds = max(3, DURATION // 2)
     try:
         for r in range(ROUNDS):
@@ -842,27 +841,6 @@ def scenario_noisy():
                           f"(spinner {rps:,.1f} req/s, in flight {status['in_flight']}, queued {status['queued']})")
                 finally:
                     host.stop()
-            # The machine's own floor: the quiet component beside two processes that
-            # only spin (no wasmhive load at all), so the OS shares the cores.
-            host = Host(data / f"data-{r}-reference", [quiet])
-            try:
-                quiet_url = host.url("/hello")
-                wrk(quiet_url, duration=1, threads=1, connections=1)
-                rows[reference]["alone"].append(wrk(quiet_url, duration=quiet_seconds, threads=1, connections=1)[1:])
-                busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
-                try:
-                    time.sleep(1)
-                    rows[reference]["beside"].append(
-                        wrk(quiet_url, duration=quiet_seconds, threads=1, connections=1)[1:])
-                finally:
-                    for b in busy:
-                        b.kill()
-                        b.wait()
-                rows[reference]["spin"].append(float("nan"))
-                print(f"  round {r + 1} {reference}: quiet alone p99 {rows[reference]['alone'][-1][1]:.2f} ms; "
-                      f"beside p50 {rows[reference]['beside'][-1][0]:.2f} ms p99 {rows[reference]['beside'][-1][1]:.2f} ms")
-            finally:
-                host.stop()
     finally:
         shutil.rmtree(data, ignore_errors=True)
     med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
@@ -878,18 +856,15 @@ def scenario_noisy():
         "| variant | quiet alone p50 / p99 ms | quiet beside spinner p50 / p99 ms | p99 beside / alone | spinner req/s |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for name in rows:
+    for name, _ in variants:
         row = rows[name]
         a50, a99 = med(row["alone"], 0), med(row["alone"], 1)
         b50, b99 = med(row["beside"], 0), med(row["beside"], 1)
-        spin = statistics.median(row["spin"])
         lines.append(f"| {name} | {a50:.2f} / {a99:.2f} | {b50:.2f} / {b99:.2f} | {b99 / a99:.1f}x | "
-                     f"{'—' if spin != spin else f'{spin:,.1f}'} |")
+                     f"{statistics.median(row['spin']):,.1f} |")
     lines += [
         "",
-        "Target: quiet p99 beside the spinner at most 5x its p99 alone. The reference row is the machine's "
-        "floor: the same quiet component beside plain busy processes (one per core) that the OS time-slices "
-        "with the host.",
+        "Target: quiet p99 beside the spinner at most 5x its p99 alone.",
         "",
         "Commands:",
         "",
