@@ -53,30 +53,13 @@ impl CpuShare {
 
     /// Waits, before an invocation of the component starts, while the component is
     /// over its share (its clock more than a tick ahead): a new invocation's first
-    /// slice would otherwise run before anything charged it. A waiting invocation
-    /// books one tick's worth on the clock, so invocations that arrive together are
-    /// spread out rather than all woken at the same instant. Free (one atomic load)
-    /// while the component is within its share.
+    /// slice would otherwise run before anything charged it. Free when within share.
     pub(crate) async fn wait_turn(&self) {
-        if let Some(until) = self.turn_at(Instant::now()) {
-            tokio::time::sleep_until(until.into()).await;
+        let ahead = self.clock.load(Ordering::Relaxed);
+        let allowed = to_nanos(Instant::now()).saturating_add(EPOCH_TICK.as_nanos() as u64);
+        if ahead > allowed {
+            tokio::time::sleep_until(from_nanos(ahead - EPOCH_TICK.as_nanos() as u64).into()).await;
         }
-    }
-
-    /// When an invocation starting at `now` may run (`None`: at once), booking its
-    /// tick if it has to wait.
-    fn turn_at(&self, now: Instant) -> Option<Instant> {
-        let tick = EPOCH_TICK.as_nanos() as u64;
-        let now = to_nanos(now);
-        if self.clock.load(Ordering::Relaxed) <= now.saturating_add(tick) {
-            return None;
-        }
-        let booked = tick / u64::from(self.cpus);
-        let clock = self
-            .clock
-            .fetch_add(booked, Ordering::Relaxed)
-            .saturating_add(booked);
-        (clock > now.saturating_add(tick)).then(|| from_nanos(clock - tick))
     }
 
     /// Charges a slice of `ran` guest time at `now` and says until when the guest
@@ -167,22 +150,6 @@ mod tests {
             "{waited:?}"
         );
         assert!(waits[5].unwrap() < last);
-    }
-
-    #[test]
-    fn invocations_starting_over_share_are_spread_out() {
-        let share = CpuShare::new(1);
-        let now = Instant::now() + Duration::from_secs(1);
-        assert_eq!(share.turn_at(now), None, "within share: no wait");
-        for _ in 0..10 {
-            share.charge(now, EPOCH_TICK);
-        }
-        // Over share: each new invocation books a tick, so ten arriving together
-        // start a tick apart instead of all at the same instant.
-        let turns: Vec<Instant> = (0..10).map(|_| share.turn_at(now).unwrap()).collect();
-        for pair in turns.windows(2) {
-            assert_eq!(pair[1].duration_since(pair[0]), EPOCH_TICK);
-        }
     }
 
     #[test]
