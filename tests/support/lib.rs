@@ -802,19 +802,8 @@ impl NatsServer {
 
     /// Starts one with extra `nats-server` arguments (e.g. `--user`, `--pass`).
     pub fn start_with(args: &[&str]) -> NatsServer {
-        let store = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = NatsServer {
-            child: None,
-            url: format!("nats://127.0.0.1:{port}"),
-            port,
-            store,
-            args: args.iter().map(|a| a.to_string()).collect(),
-        };
+        let mut server = NatsServer::not_started();
+        server.args = args.iter().map(|a| a.to_string()).collect();
         server.spawn();
         server
     }
