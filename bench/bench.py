@@ -536,6 +536,7 @@ class Host:
 
     def __init__(self, data, manifests=(), config=None, bus=("--local-bus",)):
         self.port, self.admin_port = free_port(), free_port()
+        self.data = Path(data)
         argv = [str(ROOT / "target/release/wasmhive"), "--log-format", "json", "up", *map(str, manifests),
                 "--http", f"127.0.0.1:{self.port}", "--admin", f"127.0.0.1:{self.admin_port}",
                 "--data-dir", str(data)]
@@ -550,15 +551,17 @@ class Host:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def status(self):
+        token = (self.data / "admin.token").read_text().strip()
         conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=60)
-        conn.request("GET", "/v1/status")
+        conn.request("GET", "/v1/status", headers={"Authorization": f"Bearer {token}"})
         doc = json.loads(conn.getresponse().read())
         conn.close()
         return [c for a in doc["apps"] for c in a["components"]]
 
     def deploy(self, manifest):
         subprocess.run([str(ROOT / "target/release/wasmhive"), "deploy", str(manifest), "--admin",
-                        f"127.0.0.1:{self.admin_port}"], check=True, capture_output=True)
+                        f"127.0.0.1:{self.admin_port}", "--data-dir", str(self.data)],
+                       check=True, capture_output=True)
 
     def stop(self):
         return self.server.stop()

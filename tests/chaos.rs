@@ -255,8 +255,8 @@ buckets = ["reviews"]
 
     // Deploy v2 in the background and kill the host once the deploy has begun (its
     // component uploaded, so the host is compiling or about to).
-    let deploy = std::process::Command::new(wasmhive_e2e::binary())
-        .args(["deploy", v2.to_str().unwrap(), "--admin", &host.admin])
+    let deploy = host
+        .cli_command(&["deploy", v2.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -161,7 +161,7 @@ async fn a_failure_after_the_response_head_fails_the_response() {
         .count();
     assert_eq!(failures, 1, "logged once: {}", host.logs());
     // Recorded as a 500, and the healthy request as a 200.
-    let metrics = get(host.admin_url("/metrics")).await.text;
+    let metrics = host.admin_get("/metrics").await.text;
     for status in ["500", "200"] {
         let series = format!(
             "wasmhive_requests_total{{app=\"faults\",component=\"faults\",trigger=\"http\",status=\"{status}\"}} 1"

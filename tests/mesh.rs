@@ -104,7 +104,7 @@ circuit_breaker = { failures = 3, window = "10s", open_for = "1s" }"#,
         serde_json::json!([["analytics", "open"]]),
         "{s:#}"
     );
-    let metrics = get(host.admin_url("/metrics")).await.text;
+    let metrics = host.admin_get("/metrics").await.text;
     assert!(
         metrics.contains(
             r#"wasmhive_circuit_open{app="shop",component="search",target="analytics"} 1"#

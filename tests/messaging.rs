@@ -904,9 +904,8 @@ async fn wasmhive_subscribe_prints_what_is_published_without_taking_it() {
     let ws = Workspace::new();
     let m = messenger(&ws, "m", &["demo.*"], &[], "");
     let host = host_on(BusChoice::Nats(server.url.clone()), &[&m]);
-    let mut watcher = std::process::Command::new(wasmhive_e2e::binary())
-        .args(["subscribe", "demo.*", "--count", "2", "--for", "30s"])
-        .args(["--admin", &host.admin])
+    let mut watcher = host
+        .cli_command(&["subscribe", "demo.*", "--count", "2", "--for", "30s"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

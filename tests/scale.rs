@@ -81,7 +81,7 @@ async fn idle_component_scales_to_zero_and_wakes_on_the_next_request() {
     assert_eq!(s["invocations"], 2, "{s:#}");
 
     // The same counters, scraped.
-    let metrics = get(host.admin_url("/metrics")).await;
+    let metrics = host.admin_get("/metrics").await;
     assert_eq!(metrics.status, 200);
     let text = metrics.text;
     let labels = r#"app="hello",component="hello""#;

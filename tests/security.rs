@@ -143,18 +143,18 @@ async fn publishing_headers_nats_cannot_carry_is_a_clear_error() {
             ("a:b", "v"),
             ("ok", "line\r\nInjected: 1"),
         ] {
-            let r = wasmhive_e2e::post_json(
-                host.admin_url("/v1/publish"),
-                &serde_json::json!({"subject": "x.y", "data": "d", "headers": [[name, value]]}),
+            let r = wasmhive_e2e::send(
+                host.admin_request(reqwest::Method::POST, "/v1/publish")
+                    .json(&serde_json::json!({"subject": "x.y", "data": "d", "headers": [[name, value]]})),
             )
             .await;
             assert_eq!(r.status, 400, "{bus:?} {name:?}: {r}");
             assert!(r.text.contains("invalid header"), "{r}");
         }
         // The host is fine, and a valid header still goes through.
-        let r = wasmhive_e2e::post_json(
-            host.admin_url("/v1/publish"),
-            &serde_json::json!({"subject": "x.y", "data": "d", "headers": [["k", "v"]]}),
+        let r = wasmhive_e2e::send(
+            host.admin_request(reqwest::Method::POST, "/v1/publish")
+                .json(&serde_json::json!({"subject": "x.y", "data": "d", "headers": [["k", "v"]]})),
         )
         .await;
         assert_eq!(r.status, 200, "{r}");

@@ -72,6 +72,21 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open client connections on the public listener; more wait in the kernel's backlog.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
+/// `[gateway] header_read_timeout`: longest time to receive a request head.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// `[gateway] idle_timeout`: an idle keep-alive connection is closed after this long.
+pub const DEFAULT_IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// `[gateway] max_connections_per_ip`: open connections from one client address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 512;
+/// `[gateway] body_read_timeout`: longest gap between two pieces of a request body.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// `[gateway] h2_max_concurrent_streams`: HTTP/2 streams open at once per connection.
+pub const DEFAULT_H2_MAX_STREAMS: u32 = 100;
+/// `[gateway] h2_keep_alive_interval`: HTTP/2 ping interval (and answer timeout).
+pub const DEFAULT_H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+/// Admin connections are few (the CLI, probes, scrapers).
+pub const ADMIN_MAX_CONNECTIONS: usize = 256;
+
 /// The resolved host configuration.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -93,6 +108,92 @@ pub struct HostConfig {
     pub bus: BusConfig,
     /// Key-value backend: `auto`, `redb` or `jetstream`.
     pub kv: KvBackend,
+    /// `[admin]`: who may use the admin API.
+    pub admin: AdminConfig,
+    /// `[gateway]`: how the public listener treats client connections.
+    pub gateway: GatewayConfig,
+    /// `[secrets] dirs` and `[config] env_prefixes`: what deploys may read on the host.
+    pub access: DeployAccess,
+}
+
+/// What a deploy may read on this host: an operator's decision, since whoever can
+/// deploy can hand what they read to their component.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeployAccess {
+    /// `[secrets] dirs`: directories `secrets = { file = … }` may read from. Empty:
+    /// only the manifest's own directory tree, and only when it was deployed from
+    /// this machine (start-up manifests, or the CLI over loopback).
+    pub secret_dirs: Vec<PathBuf>,
+    /// `[config] env_prefixes`: environment variables `${VAR}` and
+    /// `secrets = { env = … }` may read. Empty: none.
+    pub env_prefixes: Vec<String>,
+}
+
+/// `[gateway]`: connection timeouts and limits of the public listener (the admin
+/// listener uses the same timeouts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Longest time to receive a request head.
+    pub header_read_timeout: Duration,
+    /// Longest idle time of a kept-alive connection.
+    pub idle_timeout: Duration,
+    /// Open connections from one client address.
+    pub max_connections_per_ip: usize,
+    /// Longest gap between two pieces of a request body.
+    pub body_read_timeout: Duration,
+    /// HTTP/2 streams per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 ping interval.
+    pub h2_keep_alive_interval: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_CONNECTION_TIMEOUT,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            h2_max_concurrent_streams: DEFAULT_H2_MAX_STREAMS,
+            h2_keep_alive_interval: DEFAULT_H2_KEEP_ALIVE,
+        }
+    }
+}
+
+impl HostConfig {
+    /// The public listener's connection limits.
+    pub fn http_limits(&self) -> crate::listener::ConnectionLimits {
+        let g = &self.gateway;
+        crate::listener::ConnectionLimits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: g.max_connections_per_ip,
+            header_read_timeout: g.header_read_timeout,
+            idle_timeout: g.idle_timeout,
+            h2_max_concurrent_streams: g.h2_max_concurrent_streams,
+            h2_keep_alive_interval: g.h2_keep_alive_interval,
+        }
+    }
+
+    /// The admin listener's: the same clocks, fewer connections.
+    pub fn admin_limits(&self) -> crate::listener::ConnectionLimits {
+        crate::listener::ConnectionLimits {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            max_connections_per_ip: ADMIN_MAX_CONNECTIONS,
+            ..self.http_limits()
+        }
+    }
+}
+
+/// `[admin]`: the admin API's lock.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Read the bearer token from this file (`--admin-token-file`) instead of
+    /// `WASMHIVE_ADMIN_TOKEN` or `<data_dir>/admin.token`.
+    pub token_file: Option<PathBuf>,
+    /// The token itself (`WASMHIVE_ADMIN_TOKEN`; never from the config file, never logged).
+    pub token: Option<String>,
+    /// Serve `GET /metrics` without the token (for a scraper on a private network).
+    pub public_metrics: bool,
 }
 
 /// Where components' key-value data lives.
@@ -203,6 +304,9 @@ impl Default for HostConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             bus: BusConfig::default(),
             kv: KvBackend::Auto,
+            admin: AdminConfig::default(),
+            gateway: GatewayConfig::default(),
+            access: DeployAccess::default(),
         }
     }
 }
@@ -225,7 +329,16 @@ impl HostConfig {
         if let Some(a) = doc.parsed("http", parse_addr)? {
             cfg.http_addr = a;
         }
-        if let Some(a) = doc.parsed("admin", parse_addr)? {
+        // `admin = "ADDR"`, or an `[admin]` table with `addr` and the lock's settings.
+        if doc.is_table("admin") {
+            if let Some(t) = doc.table("admin")? {
+                if let Some(a) = t.parsed("addr", parse_addr)? {
+                    cfg.admin_addr = a;
+                }
+                cfg.admin.token_file = t.take("token_file")?;
+                cfg.admin.public_metrics = t.take("public_metrics")?.unwrap_or(false);
+            }
+        } else if let Some(a) = doc.parsed("admin", parse_addr)? {
             cfg.admin_addr = a;
         }
         if let Some(d) = doc.take::<PathBuf>("data_dir")? {
@@ -239,6 +352,28 @@ impl HostConfig {
         }
         if let Some(kv) = doc.take::<KvBackend>("kv")? {
             cfg.kv = kv;
+        }
+        if let Some(t) = doc.table("secrets")? {
+            cfg.access.secret_dirs = t.take("dirs")?.unwrap_or_default();
+        }
+        if let Some(t) = doc.table("config")? {
+            let prefixes: Vec<toml::Spanned<String>> = t.take("env_prefixes")?.unwrap_or_default();
+            for p in &prefixes {
+                if p.get_ref().is_empty() {
+                    return Err(t.invalid(
+                        p.span(),
+                        "env_prefixes",
+                        "an empty prefix would allow every variable, the host's own secrets too; list the prefixes deploys may read (e.g. \"APP_\")",
+                    ));
+                }
+            }
+            cfg.access.env_prefixes = prefixes
+                .into_iter()
+                .map(toml::Spanned::into_inner)
+                .collect();
+        }
+        if let Some(g) = doc.table("gateway")? {
+            gateway(g, &mut cfg.gateway)?;
         }
         if let Some(b) = doc.table("bus")? {
             cfg.bus = bus(b)?;
@@ -315,6 +450,27 @@ fn bus(t: &mut Table<'_>) -> Result<BusConfig, ManifestError> {
         creds: t.take("creds")?,
         tls_ca: t.take("tls_ca")?,
     })
+}
+
+/// `[gateway]`
+fn gateway(t: &mut Table<'_>, g: &mut GatewayConfig) -> Result<(), ManifestError> {
+    g.header_read_timeout = t
+        .duration("header_read_timeout")?
+        .unwrap_or(g.header_read_timeout);
+    g.idle_timeout = t.duration("idle_timeout")?.unwrap_or(g.idle_timeout);
+    g.body_read_timeout = t
+        .duration("body_read_timeout")?
+        .unwrap_or(g.body_read_timeout);
+    if let Some(n) = t.count("max_connections_per_ip", 1, i64::from(u32::MAX))? {
+        g.max_connections_per_ip = n as usize;
+    }
+    g.h2_max_concurrent_streams = t
+        .count("h2_max_concurrent_streams", 1, i64::from(u32::MAX))?
+        .unwrap_or(g.h2_max_concurrent_streams);
+    g.h2_keep_alive_interval = t
+        .duration("h2_keep_alive_interval")?
+        .unwrap_or(g.h2_keep_alive_interval);
+    Ok(())
 }
 
 /// `[defaults]` and `[defaults.scale]`

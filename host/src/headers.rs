@@ -34,6 +34,24 @@ pub fn strip_reserved(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes the headers a client's `Connection:` header names (hop-by-hop for this one
+/// connection, RFC 9110 §7.6.1), and `Connection` itself. The standard hop-by-hop
+/// names are also removed by the wasi:http hooks; a name listed here may be anything
+/// (`Connection: close, x-internal`), so it is removed by name.
+pub fn strip_connection_named(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    headers.remove(http::header::CONNECTION);
+}
+
 /// Adds what the route matched to a request for the guest: one `wasmhive-param-NAME`
 /// header per captured parameter and, when the pattern has parameters,
 /// `wasmhive-route` with the pattern. A literal pattern is the path itself, so it is
@@ -80,6 +98,15 @@ mod tests {
         assert_eq!(h["wasmhive-route"], "/users/{id}");
         assert_eq!(h["wasmhive-param-id"], "7");
         assert_eq!(h["x-keep"], "1");
+        let mut hop = HeaderMap::new();
+        hop.append("connection", HeaderValue::from_static("close, X-Internal"));
+        hop.append("connection", HeaderValue::from_static("x-other"));
+        hop.insert("x-internal", HeaderValue::from_static("secret"));
+        hop.insert("x-other", HeaderValue::from_static("1"));
+        hop.insert("x-keep", HeaderValue::from_static("1"));
+        strip_connection_named(&mut hop);
+        assert_eq!(hop.len(), 1, "{hop:?}");
+        assert_eq!(hop["x-keep"], "1");
         let mut literal = HeaderMap::new();
         add_route(&mut literal, "/hello", &[]);
         assert!(literal.is_empty());

@@ -19,9 +19,6 @@ use crate::control::{self, ControlPlane};
 use crate::gateway::Gateway;
 use crate::runtime::Runtime;
 
-/// Admin connections are few (the CLI, probes, scrapers).
-const ADMIN_MAX_CONNECTIONS: usize = 256;
-
 async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen for {what} on {addr}; choose another address with {flag}")
@@ -41,6 +38,11 @@ pub async fn run(
     config.http_addr = http.local_addr()?;
     config.admin_addr = admin.local_addr()?;
 
+    let (token, token_origin) = control::token::AdminToken::load(
+        config.admin.token_file.as_deref(),
+        config.admin.token.as_deref(),
+        &config.data_dir,
+    )?;
     let runtime = Arc::new(Runtime::new(&config.pool, &config.data_dir)?);
     let apps = Arc::new(Apps::default());
     let bus = crate::bus::connect(&config, &shutdown).await?;
@@ -57,10 +59,16 @@ pub async fn run(
         apps.clone(),
         config.http_addr,
         control.request_metrics().clone(),
+        config.gateway.body_read_timeout,
     );
 
-    let tasks = serve(&config, http, admin, &control, gateway, &shutdown);
-    print_banner(&config, &bus.describe(), kv.kind());
+    let api = Arc::new(control::api::AdminApi::new(
+        control.clone(),
+        token,
+        config.admin.public_metrics,
+    ));
+    let tasks = serve(&config, http, admin, api, gateway, &shutdown);
+    print_banner(&config, &bus.describe(), kv.kind(), &token_origin);
 
     control.restore().await;
     for path in &manifests {
@@ -92,18 +100,18 @@ fn serve(
     config: &HostConfig,
     http: TcpListener,
     admin: TcpListener,
-    control: &Arc<ControlPlane>,
+    api: Arc<control::api::AdminApi>,
     gateway: Arc<Gateway>,
     shutdown: &CancellationToken,
 ) -> TaskTracker {
     let tasks = TaskTracker::new();
+    let control = api.control().clone();
     {
-        let control = control.clone();
         tasks.spawn(crate::listener::serve(
             "admin",
             admin,
-            move |req| control::api::handle(control.clone(), req),
-            ADMIN_MAX_CONNECTIONS,
+            move |req| control::api::handle(api.clone(), req),
+            config.admin_limits(),
             shutdown.clone(),
             config.drain_timeout,
         ));
@@ -112,20 +120,21 @@ fn serve(
         "http",
         http,
         move |req| gateway.clone().handle(req),
-        config.max_connections,
+        config.http_limits(),
         shutdown.clone(),
         config.drain_timeout,
     ));
-    tasks.spawn(reaper(control.clone(), shutdown.clone()));
+    tasks.spawn(reaper(control, shutdown.clone()));
     tasks.close();
     tasks
 }
 
 /// Where the host serves, on stdout (the test harness and `just up` read it).
-fn print_banner(config: &HostConfig, bus: &str, kv: &str) {
+fn print_banner(config: &HostConfig, bus: &str, kv: &str, token: &control::token::TokenOrigin) {
     println!("wasmhive {} serving", env!("CARGO_PKG_VERSION"));
     println!("  http:  http://{}", config.http_addr);
     println!("  admin: http://{}", config.admin_addr);
+    println!("  auth:  admin API needs its bearer token ({token})");
     println!("  data:  {}", config.data_dir.display());
     println!("  bus:   {bus}");
     println!("  kv:    {kv} ({})", config.data_dir.join("kv").display());

@@ -1,19 +1,59 @@
-//! The accept loop both HTTP listeners share: a bound on open connections, HTTP/1.1
-//! keep-alive, and a graceful drain on shutdown.
+//! The accept loop both HTTP listeners share: HTTP/1.1 and HTTP/2 (prior knowledge,
+//! "h2c") on one port, bounds on open connections (in all and per client address),
+//! timeouts that free the slots of idle and slow clients, and a graceful drain on
+//! shutdown.
+//!
+//! A connection's clocks ([`ConnectionLimits`]):
+//! - **header read**: from the moment the connection is accepted, or the first byte of
+//!   a later request arrives, until the request head is complete. A client that
+//!   connects and sends nothing, or trickles a header a byte at a time, is cut off.
+//! - **idle**: from the end of a response until the next request's first byte. An
+//!   idle keep-alive connection is closed.
+//!
+//! While a request is in flight neither clock runs (the invocation has its own
+//! deadline, and the gateway bounds the gaps in a request body).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::body::Body;
+
+/// The client's address, in every request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// How many connections a listener keeps, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Open connections in all; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Open connections from one client address; more are closed at once.
+    pub max_connections_per_ip: usize,
+    /// Longest time to receive a request head (see the module docs).
+    pub header_read_timeout: Duration,
+    /// Longest idle time between requests on a kept-alive connection.
+    pub idle_timeout: Duration,
+    /// HTTP/2 streams one connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 keep-alive ping interval (a peer that does not answer within the same
+    /// time is disconnected).
+    pub h2_keep_alive_interval: Duration,
+}
 
 /// Serves `handler` on `listener` until `shutdown` fires, then stops accepting and
 /// waits up to `drain` for open connections to finish their requests.
@@ -21,7 +61,7 @@ pub async fn serve<H, F>(
     name: &'static str,
     listener: TcpListener,
     handler: H,
-    max_connections: usize,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
     drain: Duration,
 ) where
@@ -29,17 +69,19 @@ pub async fn serve<H, F>(
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_ip = PerIp::new(limits.max_connections_per_ip);
+    let builder = builder(&limits);
     loop {
         // Both branches are cancel-safe: `accept` loses nothing when dropped, and a
         // dropped semaphore acquire only gives up its place in line.
-        let (permit, stream) = tokio::select! {
+        let (permit, (stream, peer)) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = async {
                 let permit = slots.clone().acquire_owned().await;
                 (permit, listener.accept().await)
             } => match accepted {
-                (Ok(permit), Ok((stream, _))) => (permit, stream),
+                (Ok(permit), Ok((stream, peer))) => (permit, (stream, peer)),
                 (_, Err(e)) => {
                     // Out of file descriptors and similar: back off instead of spinning.
                     tracing::warn!(listener = name, error = %e, "accept failed");
@@ -49,20 +91,36 @@ pub async fn serve<H, F>(
                 (Err(_), _) => break,
             },
         };
+        let Some(ip_slot) = per_ip.take(peer.ip()) else {
+            tracing::debug!(listener = name, %peer, "too many connections from this address: closed");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let clock = Arc::new(Clock::new(&limits));
         let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let fut = handler(req);
-            async move { Ok::<_, Infallible>(fut.await) }
-        });
-        let conn = http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
+        let service = {
+            let clock = clock.clone();
+            hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                let in_flight = clock.request_started(req.version());
+                let fut = handler(req);
+                async move {
+                    let response = fut.await;
+                    Ok::<_, Infallible>(response.map(|body| Tracked {
+                        body,
+                        _in_flight: in_flight,
+                    }))
+                }
+            })
+        };
+        let io = TokioIo::new(Watched::new(stream, clock));
+        let conn = builder.serve_connection(io, service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(listener = name, error = %e, "connection ended with error");
+                tracing::debug!(listener = name, %peer, error = %e, "connection ended with error");
             }
+            drop(ip_slot);
             drop(permit);
         });
     }
@@ -72,5 +130,263 @@ pub async fn serve<H, F>(
         _ = tokio::time::sleep(drain) => {
             tracing::warn!(listener = name, "drain timeout: closing remaining connections");
         }
+    }
+}
+
+/// HTTP/1.1 with keep-alive, or HTTP/2 when the client starts with its preface.
+fn builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    // The header and idle clocks are ours ([`Watched`]); hyper's own header timer
+    // would also run while a kept-alive connection is idle.
+    b.http1()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(None);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .keep_alive_interval(limits.h2_keep_alive_interval)
+        .keep_alive_timeout(limits.h2_keep_alive_interval)
+        .max_pending_accept_reset_streams(Some(20));
+    b
+}
+
+/// Counts open connections per client address.
+struct PerIp {
+    max: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One connection's place in [`PerIp`]; given back on drop.
+struct IpSlot {
+    ip: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerIp {
+    fn new(max: usize) -> Self {
+        PerIp {
+            max: max.max(1),
+            open: Default::default(),
+        }
+    }
+
+    fn take(&self, ip: IpAddr) -> Option<IpSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            ip,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// One connection's header and idle clocks, shared by its socket and its service.
+struct Clock {
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    state: Mutex<ClockState>,
+}
+
+#[derive(Clone, Copy)]
+struct ClockState {
+    /// Requests whose response has not been sent completely.
+    in_flight: u32,
+    /// When the head now being received started (or the connection was accepted).
+    head_started: Option<Instant>,
+    /// When the connection last became idle.
+    idle_since: Instant,
+    /// The connection speaks HTTP/2.
+    h2: bool,
+}
+
+impl Clock {
+    fn new(limits: &ConnectionLimits) -> Self {
+        let now = Instant::now();
+        Clock {
+            header_read_timeout: limits.header_read_timeout,
+            idle_timeout: limits.idle_timeout,
+            state: Mutex::new(ClockState {
+                in_flight: 0,
+                head_started: Some(now),
+                idle_since: now,
+                h2: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClockState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A request head is complete: the clocks stop until its response is sent.
+    fn request_started(self: &Arc<Self>, version: http::Version) -> InFlight {
+        let mut s = self.lock();
+        s.in_flight += 1;
+        s.h2 |= version == http::Version::HTTP_2;
+        s.head_started = None;
+        InFlight(self.clone())
+    }
+
+    /// Bytes arrived: on an idle HTTP/1 connection they start a request head. (On
+    /// HTTP/2 they may be pings or window updates; its idle clock keeps running.)
+    fn bytes_arrived(&self) {
+        let mut s = self.lock();
+        if s.in_flight == 0 && s.head_started.is_none() && !s.h2 {
+            s.head_started = Some(Instant::now());
+        }
+    }
+
+    /// When the connection is to be cut if nothing changes, and why.
+    fn deadline(&self) -> Option<(Instant, &'static str)> {
+        let s = *self.lock();
+        if s.in_flight > 0 {
+            return None;
+        }
+        Some(match s.head_started {
+            Some(t) => (
+                t + self.header_read_timeout,
+                "request head not received in time",
+            ),
+            None => (s.idle_since + self.idle_timeout, "idle"),
+        })
+    }
+}
+
+/// A request in flight; dropping it (with its response body) makes the connection idle.
+struct InFlight(Arc<Clock>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.in_flight = s.in_flight.saturating_sub(1);
+        if s.in_flight == 0 {
+            s.idle_since = Instant::now();
+        }
+    }
+}
+
+/// A response body that keeps its request in flight until it is sent or dropped.
+struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = <Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A client socket whose reads fail with `TimedOut` once its [`Clock`] runs out.
+struct Watched {
+    stream: TcpStream,
+    clock: Arc<Clock>,
+    timer: Pin<Box<Sleep>>,
+    armed_for: Option<Instant>,
+}
+
+impl Watched {
+    fn new(stream: TcpStream, clock: Arc<Clock>) -> Self {
+        Watched {
+            stream,
+            clock,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed_for: None,
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.clock.bytes_arrived();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let Some((deadline, why)) = self.clock.deadline() else {
+                    return Poll::Pending;
+                };
+                if self.armed_for != Some(deadline) {
+                    self.armed_for = Some(deadline);
+                    self.timer.as_mut().reset(deadline);
+                }
+                match self.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 }

@@ -258,6 +258,14 @@ impl<'a> Table<'a> {
         Ok(self.shared.last_mut().map(|(_, t)| t))
     }
 
+    /// Whether `key` is present and holds a table (for keys that take either a value
+    /// or a table).
+    pub fn is_table(&self, key: &str) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|v| matches!(v.get_ref(), DeValue::Table(_)))
+    }
+
     /// The tables under `key` by name (`[components.NAME]`, `[calls.NAME]`), in name
     /// order. The caller finishes each.
     pub fn tables(

@@ -59,7 +59,13 @@ pub async fn validate(manifest_path: &Path, data_dir: &Path) -> anyhow::Result<S
             )
         })?;
         let digest = digest_of(&bytes);
-        let (grants, limits) = resolve(&manifest, spec, &config, &Services::default())?;
+        let (grants, limits) = resolve(
+            &manifest,
+            spec,
+            &config,
+            &Services::default(),
+            std::fs::canonicalize(base).ok().as_deref(),
+        )?;
         let component_err = |error| DeployError::Component {
             component: spec.name.clone(),
             error,

@@ -198,6 +198,8 @@ impl Host {
             .env_remove("WASMHIVE_HTTP")
             .env_remove("WASMHIVE_ADMIN")
             .env_remove("WASMHIVE_DATA_DIR")
+            .env_remove("WASMHIVE_ADMIN_TOKEN")
+            .env_remove("WASMHIVE_ADMIN_TOKEN_FILE")
             .env("WASMHIVE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -308,14 +310,43 @@ impl Host {
         format!("{}{path}", self.admin)
     }
 
-    /// Runs `wasmhive ARGS... --admin <this host>`.
-    pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(binary())
-            .args(args)
+    /// `wasmhive ARGS... --admin <this host> --data-dir <its data dir>`, ready to run:
+    /// the CLI finds the admin token in the data dir, as it does after `just up`.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary());
+        cmd.args(args)
             .arg("--admin")
             .arg(&self.admin)
-            .output()
-            .expect("run wasmhive cli")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env_remove("WASMHIVE_ADMIN_TOKEN")
+            .env_remove("WASMHIVE_ADMIN");
+        cmd
+    }
+
+    /// Runs `wasmhive ARGS...` against this host (see [`Host::cli_command`]).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_command(args).output().expect("run wasmhive cli")
+    }
+
+    /// The admin API's bearer token: the one the host wrote into its data dir.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .expect("the host wrote <data_dir>/admin.token")
+            .trim()
+            .to_string()
+    }
+
+    /// A request to the admin API carrying the token.
+    pub fn admin_request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        client()
+            .request(method, self.admin_url(path))
+            .bearer_auth(self.admin_token())
+    }
+
+    /// `GET` an admin endpoint with the token.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        send(self.admin_request(reqwest::Method::GET, path)).await
     }
 
     /// The status document as JSON.

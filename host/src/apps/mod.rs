@@ -83,6 +83,11 @@ pub struct DeploySource {
     pub origin: String,
     /// `source` as written in the manifest → content digest of the uploaded bytes.
     pub sources: BTreeMap<String, String>,
+    /// The manifest's directory (absolute), when it was deployed from this machine:
+    /// relative secret files resolve against it, and by default only its tree may be
+    /// read. The admin API drops it from deploys that arrive from other machines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_dir: Option<std::path::PathBuf>,
 }
 
 /// One deployed app version.

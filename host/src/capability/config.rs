@@ -7,6 +7,14 @@
 //! read at deploy time). Both share one namespace of keys. A variable or file that
 //! cannot be read refuses the deploy, naming the field (never the value). Secret
 //! values are never logged: [`ConfigValues`]' `Debug` shows their keys only.
+//!
+//! What a deploy may read is the host operator's decision
+//! ([`DeployAccess`](crate::config::DeployAccess)): environment variables only with a
+//! prefix in `[config] env_prefixes` (none by default), files only under `[secrets]
+//! dirs` (by default the manifest's own directory tree, when it was deployed from
+//! this machine). A relative `file` resolves against the manifest's directory. Paths
+//! are checked as written (`..` resolved) and again after symlinks are followed, and a
+//! path outside is refused before the file is touched.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -168,21 +176,22 @@ impl Capability for Config {
         })
     }
 
-    /// Expands `${VAR}` in values from the host environment and reads secrets.
-    fn grant(spec: &ConfigSpec, _cx: &GrantContext<'_>) -> Result<ConfigValues, String> {
+    /// Expands `${VAR}` in values from the host environment and reads secrets, as far
+    /// as the host lets deploys read.
+    fn grant(spec: &ConfigSpec, cx: &GrantContext<'_>) -> Result<ConfigValues, String> {
+        let access = &cx.host.access;
         let mut values = Vec::with_capacity(spec.values.len());
         for (key, raw) in &spec.values {
-            values.push((key.clone(), expand(key, raw)?));
+            values.push((key.clone(), expand(key, raw, &access.env_prefixes)?));
         }
         let mut secrets = Vec::with_capacity(spec.secrets.len());
         for (key, source) in &spec.secrets {
+            let field = format!("secrets.{key}");
             let value = match source {
-                SecretSource::Env(var) => std::env::var(var).map_err(|_| {
-                    format!("secrets.{key}: environment variable {var} is not set on the host")
-                })?,
-                SecretSource::File(path) => std::fs::read_to_string(path)
-                    .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                    .map_err(|e| format!("secrets.{key}: cannot read {path}: {}", e.kind()))?,
+                SecretSource::Env(var) => env_var(&field, var, &access.env_prefixes)?,
+                SecretSource::File(path) => {
+                    secret_file(&field, path, &access.secret_dirs, cx.manifest_dir)?
+                }
             };
             secrets.push((key.clone(), value));
         }
@@ -201,8 +210,110 @@ impl Capability for Config {
     }
 }
 
-/// `raw` with each `${VAR}` replaced by the host's value of `VAR`.
-fn expand(key: &str, raw: &str) -> Result<String, String> {
+/// The host's value of `var`, if the host lets deploys read it; `field` names the
+/// manifest field in errors.
+fn env_var(field: &str, var: &str, prefixes: &[String]) -> Result<String, String> {
+    if !prefixes.iter().any(|p| var.starts_with(p.as_str())) {
+        let allowed = if prefixes.is_empty() {
+            "this host lets deploys read no environment variables".to_string()
+        } else {
+            format!(
+                "this host lets deploys read only environment variables starting with {}",
+                prefixes
+                    .iter()
+                    .map(|p| format!("{p:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        return Err(format!(
+            "{field}: ${var}: {allowed} (the operator sets [config] env_prefixes in the host config)"
+        ));
+    }
+    std::env::var(var)
+        .map_err(|_| format!("{field}: environment variable {var} is not set on the host"))
+}
+
+/// Reads a secret file, if it lies under a directory the host lets deploys read:
+/// `dirs`, or when that is empty the manifest's own directory (when known).
+fn secret_file(
+    field: &str,
+    path: &str,
+    dirs: &[std::path::PathBuf],
+    manifest_dir: Option<&std::path::Path>,
+) -> Result<String, String> {
+    use std::path::{Path, PathBuf};
+    let written = Path::new(path);
+    let full = match (written.is_absolute(), manifest_dir) {
+        (true, _) => written.to_path_buf(),
+        (false, Some(dir)) => dir.join(written),
+        (false, None) => {
+            return Err(format!(
+                "{field}: {path:?} is relative, and this deploy did not come from this machine: \
+                 write an absolute path under the host's [secrets] dirs"
+            ));
+        }
+    };
+    let roots: Vec<PathBuf> = if dirs.is_empty() {
+        manifest_dir.map(Path::to_path_buf).into_iter().collect()
+    } else {
+        dirs.iter()
+            .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()))
+            .collect()
+    };
+    let inside = |p: &Path| {
+        roots.iter().any(|r| {
+            p.starts_with(lexical(r)) || std::fs::canonicalize(r).is_ok_and(|c| p.starts_with(c))
+        })
+    };
+    let outside = || {
+        let allowed = if roots.is_empty() {
+            "no directory (this deploy came from another machine)".to_string()
+        } else {
+            roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "{field}: {path:?} is outside the directories this host lets deploys read secrets \
+             from ({allowed}); the operator lists them in [secrets] dirs in the host config"
+        )
+    };
+    let written_path = lexical(&full);
+    if !inside(&written_path) {
+        return Err(outside());
+    }
+    let real = std::fs::canonicalize(&written_path)
+        .map_err(|e| format!("{field}: cannot read {path}: {}", e.kind()))?;
+    if !inside(&real) {
+        return Err(outside());
+    }
+    std::fs::read_to_string(&real)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+        .map_err(|e| format!("{field}: cannot read {path}: {}", e.kind()))
+}
+
+/// `path` with `.` and `..` resolved without touching the file system.
+fn lexical(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `raw` with each `${VAR}` replaced by the host's value of `VAR` (if the host lets
+/// deploys read it).
+fn expand(key: &str, raw: &str, prefixes: &[String]) -> Result<String, String> {
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
     while let Some(start) = rest.find("${") {
@@ -212,9 +323,7 @@ fn expand(key: &str, raw: &str) -> Result<String, String> {
             .find('}')
             .ok_or_else(|| format!("config.{key}: unclosed \"${{\" in {raw:?}"))?;
         let var = &after[..end];
-        let value = std::env::var(var).map_err(|_| {
-            format!("config.{key}: environment variable {var} is not set on the host")
-        })?;
+        let value = env_var(&format!("config.{key}"), var, prefixes)?;
         out.push_str(&value);
         rest = &after[end + 1..];
     }
@@ -272,8 +381,69 @@ mod tests {
 
     #[test]
     fn unset_variables_name_the_field() {
-        let e = expand("url", "x${WASMHIVE_SURELY_UNSET_VAR}").unwrap_err();
-        assert!(e.starts_with("config.url:"), "{e}");
-        assert_eq!(expand("k", "plain").unwrap(), "plain");
+        let any = ["WASMHIVE_SURELY".to_string()];
+        let e = expand("url", "x${WASMHIVE_SURELY_UNSET_VAR}", &any).unwrap_err();
+        assert!(
+            e.starts_with("config.url:") && e.contains("is not set"),
+            "{e}"
+        );
+        assert_eq!(expand("k", "plain", &[]).unwrap(), "plain");
+    }
+
+    #[test]
+    fn only_allowed_variables_are_read() {
+        let e = expand("home", "${HOME}", &[]).unwrap_err();
+        assert!(
+            e.contains("config.home: $HOME: this host lets deploys read no"),
+            "{e}"
+        );
+        let e = expand("home", "${HOME}", &["APP_".into()]).unwrap_err();
+        assert!(e.contains("starting with \"APP_\""), "{e}");
+        assert!(env_var("secrets.k", "PATH", &["PA".into()]).is_ok());
+    }
+
+    #[test]
+    fn secret_files_stay_inside_the_allowed_directories() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(root.path()).unwrap();
+        let app = dir.join("app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(app.join("db.txt"), "pw\n").unwrap();
+        std::fs::write(dir.join("outside.txt"), "no").unwrap();
+        // Relative to the manifest, inside its tree.
+        assert_eq!(secret_file("s", "db.txt", &[], Some(&app)).unwrap(), "pw");
+        // Out of it, by `..`, by absolute path, or by symlink.
+        for path in ["../outside.txt", "/etc/passwd"] {
+            let e = secret_file("secrets.k", path, &[], Some(&app)).unwrap_err();
+            assert!(
+                e.starts_with("secrets.k:") && e.contains("is outside"),
+                "{path}: {e}"
+            );
+        }
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(dir.join("outside.txt"), app.join("link.txt")).unwrap();
+            let e = secret_file("s", "link.txt", &[], Some(&app)).unwrap_err();
+            assert!(e.contains("is outside"), "{e}");
+        }
+        // From another machine: no default directory, relative paths refused.
+        assert!(secret_file("s", &app.join("db.txt").display().to_string(), &[], None).is_err());
+        assert!(
+            secret_file("s", "db.txt", &[], None)
+                .unwrap_err()
+                .contains("relative")
+        );
+        // An operator's directory list replaces the default.
+        let dirs = vec![dir.clone()];
+        assert_eq!(
+            secret_file(
+                "s",
+                &dir.join("outside.txt").display().to_string(),
+                &dirs,
+                None
+            )
+            .unwrap(),
+            "no"
+        );
     }
 }

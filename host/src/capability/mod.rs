@@ -109,6 +109,8 @@ pub struct GrantContext<'a> {
     pub host: &'a HostConfig,
     /// The host's services.
     pub services: &'a Services,
+    /// The manifest's directory, when it was deployed from this machine.
+    pub manifest_dir: Option<&'a std::path::Path>,
 }
 
 /// What one invocation carries into the instance serving it; set anew for each

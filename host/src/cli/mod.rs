@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DEFAULT_ADMIN_ADDR, HostConfig};
+use crate::config::{DEFAULT_ADMIN_ADDR, DEFAULT_DATA_DIR, HostConfig};
 use crate::control::client::AdminClient;
+use crate::control::token::TOKEN_ENV;
 use crate::telemetry::{self, LogFormat};
 
 /// A host for serverless microservices written as WebAssembly components.
@@ -42,6 +43,10 @@ struct UpArgs {
     /// Data directory (compile cache, components, deployments).
     #[arg(long, env = "WASMHIVE_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Read the admin API's bearer token from this file (default:
+    /// `WASMHIVE_ADMIN_TOKEN`, else `<data dir>/admin.token`, created on first start).
+    #[arg(long, env = "WASMHIVE_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Host configuration file (TOML); flags override it.
     #[arg(long, env = "WASMHIVE_CONFIG")]
     config: Option<PathBuf>,
@@ -88,6 +93,8 @@ impl UpArgs {
         if let Some(d) = self.data_dir {
             cfg.data_dir = d;
         }
+        cfg.admin.token_file = self.admin_token_file.or(cfg.admin.token_file);
+        cfg.admin.token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
         if self.nats.is_some() {
             cfg.bus.nats = self.nats;
             cfg.bus.local = false;
@@ -110,6 +117,29 @@ impl UpArgs {
     }
 }
 
+/// How a client command reaches a host's admin API.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The host's admin address.
+    #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
+    admin: String,
+    /// The admin API's bearer token (default: the one in `<data dir>/admin.token`).
+    #[arg(long, env = TOKEN_ENV, hide_env_values = true)]
+    token: Option<String>,
+    /// The host's data directory, whose `admin.token` to use when no token is given.
+    #[arg(long, env = "WASMHIVE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+}
+
+impl AdminArgs {
+    fn client(&self) -> AdminClient {
+        AdminClient::new(
+            &self.admin,
+            crate::control::token::client_token(self.token.clone(), &self.data_dir),
+        )
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Start a host and deploy the given manifests.
@@ -118,17 +148,15 @@ enum Command {
     Deploy {
         /// The app manifest.
         manifest: PathBuf,
-        /// The host's admin address.
-        #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
-        admin: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Remove an app from a running host.
     Undeploy {
         /// The app's name.
         app: String,
-        /// The host's admin address.
-        #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
-        admin: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Stop a component: its requests get 503 (callers get their fallback), its
     /// messages wait, and it is unloaded. Until `start` or a restart of the host.
@@ -137,9 +165,8 @@ enum Command {
         app: String,
         /// The component's name.
         component: String,
-        /// The host's admin address.
-        #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
-        admin: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Start a stopped component again.
     Start {
@@ -147,18 +174,16 @@ enum Command {
         app: String,
         /// The component's name.
         component: String,
-        /// The host's admin address.
-        #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
-        admin: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Show what a running host serves.
     Status {
         /// Print the status document as JSON.
         #[arg(long)]
         json: bool,
-        /// The host's admin address.
-        #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
-        admin: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Publish a message on the host's bus (NATS or in-process).
     Publish {
@@ -176,9 +201,8 @@ enum Command {
         /// A header, `K=V` (repeatable).
         #[arg(long = "header", value_name = "K=V")]
         headers: Vec<String>,
-        /// The host's admin address.
-        #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
-        admin: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Print the messages published on a subject (wildcards allowed) as they arrive,
     /// without taking them from the services that subscribe to it.
@@ -194,9 +218,8 @@ enum Command {
         /// Print each message as a JSON line (subject, data, headers).
         #[arg(long)]
         json: bool,
-        /// The host's admin address.
-        #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
-        admin: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Check a manifest and its components without a running host.
     Validate {
@@ -239,9 +262,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tokio::spawn(signal_shutdown(shutdown.clone()));
             crate::host::run(cfg, manifests, shutdown).await
         }
-        Command::Deploy { manifest, admin } => deploy(&manifest, &admin).await,
+        Command::Deploy { manifest, admin } => deploy(&manifest, &admin.client()).await,
         Command::Undeploy { app, admin } => {
-            AdminClient::new(&admin).undeploy(&app).await?;
+            admin.client().undeploy(&app).await?;
             println!("undeployed {app}");
             Ok(())
         }
@@ -249,14 +272,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             app,
             component,
             admin,
-        } => set_stopped(&admin, &app, &component, true).await,
+        } => set_stopped(&admin.client(), &app, &component, true).await,
         Command::Start {
             app,
             component,
             admin,
-        } => set_stopped(&admin, &app, &component, false).await,
+        } => set_stopped(&admin.client(), &app, &component, false).await,
         Command::Status { json, admin } => {
-            let status = AdminClient::new(&admin).status().await?;
+            let status = admin.client().status().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -278,7 +301,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 headers: header_pairs(headers)?,
                 request_timeout_ms: request.then_some(timeout.as_millis() as u64),
             };
-            publish(&admin, request).await
+            publish(&admin.client(), request).await
         }
         Command::Subscribe {
             subject,
@@ -287,7 +310,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             json,
             admin,
         } => {
-            AdminClient::new(&admin)
+            admin
+                .client()
                 .subscribe(&subject, count, duration, json)
                 .await?;
             Ok(())
@@ -302,8 +326,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 /// `wasmhive deploy`: uploads what the host lacks, deploys, prints the report.
-async fn deploy(manifest: &std::path::Path, admin: &str) -> anyhow::Result<()> {
-    let report = AdminClient::new(admin).deploy(manifest).await?;
+async fn deploy(manifest: &std::path::Path, admin: &AdminClient) -> anyhow::Result<()> {
+    let report = admin.deploy(manifest).await?;
     match &report.replaced {
         Some(old) => println!(
             "deployed {} {} (replaced {old})",
@@ -326,10 +350,13 @@ async fn deploy(manifest: &std::path::Path, admin: &str) -> anyhow::Result<()> {
 }
 
 /// `wasmhive stop` and `wasmhive start`.
-async fn set_stopped(admin: &str, app: &str, component: &str, stop: bool) -> anyhow::Result<()> {
-    let changed = AdminClient::new(admin)
-        .set_stopped(app, component, stop)
-        .await?;
+async fn set_stopped(
+    admin: &AdminClient,
+    app: &str,
+    component: &str,
+    stop: bool,
+) -> anyhow::Result<()> {
+    let changed = admin.set_stopped(app, component, stop).await?;
     let what = match (stop, changed) {
         (true, true) => "stopped",
         (true, false) => "already stopped",
@@ -353,9 +380,12 @@ fn header_pairs(headers: Vec<String>) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 /// `wasmhive publish`: publishes, or sends a request and prints the reply.
-async fn publish(admin: &str, request: crate::control::PublishRequest) -> anyhow::Result<()> {
+async fn publish(
+    admin: &AdminClient,
+    request: crate::control::PublishRequest,
+) -> anyhow::Result<()> {
     let subject = request.subject.clone();
-    match AdminClient::new(admin).publish(&request).await? {
+    match admin.publish(&request).await? {
         Some(r) => println!("{}", r.data),
         None => println!("published to {subject}"),
     }

@@ -12,8 +12,13 @@
 //! | DELETE | `/v1/apps/{name}` | undeploy |
 //! | POST | `/v1/publish` | publish ([`PublishRequest`](super::PublishRequest)); with `request_timeout_ms`, wait for the reply ([`PublishReply`](super::PublishReply)) |
 //!
-//! Errors are JSON `{"error": "..."}` with 400 (refused deploy), 404 (unknown app or
-//! blob), 413 (upload too large) or 500.
+//! Every endpoint but `/healthz` and `/readyz` (and `/metrics` with `[admin]
+//! public_metrics = true`) needs `Authorization: Bearer TOKEN` ([`super::token`]);
+//! without it: 401 with `WWW-Authenticate: Bearer`, logged with the peer's address
+//! (never what it sent).
+//!
+//! Errors are JSON `{"error": "..."}` with 400 (refused deploy), 401 (no or wrong
+//! token), 404 (unknown app or blob), 413 (upload too large) or 500.
 
 use std::sync::Arc;
 
@@ -21,11 +26,15 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use super::token::AdminToken;
 use super::{ControlPlane, DeployError, DeployRequest};
 use crate::body::{self, Body};
+use crate::listener::PeerAddr;
 
 /// Largest component upload accepted.
-pub const MAX_UPLOAD: usize = 512 << 20;
+pub const MAX_UPLOAD: u64 = 512 << 20;
+/// Uploads accepted at once (each is streamed to disk, then validated).
+pub const MAX_CONCURRENT_UPLOADS: usize = 2;
 /// Largest deploy request (manifest text and digests) accepted.
 pub const MAX_DEPLOY_REQUEST: usize = 4 << 20;
 
@@ -43,8 +52,65 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     )
 }
 
-/// Handles one admin request.
-pub async fn handle(control: Arc<ControlPlane>, req: Request<Incoming>) -> Response<Body> {
+/// The admin API: the control plane behind its lock.
+pub struct AdminApi {
+    control: Arc<ControlPlane>,
+    token: AdminToken,
+    public_metrics: bool,
+    uploads: tokio::sync::Semaphore,
+}
+
+impl AdminApi {
+    /// The API over `control`, locked with `token`; `/metrics` is open with
+    /// `public_metrics`.
+    pub fn new(control: Arc<ControlPlane>, token: AdminToken, public_metrics: bool) -> Self {
+        AdminApi {
+            control,
+            token,
+            public_metrics,
+            uploads: tokio::sync::Semaphore::new(MAX_CONCURRENT_UPLOADS),
+        }
+    }
+
+    /// The control plane behind the API.
+    pub fn control(&self) -> &Arc<ControlPlane> {
+        &self.control
+    }
+}
+
+/// Handles one admin request: the lock, then the endpoint.
+pub async fn handle(api: Arc<AdminApi>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    let open = matches!(path, "/healthz" | "/readyz") || (api.public_metrics && path == "/metrics");
+    if !open {
+        let authorization = req.headers().get(http::header::AUTHORIZATION);
+        if !api.token.verify(authorization) {
+            let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+            tracing::warn!(
+                peer = ?peer,
+                method = %req.method(),
+                path,
+                reason = if authorization.is_some() { "wrong token" } else { "no token" },
+                "admin request refused"
+            );
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "the admin API needs `Authorization: Bearer TOKEN` (the token is in the host's \
+                 <data_dir>/admin.token, or what --admin-token-file / WASMHIVE_ADMIN_TOKEN gave it)",
+            );
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"wasmhive-admin\""),
+            );
+            return r;
+        }
+    }
+    endpoint(&api, req).await
+}
+
+/// Routes one authorized admin request to its endpoint.
+async fn endpoint(api: &AdminApi, req: Request<Incoming>) -> Response<Body> {
+    let control = &api.control;
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -78,15 +144,27 @@ pub async fn handle(control: Arc<ControlPlane>, req: Request<Incoming>) -> Respo
             }
             r
         }
-        (&Method::PUT, ["v1", "blobs", digest]) => put_blob(&control, digest, req).await,
+        (&Method::PUT, ["v1", "blobs", digest]) => put_blob(api, digest, req).await,
         (&Method::POST, ["v1", "publish"]) => match read_json(req, "publish request").await {
-            Ok(request) => publish(&control, request).await,
+            Ok(request) => publish(control, request).await,
             Err(r) => r,
         },
-        (&Method::POST, ["v1", "apps"]) => match read_json(req, "deploy request").await {
-            Ok(request) => deploy(&control, request).await,
-            Err(r) => r,
-        },
+        (&Method::POST, ["v1", "apps"]) => {
+            let local = req
+                .extensions()
+                .get::<PeerAddr>()
+                .is_some_and(|p| p.0.ip().is_loopback());
+            match read_json::<DeployRequest>(req, "deploy request").await {
+                Ok(mut request) => {
+                    // Only a client on this machine names a directory of this machine.
+                    if !local {
+                        request.manifest_dir = None;
+                    }
+                    deploy(control, request).await
+                }
+                Err(r) => r,
+            }
+        }
         (
             &Method::POST,
             [
@@ -111,7 +189,7 @@ pub async fn handle(control: Arc<ControlPlane>, req: Request<Incoming>) -> Respo
                     "name the subject: /v1/subscribe?subject=orders.>",
                 );
             };
-            subscribe(&control, &subject).await
+            subscribe(control, &subject).await
         }
         (&Method::DELETE, ["v1", "apps", name]) => match control.undeploy(name).await {
             Ok(()) => body::text(StatusCode::OK, format!("undeployed {name}")),
@@ -146,23 +224,56 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid {what}: {e}")))
 }
 
-/// `PUT /v1/blobs/{digest}`: stores component bytes (checked against the digest).
-async fn put_blob(control: &ControlPlane, digest: &str, req: Request<Incoming>) -> Response<Body> {
-    let digest = digest.to_string();
-    let bytes = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("uploads are limited to {MAX_UPLOAD} bytes"),
-            );
-        }
+/// `PUT /v1/blobs/{digest}`: streams component bytes to disk, checking size, digest
+/// and that they are a valid component before they enter the store. At most
+/// [`MAX_CONCURRENT_UPLOADS`] at once; more get 503 with `Retry-After`.
+async fn put_blob(api: &AdminApi, digest: &str, req: Request<Incoming>) -> Response<Body> {
+    use super::blobs::UploadError;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("uploads are limited to {MAX_UPLOAD} bytes"),
+        )
     };
-    let blobs = control.blobs().clone();
-    match tokio::task::spawn_blocking(move || blobs.put(&digest, &bytes)).await {
-        Ok(Ok(())) => body::text(StatusCode::CREATED, "stored"),
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_UPLOAD) {
+        return too_large();
+    }
+    let Ok(_permit) = api.uploads.try_acquire() else {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_CONCURRENT_UPLOADS} uploads are in progress; retry shortly"),
+        );
+        r.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+        return r;
+    };
+    let result = async {
+        let mut upload = api.control.blobs().upload(digest, MAX_UPLOAD).await?;
+        let mut body = req.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| UploadError::Interrupted(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                upload.write(data).await?;
+            }
+        }
+        upload.finish().await
+    }
+    .await;
+    match result {
+        Ok(()) => body::text(StatusCode::CREATED, "stored"),
+        Err(UploadError::TooLarge { .. }) => too_large(),
+        Err(e @ UploadError::Io(_)) => {
+            tracing::warn!(error = %e, "upload failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
 

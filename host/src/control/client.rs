@@ -11,11 +11,13 @@ use super::{BlobSink, DeployReport, request_from_file};
 pub struct AdminClient {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl AdminClient {
-    /// `admin` is `http://host:port` or just `host:port`.
-    pub fn new(admin: &str) -> Self {
+    /// `admin` is `http://host:port` or just `host:port`; `token` is the admin API's
+    /// bearer token (see [`super::token::client_token`]).
+    pub fn new(admin: &str, token: Option<String>) -> Self {
         let base = if admin.contains("://") {
             admin.trim_end_matches('/').to_string()
         } else {
@@ -24,6 +26,16 @@ impl AdminClient {
         AdminClient {
             base,
             http: reqwest::Client::new(),
+            token,
+        }
+    }
+
+    /// A request to `path` (under the base URL) carrying the token.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => builder.bearer_auth(t),
+            None => builder,
         }
     }
 
@@ -34,11 +46,24 @@ impl AdminClient {
         )
     }
 
-    async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    async fn check(&self, resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
         if resp.status().is_success() {
             return Ok(resp);
         }
         let status = resp.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            let what = if self.token.is_some() {
+                "the host refused the admin token"
+            } else {
+                "no admin token found"
+            };
+            bail!(
+                "{what} ({status}): pass --token or set {}, or point --data-dir at the host's \
+                 data dir (its {} file)",
+                super::token::TOKEN_ENV,
+                super::token::TOKEN_FILE
+            );
+        }
         let body = resp.bytes().await.unwrap_or_default();
         bail!("{} ({status})", super::api::error_message(&body))
     }
@@ -47,13 +72,12 @@ impl AdminClient {
     pub async fn deploy(&self, manifest: &Path) -> anyhow::Result<DeployReport> {
         let request = request_from_file(manifest, self).await?;
         let resp = self
-            .http
-            .post(format!("{}/v1/apps", self.base))
+            .request(reqwest::Method::POST, "/v1/apps")
             .json(&request)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
-        Ok(Self::check(resp).await?.json().await?)
+        Ok(self.check(resp).await?.json().await?)
     }
 
     /// Stops (`stop = true`) or starts a component; returns whether that changed
@@ -66,27 +90,25 @@ impl AdminClient {
     ) -> anyhow::Result<bool> {
         let action = if stop { "stop" } else { "start" };
         let resp = self
-            .http
-            .post(format!(
-                "{}/v1/apps/{app}/components/{component}/{action}",
-                self.base
-            ))
+            .request(
+                reqwest::Method::POST,
+                &format!("/v1/apps/{app}/components/{component}/{action}"),
+            )
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
-        let v: serde_json::Value = Self::check(resp).await?.json().await?;
+        let v: serde_json::Value = self.check(resp).await?.json().await?;
         Ok(v["changed"].as_bool().unwrap_or(false))
     }
 
     /// Removes an app.
     pub async fn undeploy(&self, app: &str) -> anyhow::Result<()> {
         let resp = self
-            .http
-            .delete(format!("{}/v1/apps/{app}", self.base))
+            .request(reqwest::Method::DELETE, &format!("/v1/apps/{app}"))
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
-        Self::check(resp).await?;
+        self.check(resp).await?;
         Ok(())
     }
 
@@ -98,13 +120,12 @@ impl AdminClient {
         request: &super::PublishRequest,
     ) -> anyhow::Result<Option<super::PublishReply>> {
         let resp = self
-            .http
-            .post(format!("{}/v1/publish", self.base))
+            .request(reqwest::Method::POST, "/v1/publish")
             .json(request)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
-        Self::check(resp)
+        self.check(resp)
             .await?
             .json()
             .await
@@ -121,13 +142,12 @@ impl AdminClient {
         json: bool,
     ) -> anyhow::Result<u64> {
         let resp = self
-            .http
-            .get(format!("{}/v1/subscribe", self.base))
+            .request(reqwest::Method::GET, "/v1/subscribe")
             .query(&[("subject", subject)])
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
-        let mut resp = Self::check(resp).await?;
+        let mut resp = self.check(resp).await?;
         let deadline = duration.map(|d| tokio::time::Instant::now() + d);
         let mut seen = 0;
         let mut pending = Vec::new();
@@ -168,12 +188,11 @@ impl AdminClient {
     /// The host's status document.
     pub async fn status(&self) -> anyhow::Result<HostStatus> {
         let resp = self
-            .http
-            .get(format!("{}/v1/status", self.base))
+            .request(reqwest::Method::GET, "/v1/status")
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
-        Self::check(resp)
+        self.check(resp)
             .await?
             .json()
             .await
@@ -185,8 +204,7 @@ impl AdminClient {
 impl BlobSink for AdminClient {
     async fn has(&self, digest: &str) -> anyhow::Result<bool> {
         let resp = self
-            .http
-            .head(format!("{}/v1/blobs/{digest}", self.base))
+            .request(reqwest::Method::HEAD, &format!("/v1/blobs/{digest}"))
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -195,13 +213,12 @@ impl BlobSink for AdminClient {
 
     async fn put(&self, digest: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
         let resp = self
-            .http
-            .put(format!("{}/v1/blobs/{digest}", self.base))
+            .request(reqwest::Method::PUT, &format!("/v1/blobs/{digest}"))
             .body(bytes)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
-        Self::check(resp).await?;
+        self.check(resp).await?;
         Ok(())
     }
 }

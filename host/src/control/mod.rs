@@ -13,6 +13,7 @@ pub mod blobs;
 pub mod client;
 pub mod metrics;
 pub mod status;
+pub mod token;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -319,7 +320,13 @@ impl ControlPlane {
                 source_path: spec.source.clone(),
             });
         }
-        let (grants, limits) = resolve(manifest, spec, &self.config, &self.services)?;
+        let (grants, limits) = resolve(
+            manifest,
+            spec,
+            &self.config,
+            &self.services,
+            request.manifest_dir.as_deref(),
+        )?;
         let mut policy = policy_for(spec, &self.config);
         let instances = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let runtime = self.runtime.clone();
@@ -556,11 +563,13 @@ impl ControlPlane {
 /// What one component version may use and the limits it runs under: each
 /// capability's grant (from its manifest keys, the host's configuration and
 /// `services`) and the runtime's limits (from the manifest and the host's defaults).
+/// `manifest_dir` is the manifest's directory when it was deployed from this machine.
 pub fn resolve(
     manifest: &Manifest,
     spec: &ComponentSpec,
     config: &HostConfig,
     services: &Services,
+    manifest_dir: Option<&Path>,
 ) -> Result<(Arc<Grants>, Limits), DeployError> {
     let memory = spec.limits.memory.unwrap_or(config.defaults.memory);
     if memory > config.pool.max_memory {
@@ -578,6 +587,7 @@ pub fn resolve(
         id: &id,
         host: config,
         services,
+        manifest_dir,
     };
     let grants = Grants::derive(&spec.caps, &cx).map_err(|message| DeployError::Grant {
         component: spec.name.clone(),
@@ -669,6 +679,7 @@ pub async fn request_from_file(path: &Path, sink: &dyn BlobSink) -> anyhow::Resu
         manifest: text,
         origin,
         sources,
+        manifest_dir: std::fs::canonicalize(base).ok(),
     })
 }
 

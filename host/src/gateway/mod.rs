@@ -6,8 +6,9 @@
 //! Order of work for one request: trace context (continue the client's
 //! `traceparent` or start a trace) → route (404, 405 with `Allow`) → rewrite (absolute
 //! URI, client `wasmhive-*` headers removed, `wasmhive-route`/`wasmhive-param-*`
-//! added, `traceparent` set to the invocation's span, `x-request-id` kept or made) →
-//! envelope. Hop-by-hop headers are removed by the runtime's wasi:http hooks.
+//! added, headers named in `Connection:` removed, `traceparent` set to the
+//! invocation's span, `x-request-id` kept or made) → envelope. The standard hop-by-hop
+//! headers are also removed by the runtime's wasi:http hooks.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ pub struct Gateway {
     apps: Arc<Apps>,
     local_addr: SocketAddr,
     metrics: Arc<RequestMetrics>,
+    body_read_timeout: std::time::Duration,
 }
 
 /// What a guest reading the request body learns when the client's body fails: a
@@ -46,6 +48,58 @@ fn client_body_error(e: hyper::Error) -> wasmtime_wasi_http::Error {
     }
 }
 
+/// A client's request body that fails when the client sends nothing for `gap` (so a
+/// client trickling its body cannot hold an instance and a connection forever).
+struct GapLimited {
+    inner: Incoming,
+    gap: std::time::Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl GapLimited {
+    fn new(inner: Incoming, gap: std::time::Duration) -> Self {
+        GapLimited {
+            inner,
+            gap,
+            timer: Box::pin(tokio::time::sleep(gap)),
+        }
+    }
+}
+
+impl http_body::Body for GapLimited {
+    type Data = bytes::Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + self.gap;
+                self.timer.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(client_body_error)))
+            }
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    tracing::debug!(gap = ?self.gap, "request body stalled: timed out");
+                    Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// `METHOD /path`, for the log.
 struct RequestLine<'a>(&'a Method, &'a str);
 
@@ -57,12 +111,19 @@ impl fmt::Display for RequestLine<'_> {
 
 impl Gateway {
     /// A gateway serving the apps in `apps`, reachable at `local_addr`, recording
-    /// each answered request in `metrics`.
-    pub fn new(apps: Arc<Apps>, local_addr: SocketAddr, metrics: Arc<RequestMetrics>) -> Arc<Self> {
+    /// each answered request in `metrics`. A request body with a gap longer than
+    /// `body_read_timeout` fails (the guest reading it sees a read timeout).
+    pub fn new(
+        apps: Arc<Apps>,
+        local_addr: SocketAddr,
+        metrics: Arc<RequestMetrics>,
+        body_read_timeout: std::time::Duration,
+    ) -> Arc<Self> {
         Arc::new(Gateway {
             apps,
             local_addr,
             metrics,
+            body_read_timeout,
         })
     }
 
@@ -128,7 +189,7 @@ impl Gateway {
     ) -> Result<Request<Body>, StatusCode> {
         let (mut parts, incoming) = req.into_parts();
         rewrite_head(&mut parts, self.local_addr, pattern, params, traceparent)?;
-        let body = incoming.map_err(client_body_error).boxed_unsync();
+        let body = GapLimited::new(incoming, self.body_read_timeout).boxed_unsync();
         Ok(Request::from_parts(parts, body))
     }
 }
@@ -159,6 +220,7 @@ pub fn rewrite_head(
     parts.uri = Uri::from_parts(uri).map_err(|_| StatusCode::BAD_REQUEST)?;
 
     crate::headers::strip_reserved(&mut parts.headers);
+    crate::headers::strip_connection_named(&mut parts.headers);
     parts.headers.insert(TRACEPARENT_HEADER, traceparent);
     // A request id for the whole call chain: the client's, else a new one.
     let has_id = parts
