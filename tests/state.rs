@@ -354,12 +354,19 @@ db_password = {{ file = "{}" }}"#,
             secret_file.display()
         ),
     );
+    // The operator lets deploys read these variables (and no others).
+    let host_config = ws.write(
+        "host.toml",
+        "[config]\nenv_prefixes = [\"PAYMENT_\", \"ORDERS_\"]\n",
+    );
+    let config_args = vec!["--config".to_string(), host_config.display().to_string()];
     let host = Host::start_with(HostOptions {
         manifests: vec![m.clone()],
         env: vec![
             ("PAYMENT_HOST".into(), "payments.internal:8080".into()),
             ("ORDERS_API_KEY".into(), secret.into()),
         ],
+        args: config_args.clone(),
         ..Default::default()
     });
     assert_eq!(
@@ -426,6 +433,7 @@ db_password = {{ file = "{}" }}"#,
     let err = match Host::try_start(HostOptions {
         manifests: vec![m],
         env: vec![("ORDERS_API_KEY".into(), secret.into())],
+        args: config_args,
         ..Default::default()
     }) {
         Ok(_) => panic!("PAYMENT_HOST is unset: the deploy must be refused"),
@@ -436,6 +444,46 @@ db_password = {{ file = "{}" }}"#,
         "{err}"
     );
     assert!(!err.contains(secret));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_reads_only_what_the_host_allows() {
+    let ws = Workspace::new();
+    let host = Host::start(&[]);
+    let try_deploy = |name: &str, section: &str| {
+        let section = format!("[components.store.keyvalue]\nbuckets = [\"b\"]\n{section}");
+        let m = root_app(&ws, name, &section);
+        let out = host.cli(&["deploy", m.to_str().unwrap()]);
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    // Files outside the manifest's directory tree: refused, naming the field.
+    for (name, path) in [("passwd", "/etc/passwd"), ("dotdot", "../../../../etc/hostname")] {
+        let (ok, err) = try_deploy(
+            name,
+            &format!("[components.store.secrets]\nleak = {{ file = \"{path}\" }}"),
+        );
+        assert!(!ok, "{path} was read");
+        assert!(err.contains("secrets.leak") && err.contains("is outside"), "{err}");
+        assert!(!err.contains("root:"), "{err}");
+    }
+    // Environment variables: none unless the operator allows a prefix.
+    let (ok, err) = try_deploy("home", "[components.store.config]\nhome = \"${HOME}\"");
+    assert!(!ok);
+    assert!(err.contains("config.home: $HOME: this host lets deploys read no environment variables"), "{err}");
+    let (ok, err) = try_deploy("envsecret", "[components.store.secrets]\npath = { env = \"PATH\" }");
+    assert!(!ok);
+    assert!(err.contains("secrets.path: $PATH"), "{err}");
+    // A file beside the manifest is fine.
+    ws.write("beside.txt", "ok-value\n");
+    let (ok, err) = try_deploy(
+        "beside",
+        "[components.store.secrets]\nv = { file = \"beside.txt\" }",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        call(Method::GET, host.url("/config/v"), "").await,
+        (200, "ok-value")
+    );
 }
 
 #[test]
