@@ -94,8 +94,11 @@ routes = ["GET /hello"]
     );
     let out = host.cli(&["deploy", garbage.to_str().unwrap()]);
     assert!(!out.status.success());
+    // Refused at upload, naming the component, the file and why.
     assert!(
-        stderr(&out).contains("not a valid WebAssembly component"),
+        stderr(&out).contains("component hello")
+            && stderr(&out).contains("garbage.wasm")
+            && stderr(&out).contains("not a WebAssembly component"),
         "{}",
         stderr(&out)
     );

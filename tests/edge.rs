@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wasmhive_e2e::{
-    Host, HostOptions, PATIENCE, Workspace, client, eventually, get, send, seen_header_names,
+    Host, HostOptions, PATIENCE, Workspace, client, eventually, get, seen_header_names, send,
 };
 
 fn hello(ws: &Workspace) -> std::path::PathBuf {
@@ -50,7 +50,9 @@ fn host_with_config(manifests: Vec<std::path::PathBuf>, ws: &Workspace, config: 
 }
 
 fn addr(base: &str) -> String {
-    base.trim_start_matches("http://").to_string()
+    base.trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .to_string()
 }
 
 /// Reads from `stream` until the peer closes it (or `PATIENCE` passes); returns what
@@ -93,7 +95,9 @@ async fn the_admin_api_answers_only_its_token() {
         ("no token", client().get(host.admin_url("/v1/status"))),
         (
             "wrong token",
-            client().get(host.admin_url("/v1/status")).bearer_auth(wrong),
+            client()
+                .get(host.admin_url("/v1/status"))
+                .bearer_auth(wrong),
         ),
         (
             "basic auth",
@@ -122,25 +126,42 @@ async fn the_admin_api_answers_only_its_token() {
                 .is_some_and(|v| v.starts_with("Bearer")),
             "{what}: {r:?}"
         );
-        assert!(r.json()["error"].as_str().unwrap().contains("Bearer"), "{r}");
+        assert!(
+            r.json()["error"].as_str().unwrap().contains("Bearer"),
+            "{r}"
+        );
     }
     // Refusals are logged with the peer, never with what was presented.
-    assert!(host.log_contains("admin request refused"), "{}", host.logs());
+    assert!(
+        host.log_contains("admin request refused"),
+        "{}",
+        host.logs()
+    );
     assert!(host.log_contains("127.0.0.1"));
-    assert!(!host.logs().contains(wrong), "the presented token was logged");
+    assert!(
+        !host.logs().contains(wrong),
+        "the presented token was logged"
+    );
     assert!(!host.logs().contains(&token), "the token was logged");
     assert!(!host.stdout().contains(&token), "the token was printed");
 
     // With the token: 200, and the CLI finds it through the data dir.
     assert_eq!(host.admin_get("/v1/status").await.status, 200);
     assert_eq!(host.admin_get("/metrics").await.status, 200);
-    assert!(host.status()["apps"].as_array().is_some_and(|a| a.len() == 1));
+    assert!(
+        host.status()["apps"]
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+    );
 
     // The CLI with a wrong token says what to do, and changes nothing.
     let out = host.cli(&["undeploy", "hello", "--token", wrong]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("refused the admin token") && err.contains("--token"), "{err}");
+    assert!(
+        err.contains("refused the admin token") && err.contains("--token"),
+        "{err}"
+    );
     assert_eq!(get(host.url("/hello")).await.status, 200);
     // And without a token file to find, it says so.
     let elsewhere = tempfile::tempdir().unwrap();
@@ -182,7 +203,11 @@ async fn an_operator_can_give_the_token_and_open_metrics() {
         .env("WASMHIVE_ADMIN_TOKEN", token)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A token too short to be a lock is refused at start.
     let e = match Host::try_start(HostOptions {
         env: vec![("WASMHIVE_ADMIN_TOKEN".into(), "1234".into())],
@@ -318,7 +343,9 @@ async fn idle_and_slow_clients_cannot_hold_the_listener() {
     let r = get(host.url("/hello")).await;
     assert_eq!(r.status, 200, "{r}");
     for mut s in idle {
-        let got = read_until_closed(&mut s).await.expect("a silent socket is closed");
+        let got = read_until_closed(&mut s)
+            .await
+            .expect("a silent socket is closed");
         assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
     }
 
@@ -345,14 +372,19 @@ async fn idle_and_slow_clients_cannot_hold_the_listener() {
             Err(_) => {}
         }
     }
-    assert!(cut, "a header sent over ~20 s got through a 1 s header timeout");
+    assert!(
+        cut,
+        "a header sent over ~20 s got through a 1 s header timeout"
+    );
 
     // A kept-alive connection is closed after its idle time...
     let mut kept = TcpStream::connect(&http).await.unwrap();
     kept.write_all(b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    let got = read_until_closed(&mut kept).await.expect("closed when idle");
+    let got = read_until_closed(&mut kept)
+        .await
+        .expect("closed when idle");
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     // ...and the host serves on.
@@ -365,7 +397,9 @@ async fn one_address_cannot_take_every_connection() {
     let host = host_with_config(
         vec![hello(&ws)],
         &ws,
-        "[gateway]\nmax_connections_per_ip = 2\nheader_read_timeout = \"60s\"\n",
+        // Loopback is exempt by default (a local proxy speaks for many clients);
+        // this host counts it like any other address.
+        "[gateway]\nmax_connections_per_ip = 2\nper_ip_exempt = []\nheader_read_timeout = \"60s\"\n",
     );
     let http = addr(&host.http);
     let _a = TcpStream::connect(&http).await.unwrap();
@@ -381,12 +415,14 @@ async fn one_address_cannot_take_every_connection() {
     assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
     drop((_a, _b));
     // Once they are gone, the address is welcome again.
-    eventually("a request from the address to succeed", PATIENCE, async || {
-        match client().get(host.url("/hello")).send().await {
+    eventually(
+        "a request from the address to succeed",
+        PATIENCE,
+        async || match client().get(host.url("/hello")).send().await {
             Ok(r) if r.status() == 200 => Ok(()),
             other => Err(format!("{other:?}")),
-        }
-    })
+        },
+    )
     .await;
 }
 
@@ -424,4 +460,238 @@ async fn http2_prior_knowledge_and_hop_by_hop_headers() {
     let names = seen_header_names(&v);
     assert!(names.iter().any(|n| n == "x-kept"), "{names:?}");
     assert!(!names.iter().any(|n| n == "x-hop-secret"), "{names:?}");
+}
+
+/// A test CA and certificates it signs (rcgen; real keys, made per test).
+struct Ca {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A certificate for `localhost` and 127.0.0.1 (or a client certificate), as
+    /// (cert PEM, key PEM).
+    fn issue(&self, client: bool) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap();
+        if client {
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A client that trusts only `ca` and reaches `localhost` at the host's address.
+fn tls_client(ca: &Ca, http_base: &str) -> reqwest::Client {
+    let addr: std::net::SocketAddr = addr(http_base).parse().unwrap();
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .resolve("localhost", addr)
+        .timeout(PATIENCE)
+        .build()
+        .unwrap()
+}
+
+fn https(host: &Host, path: &str) -> String {
+    let port = addr(&host.http).rsplit(':').next().unwrap().to_string();
+    format!("https://localhost:{port}{path}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_http2_and_http1_and_reloads_its_certificate_without_dropping_connections() {
+    let ws = Workspace::new();
+    let ca1 = Ca::new("wasmhive test CA 1");
+    let (cert, key) = ca1.issue(false);
+    let cert_file = ws.write("cert.pem", &cert);
+    let key_file = ws.write("key.pem", &key);
+    let host = Host::start_with(HostOptions {
+        manifests: vec![hello(&ws), inspect(&ws)],
+        args: vec![
+            "--tls-cert".into(),
+            cert_file.display().to_string(),
+            "--tls-key".into(),
+            key_file.display().to_string(),
+        ],
+        ..Default::default()
+    });
+    assert!(host.http.starts_with("https://"), "{}", host.http);
+
+    // HTTP/2 by ALPN for a client that offers it; guests see https.
+    let client1 = tls_client(&ca1, &host.http);
+    let r = client1.get(https(&host, "/hello")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.text().await.unwrap(), "hello, world\n");
+    let v: serde_json::Value = client1
+        .get(https(&host, "/inspect"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["scheme"], "https", "{v:#}");
+    assert!(
+        v["authority"].as_str().unwrap().starts_with("localhost:"),
+        "the authority the client named (HTTP/2 :authority): {v:#}"
+    );
+    // HTTP/1.1 for one that does not.
+    let h1 = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca1.pem().as_bytes()).unwrap())
+        .resolve("localhost", addr(&host.http).parse().unwrap())
+        .http1_only()
+        .build()
+        .unwrap();
+    let r = h1.get(https(&host, "/hello")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(r.status(), 200);
+    // curl, as a user would try it.
+    let ca_file = ws.write("ca1.pem", &ca1.pem());
+    let port = addr(&host.http).rsplit(':').next().unwrap().to_string();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&ca_file)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .args(["-w", "\n%{http_version}", &https(&host, "/hello")])
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text, "hello, world\n\n2", "curl saw: {text}");
+    // Plaintext to the TLS port gets no answer from a route.
+    let plain = client()
+        .get(host.url("/hello").replace("https://", "http://"))
+        .send()
+        .await;
+    assert!(plain.map(|r| r.status() != 200).unwrap_or(true));
+
+    // A new certificate from another CA: SIGHUP, and new connections get it while
+    // the open HTTP/2 connection of client1 keeps working.
+    let ca2 = Ca::new("wasmhive test CA 2");
+    let client2 = tls_client(&ca2, &host.http);
+    assert!(
+        client2.get(https(&host, "/hello")).send().await.is_err(),
+        "a client trusting only CA 2 must not accept CA 1's certificate"
+    );
+    let (cert2, key2) = ca2.issue(false);
+    std::fs::write(&cert_file, cert2).unwrap();
+    std::fs::write(&key_file, key2).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &host.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eventually(
+        "new connections to get CA 2's certificate",
+        PATIENCE,
+        async || match client2.get(https(&host, "/hello")).send().await {
+            Ok(r) if r.status() == 200 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    let r = client1.get(https(&host, "/hello")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the connection open before the reload still serves"
+    );
+    assert!(host.log_contains("TLS certificate reloaded"));
+
+    // A broken certificate file is refused and the current one stays.
+    std::fs::write(&cert_file, "not a certificate").unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &host.pid().to_string()])
+        .status();
+    assert!(host.log_contains("TLS certificate reload failed"));
+    let fresh = tls_client(&ca2, &host.http);
+    assert_eq!(
+        fresh
+            .get(https(&host, "/hello"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Files changed without a signal are picked up too.
+    let (cert1, key1) = ca1.issue(false);
+    std::fs::write(&key_file, key1).unwrap();
+    std::fs::write(&cert_file, cert1).unwrap();
+    eventually("the changed files to be served", PATIENCE, async || {
+        let fresh = tls_client(&ca1, &host.http);
+        match fresh.get(https(&host, "/hello")).send().await {
+            Ok(r) if r.status() == 200 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_over_mutual_tls() {
+    let ws = Workspace::new();
+    let ca = Ca::new("wasmhive admin CA");
+    let (cert, key) = ca.issue(false);
+    let (client_cert, client_key) = ca.issue(true);
+    let ca_file = ws.write("ca.pem", &ca.pem());
+    let identity = ws.write("operator.pem", &format!("{client_cert}{client_key}"));
+    let host = Host::start_with(HostOptions {
+        args: vec![
+            "--admin-tls-cert".into(),
+            ws.write("cert.pem", &cert).display().to_string(),
+            "--admin-tls-key".into(),
+            ws.write("key.pem", &key).display().to_string(),
+            "--admin-client-ca".into(),
+            ca_file.display().to_string(),
+        ],
+        ..Default::default()
+    });
+    assert!(host.admin.starts_with("https://"), "{}", host.admin);
+    let port = addr(&host.admin).rsplit(':').next().unwrap().to_string();
+    let admin = format!("https://localhost:{port}");
+    let status = |extra: &[&str]| {
+        // The certificate names localhost; the CLI finds the token in the data dir.
+        std::process::Command::new(wasmhive_e2e::binary())
+            .args(["status", "--admin", &admin, "--data-dir"])
+            .arg(&host.data_dir)
+            .arg("--admin-ca")
+            .arg(&ca_file)
+            .args(extra)
+            .env_remove("WASMHIVE_ADMIN_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let out = status(&["--admin-identity", identity.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without a client certificate the handshake is refused.
+    let out = status(&[]);
+    assert!(!out.status.success());
 }

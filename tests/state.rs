@@ -454,23 +454,38 @@ async fn a_deploy_reads_only_what_the_host_allows() {
         let section = format!("[components.store.keyvalue]\nbuckets = [\"b\"]\n{section}");
         let m = root_app(&ws, name, &section);
         let out = host.cli(&["deploy", m.to_str().unwrap()]);
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     // Files outside the manifest's directory tree: refused, naming the field.
-    for (name, path) in [("passwd", "/etc/passwd"), ("dotdot", "../../../../etc/hostname")] {
+    for (name, path) in [
+        ("passwd", "/etc/passwd"),
+        ("dotdot", "../../../../etc/hostname"),
+    ] {
         let (ok, err) = try_deploy(
             name,
             &format!("[components.store.secrets]\nleak = {{ file = \"{path}\" }}"),
         );
         assert!(!ok, "{path} was read");
-        assert!(err.contains("secrets.leak") && err.contains("is outside"), "{err}");
+        assert!(
+            err.contains("secrets.leak") && err.contains("is outside"),
+            "{err}"
+        );
         assert!(!err.contains("root:"), "{err}");
     }
     // Environment variables: none unless the operator allows a prefix.
     let (ok, err) = try_deploy("home", "[components.store.config]\nhome = \"${HOME}\"");
     assert!(!ok);
-    assert!(err.contains("config.home: $HOME: this host lets deploys read no environment variables"), "{err}");
-    let (ok, err) = try_deploy("envsecret", "[components.store.secrets]\npath = { env = \"PATH\" }");
+    assert!(
+        err.contains("config.home: $HOME: this host lets deploys read no environment variables"),
+        "{err}"
+    );
+    let (ok, err) = try_deploy(
+        "envsecret",
+        "[components.store.secrets]\npath = { env = \"PATH\" }",
+    );
     assert!(!ok);
     assert!(err.contains("secrets.path: $PATH"), "{err}");
     // A file beside the manifest is fine.

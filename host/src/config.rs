@@ -114,6 +114,8 @@ pub struct HostConfig {
     pub gateway: GatewayConfig,
     /// `[secrets] dirs` and `[config] env_prefixes`: what deploys may read on the host.
     pub access: DeployAccess,
+    /// `[tls]`: HTTPS on the public listener (`--tls-cert/key`).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// What a deploy may read on this host: an operator's decision, since whoever can
@@ -139,6 +141,8 @@ pub struct GatewayConfig {
     pub idle_timeout: Duration,
     /// Open connections from one client address.
     pub max_connections_per_ip: usize,
+    /// Addresses the per-address limit does not count (default: loopback).
+    pub per_ip_exempt: Vec<crate::listener::IpRange>,
     /// Longest gap between two pieces of a request body.
     pub body_read_timeout: Duration,
     /// HTTP/2 streams per connection.
@@ -153,6 +157,7 @@ impl Default for GatewayConfig {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_CONNECTION_TIMEOUT,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            per_ip_exempt: crate::listener::IpRange::loopback(),
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             h2_max_concurrent_streams: DEFAULT_H2_MAX_STREAMS,
             h2_keep_alive_interval: DEFAULT_H2_KEEP_ALIVE,
@@ -167,6 +172,7 @@ impl HostConfig {
         crate::listener::ConnectionLimits {
             max_connections: self.max_connections,
             max_connections_per_ip: g.max_connections_per_ip,
+            per_ip_exempt: g.per_ip_exempt.clone(),
             header_read_timeout: g.header_read_timeout,
             idle_timeout: g.idle_timeout,
             h2_max_concurrent_streams: g.h2_max_concurrent_streams,
@@ -194,6 +200,8 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// Serve `GET /metrics` without the token (for a scraper on a private network).
     pub public_metrics: bool,
+    /// TLS on the admin listener (`--admin-tls-cert/key`, `--admin-client-ca`).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// Where components' key-value data lives.
@@ -307,6 +315,7 @@ impl Default for HostConfig {
             admin: AdminConfig::default(),
             gateway: GatewayConfig::default(),
             access: DeployAccess::default(),
+            tls: None,
         }
     }
 }
@@ -337,6 +346,7 @@ impl HostConfig {
                 }
                 cfg.admin.token_file = t.take("token_file")?;
                 cfg.admin.public_metrics = t.take("public_metrics")?.unwrap_or(false);
+                cfg.admin.tls = tls_files(t, "tls_cert", "tls_key", Some("client_ca"))?;
             }
         } else if let Some(a) = doc.parsed("admin", parse_addr)? {
             cfg.admin_addr = a;
@@ -352,6 +362,9 @@ impl HostConfig {
         }
         if let Some(kv) = doc.take::<KvBackend>("kv")? {
             cfg.kv = kv;
+        }
+        if let Some(t) = doc.table("tls")? {
+            cfg.tls = tls_files(t, "cert", "key", None)?;
         }
         if let Some(t) = doc.table("secrets")? {
             cfg.access.secret_dirs = t.take("dirs")?.unwrap_or_default();
@@ -452,6 +465,38 @@ fn bus(t: &mut Table<'_>) -> Result<BusConfig, ManifestError> {
     })
 }
 
+/// A certificate and key given together (and a client CA, where `ca_key` is allowed).
+fn tls_files(
+    t: &mut Table<'_>,
+    cert_key: &'static str,
+    key_key: &'static str,
+    ca_key: Option<&'static str>,
+) -> Result<Option<crate::tls::TlsFiles>, ManifestError> {
+    let cert: Option<toml::Spanned<PathBuf>> = t.take(cert_key)?;
+    let key: Option<toml::Spanned<PathBuf>> = t.take(key_key)?;
+    let client_ca: Option<PathBuf> = match ca_key {
+        Some(k) => t.take(k)?,
+        None => None,
+    };
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
+            cert: cert.into_inner(),
+            key: key.into_inner(),
+            client_ca,
+        })),
+        (None, None) if client_ca.is_none() => Ok(None),
+        (Some(c), None) => Err(t.invalid(c.span(), key_key, format!("{cert_key} needs {key_key}"))),
+        (None, Some(k)) => {
+            Err(t.invalid(k.span(), cert_key, format!("{key_key} needs {cert_key}")))
+        }
+        (None, None) => Err(t.invalid(
+            t.span(),
+            ca_key.unwrap_or("client_ca"),
+            format!("client certificates need TLS: set {cert_key} and {key_key}"),
+        )),
+    }
+}
+
 /// `[gateway]`
 fn gateway(t: &mut Table<'_>, g: &mut GatewayConfig) -> Result<(), ManifestError> {
     g.header_read_timeout = t
@@ -463,6 +508,16 @@ fn gateway(t: &mut Table<'_>, g: &mut GatewayConfig) -> Result<(), ManifestError
         .unwrap_or(g.body_read_timeout);
     if let Some(n) = t.count("max_connections_per_ip", 1, i64::from(u32::MAX))? {
         g.max_connections_per_ip = n as usize;
+    }
+    if let Some(items) = t.take::<Vec<toml::Spanned<String>>>("per_ip_exempt")? {
+        g.per_ip_exempt = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                crate::listener::IpRange::parse(item.get_ref())
+                    .map_err(|why| t.invalid(item.span(), &format!("per_ip_exempt[{i}]"), why))
+            })
+            .collect::<Result<_, _>>()?;
     }
     g.h2_max_concurrent_streams = t
         .count("h2_max_concurrent_streams", 1, i64::from(u32::MAX))?

@@ -43,6 +43,19 @@ pub async fn run(
         config.admin.token.as_deref(),
         &config.data_dir,
     )?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::tls::Tls::load)
+        .transpose()
+        .context("TLS for the public listener (--tls-cert, --tls-key)")?;
+    let admin_tls = config
+        .admin
+        .tls
+        .as_ref()
+        .map(crate::tls::Tls::load)
+        .transpose()
+        .context("TLS for the admin listener (--admin-tls-cert, --admin-tls-key)")?;
     let runtime = Arc::new(Runtime::new(&config.pool, &config.data_dir)?);
     let apps = Arc::new(Apps::default());
     let bus = crate::bus::connect(&config, &shutdown).await?;
@@ -67,7 +80,18 @@ pub async fn run(
         token,
         config.admin.public_metrics,
     ));
-    let tasks = serve(&config, http, admin, api, gateway, &shutdown);
+    let tasks = serve(
+        &config,
+        Listeners {
+            http,
+            admin,
+            tls,
+            admin_tls,
+        },
+        api,
+        gateway,
+        &shutdown,
+    );
     print_banner(&config, &bus.describe(), kv.kind(), &token_origin);
 
     control.restore().await;
@@ -95,32 +119,45 @@ pub async fn run(
     Ok(())
 }
 
-/// Starts the admin and public listeners and the reaper; they stop at `shutdown`.
-fn serve(
-    config: &HostConfig,
+/// The bound sockets and their TLS.
+struct Listeners {
     http: TcpListener,
     admin: TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
+    admin_tls: Option<Arc<crate::tls::Tls>>,
+}
+
+/// Starts the admin and public listeners, their certificate watchers and the reaper;
+/// they stop at `shutdown`.
+fn serve(
+    config: &HostConfig,
+    listeners: Listeners,
     api: Arc<control::api::AdminApi>,
     gateway: Arc<Gateway>,
     shutdown: &CancellationToken,
 ) -> TaskTracker {
     let tasks = TaskTracker::new();
     let control = api.control().clone();
-    {
-        tasks.spawn(crate::listener::serve(
-            "admin",
-            admin,
-            move |req| control::api::handle(api.clone(), req),
-            config.admin_limits(),
-            shutdown.clone(),
-            config.drain_timeout,
-        ));
+    for (name, tls) in [("http", &listeners.tls), ("admin", &listeners.admin_tls)] {
+        if let Some(tls) = tls {
+            tasks.spawn(tls.clone().watch(name, shutdown.clone()));
+        }
     }
     tasks.spawn(crate::listener::serve(
+        "admin",
+        listeners.admin,
+        move |req| control::api::handle(api.clone(), req),
+        config.admin_limits(),
+        listeners.admin_tls,
+        shutdown.clone(),
+        config.drain_timeout,
+    ));
+    tasks.spawn(crate::listener::serve(
         "http",
-        http,
+        listeners.http,
         move |req| gateway.clone().handle(req),
         config.http_limits(),
+        listeners.tls,
         shutdown.clone(),
         config.drain_timeout,
     ));
@@ -132,12 +169,28 @@ fn serve(
 /// Where the host serves, on stdout (the test harness and `just up` read it).
 fn print_banner(config: &HostConfig, bus: &str, kv: &str, token: &control::token::TokenOrigin) {
     println!("wasmhive {} serving", env!("CARGO_PKG_VERSION"));
-    println!("  http:  http://{}", config.http_addr);
-    println!("  admin: http://{}", config.admin_addr);
+    println!("  http:  {}://{}", http_scheme(config), config.http_addr);
+    println!("  admin: {}://{}", admin_scheme(config), config.admin_addr);
     println!("  auth:  admin API needs its bearer token ({token})");
     println!("  data:  {}", config.data_dir.display());
     println!("  bus:   {bus}");
     println!("  kv:    {kv} ({})", config.data_dir.join("kv").display());
+}
+
+fn http_scheme(config: &HostConfig) -> &'static str {
+    if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+fn admin_scheme(config: &HostConfig) -> &'static str {
+    if config.admin.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
 }
 
 /// Each deployed app's routes, as URLs.
@@ -148,8 +201,12 @@ fn print_routes(control: &ControlPlane, config: &HostConfig) {
             for r in &c.routes {
                 let (method, path) = r.split_once(' ').unwrap_or(("*", r.as_str()));
                 println!(
-                    "  {:<7} http://{}{}  -> {}",
-                    method, config.http_addr, path, c.name
+                    "  {:<7} {}://{}{}  -> {}",
+                    method,
+                    http_scheme(config),
+                    config.http_addr,
+                    path,
+                    c.name
                 );
             }
         }

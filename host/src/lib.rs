@@ -10,7 +10,7 @@
 //!                 └─► bus, state            trigger ◄─ manifest       (wasmtime)    bus, state
 //!
 //! leaves: section (manifest tables, errors), ids, headers, routes, body, listener,
-//!         config, telemetry
+//!         tls, config, telemetry
 //! ```
 //!
 //! - [`capability`]: what a guest may import, one module per capability (WIT
@@ -55,5 +55,6 @@ pub mod section;
 pub mod state;
 pub mod subscriber;
 pub mod telemetry;
+pub mod tls;
 pub mod trigger;
 pub mod validate;

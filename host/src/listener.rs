@@ -26,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +44,9 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Open connections from one client address; more are closed at once.
     pub max_connections_per_ip: usize,
+    /// Addresses the per-address limit does not apply to (a proxy in front of the
+    /// host speaks for many clients).
+    pub per_ip_exempt: Vec<IpRange>,
     /// Longest time to receive a request head (see the module docs).
     pub header_read_timeout: Duration,
     /// Longest idle time between requests on a kept-alive connection.
@@ -56,12 +59,14 @@ pub struct ConnectionLimits {
 }
 
 /// Serves `handler` on `listener` until `shutdown` fires, then stops accepting and
-/// waits up to `drain` for open connections to finish their requests.
+/// waits up to `drain` for open connections to finish their requests. With `tls`,
+/// every connection starts with a TLS handshake (bounded by the header-read time).
 pub async fn serve<H, F>(
     name: &'static str,
     listener: TcpListener,
     handler: H,
     limits: ConnectionLimits,
+    tls: Option<Arc<crate::tls::Tls>>,
     shutdown: CancellationToken,
     drain: Duration,
 ) where
@@ -70,8 +75,9 @@ pub async fn serve<H, F>(
 {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let per_ip = PerIp::new(limits.max_connections_per_ip);
-    let builder = builder(&limits);
+    let per_ip = PerIp::new(limits.max_connections_per_ip, limits.per_ip_exempt.clone());
+    let builder = Arc::new(builder(&limits));
+    let limits = Arc::new(limits);
     loop {
         // Both branches are cancel-safe: `accept` loses nothing when dropped, and a
         // dropped semaphore acquire only gives up its place in line.
@@ -96,28 +102,28 @@ pub async fn serve<H, F>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let clock = Arc::new(Clock::new(&limits));
-        let handler = handler.clone();
-        let service = {
-            let clock = clock.clone();
-            hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(PeerAddr(peer));
-                let in_flight = clock.request_started(req.version());
-                let fut = handler(req);
-                async move {
-                    let response = fut.await;
-                    Ok::<_, Infallible>(response.map(|body| Tracked {
-                        body,
-                        _in_flight: in_flight,
-                    }))
-                }
-            })
+        let conn = Conn {
+            peer,
+            builder: builder.clone(),
+            limits: limits.clone(),
+            watcher: graceful.watcher(),
         };
-        let io = TokioIo::new(Watched::new(stream, clock));
-        let conn = builder.serve_connection(io, service).into_owned();
-        let conn = graceful.watch(conn);
+        let handler = handler.clone();
+        let tls = tls.clone();
+        let handshake_time = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let served = match tls {
+                None => conn.serve(stream, false, handler).await,
+                Some(tls) => {
+                    let handshake = tls.acceptor().accept(stream);
+                    match tokio::time::timeout(handshake_time, handshake).await {
+                        Ok(Ok(stream)) => conn.serve(stream, true, handler).await,
+                        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}").into()),
+                        Err(_) => Err("TLS handshake not completed in time".into()),
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(listener = name, %peer, error = %e, "connection ended with error");
             }
             drop(ip_slot);
@@ -130,6 +136,57 @@ pub async fn serve<H, F>(
         _ = tokio::time::sleep(drain) => {
             tracing::warn!(listener = name, "drain timeout: closing remaining connections");
         }
+    }
+}
+
+/// Marks a request that arrived over TLS terminated by this host (in its extensions).
+#[derive(Debug, Clone, Copy)]
+pub struct ViaTls;
+
+/// One accepted connection, before its protocol starts.
+struct Conn {
+    peer: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: Arc<ConnectionLimits>,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl Conn {
+    /// Serves HTTP on `io` until the client or a clock closes it.
+    async fn serve<I, H, F>(
+        self,
+        io: I,
+        tls: bool,
+        handler: H,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = hyper::Response<Body>> + Send + 'static,
+    {
+        let clock = Arc::new(Clock::new(&self.limits));
+        let peer = self.peer;
+        let service = {
+            let clock = clock.clone();
+            hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                if tls {
+                    req.extensions_mut().insert(ViaTls);
+                }
+                let in_flight = clock.request_started(req.version());
+                let fut = handler(req);
+                async move {
+                    let response = fut.await;
+                    Ok::<_, Infallible>(response.map(|body| Tracked {
+                        body,
+                        _in_flight: in_flight,
+                    }))
+                }
+            })
+        };
+        let io = TokioIo::new(Watched::new(io, clock));
+        let conn = self.builder.serve_connection(io, service);
+        self.watcher.watch(conn).await
     }
 }
 
@@ -151,9 +208,84 @@ fn builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// A block of addresses: `10.0.0.0/8`, `::1/128`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Parses `ADDR` or `ADDR/PREFIX`.
+    pub fn parse(text: &str) -> Result<IpRange, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|e| {
+            format!("{text:?}: {e} (write an address or ADDR/PREFIX, e.g. \"10.0.0.0/8\")")
+        })?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix must be 0 to {max}"))?,
+        };
+        Ok(IpRange { addr, prefix })
+    }
+
+    /// The loopback blocks (`127.0.0.0/8`, `::1`).
+    pub fn loopback() -> Vec<IpRange> {
+        vec![
+            IpRange {
+                addr: IpAddr::from([127, 0, 0, 0]),
+                prefix: 8,
+            },
+            IpRange {
+                addr: IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+                prefix: 128,
+            },
+        ]
+    }
+
+    /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for IpRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 /// Counts open connections per client address.
 struct PerIp {
     max: usize,
+    exempt: Vec<IpRange>,
     open: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
@@ -164,24 +296,30 @@ struct IpSlot {
 }
 
 impl PerIp {
-    fn new(max: usize) -> Self {
+    fn new(max: usize, exempt: Vec<IpRange>) -> Self {
         PerIp {
             max: max.max(1),
+            exempt,
             open: Default::default(),
         }
     }
 
-    fn take(&self, ip: IpAddr) -> Option<IpSlot> {
+    /// A place for a connection from `ip`: `None` when it has too many; `Some(None)`
+    /// for an exempt address (not counted).
+    fn take(&self, ip: IpAddr) -> Option<Option<IpSlot>> {
+        if self.exempt.iter().any(|r| r.contains(ip)) {
+            return Some(None);
+        }
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(ip).or_insert(0);
         if *n >= self.max {
             return None;
         }
         *n += 1;
-        Some(IpSlot {
+        Some(Some(IpSlot {
             ip,
             open: self.open.clone(),
-        })
+        }))
     }
 }
 
@@ -309,15 +447,15 @@ impl http_body::Body for Tracked {
 }
 
 /// A client socket whose reads fail with `TimedOut` once its [`Clock`] runs out.
-struct Watched {
-    stream: TcpStream,
+struct Watched<S> {
+    stream: S,
     clock: Arc<Clock>,
     timer: Pin<Box<Sleep>>,
     armed_for: Option<Instant>,
 }
 
-impl Watched {
-    fn new(stream: TcpStream, clock: Arc<Clock>) -> Self {
+impl<S> Watched<S> {
+    fn new(stream: S, clock: Arc<Clock>) -> Self {
         Watched {
             stream,
             clock,
@@ -327,7 +465,7 @@ impl Watched {
     }
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -361,7 +499,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -388,5 +526,51 @@ impl AsyncWrite for Watched {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_contain_what_they_should() {
+        let r = IpRange::parse("10.1.0.0/16").unwrap();
+        assert!(r.contains("10.1.200.3".parse().unwrap()));
+        assert!(!r.contains("10.2.0.1".parse().unwrap()));
+        assert!(r.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let one = IpRange::parse("192.168.1.7").unwrap();
+        assert!(one.contains("192.168.1.7".parse().unwrap()));
+        assert!(!one.contains("192.168.1.8".parse().unwrap()));
+        let v6 = IpRange::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(
+            IpRange::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        assert!(IpRange::parse("10.0.0.0/33").is_err());
+        assert!(IpRange::parse("example.com").is_err());
+        assert!(
+            IpRange::loopback()
+                .iter()
+                .any(|r| r.contains("127.0.0.2".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn per_ip_counts_and_gives_back() {
+        let p = PerIp::new(2, IpRange::loopback());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let a = p.take(ip).unwrap();
+        let b = p.take(ip).unwrap();
+        assert!(p.take(ip).is_none());
+        drop(a);
+        assert!(p.take(ip).is_some());
+        drop(b);
+        // Loopback is not counted.
+        for _ in 0..10 {
+            assert!(matches!(p.take("127.0.0.1".parse().unwrap()), Some(None)));
+        }
     }
 }

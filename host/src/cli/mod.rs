@@ -47,6 +47,24 @@ struct UpArgs {
     /// `WASMHIVE_ADMIN_TOKEN`, else `<data dir>/admin.token`, created on first start).
     #[arg(long, env = "WASMHIVE_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    /// Serve the public listener over TLS with this PEM certificate chain (with
+    /// --tls-key). HTTP/2 and HTTP/1.1 are negotiated by ALPN.
+    #[arg(long, env = "WASMHIVE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "WASMHIVE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve the admin API over TLS with this PEM certificate chain (with
+    /// --admin-tls-key).
+    #[arg(long, env = "WASMHIVE_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --admin-tls-cert.
+    #[arg(long, env = "WASMHIVE_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
+    /// Admin clients must present a certificate from this PEM CA (mTLS; needs
+    /// --admin-tls-cert).
+    #[arg(long, env = "WASMHIVE_ADMIN_CLIENT_CA", requires = "admin_tls_cert")]
+    admin_client_ca: Option<PathBuf>,
     /// Host configuration file (TOML); flags override it.
     #[arg(long, env = "WASMHIVE_CONFIG")]
     config: Option<PathBuf>,
@@ -94,6 +112,20 @@ impl UpArgs {
             cfg.data_dir = d;
         }
         cfg.admin.token_file = self.admin_token_file.or(cfg.admin.token_file);
+        if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
+            cfg.tls = Some(crate::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: None,
+            });
+        }
+        if let (Some(cert), Some(key)) = (self.admin_tls_cert, self.admin_tls_key) {
+            cfg.admin.tls = Some(crate::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: self.admin_client_ca,
+            });
+        }
         cfg.admin.token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
         if self.nats.is_some() {
             cfg.bus.nats = self.nats;
@@ -129,13 +161,24 @@ struct AdminArgs {
     /// The host's data directory, whose `admin.token` to use when no token is given.
     #[arg(long, env = "WASMHIVE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// For an https:// admin address: trust this PEM CA besides the system's roots.
+    #[arg(long, env = "WASMHIVE_ADMIN_CA")]
+    admin_ca: Option<PathBuf>,
+    /// For an admin listener that wants client certificates: this PEM file's
+    /// certificate and key.
+    #[arg(long, env = "WASMHIVE_ADMIN_IDENTITY")]
+    admin_identity: Option<PathBuf>,
 }
 
 impl AdminArgs {
-    fn client(&self) -> AdminClient {
+    fn client(&self) -> anyhow::Result<AdminClient> {
         AdminClient::new(
             &self.admin,
             crate::control::token::client_token(self.token.clone(), &self.data_dir),
+            &crate::control::client::ClientTls {
+                ca: self.admin_ca.clone(),
+                identity: self.admin_identity.clone(),
+            },
         )
     }
 }
@@ -143,7 +186,7 @@ impl AdminArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Start a host and deploy the given manifests.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Deploy (or upgrade) an app on a running host.
     Deploy {
         /// The app manifest.
@@ -262,9 +305,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tokio::spawn(signal_shutdown(shutdown.clone()));
             crate::host::run(cfg, manifests, shutdown).await
         }
-        Command::Deploy { manifest, admin } => deploy(&manifest, &admin.client()).await,
+        Command::Deploy { manifest, admin } => deploy(&manifest, &admin.client()?).await,
         Command::Undeploy { app, admin } => {
-            admin.client().undeploy(&app).await?;
+            admin.client()?.undeploy(&app).await?;
             println!("undeployed {app}");
             Ok(())
         }
@@ -272,14 +315,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             app,
             component,
             admin,
-        } => set_stopped(&admin.client(), &app, &component, true).await,
+        } => set_stopped(&admin.client()?, &app, &component, true).await,
         Command::Start {
             app,
             component,
             admin,
-        } => set_stopped(&admin.client(), &app, &component, false).await,
+        } => set_stopped(&admin.client()?, &app, &component, false).await,
         Command::Status { json, admin } => {
-            let status = admin.client().status().await?;
+            let status = admin.client()?.status().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -301,7 +344,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 headers: header_pairs(headers)?,
                 request_timeout_ms: request.then_some(timeout.as_millis() as u64),
             };
-            publish(&admin.client(), request).await
+            publish(&admin.client()?, request).await
         }
         Command::Subscribe {
             subject,
@@ -311,7 +354,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             admin,
         } => {
             admin
-                .client()
+                .client()?
                 .subscribe(&subject, count, duration, json)
                 .await?;
             Ok(())

@@ -14,20 +14,49 @@ pub struct AdminClient {
     token: Option<String>,
 }
 
+/// How the client verifies an `https://` admin address and proves itself (mTLS).
+#[derive(Debug, Default, Clone)]
+pub struct ClientTls {
+    /// A PEM CA to trust besides the system's roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// One PEM file with a client certificate and its key.
+    pub identity: Option<std::path::PathBuf>,
+}
+
 impl AdminClient {
-    /// `admin` is `http://host:port` or just `host:port`; `token` is the admin API's
-    /// bearer token (see [`super::token::client_token`]).
-    pub fn new(admin: &str, token: Option<String>) -> Self {
+    /// `admin` is `http(s)://host:port` or just `host:port`; `token` is the admin
+    /// API's bearer token (see [`super::token::client_token`]).
+    pub fn new(admin: &str, token: Option<String>, tls: &ClientTls) -> anyhow::Result<Self> {
         let base = if admin.contains("://") {
             admin.trim_end_matches('/').to_string()
         } else {
             format!("http://{}", admin.trim_end_matches('/'))
         };
-        AdminClient {
-            base,
-            http: reqwest::Client::new(),
-            token,
+        let mut http = reqwest::Client::builder();
+        if let Some(ca) = &tls.ca {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("cannot read the admin CA {}", ca.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{}: not a PEM certificate", ca.display()))?
+            {
+                http = http.add_root_certificate(cert);
+            }
         }
+        if let Some(id) = &tls.identity {
+            let pem = std::fs::read(id)
+                .with_context(|| format!("cannot read the client identity {}", id.display()))?;
+            http = http.identity(reqwest::Identity::from_pem(&pem).with_context(|| {
+                format!(
+                    "{}: expected a PEM certificate and its private key",
+                    id.display()
+                )
+            })?);
+        }
+        Ok(AdminClient {
+            base,
+            http: http.build().context("cannot build the admin client")?,
+            token,
+        })
     }
 
     /// A request to `path` (under the base URL) carrying the token.

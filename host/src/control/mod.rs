@@ -671,7 +671,13 @@ pub async fn request_from_file(path: &Path, sink: &dyn BlobSink) -> anyhow::Resu
         })?;
         let digest = blobs::digest_of(&bytes);
         if !sink.has(&digest).await? {
-            sink.put(&digest, bytes).await?;
+            sink.put(&digest, bytes).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "{origin}: component {}: {} refused: {e:#}",
+                    c.name,
+                    file.display()
+                )
+            })?;
         }
         sources.insert(c.source.clone(), digest);
     }

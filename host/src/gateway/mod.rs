@@ -195,7 +195,8 @@ impl Gateway {
 }
 
 /// Rewrites a client's request head into what the guest receives: an absolute URI
-/// (wasi:http needs an authority: the `Host` header's, else `local_addr`), no
+/// (wasi:http needs an authority: the `Host` header's, else the URI's (HTTP/2), else
+/// `local_addr`; the scheme the client used: https over TLS terminated here), no
 /// client `wasmhive-*` header, the route's `wasmhive-route`/`wasmhive-param-*`, the
 /// invocation's `traceparent`, and an `x-request-id` (the client's if it is usable,
 /// else a new one). A head that cannot be made into a valid request is 400.
@@ -206,13 +207,22 @@ pub fn rewrite_head(
     params: &[(&str, &str)],
     traceparent: HeaderValue,
 ) -> Result<(), StatusCode> {
-    let authority = match parts.headers.get(http::header::HOST) {
-        Some(host) => http::uri::Authority::try_from(host.as_bytes()),
-        None => http::uri::Authority::try_from(local_addr.to_string()),
+    // HTTP/1.1 names it in `Host`, HTTP/2 in the URI (`:authority`).
+    let authority = match (parts.headers.get(http::header::HOST), parts.uri.authority()) {
+        (Some(host), _) => http::uri::Authority::try_from(host.as_bytes()),
+        (None, Some(a)) => Ok(a.clone()),
+        (None, None) => http::uri::Authority::try_from(local_addr.to_string()),
     }
     .map_err(|_| StatusCode::BAD_REQUEST)?;
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    uri.scheme = Some(http::uri::Scheme::HTTP);
+    // The scheme the client used to reach this host (TLS terminated here: https).
+    uri.scheme = Some(
+        if parts.extensions.get::<crate::listener::ViaTls>().is_some() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        },
+    );
     uri.authority = Some(authority);
     if uri.path_and_query.is_none() {
         uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));

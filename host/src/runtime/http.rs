@@ -80,9 +80,14 @@ impl PreparedComponent {
                         .load(&mut live.store, &instance)
                         .map_err(|e| this.classify(e, Phase::Instantiate, &live.memory_hit))?,
                 };
+                let scheme = if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+                    Scheme::Https
+                } else {
+                    Scheme::Http
+                };
                 let mut http = live.store.data_mut().http();
                 let req = http
-                    .new_incoming_request(Scheme::Http, request)
+                    .new_incoming_request(scheme, request)
                     .map_err(|e| InvokeError::Host(format!("{e:#}")))?;
                 let out = http
                     .new_response_outparam(tx)
