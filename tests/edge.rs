@@ -339,7 +339,7 @@ async fn idle_and_slow_clients_cannot_hold_the_listener() {
     for _ in 0..4 {
         idle.push(TcpStream::connect(&http).await.unwrap());
     }
-    // ...and a normal client still gets its answer once their header clock runs out.
+    // ...and a normal client still gets its answer once their idle clock runs out.
     let r = get(host.url("/hello")).await;
     assert_eq!(r.status, 200, "{r}");
     for mut s in idle {

@@ -149,6 +149,10 @@ pub struct GatewayConfig {
     pub h2_max_concurrent_streams: u32,
     /// HTTP/2 ping interval.
     pub h2_keep_alive_interval: Duration,
+    /// Proxies whose `X-Forwarded-For` names the client (for rate limits and logs).
+    pub trusted_proxies: Vec<crate::listener::IpRange>,
+    /// `[gateway.rate_limit]`: requests per client address across every route.
+    pub rate_limit: Option<crate::manifest::auth::RateLimitSpec>,
 }
 
 impl Default for GatewayConfig {
@@ -161,6 +165,8 @@ impl Default for GatewayConfig {
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             h2_max_concurrent_streams: DEFAULT_H2_MAX_STREAMS,
             h2_keep_alive_interval: DEFAULT_H2_KEEP_ALIVE,
+            trusted_proxies: Vec::new(),
+            rate_limit: None,
         }
     }
 }
@@ -497,6 +503,25 @@ fn tls_files(
     }
 }
 
+/// A list of addresses and blocks (`["10.0.0.0/8", "::1"]`), if present.
+fn ip_ranges(
+    t: &mut Table<'_>,
+    key: &'static str,
+) -> Result<Option<Vec<crate::listener::IpRange>>, ManifestError> {
+    let Some(items) = t.take::<Vec<toml::Spanned<String>>>(key)? else {
+        return Ok(None);
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            crate::listener::IpRange::parse(item.get_ref())
+                .map_err(|why| t.invalid(item.span(), &format!("{key}[{i}]"), why))
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
 /// `[gateway]`
 fn gateway(t: &mut Table<'_>, g: &mut GatewayConfig) -> Result<(), ManifestError> {
     g.header_read_timeout = t
@@ -509,15 +534,26 @@ fn gateway(t: &mut Table<'_>, g: &mut GatewayConfig) -> Result<(), ManifestError
     if let Some(n) = t.count("max_connections_per_ip", 1, i64::from(u32::MAX))? {
         g.max_connections_per_ip = n as usize;
     }
-    if let Some(items) = t.take::<Vec<toml::Spanned<String>>>("per_ip_exempt")? {
-        g.per_ip_exempt = items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| {
-                crate::listener::IpRange::parse(item.get_ref())
-                    .map_err(|why| t.invalid(item.span(), &format!("per_ip_exempt[{i}]"), why))
-            })
-            .collect::<Result<_, _>>()?;
+    if let Some(ranges) = ip_ranges(t, "per_ip_exempt")? {
+        g.per_ip_exempt = ranges;
+    }
+    if let Some(ranges) = ip_ranges(t, "trusted_proxies")? {
+        g.trusted_proxies = ranges;
+    }
+    if let Some(r) = crate::manifest::auth::read_rate_limit(t)? {
+        if r.key != crate::manifest::auth::RateKey::ClientIp
+            && r.key != crate::manifest::auth::RateKey::default()
+        {
+            return Err(t.invalid(
+                t.span(),
+                "rate_limit.key",
+                "the host-wide limit counts each client address; leave key out",
+            ));
+        }
+        g.rate_limit = Some(crate::manifest::auth::RateLimitSpec {
+            key: crate::manifest::auth::RateKey::ClientIp,
+            ..r
+        });
     }
     g.h2_max_concurrent_streams = t
         .count("h2_max_concurrent_streams", 1, i64::from(u32::MAX))?

@@ -73,6 +73,12 @@ pub async fn run(
         config.http_addr,
         control.request_metrics().clone(),
         config.gateway.body_read_timeout,
+        crate::gateway::GuardConfig {
+            trusted_proxies: config.gateway.trusted_proxies.clone(),
+            host_limit: config.gateway.rate_limit.as_ref().map(|r| {
+                Arc::new(crate::limit::Limiter::new(r.requests, r.per, r.burst))
+            }),
+        },
     );
 
     let api = Arc::new(control::api::AdminApi::new(

@@ -34,6 +34,7 @@
 #![deny(missing_docs)]
 
 pub mod apps;
+pub mod auth;
 pub mod body;
 pub mod bus;
 pub mod capability;
@@ -45,6 +46,7 @@ pub mod gateway;
 pub mod headers;
 pub mod host;
 pub mod ids;
+pub mod limit;
 pub mod listener;
 pub mod manifest;
 pub mod mesh;

@@ -4,11 +4,12 @@
 //! shutdown.
 //!
 //! A connection's clocks ([`ConnectionLimits`]):
-//! - **header read**: from the moment the connection is accepted, or the first byte of
-//!   a later request arrives, until the request head is complete. A client that
-//!   connects and sends nothing, or trickles a header a byte at a time, is cut off.
-//! - **idle**: from the end of a response until the next request's first byte. An
-//!   idle keep-alive connection is closed.
+//! - **header read**: from a request's first byte until its head is complete. A client
+//!   trickling a header a byte at a time is cut off.
+//! - **idle**: from the accept, or the end of a response, until the next request's
+//!   first byte. A silent or idle kept-alive connection is closed. (Client pools open
+//!   connections before they need them; a shorter clock for a silent new connection
+//!   would race with the request they eventually send.)
 //!
 //! While a request is in flight neither clock runs (the invocation has its own
 //! deadline, and the gateway bounds the gaps in a request body).
@@ -360,9 +361,12 @@ impl Clock {
         Clock {
             header_read_timeout: limits.header_read_timeout,
             idle_timeout: limits.idle_timeout,
+            // A new connection counts as idle until its first byte: client pools
+            // open connections they use only later, and cutting those at the header
+            // time races with the request they eventually send.
             state: Mutex::new(ClockState {
                 in_flight: 0,
-                head_started: Some(now),
+                head_started: None,
                 idle_since: now,
                 h2: false,
             }),

@@ -33,6 +33,9 @@ fn kind(flavor: Option<HttpFlavor>) -> &'static str {
 pub async fn validate(manifest_path: &Path, data_dir: &Path) -> anyhow::Result<String> {
     let manifest = Manifest::load(manifest_path)?;
     let config = HostConfig::default();
+    let manifest_dir = std::fs::canonicalize(manifest_path.parent().unwrap_or(Path::new(".")))
+        .ok();
+    crate::control::app_auth(&manifest, &config, manifest_dir.as_deref()).await?;
     let pool = PoolConfig {
         instances: 4,
         ..config.pool.clone()
@@ -64,7 +67,7 @@ pub async fn validate(manifest_path: &Path, data_dir: &Path) -> anyhow::Result<S
             spec,
             &config,
             &Services::default(),
-            std::fs::canonicalize(base).ok().as_deref(),
+            manifest_dir.as_deref(),
         )?;
         let component_err = |error| DeployError::Component {
             component: spec.name.clone(),

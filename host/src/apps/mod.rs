@@ -44,6 +44,10 @@ pub struct DeployedComponent {
     pub stats: ComponentStats,
     /// Its request series in the host's metrics.
     pub series: crate::telemetry::metrics::ComponentSeries,
+    /// Who may call its routes (`None`: public).
+    pub auth: Option<Arc<crate::auth::Policy>>,
+    /// Its rate limit and whose requests count together.
+    pub rate_limit: Option<(Arc<crate::limit::Limiter>, crate::manifest::auth::RateKey)>,
 }
 
 /// Per-component counters.

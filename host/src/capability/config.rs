@@ -210,6 +210,23 @@ impl Capability for Config {
     }
 }
 
+/// The host's value of `var`, if the host lets deploys read it (`prefixes`: the
+/// host's `[config] env_prefixes`); `field` names the manifest field in errors.
+pub fn read_env_allowed(field: &str, var: &str, prefixes: &[String]) -> Result<String, String> {
+    env_var(field, var, prefixes)
+}
+
+/// The text of the file at `path`, if it lies where the host lets deploys read (see
+/// the module docs); `field` names the manifest field in errors.
+pub fn read_file_allowed(
+    field: &str,
+    path: &str,
+    dirs: &[std::path::PathBuf],
+    manifest_dir: Option<&std::path::Path>,
+) -> Result<String, String> {
+    secret_file(field, path, dirs, manifest_dir)
+}
+
 /// The host's value of `var`, if the host lets deploys read it; `field` names the
 /// manifest field in errors.
 fn env_var(field: &str, var: &str, prefixes: &[String]) -> Result<String, String> {

@@ -65,6 +65,14 @@ pub enum DeployError {
         /// What is wrong (names the field, never a secret's value).
         message: String,
     },
+    /// The app's `[auth]` keys cannot be read or used.
+    #[error("{location}: {message}")]
+    Auth {
+        /// Where `[auth]` is written.
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A manifest value exceeds what this host allows.
     #[error("component {component}: {message}")]
     Limit {
@@ -230,9 +238,13 @@ impl ControlPlane {
     /// Checks and deploys an app; swaps it in atomically only if everything passes.
     pub async fn deploy(&self, request: DeployRequest) -> Result<DeployReport, DeployError> {
         let manifest = Manifest::parse(&request.manifest, &request.origin)?;
+        let app_auth = app_auth(&manifest, &self.config, request.manifest_dir.as_deref()).await?;
         let mut components = Vec::with_capacity(manifest.components.len());
         for spec in &manifest.components {
-            components.push(Arc::new(self.prepare(&manifest, spec, &request).await?));
+            components.push(Arc::new(
+                self.prepare(&manifest, spec, &request, app_auth.as_ref())
+                    .await?,
+            ));
         }
         let app = App {
             manifest,
@@ -303,6 +315,7 @@ impl ControlPlane {
         manifest: &Manifest,
         spec: &crate::manifest::ComponentSpec,
         request: &DeployRequest,
+        app_auth: Option<&Arc<crate::auth::AppAuth>>,
     ) -> Result<DeployedComponent, DeployError> {
         let component_err = |error| DeployError::Component {
             component: spec.name.clone(),
@@ -374,6 +387,13 @@ impl ControlPlane {
             instances,
             stats: Default::default(),
             series: Default::default(),
+            auth: crate::auth::Policy::new(app_auth, &spec.triggers.http.auth),
+            rate_limit: spec.triggers.http.rate_limit.as_ref().map(|r| {
+                (
+                    Arc::new(crate::limit::Limiter::new(r.requests, r.per, r.burst)),
+                    r.key,
+                )
+            }),
         })
     }
 
@@ -558,6 +578,26 @@ impl ControlPlane {
             .and_then(|_| std::fs::rename(&tmp, &path))
             .map_err(|e| format!("cannot persist deployment to {}: {e}", path.display()))
     }
+}
+
+/// The app's verifiers, built from its `[auth]` (key files and variables read now,
+/// within what the host lets a deploy read).
+pub async fn app_auth(
+    manifest: &Manifest,
+    config: &HostConfig,
+    manifest_dir: Option<&Path>,
+) -> Result<Option<Arc<crate::auth::AppAuth>>, DeployError> {
+    crate::auth::AppAuth::build(&manifest.auth, &config.access, manifest_dir)
+        .await
+        .map_err(|message| DeployError::Auth {
+            location: manifest
+                .auth
+                .location
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            message,
+        })
 }
 
 /// What one component version may use and the limits it runs under: each

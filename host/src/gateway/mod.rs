@@ -4,11 +4,14 @@
 //! trace). A failure becomes its status through the envelope's one failure table.
 //!
 //! Order of work for one request: trace context (continue the client's
-//! `traceparent` or start a trace) → route (404, 405 with `Allow`) → rewrite (absolute
+//! `traceparent` or start a trace) → the host-wide per-client rate limit (429) → route
+//! (404, 405 with `Allow`) → rewrite (absolute
 //! URI, client `wasmhive-*` headers removed, `wasmhive-route`/`wasmhive-param-*`
 //! added, headers named in `Connection:` removed, `traceparent` set to the
-//! invocation's span, `x-request-id` kept or made) → envelope. The standard hop-by-hop
-//! headers are also removed by the runtime's wasi:http hooks.
+//! invocation's span, `x-request-id` kept or made) → the route's guard
+//! ([`guard`]: authentication 401, authorization 403, rate limit 429; the verified
+//! identity added as `wasmhive-auth-*`) → envelope. The standard hop-by-hop headers
+//! are also removed by the runtime's wasi:http hooks.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,7 +21,12 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+mod guard;
+
+pub use guard::GuardConfig;
+
 use crate::apps::Apps;
+use crate::listener::PeerAddr;
 use crate::body::{self, Body};
 use crate::envelope::{self, Admission, Context, HttpCall};
 use crate::headers::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
@@ -33,6 +41,7 @@ pub struct Gateway {
     local_addr: SocketAddr,
     metrics: Arc<RequestMetrics>,
     body_read_timeout: std::time::Duration,
+    guard: GuardConfig,
 }
 
 /// What a guest reading the request body learns when the client's body fails: a
@@ -118,12 +127,14 @@ impl Gateway {
         local_addr: SocketAddr,
         metrics: Arc<RequestMetrics>,
         body_read_timeout: std::time::Duration,
+        guard: GuardConfig,
     ) -> Arc<Self> {
         Arc::new(Gateway {
             apps,
             local_addr,
             metrics,
             body_read_timeout,
+            guard,
         })
     }
 
@@ -134,17 +145,30 @@ impl Gateway {
                 .get(&TRACEPARENT_HEADER)
                 .and_then(|v| v.to_str().ok()),
         );
+        let ip = guard::client_ip(
+            req.extensions().get::<PeerAddr>(),
+            req.headers(),
+            &self.guard.trusted_proxies,
+        );
+        if let Err(refused) = self.guard.host_limit(ip) {
+            return refused;
+        }
         let snapshot = self.apps.snapshot();
         let path = req.uri().path().to_string();
-        let (component, req) = match snapshot.route(req.method(), &path) {
+        let (component, mut req, guarded) = match snapshot.route(req.method(), &path) {
             RouteMatch::Found {
                 value,
                 pattern,
                 params,
-            } => match self.prepare_request(req, pattern, &params, trace.header_value()) {
-                Ok(req) => (value.clone(), req),
-                Err(status) => return body::text(status, "bad request"),
-            },
+            } => {
+                // Only routes with rules pay for keeping the pattern.
+                let guarded = (value.auth.is_some() || value.rate_limit.is_some())
+                    .then(|| pattern.to_string());
+                match self.prepare_request(req, pattern, &params, trace.header_value()) {
+                    Ok(req) => (value.clone(), req, guarded),
+                    Err(status) => return body::text(status, "bad request"),
+                }
+            }
             RouteMatch::MethodNotAllowed(allowed) => {
                 let mut r = body::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
                 let allow = allowed
@@ -166,6 +190,23 @@ impl Gateway {
         };
         drop(snapshot);
 
+        let mut limit = None;
+        if let Some(pattern) = guarded {
+            match self
+                .guard
+                .check(&component, req.method(), &pattern, req.headers(), ip)
+                .await
+            {
+                Ok(passed) => {
+                    if let Some(identity) = &passed.identity {
+                        identity.set_headers(req.headers_mut());
+                    }
+                    limit = passed.limit;
+                }
+                Err(refused) => return refused,
+            }
+        }
+
         let method = req.method().clone();
         let cx = Context {
             component: &component,
@@ -173,10 +214,15 @@ impl Gateway {
             trace: &trace,
             what: &RequestLine(&method, &path),
         };
-        match envelope::invoke(cx, Admission::Admit, HttpCall::<HttpTrigger>::new(req)).await {
-            Ok(response) => response,
-            Err(e) => envelope::failure::respond(&e),
+        let mut response =
+            match envelope::invoke(cx, Admission::Admit, HttpCall::<HttpTrigger>::new(req)).await {
+                Ok(response) => response,
+                Err(e) => envelope::failure::respond(&e),
+            };
+        if let Some(d) = limit {
+            d.set_headers(response.headers_mut());
         }
+        response
     }
 
     /// Rewrites the client's request into what the guest receives.

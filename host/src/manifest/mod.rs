@@ -10,6 +10,7 @@
 //! What this module does not do: read component files, compile them, or compare
 //! routes against other deployed apps. The control plane does that at deploy time.
 
+pub mod auth;
 mod component;
 
 use std::path::Path;
@@ -29,6 +30,8 @@ pub struct Manifest {
     pub app: AppMeta,
     /// `[components.*]`, in name order.
     pub components: Vec<ComponentSpec>,
+    /// `[auth]`: how callers prove who they are.
+    pub auth: auth::AuthSpec,
 }
 
 /// `[app]`
@@ -71,17 +74,30 @@ impl Manifest {
             Some(t) => app(t)?,
             None => return Err(doc.missing("app")),
         };
+        let auth = auth::read(&mut doc)?;
         let mut components = Vec::new();
         for (name, table) in doc.tables("components")? {
             components.push(ComponentSpec::read(name, table)?);
         }
         doc.finish()?;
+        for c in &components {
+            let rules = &c.triggers.http.auth;
+            auth::check_component(&auth, rules).map_err(|message| ManifestError::Invalid {
+                location: src.location(Some(rules.span.clone())),
+                field: format!("components.{}.auth", c.name),
+                message,
+            })?;
+        }
         let parts: Vec<_> = components
             .iter()
             .map(|c| (c.name.as_str(), &c.triggers))
             .collect();
         crate::trigger::Specs::check_app(src, &parts)?;
-        Ok(Manifest { app, components })
+        Ok(Manifest {
+            app,
+            components,
+            auth,
+        })
     }
 
     /// The component with this name, if the manifest has it.

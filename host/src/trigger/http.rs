@@ -1,7 +1,8 @@
 //! The HTTP trigger: requests on the public listener to the component's `routes`.
 //!
 //! Manifest: `routes = ["GET /users/{id}", "/files/{*path}"]` (an optional method and
-//! a `matchit` pattern). Routes must not overlap inside an app (checked here, with
+//! a `matchit` pattern), `[components.NAME.auth]` (who may call them: see
+//! [`crate::manifest::auth`]) and `[components.NAME.rate_limit]`. Routes must not overlap inside an app (checked here, with
 //! the line of the route in the way) nor across apps (checked by the app registry at
 //! deploy). Served by a `wasi:http/incoming-handler@0.2.x` (WASI 0.2) or
 //! `wasi:http/handler@0.3.x` (WASI 0.3) export; the source of its invocations is
@@ -11,17 +12,22 @@ use std::ops::Range;
 
 use super::Trigger;
 use crate::capability;
+use crate::manifest::auth::{ComponentAuthSpec, RateLimitSpec};
 use crate::routes::{RouteSpec, RouteTable, parse_route};
 use crate::section::{ManifestError, Source, Table};
 
 /// The trigger.
 pub struct HttpTrigger;
 
-/// `routes`.
+/// `routes`, `auth` and `rate_limit`.
 #[derive(Debug, Clone, Default)]
 pub struct HttpSpec {
     /// The routes, in manifest order.
     pub routes: Vec<RouteSpec>,
+    /// `[components.NAME.auth]`: who may call the routes.
+    pub auth: ComponentAuthSpec,
+    /// `[components.NAME.rate_limit]`.
+    pub rate_limit: Option<RateLimitSpec>,
     /// Where each route is written (for errors found across components).
     spans: Vec<Range<usize>>,
 }
@@ -43,6 +49,9 @@ impl Trigger for HttpTrigger {
             spec.routes.push(parsed);
             spec.spans.push(route.span());
         }
+        let written: Vec<String> = written.into_iter().map(toml::Spanned::into_inner).collect();
+        spec.auth = crate::manifest::auth::read_component(component, &written)?;
+        spec.rate_limit = crate::manifest::auth::read_rate_limit(component)?;
         Ok(spec)
     }
 

@@ -1,0 +1,362 @@
+//! JWT verification against a JWKS (a file or an http(s) URL) or an HMAC secret.
+//!
+//! Accepted: RS256/384/512 and PS256/384/512 with RSA keys, ES256 (P-256) and ES384
+//! (P-384) with EC keys, EdDSA with Ed25519 keys, each only with a key of its kind.
+//! HS256/384/512 only with an explicit `secret`: a symmetric key in a JWKS is ignored,
+//! and an HMAC token is never checked against a public key (key confusion). `alg:
+//! none` is always refused. `iss`, `aud`, `sub` and `exp` are required; `exp` and
+//! `nbf` are checked with the configured leeway.
+//!
+//! A token naming a key id (`kid`) the verifier does not know makes it re-read its
+//! JWKS once (at most every [`MIN_REFRESH`]), so keys rotate without a restart.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use super::Identity;
+use crate::config::DeployAccess;
+use crate::manifest::auth::JwtSpec;
+
+/// The shortest time between two JWKS refreshes caused by unknown key ids.
+pub const MIN_REFRESH: Duration = Duration::from_secs(10);
+/// Longest JWKS document accepted from a URL.
+const MAX_JWKS_BYTES: usize = 1 << 20;
+/// How long fetching a JWKS URL may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+const RSA_ALGS: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+const HMAC_ALGS: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+
+/// Where the public keys come from.
+enum KeySource {
+    File {
+        path: String,
+        access: DeployAccess,
+        manifest_dir: Option<PathBuf>,
+    },
+    Url(String),
+}
+
+/// One usable key and the algorithms it may verify.
+struct Key {
+    kid: Option<String>,
+    key: DecodingKey,
+    algs: Vec<Algorithm>,
+}
+
+/// Verifies an app's JWTs.
+pub struct JwtVerifier {
+    issuer: String,
+    audience: String,
+    roles_claim: String,
+    leeway: u64,
+    source: Option<KeySource>,
+    keys: ArcSwap<Vec<Key>>,
+    hmac: Option<DecodingKey>,
+    last_refresh: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl JwtVerifier {
+    /// Builds the verifier: reads (or fetches) the JWKS and the secret now, so a
+    /// deploy with keys that cannot be read is refused.
+    pub async fn build(
+        spec: &JwtSpec,
+        access: &DeployAccess,
+        manifest_dir: Option<&Path>,
+    ) -> Result<JwtVerifier, String> {
+        let source = spec.jwks.as_ref().map(|j| {
+            if j.starts_with("http://") || j.starts_with("https://") {
+                KeySource::Url(j.clone())
+            } else {
+                KeySource::File {
+                    path: j.clone(),
+                    access: access.clone(),
+                    manifest_dir: manifest_dir.map(Path::to_path_buf),
+                }
+            }
+        });
+        let keys = match &source {
+            Some(s) => load(s).await?,
+            None => Vec::new(),
+        };
+        let hmac = match &spec.secret {
+            Some(secret) => {
+                let value = super::read_source("auth.jwt.secret", secret, access, manifest_dir)?;
+                if value.len() < 32 {
+                    return Err(
+                        "auth.jwt.secret: an HMAC secret needs at least 32 bytes".to_string()
+                    );
+                }
+                Some(DecodingKey::from_secret(value.as_bytes()))
+            }
+            None => None,
+        };
+        Ok(JwtVerifier {
+            issuer: spec.issuer.clone(),
+            audience: spec.audience.clone(),
+            roles_claim: spec.roles_claim.clone(),
+            leeway: spec.leeway.as_secs(),
+            source,
+            keys: ArcSwap::from_pointee(keys),
+            hmac,
+            last_refresh: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Verifies `token`; the error says why not (for the client: no secrets in it).
+    pub async fn verify(&self, token: &str) -> Result<Identity, String> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            if alg_is_none(token) {
+                "alg none is not accepted".to_string()
+            } else {
+                "malformed token".to_string()
+            }
+        })?;
+        let claims = if HMAC_ALGS.contains(&header.alg) {
+            let Some(key) = &self.hmac else {
+                return Err(format!(
+                    "{:?} tokens are not accepted (this app verifies signatures with public keys)",
+                    header.alg
+                ));
+            };
+            self.decode(token, header.alg, key, &HMAC_ALGS)?
+        } else {
+            let keys = self.keys_for(header.kid.as_deref()).await?;
+            let mut last = "no key for this token's algorithm".to_string();
+            let mut verified = None;
+            for k in keys.iter().filter(|k| match &header.kid {
+                Some(kid) => k.kid.as_deref() == Some(kid),
+                None => true,
+            }) {
+                if !k.algs.contains(&header.alg) {
+                    last = format!("the key does not verify {:?}", header.alg);
+                    continue;
+                }
+                match self.decode(token, header.alg, &k.key, &k.algs) {
+                    Ok(c) => {
+                        verified = Some(c);
+                        break;
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            verified.ok_or(last)?
+        };
+        Ok(self.identity(claims))
+    }
+
+    /// The keys to try for `kid`; an unknown kid refreshes the JWKS first (rate
+    /// limited).
+    async fn keys_for(&self, kid: Option<&str>) -> Result<Arc<Vec<Key>>, String> {
+        let known = |keys: &Vec<Key>| match kid {
+            Some(kid) => keys.iter().any(|k| k.kid.as_deref() == Some(kid)),
+            None => !keys.is_empty(),
+        };
+        let keys = self.keys.load_full();
+        if known(&keys) {
+            return Ok(keys);
+        }
+        let Some(source) = &self.source else {
+            return Err("unknown key".into());
+        };
+        let mut last = self.last_refresh.lock().await;
+        // Another request may have refreshed while this one waited.
+        let keys = self.keys.load_full();
+        if known(&keys) {
+            return Ok(keys);
+        }
+        if last.is_some_and(|t| t.elapsed() < MIN_REFRESH) {
+            return Err("unknown key".into());
+        }
+        *last = Some(Instant::now());
+        match load(source).await {
+            Ok(fresh) => {
+                tracing::info!(keys = fresh.len(), "JWKS refreshed for an unknown key id");
+                self.keys.store(Arc::new(fresh));
+            }
+            Err(e) => tracing::warn!(error = %e, "JWKS refresh failed; keeping the keys I have"),
+        }
+        let keys = self.keys.load_full();
+        if known(&keys) {
+            Ok(keys)
+        } else {
+            Err("unknown key".into())
+        }
+    }
+
+    fn decode(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        key: &DecodingKey,
+        allowed: &[Algorithm],
+    ) -> Result<serde_json::Value, String> {
+        use jsonwebtoken::errors::ErrorKind;
+        let mut v = Validation::new(alg);
+        // Only algorithms of the key's own family (the library checks the key's
+        // family against each of them, and the token's against the list).
+        v.algorithms = allowed.iter().copied().filter(|a| *a == alg).collect();
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[&self.audience]);
+        v.leeway = self.leeway;
+        v.validate_nbf = true;
+        v.required_spec_claims = ["exp", "iss", "aud", "sub"]
+            .into_iter()
+            .map(String::from)
+            .collect::<HashSet<_>>();
+        jsonwebtoken::decode::<serde_json::Value>(token, key, &v)
+            .map(|d| d.claims)
+            .map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => "token expired",
+                    ErrorKind::ImmatureSignature => "token not yet valid",
+                    ErrorKind::InvalidIssuer => "wrong issuer",
+                    ErrorKind::InvalidAudience => "wrong audience",
+                    ErrorKind::InvalidSignature => "bad signature",
+                    ErrorKind::InvalidAlgorithm => "algorithm not accepted for this key",
+                    ErrorKind::MissingRequiredClaim(c) => {
+                        return format!("missing claim {c}");
+                    }
+                    _ => "malformed token",
+                }
+                .to_string()
+            })
+    }
+
+    fn identity(&self, claims: serde_json::Value) -> Identity {
+        let strings = |v: Option<&serde_json::Value>| -> Vec<String> {
+            match v {
+                Some(serde_json::Value::Array(items)) => items
+                    .iter()
+                    .filter_map(|i| i.as_str().map(str::to_string))
+                    .collect(),
+                Some(serde_json::Value::String(s)) => {
+                    s.split([' ', ',']).filter(|p| !p.is_empty()).map(str::to_string).collect()
+                }
+                _ => Vec::new(),
+            }
+        };
+        Identity {
+            subject: claims
+                .get("sub")
+                .and_then(|s| s.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            roles: strings(claims.get(&self.roles_claim)),
+            scopes: strings(claims.get("scope").or_else(|| claims.get("scp"))),
+            method: "jwt",
+            claims,
+        }
+    }
+}
+
+/// Whether a token's header says `"alg": "none"` (to say so, rather than "malformed").
+fn alg_is_none(token: &str) -> bool {
+    use base64::Engine;
+    let Some(head) = token.split('.').next() else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(head.trim_end_matches('='))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|h| h.get("alg").and_then(|a| a.as_str()).map(str::to_ascii_lowercase))
+        .is_some_and(|a| a == "none")
+}
+
+/// Reads or fetches the JWKS and turns it into usable keys.
+async fn load(source: &KeySource) -> Result<Vec<Key>, String> {
+    let text = match source {
+        KeySource::File {
+            path,
+            access,
+            manifest_dir,
+        } => super::read_source(
+            "auth.jwt.jwks",
+            &crate::capability::config::SecretSource::File(path.clone()),
+            access,
+            manifest_dir.as_deref(),
+        )?,
+        KeySource::Url(url) => fetch(url).await?,
+    };
+    let set: JwkSet = serde_json::from_str(&text)
+        .map_err(|e| format!("auth.jwt.jwks: not a JWKS document ({e})"))?;
+    let keys: Vec<Key> = set.keys.iter().filter_map(key_of).collect();
+    if keys.is_empty() {
+        return Err(
+            "auth.jwt.jwks: no usable key (RSA, EC P-256/P-384 or Ed25519) in the JWKS".into(),
+        );
+    }
+    Ok(keys)
+}
+
+async fn fetch(url: &str) -> Result<String, String> {
+    let client = reqwest::Client::builder()
+        .timeout(FETCH_TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("auth.jwt.jwks: cannot fetch {url}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("auth.jwt.jwks: {url} answered {}", resp.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("auth.jwt.jwks: reading {url}: {e}"))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_JWKS_BYTES {
+            return Err(format!("auth.jwt.jwks: {url} is larger than {MAX_JWKS_BYTES} bytes"));
+        }
+    }
+    String::from_utf8(body).map_err(|_| format!("auth.jwt.jwks: {url} is not text"))
+}
+
+/// A JWK as a key with the algorithms its type allows (narrowed by its `alg`).
+fn key_of(jwk: &Jwk) -> Option<Key> {
+    let family: Vec<Algorithm> = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => RSA_ALGS.to_vec(),
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P256 => vec![Algorithm::ES256],
+            EllipticCurve::P384 => vec![Algorithm::ES384],
+            _ => return None,
+        },
+        AlgorithmParameters::OctetKeyPair(_) => vec![Algorithm::EdDSA],
+        // Symmetric keys are never taken from a JWKS.
+        AlgorithmParameters::OctetKey(_) => return None,
+    };
+    let algs = match jwk.common.key_algorithm {
+        Some(ka) => {
+            let named: Option<Algorithm> = format!("{ka:?}").parse().ok();
+            family.into_iter().filter(|a| Some(*a) == named).collect()
+        }
+        None => family,
+    };
+    if algs.is_empty() {
+        return None;
+    }
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    Some(Key {
+        kid: jwk.common.key_id.clone(),
+        key,
+        algs,
+    })
+}

@@ -1,0 +1,220 @@
+//! Authentication and authorization at the edge: who is calling ([`Identity`], from
+//! a JWT or an API key) and whether they may call this route ([`Policy`]).
+//!
+//! Built at deploy from the manifest's `[auth]` and each component's
+//! `[components.NAME.auth]` ([`crate::manifest::auth`]); key files and variables are
+//! read within what the host lets a deploy read (the same rules as secrets). The
+//! gateway asks a component's policy before the component is admitted: a refused
+//! request is 401 (no or bad credentials) or 403 (authenticated, but a role or scope
+//! is missing), and the component never sees it. An admitted request carries the
+//! identity to the guest in `wasmhive-auth-*` headers, which clients cannot forge
+//! (the gateway strips every client `wasmhive-*` header).
+
+mod api_key;
+mod jwt;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::DeployAccess;
+use crate::manifest::auth::{AuthSpec, ComponentAuthSpec, Require, Rule};
+
+pub use api_key::ApiKeys;
+pub use jwt::JwtVerifier;
+
+/// `wasmhive-auth-subject`: who is calling.
+pub const SUBJECT_HEADER: HeaderName = HeaderName::from_static("wasmhive-auth-subject");
+/// `wasmhive-auth-roles`: their roles, comma-separated.
+pub const ROLES_HEADER: HeaderName = HeaderName::from_static("wasmhive-auth-roles");
+/// `wasmhive-auth-method`: `jwt` or `api_key`.
+pub const METHOD_HEADER: HeaderName = HeaderName::from_static("wasmhive-auth-method");
+/// `wasmhive-auth-claims`: the verified claims as JSON.
+pub const CLAIMS_HEADER: HeaderName = HeaderName::from_static("wasmhive-auth-claims");
+/// Every identity header, in the order above.
+pub const IDENTITY_HEADERS: [HeaderName; 4] =
+    [SUBJECT_HEADER, ROLES_HEADER, METHOD_HEADER, CLAIMS_HEADER];
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// `sub` of a JWT, or an API key's name.
+    pub subject: String,
+    /// Roles (from the JWT's roles claim; none for an API key).
+    pub roles: Vec<String>,
+    /// Scopes (the JWT's space-separated `scope` claim).
+    pub scopes: Vec<String>,
+    /// `jwt` or `api_key`.
+    pub method: &'static str,
+    /// The verified claims (`{"sub": NAME}` for an API key).
+    pub claims: serde_json::Value,
+}
+
+impl Identity {
+    /// Sets the identity headers on a request to a guest (replacing any).
+    pub fn set_headers(&self, headers: &mut HeaderMap) {
+        let claims = serde_json::to_string(&self.claims).unwrap_or_default();
+        for (name, value) in [
+            (SUBJECT_HEADER, self.subject.clone()),
+            (ROLES_HEADER, self.roles.join(",")),
+            (METHOD_HEADER, self.method.to_string()),
+            (CLAIMS_HEADER, claims),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 401: no credentials, or credentials that do not verify.
+    Unauthenticated {
+        /// The schemes the route accepts (`Bearer`, `ApiKey`).
+        schemes: Vec<&'static str>,
+        /// What was wrong, for the client (never a secret).
+        description: String,
+    },
+    /// 403: a verified caller without a required role or scope.
+    Forbidden {
+        /// What is missing.
+        description: String,
+    },
+}
+
+/// The app's verifiers, shared by its components.
+pub struct AppAuth {
+    jwt: Option<JwtVerifier>,
+    api_keys: Option<ApiKeys>,
+}
+
+impl AppAuth {
+    /// Builds the app's verifiers: reads JWKS files and key lists, fetches JWKS URLs.
+    /// `manifest_dir` is the manifest's directory when deployed from this machine.
+    pub async fn build(
+        spec: &AuthSpec,
+        access: &DeployAccess,
+        manifest_dir: Option<&Path>,
+    ) -> Result<Option<Arc<AppAuth>>, String> {
+        if spec.jwt.is_none() && spec.api_keys.is_none() {
+            return Ok(None);
+        }
+        let jwt = match &spec.jwt {
+            Some(j) => Some(JwtVerifier::build(j, access, manifest_dir).await?),
+            None => None,
+        };
+        let api_keys = match &spec.api_keys {
+            Some(k) => Some(ApiKeys::build(k, access, manifest_dir)?),
+            None => None,
+        };
+        Ok(Some(Arc::new(AppAuth { jwt, api_keys })))
+    }
+}
+
+/// One component's policy: what its routes require, checked with its app's verifiers.
+pub struct Policy {
+    app: Arc<AppAuth>,
+    require: Require,
+    rule: Rule,
+    routes: Vec<(crate::routes::RouteSpec, Rule)>,
+}
+
+impl Policy {
+    /// The policy of a component, or `None` for a public one.
+    pub fn new(app: Option<&Arc<AppAuth>>, spec: &ComponentAuthSpec) -> Option<Arc<Policy>> {
+        if spec.require == Require::None {
+            return None;
+        }
+        Some(Arc::new(Policy {
+            app: app?.clone(),
+            require: spec.require,
+            rule: spec.rule.clone(),
+            routes: spec
+                .routes
+                .iter()
+                .filter_map(|(written, rule)| {
+                    Some((crate::routes::parse_route(written).ok()?, rule.clone()))
+                })
+                .collect(),
+        }))
+    }
+
+    fn schemes(&self) -> Vec<&'static str> {
+        match self.require {
+            Require::Jwt => vec!["Bearer"],
+            Require::ApiKey => vec!["ApiKey"],
+            _ => vec!["Bearer", "ApiKey"],
+        }
+    }
+
+    /// Checks a request (`method`, its headers) that matched the route pattern
+    /// `pattern`.
+    pub async fn check(
+        &self,
+        method: &http::Method,
+        pattern: &str,
+        headers: &HeaderMap,
+    ) -> Result<Identity, Refusal> {
+        let unauthenticated = |description: String| Refusal::Unauthenticated {
+            schemes: self.schemes(),
+            description,
+        };
+        let bearer = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+        let jwt = matches!(self.require, Require::Jwt | Require::Any)
+            .then_some(self.app.jwt.as_ref())
+            .flatten();
+        let keys = matches!(self.require, Require::ApiKey | Require::Any)
+            .then_some(self.app.api_keys.as_ref())
+            .flatten();
+        let identity = match (jwt, bearer, keys) {
+            (Some(v), Some(token), _) => v.verify(token).await.map_err(unauthenticated)?,
+            (_, _, Some(k)) if k.presented(headers).is_some() => {
+                k.verify(headers).map_err(unauthenticated)?
+            }
+            _ => return Err(unauthenticated("missing credentials".into())),
+        };
+        let rule = self
+            .routes
+            .iter()
+            .find(|(r, _)| r.path == pattern && r.method.as_ref().is_none_or(|m| m == method))
+            .map(|(_, rule)| rule)
+            .unwrap_or(&self.rule);
+        if !rule.roles.is_empty() && !rule.roles.iter().any(|r| identity.roles.contains(r)) {
+            return Err(Refusal::Forbidden {
+                description: format!("needs one of the roles {}", rule.roles.join(", ")),
+            });
+        }
+        if let Some(missing) = rule.scopes.iter().find(|s| !identity.scopes.contains(s)) {
+            return Err(Refusal::Forbidden {
+                description: format!("needs the scope {missing}"),
+            });
+        }
+        Ok(identity)
+    }
+}
+
+/// Reads a key source (`{ env = … }` or `{ file = … }`) within what the host allows;
+/// `field` names it in errors.
+fn read_source(
+    field: &str,
+    source: &crate::capability::config::SecretSource,
+    access: &DeployAccess,
+    manifest_dir: Option<&Path>,
+) -> Result<String, String> {
+    use crate::capability::config::{SecretSource, read_env_allowed, read_file_allowed};
+    match source {
+        SecretSource::Env(var) => read_env_allowed(field, var, &access.env_prefixes),
+        SecretSource::File(path) => {
+            read_file_allowed(field, path, &access.secret_dirs, manifest_dir)
+        }
+    }
+}
