@@ -75,9 +75,11 @@ pub async fn run(
         config.gateway.body_read_timeout,
         crate::gateway::GuardConfig {
             trusted_proxies: config.gateway.trusted_proxies.clone(),
-            host_limit: config.gateway.rate_limit.as_ref().map(|r| {
-                Arc::new(crate::limit::Limiter::new(r.requests, r.per, r.burst))
-            }),
+            host_limit: config
+                .gateway
+                .rate_limit
+                .as_ref()
+                .map(|r| Arc::new(crate::limit::Limiter::new(r.requests, r.per, r.burst))),
         },
     );
 

@@ -28,12 +28,8 @@ pub const REMAINING_HEADER: HeaderName = HeaderName::from_static("ratelimit-rema
 /// `RateLimit-Reset`.
 pub const RESET_HEADER: HeaderName = HeaderName::from_static("ratelimit-reset");
 
-type Keyed = RateLimiter<
-    String,
-    DefaultKeyedStateStore<String>,
-    DefaultClock,
-    StateInformationMiddleware,
->;
+type Keyed =
+    RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
 /// What a check decided, with the numbers for the response headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +52,10 @@ impl Decision {
         headers.insert(REMAINING_HEADER, HeaderValue::from(self.remaining));
         headers.insert(RESET_HEADER, HeaderValue::from(self.reset_secs));
         if !self.allowed {
-            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(self.reset_secs.max(1)));
+            headers.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(self.reset_secs.max(1)),
+            );
         }
     }
 }

@@ -33,8 +33,7 @@ fn kind(flavor: Option<HttpFlavor>) -> &'static str {
 pub async fn validate(manifest_path: &Path, data_dir: &Path) -> anyhow::Result<String> {
     let manifest = Manifest::load(manifest_path)?;
     let config = HostConfig::default();
-    let manifest_dir = std::fs::canonicalize(manifest_path.parent().unwrap_or(Path::new(".")))
-        .ok();
+    let manifest_dir = std::fs::canonicalize(manifest_path.parent().unwrap_or(Path::new("."))).ok();
     crate::control::app_auth(&manifest, &config, manifest_dir.as_deref()).await?;
     let pool = PoolConfig {
         instances: 4,

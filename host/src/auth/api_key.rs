@@ -128,7 +128,9 @@ impl ApiKeys {
                 tracing::info!(keys = keys.len(), "API keys re-read");
                 self.keys.store(std::sync::Arc::new(keys));
             }
-            Err(e) => tracing::warn!(error = %e, "API key file unreadable; keeping the keys I have"),
+            Err(e) => {
+                tracing::warn!(error = %e, "API key file unreadable; keeping the keys I have")
+            }
         }
     }
 }
@@ -146,9 +148,9 @@ fn parse(text: &str) -> Result<Digests, String> {
         .enumerate()
         .filter(|(_, e)| !e.is_empty() && !e.starts_with('#'))
     {
-        let (name, key) = entry.split_once(':').ok_or_else(|| {
-            format!("auth.api_keys.keys: entry {} is not NAME:KEY", i + 1)
-        })?;
+        let (name, key) = entry
+            .split_once(':')
+            .ok_or_else(|| format!("auth.api_keys.keys: entry {} is not NAME:KEY", i + 1))?;
         let (name, key) = (name.trim(), key.trim());
         if name.is_empty() || key.len() < 16 {
             return Err(format!(
@@ -170,7 +172,8 @@ mod tests {
 
     #[test]
     fn keys_are_names_and_digests() {
-        let k = parse("# shop keys\nmobile:0123456789abcdef0123\n, web : fedcba9876543210fedc ").unwrap();
+        let k = parse("# shop keys\nmobile:0123456789abcdef0123\n, web : fedcba9876543210fedc ")
+            .unwrap();
         assert_eq!(k.len(), 2);
         let d: [u8; 32] = Sha256::digest(b"fedcba9876543210fedc").into();
         assert_eq!(k[&d], "web");

@@ -243,9 +243,11 @@ impl JwtVerifier {
                     .iter()
                     .filter_map(|i| i.as_str().map(str::to_string))
                     .collect(),
-                Some(serde_json::Value::String(s)) => {
-                    s.split([' ', ',']).filter(|p| !p.is_empty()).map(str::to_string).collect()
-                }
+                Some(serde_json::Value::String(s)) => s
+                    .split([' ', ','])
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string)
+                    .collect(),
                 _ => Vec::new(),
             }
         };
@@ -273,7 +275,11 @@ fn alg_is_none(token: &str) -> bool {
         .decode(head.trim_end_matches('='))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|h| h.get("alg").and_then(|a| a.as_str()).map(str::to_ascii_lowercase))
+        .and_then(|h| {
+            h.get("alg")
+                .and_then(|a| a.as_str())
+                .map(str::to_ascii_lowercase)
+        })
         .is_some_and(|a| a == "none")
 }
 
@@ -324,7 +330,9 @@ async fn fetch(url: &str) -> Result<String, String> {
     {
         body.extend_from_slice(&chunk);
         if body.len() > MAX_JWKS_BYTES {
-            return Err(format!("auth.jwt.jwks: {url} is larger than {MAX_JWKS_BYTES} bytes"));
+            return Err(format!(
+                "auth.jwt.jwks: {url} is larger than {MAX_JWKS_BYTES} bytes"
+            ));
         }
     }
     String::from_utf8(body).map_err(|_| format!("auth.jwt.jwks: {url} is not text"))

@@ -34,7 +34,11 @@ pub struct Passed {
 
 /// The client's address: the peer's, or, when the peer is a trusted proxy, the
 /// right-most `X-Forwarded-For` entry that is not a trusted proxy itself.
-pub fn client_ip(peer: Option<&PeerAddr>, headers: &HeaderMap, trusted: &[IpRange]) -> Option<IpAddr> {
+pub fn client_ip(
+    peer: Option<&PeerAddr>,
+    headers: &HeaderMap,
+    trusted: &[IpRange],
+) -> Option<IpAddr> {
     let peer = peer?.0.ip();
     let is_trusted = |ip: IpAddr| trusted.iter().any(|r| r.contains(ip));
     if !is_trusted(peer) {
@@ -57,13 +61,13 @@ pub fn client_ip(peer: Option<&PeerAddr>, headers: &HeaderMap, trusted: &[IpRang
 }
 
 impl GuardConfig {
-    /// The host-wide limit, before routing.
-    pub fn host_limit(&self, ip: Option<IpAddr>) -> Result<(), Response<Body>> {
+    /// The host-wide limit, before routing: the 429 to send, if over.
+    pub fn host_limit(&self, ip: Option<IpAddr>) -> Option<Response<Body>> {
         let (Some(limiter), Some(ip)) = (&self.host_limit, ip) else {
-            return Ok(());
+            return None;
         };
         let d = limiter.check(&ip.to_string());
-        if d.allowed { Ok(()) } else { Err(too_many(&d)) }
+        (!d.allowed).then(|| too_many(&d))
     }
 
     /// The route's checks: authentication, authorization, its rate limit.
@@ -74,7 +78,7 @@ impl GuardConfig {
         pattern: &str,
         headers: &HeaderMap,
         ip: Option<IpAddr>,
-    ) -> Result<Passed, Response<Body>> {
+    ) -> Result<Passed, Box<Response<Body>>> {
         let mut passed = Passed::default();
         if let Some(policy) = &component.auth {
             match policy.check(method, pattern, headers).await {
@@ -86,7 +90,7 @@ impl GuardConfig {
                         refusal = ?refusal,
                         "request refused at the gateway"
                     );
-                    return Err(refused(&refusal));
+                    return Err(Box::new(refused(&refusal)));
                 }
             }
         }
@@ -99,7 +103,7 @@ impl GuardConfig {
             };
             let d = limiter.check(&key);
             if !d.allowed {
-                return Err(too_many(&d));
+                return Err(Box::new(too_many(&d)));
             }
             passed.limit = Some(d);
         }
@@ -168,7 +172,10 @@ mod tests {
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let trusted = vec![IpRange::parse("10.0.0.0/8").unwrap()];
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4, 6.6.6.6, 10.0.0.7"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.2.3.4, 6.6.6.6, 10.0.0.7"),
+        );
         let peer = |ip: &str| PeerAddr(format!("{ip}:1000").parse().unwrap());
         // From a trusted proxy: the right-most untrusted entry (what the proxy saw).
         assert_eq!(

@@ -26,10 +26,10 @@ mod guard;
 pub use guard::GuardConfig;
 
 use crate::apps::Apps;
-use crate::listener::PeerAddr;
 use crate::body::{self, Body};
 use crate::envelope::{self, Admission, Context, HttpCall};
 use crate::headers::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
+use crate::listener::PeerAddr;
 use crate::routes::RouteMatch;
 use crate::telemetry::metrics::RequestMetrics;
 use crate::telemetry::trace::{TraceContext, new_request_id};
@@ -150,7 +150,7 @@ impl Gateway {
             req.headers(),
             &self.guard.trusted_proxies,
         );
-        if let Err(refused) = self.guard.host_limit(ip) {
+        if let Some(refused) = self.guard.host_limit(ip) {
             return refused;
         }
         let snapshot = self.apps.snapshot();
@@ -203,7 +203,7 @@ impl Gateway {
                     }
                     limit = passed.limit;
                 }
-                Err(refused) => return refused,
+                Err(refused) => return *refused,
             }
         }
 

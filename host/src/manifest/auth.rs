@@ -243,8 +243,7 @@ pub fn read_component(
         table.finish()?;
         overrides.push((pattern.into_inner(), r));
     }
-    let has_rules =
-        !top.roles.is_empty() || !top.scopes.is_empty() || !overrides.is_empty();
+    let has_rules = !top.roles.is_empty() || !top.scopes.is_empty() || !overrides.is_empty();
     if require == Require::None && has_rules {
         return Err(t.invalid(
             t.span(),
@@ -324,12 +323,16 @@ pub fn read_rate_limit(component: &mut Table<'_>) -> Result<Option<RateLimitSpec
     let Some(t) = component.table("rate_limit")? else {
         return Ok(None);
     };
-    let requests = t.count("requests", 1, i64::from(u32::MAX))?.ok_or_else(|| t.missing("requests"))?;
+    let requests = t
+        .count("requests", 1, i64::from(u32::MAX))?
+        .ok_or_else(|| t.missing("requests"))?;
     let per = t.duration("per")?.unwrap_or(Duration::from_secs(1));
     if per.is_zero() {
         return Err(t.invalid(t.span(), "per", "must be longer than zero"));
     }
-    let burst = t.count("burst", 1, i64::from(u32::MAX))?.unwrap_or(requests);
+    let burst = t
+        .count("burst", 1, i64::from(u32::MAX))?
+        .unwrap_or(requests);
     let key: Option<toml::Spanned<String>> = t.take("key")?;
     let key = match key {
         None => RateKey::default(),
