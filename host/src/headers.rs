@@ -22,6 +22,18 @@ pub const PARAM_PREFIX: &str = "wasmhive-param-";
 /// Marks a response the mesh made up from a call's `fallback`.
 pub const FALLBACK: &str = "wasmhive-fallback";
 
+/// Prefix of the headers carrying a verified caller's identity.
+pub const AUTH_PREFIX: &str = "wasmhive-auth-";
+
+/// The identity headers of a request (`wasmhive-auth-*`), as the gateway set them.
+pub fn identity_of(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    headers
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with(AUTH_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Removes every `wasmhive-*` header (a client or a calling guest must not forge them).
 pub fn strip_reserved(headers: &mut HeaderMap) {
     let reserved: Vec<HeaderName> = headers
@@ -50,6 +62,19 @@ pub fn strip_connection_named(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(http::header::CONNECTION);
+}
+
+/// Removes every `wasmhive-*` header except the identity ones (for a request the host
+/// itself built from a guest's, after [`strip_reserved`]).
+pub fn strip_reserved_but_identity(headers: &mut HeaderMap) {
+    let reserved: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(RESERVED_PREFIX) && !k.as_str().starts_with(AUTH_PREFIX))
+        .cloned()
+        .collect();
+    for k in reserved {
+        headers.remove(k);
+    }
 }
 
 /// Adds what the route matched to a request for the guest: one `wasmhive-param-NAME`

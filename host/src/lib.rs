@@ -5,12 +5,12 @@
 //! ```text
 //! cli ─► host ─► control ─┬─► gateway ─┐
 //!                 │       ├─► mesh ────┼─► envelope ─► apps ─► scaler ─► runtime ─► capability
-//!                 │       └─► subscriber┘      │        │                   │            │
+//!                 │       └─► subscriber┘      │        │  └─► auth         │            │
 //!                 ├─► validate                 ▼        ▼                   ▼            ▼
 //!                 └─► bus, state            trigger ◄─ manifest       (wasmtime)    bus, state
 //!
 //! leaves: section (manifest tables, errors), ids, headers, routes, body, listener,
-//!         tls, config, telemetry
+//!         tls, limit, config, telemetry
 //! ```
 //!
 //! - [`capability`]: what a guest may import, one module per capability (WIT
@@ -28,7 +28,11 @@
 //!   message invocations.
 //! - [`bus`]: the message bus trait, NATS and in-process backends, managed nats-server.
 //! - [`state`]: key-value backends (redb, JetStream).
-//! - [`control`]: deploy/undeploy/status, the admin API and its client.
+//! - [`control`]: deploy/undeploy/status, the admin API (locked by its token) and its
+//!   client.
+//! - [`auth`]: who is calling (JWTs, API keys) and whether they may call a route;
+//!   [`limit`]: rate limits; [`listener`]: connections (clocks, limits, h2c) and
+//!   [`tls`]: certificates that reload.
 //! - [`host`]: the composition root that wires a host together.
 
 #![deny(missing_docs)]

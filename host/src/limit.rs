@@ -18,6 +18,8 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::section::{ManifestError, Table};
+
 /// Keys one limiter keeps before it sheds those at rest.
 pub const MAX_KEYS: usize = 100_000;
 
@@ -122,6 +124,70 @@ impl Limiter {
         }
         key.to_string()
     }
+}
+
+/// `[components.NAME.rate_limit]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitSpec {
+    /// Requests allowed per `per`, sustained.
+    pub requests: u32,
+    /// The window `requests` is counted over.
+    pub per: Duration,
+    /// Requests allowed at once above the sustained rate (default: `requests`).
+    pub burst: u32,
+    /// Whose requests are counted together.
+    pub key: RateKey,
+}
+
+/// `key` of a rate limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RateKey {
+    /// Each client address.
+    ClientIp,
+    /// Each authenticated subject; the client address when there is none.
+    #[default]
+    Subject,
+    /// Everyone together.
+    Global,
+}
+
+/// Reads `[components.NAME.rate_limit]`.
+pub fn read_rate_limit(component: &mut Table<'_>) -> Result<Option<RateLimitSpec>, ManifestError> {
+    let Some(t) = component.table("rate_limit")? else {
+        return Ok(None);
+    };
+    let requests = t
+        .count("requests", 1, i64::from(u32::MAX))?
+        .ok_or_else(|| t.missing("requests"))?;
+    let per = t.duration("per")?.unwrap_or(Duration::from_secs(1));
+    if per.is_zero() {
+        return Err(t.invalid(t.span(), "per", "must be longer than zero"));
+    }
+    let burst = t
+        .count("burst", 1, i64::from(u32::MAX))?
+        .unwrap_or(requests);
+    let key: Option<toml::Spanned<String>> = t.take("key")?;
+    let key = match key {
+        None => RateKey::default(),
+        Some(k) => match k.get_ref().as_str() {
+            "client_ip" => RateKey::ClientIp,
+            "subject" => RateKey::Subject,
+            "global" => RateKey::Global,
+            other => {
+                return Err(t.invalid(
+                    k.span(),
+                    "key",
+                    format!("{other:?}: expected \"client_ip\", \"subject\" or \"global\""),
+                ));
+            }
+        },
+    };
+    Ok(Some(RateLimitSpec {
+        requests,
+        per,
+        burst,
+        key,
+    }))
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ pub struct DeployedComponent {
     /// Who may call its routes (`None`: public).
     pub auth: Option<Arc<crate::auth::Policy>>,
     /// Its rate limit and whose requests count together.
-    pub rate_limit: Option<(Arc<crate::limit::Limiter>, crate::manifest::auth::RateKey)>,
+    pub rate_limit: Option<(Arc<crate::limit::Limiter>, crate::limit::RateKey)>,
 }
 
 /// Per-component counters.

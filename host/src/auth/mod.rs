@@ -19,7 +19,8 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::DeployAccess;
-use crate::manifest::auth::{AuthSpec, ComponentAuthSpec, Require, Rule};
+use crate::manifest::auth::AuthSpec;
+use crate::trigger::rules::{ComponentAuthSpec, Require, Rule};
 
 pub use api_key::ApiKeys;
 pub use jwt::JwtVerifier;

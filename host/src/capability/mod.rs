@@ -123,6 +123,9 @@ pub struct Invocation {
     pub request_id: Option<::http::HeaderValue>,
     /// Reply subject of the message being handled (the guest may always answer it).
     pub reply_to: Option<String>,
+    /// The verified caller (`wasmhive-auth-*` headers), passed on to service calls
+    /// whose `forward_identity` is on.
+    pub identity: Option<Arc<[(::http::HeaderName, ::http::HeaderValue)]>>,
 }
 
 impl Invocation {

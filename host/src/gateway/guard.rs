@@ -11,9 +11,9 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use crate::apps::DeployedComponent;
 use crate::auth::{Identity, Refusal};
 use crate::body::{self, Body};
+use crate::limit::RateKey;
 use crate::limit::{Decision, Limiter};
 use crate::listener::{IpRange, PeerAddr};
-use crate::manifest::auth::RateKey;
 
 /// What the guard needs from the host configuration.
 pub struct GuardConfig {

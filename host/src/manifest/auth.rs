@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::capability::config::SecretSource;
 use crate::section::{ManifestError, Table};
+use crate::trigger::rules::{ComponentAuthSpec, Require, Rule};
 
 /// Default `roles_claim`.
 pub const DEFAULT_ROLES_CLAIM: &str = "roles";
@@ -52,43 +53,6 @@ pub struct ApiKeysSpec {
     pub header: http::HeaderName,
     /// Where the `NAME:KEY` lines are.
     pub keys: SecretSource,
-}
-
-/// `require` of `[components.NAME.auth]`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Require {
-    /// Public: no credentials asked for (the default).
-    #[default]
-    None,
-    /// A valid JWT.
-    Jwt,
-    /// A valid API key.
-    ApiKey,
-    /// Either.
-    Any,
-}
-
-/// Roles and scopes a request must carry.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Rule {
-    /// At least one of these roles (empty: any).
-    pub roles: Vec<String>,
-    /// All of these scopes (in the space-separated `scope` claim).
-    pub scopes: Vec<String>,
-}
-
-/// `[components.NAME.auth]`
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ComponentAuthSpec {
-    /// What credentials a request must carry.
-    pub require: Require,
-    /// The component-wide rule.
-    pub rule: Rule,
-    /// Per-route overrides, keyed by the route exactly as written in `routes`.
-    pub routes: Vec<(String, Rule)>,
-    /// Where the table is written (for errors found against the app's `[auth]`).
-    pub span: std::ops::Range<usize>,
 }
 
 #[derive(serde::Deserialize)]
@@ -183,82 +147,6 @@ pub(super) fn read(doc: &mut Table<'_>) -> Result<AuthSpec, ManifestError> {
     })
 }
 
-fn rule(t: &mut Table<'_>) -> Result<Rule, ManifestError> {
-    let rule = Rule {
-        roles: t.take_or_default("roles")?,
-        scopes: t.take_or_default("scopes")?,
-    };
-    for (what, list) in [("roles", &rule.roles), ("scopes", &rule.scopes)] {
-        if let Some(bad) = list.iter().find(|r| r.is_empty() || r.contains([' ', ','])) {
-            return Err(t.invalid(
-                t.span(),
-                what,
-                format!("{bad:?}: names are non-empty, without spaces or commas"),
-            ));
-        }
-    }
-    Ok(rule)
-}
-
-/// Reads `[components.NAME.auth]`; `routes` are the component's routes as written.
-pub fn read_component(
-    component: &mut Table<'_>,
-    routes: &[String],
-) -> Result<ComponentAuthSpec, ManifestError> {
-    let Some(t) = component.table("auth")? else {
-        return Ok(ComponentAuthSpec::default());
-    };
-    let require: Option<toml::Spanned<String>> = t.take("require")?;
-    let require = match require {
-        None => Require::None,
-        Some(r) => match r.get_ref().as_str() {
-            "none" => Require::None,
-            "jwt" => Require::Jwt,
-            "api_key" => Require::ApiKey,
-            "any" => Require::Any,
-            other => {
-                return Err(t.invalid(
-                    r.span(),
-                    "require",
-                    format!("{other:?}: expected \"jwt\", \"api_key\", \"any\" or \"none\""),
-                ));
-            }
-        },
-    };
-    let top = rule(t)?;
-    let mut overrides = Vec::new();
-    for (pattern, mut table) in t.tables("routes")? {
-        if !routes.iter().any(|r| r == pattern.get_ref()) {
-            return Err(t.invalid(
-                pattern.span(),
-                &format!("routes.{:?}", pattern.get_ref()),
-                format!(
-                    "{:?} is not one of this component's routes ({})",
-                    pattern.get_ref(),
-                    routes.join(", ")
-                ),
-            ));
-        }
-        let r = rule(&mut table)?;
-        table.finish()?;
-        overrides.push((pattern.into_inner(), r));
-    }
-    let has_rules = !top.roles.is_empty() || !top.scopes.is_empty() || !overrides.is_empty();
-    if require == Require::None && has_rules {
-        return Err(t.invalid(
-            t.span(),
-            "require",
-            "roles or scopes on a public component would never be checked: set require = \"jwt\", \"api_key\" or \"any\"",
-        ));
-    }
-    Ok(ComponentAuthSpec {
-        require,
-        rule: top,
-        routes: overrides,
-        span: t.span(),
-    })
-}
-
 /// Checks a component's rules against the app's `[auth]` (a component requiring JWTs
 /// needs `[auth.jwt]`, and so on); `field` names the component's auth table.
 pub fn check_component(app: &AuthSpec, spec: &ComponentAuthSpec) -> Result<(), String> {
@@ -291,68 +179,4 @@ pub fn check_component(app: &AuthSpec, spec: &ComponentAuthSpec) -> Result<(), S
         }
     }
     Ok(())
-}
-
-/// `[components.NAME.rate_limit]`
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateLimitSpec {
-    /// Requests allowed per `per`, sustained.
-    pub requests: u32,
-    /// The window `requests` is counted over.
-    pub per: Duration,
-    /// Requests allowed at once above the sustained rate (default: `requests`).
-    pub burst: u32,
-    /// Whose requests are counted together.
-    pub key: RateKey,
-}
-
-/// `key` of a rate limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum RateKey {
-    /// Each client address.
-    ClientIp,
-    /// Each authenticated subject; the client address when there is none.
-    #[default]
-    Subject,
-    /// Everyone together.
-    Global,
-}
-
-/// Reads `[components.NAME.rate_limit]`.
-pub fn read_rate_limit(component: &mut Table<'_>) -> Result<Option<RateLimitSpec>, ManifestError> {
-    let Some(t) = component.table("rate_limit")? else {
-        return Ok(None);
-    };
-    let requests = t
-        .count("requests", 1, i64::from(u32::MAX))?
-        .ok_or_else(|| t.missing("requests"))?;
-    let per = t.duration("per")?.unwrap_or(Duration::from_secs(1));
-    if per.is_zero() {
-        return Err(t.invalid(t.span(), "per", "must be longer than zero"));
-    }
-    let burst = t
-        .count("burst", 1, i64::from(u32::MAX))?
-        .unwrap_or(requests);
-    let key: Option<toml::Spanned<String>> = t.take("key")?;
-    let key = match key {
-        None => RateKey::default(),
-        Some(k) => match k.get_ref().as_str() {
-            "client_ip" => RateKey::ClientIp,
-            "subject" => RateKey::Subject,
-            "global" => RateKey::Global,
-            other => {
-                return Err(t.invalid(
-                    k.span(),
-                    "key",
-                    format!("{other:?}: expected \"client_ip\", \"subject\" or \"global\""),
-                ));
-            }
-        },
-    };
-    Ok(Some(RateLimitSpec {
-        requests,
-        per,
-        burst,
-        key,
-    }))
 }

@@ -149,7 +149,9 @@ impl MeshRouter {
         target: &DeployedComponent,
         mut request: Request<Body>,
     ) -> (Request<Body>, TraceContext) {
-        crate::headers::strip_reserved(request.headers_mut());
+        // The caller's hooks removed what the guest wrote and added the verified
+        // identity (when forwarded); everything else reserved is the host's to set.
+        crate::headers::strip_reserved_but_identity(request.headers_mut());
         let trace = TraceContext::for_invocation(
             request
                 .headers()

@@ -446,9 +446,14 @@ pub(crate) fn memory_failure(hit: MemoryHit, limit: u64, detail: String) -> Invo
 /// What an HTTP request carries into the instance: its trace context.
 pub(crate) fn http_invocation(headers: &http::HeaderMap) -> Invocation {
     let (traceparent, request_id) = crate::headers::trace_pair(headers);
+    // Most requests carry no identity: one lookup says so.
+    let identity = headers
+        .contains_key("wasmhive-auth-subject")
+        .then(|| crate::headers::identity_of(headers).into());
     Invocation {
         traceparent,
         request_id,
         reply_to: None,
+        identity,
     }
 }

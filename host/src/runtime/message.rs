@@ -78,6 +78,7 @@ impl PreparedComponent {
             traceparent,
             request_id: None,
             reply_to: message.reply_to.clone(),
+            identity: None,
         };
         self.run(invocation, guard, HandleMessage(indices, message))
             .await?

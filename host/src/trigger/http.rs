@@ -2,7 +2,7 @@
 //!
 //! Manifest: `routes = ["GET /users/{id}", "/files/{*path}"]` (an optional method and
 //! a `matchit` pattern), `[components.NAME.auth]` (who may call them: see
-//! [`crate::manifest::auth`]) and `[components.NAME.rate_limit]`. Routes must not overlap inside an app (checked here, with
+//! [`super::rules`]) and `[components.NAME.rate_limit]`. Routes must not overlap inside an app (checked here, with
 //! the line of the route in the way) nor across apps (checked by the app registry at
 //! deploy). Served by a `wasi:http/incoming-handler@0.2.x` (WASI 0.2) or
 //! `wasi:http/handler@0.3.x` (WASI 0.3) export; the source of its invocations is
@@ -11,8 +11,9 @@
 use std::ops::Range;
 
 use super::Trigger;
+use super::rules::ComponentAuthSpec;
 use crate::capability;
-use crate::manifest::auth::{ComponentAuthSpec, RateLimitSpec};
+use crate::limit::RateLimitSpec;
 use crate::routes::{RouteSpec, RouteTable, parse_route};
 use crate::section::{ManifestError, Source, Table};
 
@@ -50,8 +51,8 @@ impl Trigger for HttpTrigger {
             spec.spans.push(route.span());
         }
         let written: Vec<String> = written.into_iter().map(toml::Spanned::into_inner).collect();
-        spec.auth = crate::manifest::auth::read_component(component, &written)?;
-        spec.rate_limit = crate::manifest::auth::read_rate_limit(component)?;
+        spec.auth = super::rules::read(component, &written)?;
+        spec.rate_limit = crate::limit::read_rate_limit(component)?;
         Ok(spec)
     }
 

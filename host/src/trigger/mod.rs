@@ -17,6 +17,7 @@
 pub mod http;
 pub mod mesh;
 pub mod message;
+pub mod rules;
 
 use std::fmt::Debug;
 

@@ -17,6 +17,9 @@ pub struct CallPolicy {
     pub circuit_breaker: Option<BreakerPolicy>,
     /// Answer given instead of a failure.
     pub fallback: Option<Fallback>,
+    /// Pass the caller's verified identity (`wasmhive-auth-*`) on to the callee
+    /// (`forward_identity`, default true).
+    pub forward_identity: bool,
 }
 
 /// `retries = { attempts, backoff, max_backoff }`
@@ -85,6 +88,7 @@ pub(super) fn read(component: &mut Table<'_>) -> Result<Vec<(String, CallPolicy)
 fn policy(t: &mut Table<'_>) -> Result<CallPolicy, ManifestError> {
     let mut policy = CallPolicy {
         timeout: t.duration("timeout")?,
+        forward_identity: t.take("forward_identity")?.unwrap_or(true),
         ..Default::default()
     };
     if let Some(r) = t.table("retries")? {

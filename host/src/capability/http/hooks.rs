@@ -40,6 +40,8 @@ pub(crate) struct HostHooks {
     pub(crate) traceparent: Option<http::HeaderValue>,
     /// `x-request-id` of the invocation, added likewise.
     pub(crate) request_id: Option<http::HeaderValue>,
+    /// The invocation's verified caller, passed on to service calls that forward it.
+    pub(crate) identity: Option<Arc<[(HeaderName, http::HeaderValue)]>>,
     /// Permits for requests open at once.
     open: Arc<Semaphore>,
 }
@@ -51,6 +53,7 @@ impl HostHooks {
             grants,
             traceparent: None,
             request_id: None,
+            identity: None,
         }
     }
 }
@@ -103,6 +106,15 @@ impl WasiHttpHooks for HostHooks {
                 return Box::new(async { Err(HttpError::HttpRequestDenied) });
             };
             let (caller, policy) = (self.grants.id.clone(), policy.clone());
+            // The guest cannot name an identity; the host passes on the verified one.
+            crate::headers::strip_reserved(request.headers_mut());
+            if policy.forward_identity
+                && let Some(identity) = &self.identity
+            {
+                for (name, value) in identity.iter() {
+                    request.headers_mut().insert(name.clone(), value.clone());
+                }
+            }
             let open = self.open.clone();
             return Box::new(async move {
                 let _permit = open.acquire_owned().await;

@@ -103,6 +103,7 @@ impl Capability for OutgoingHttp {
     fn begin(ctx: &mut HttpState, invocation: &Invocation) {
         ctx.hooks.traceparent = invocation.traceparent.clone();
         ctx.hooks.request_id = invocation.request_id.clone();
+        ctx.hooks.identity = invocation.identity.clone();
     }
 
     fn add_to_linker<X: Send + 'static>(
