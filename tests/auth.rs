@@ -359,6 +359,21 @@ async fn jwts_and_api_keys_are_checked_before_the_component_runs() {
         served + 1,
         "refused requests ran the component"
     );
+    // Refusals are counted per component and status.
+    let metrics = host.admin_get("/metrics").await.text;
+    let count = |status: u16| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("wasmhive_gateway_refused_total{")
+                    && l.contains("component=\"orders\"")
+                    && l.contains(&format!("status=\"{status}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count(401), 12, "{metrics}");
+    assert_eq!(count(403), 2, "{metrics}");
 
     // Forged identity headers from a client never reach the guest.
     let r = get(

@@ -1,4 +1,5 @@
-//! API keys: `NAME:KEY` entries (one per line, or comma-separated in a variable);
+//! API keys: `NAME:KEY` entries (one per line, or comma-separated in a variable;
+//! a line starting with `#` is a comment);
 //! the name becomes the caller's subject. Keys are held as SHA-256 digests and looked
 //! up by digest, so a wrong key takes the same path however much of it was right.
 //! A key file is re-read when it changes (checked at most once a second), so
@@ -142,12 +143,14 @@ fn modified(path: &Path) -> Option<SystemTime> {
 /// `NAME:KEY` entries, separated by newlines or commas; `#` starts a comment line.
 fn parse(text: &str) -> Result<Digests, String> {
     let mut keys = HashMap::new();
-    for (i, entry) in text
-        .split(['\n', ','])
+    let entries = text
+        .lines()
         .map(str::trim)
-        .enumerate()
-        .filter(|(_, e)| !e.is_empty() && !e.starts_with('#'))
-    {
+        .filter(|l| !l.starts_with('#'))
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty());
+    for (i, entry) in entries.enumerate() {
         let (name, key) = entry
             .split_once(':')
             .ok_or_else(|| format!("auth.api_keys.keys: entry {} is not NAME:KEY", i + 1))?;
@@ -172,8 +175,10 @@ mod tests {
 
     #[test]
     fn keys_are_names_and_digests() {
-        let k = parse("# shop keys\nmobile:0123456789abcdef0123\n, web : fedcba9876543210fedc ")
-            .unwrap();
+        let k = parse(
+            "# NAME:KEY, one per line\nmobile:0123456789abcdef0123\n, web : fedcba9876543210fedc ",
+        )
+        .unwrap();
         assert_eq!(k.len(), 2);
         let d: [u8; 32] = Sha256::digest(b"fedcba9876543210fedc").into();
         assert_eq!(k[&d], "web");

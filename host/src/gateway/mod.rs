@@ -151,6 +151,7 @@ impl Gateway {
             &self.guard.trusted_proxies,
         );
         if let Some(refused) = self.guard.host_limit(ip) {
+            self.metrics.record_refused(None, refused.status().as_u16());
             return refused;
         }
         let snapshot = self.apps.snapshot();
@@ -203,7 +204,11 @@ impl Gateway {
                     }
                     limit = passed.limit;
                 }
-                Err(refused) => return *refused,
+                Err(refused) => {
+                    self.metrics
+                        .record_refused(Some(&component.id), refused.status().as_u16());
+                    return *refused;
+                }
             }
         }
 

@@ -53,6 +53,18 @@ pub struct ComponentSeries {
 pub struct RequestMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RequestLabels, Histogram>,
+    refused: Family<RefusedLabels, Counter>,
+}
+
+/// Labels of a request the gateway refused before admission.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// App name (empty for the host-wide limit, which runs before routing).
+    pub app: Arc<str>,
+    /// Component name (likewise).
+    pub component: Arc<str>,
+    /// 401, 403 or 429.
+    pub status: u16,
 }
 
 impl Default for RequestMetrics {
@@ -63,6 +75,7 @@ impl Default for RequestMetrics {
             latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
             }),
+            refused: Family::default(),
         }
     }
 }
@@ -104,8 +117,29 @@ impl RequestMetrics {
         latency.observe(seconds);
     }
 
+    /// Records a request refused before admission (`id`: the component it was for,
+    /// `None` before routing).
+    pub fn record_refused(&self, id: Option<&ComponentId>, status: u16) {
+        let (app, component) = match id {
+            Some(id) => (id.app.clone(), id.component.clone()),
+            None => (Arc::from(""), Arc::from("")),
+        };
+        self.refused
+            .get_or_create(&RefusedLabels {
+                app,
+                component,
+                status,
+            })
+            .inc();
+    }
+
     /// Adds the families to `registry`.
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "wasmhive_gateway_refused",
+            "Requests refused before admission (401, 403, 429), by component",
+            self.refused.clone(),
+        );
         registry.register(
             "wasmhive_requests",
             "Requests answered, by component and status",
