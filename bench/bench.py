@@ -1111,15 +1111,22 @@ def scenario_edge():
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost"],
                    check=True, capture_output=True)
+    no_cache = data / "no-cache.toml"
+    no_cache.write_text("[gateway]\njwt_cache = 0\n")
     plain = Host(data / "plain", [manifest])
+    uncached = Host(data / "uncached", [manifest], config=no_cache)
     tls = Host(data / "tls", [manifest], extra=["--tls-cert", str(cert), "--tls-key", str(key)])
     base = f"http://127.0.0.1:{plain.port}"
+    verify = f"http://127.0.0.1:{uncached.port}"
     secure = f"https://127.0.0.1:{tls.port}"
     variants = [
         ("public", base + "/hello", []),
         ("JWT RS256", base + "/jwt/hello", [f"Authorization: Bearer {tokens['RS256']}"]),
         ("JWT ES256", base + "/jwt/hello", [f"Authorization: Bearer {tokens['ES256']}"]),
         ("JWT EdDSA", base + "/jwt/hello", [f"Authorization: Bearer {tokens['EdDSA']}"]),
+        ("JWT RS256, every request verified", verify + "/jwt/hello", [f"Authorization: Bearer {tokens['RS256']}"]),
+        ("JWT ES256, every request verified", verify + "/jwt/hello", [f"Authorization: Bearer {tokens['ES256']}"]),
+        ("JWT EdDSA, every request verified", verify + "/jwt/hello", [f"Authorization: Bearer {tokens['EdDSA']}"]),
         ("API key", base + "/key/hello", [f"x-api-key: {api_key}"]),
         ("TLS public", secure + "/hello", []),
         ("TLS JWT RS256", secure + "/jwt/hello", [f"Authorization: Bearer {tokens['RS256']}"]),
@@ -1135,14 +1142,18 @@ def scenario_edge():
                 print(f"  round {r + 1} {name}: {rps:,.0f} req/s p50 {p50:.2f} ms p99 {p99:.2f} ms")
     finally:
         plain.stop()
+        uncached.stop()
         tls.stop()
     med = {n: tuple(statistics.median(x[i] for x in results[n]) for i in range(3)) for n in results}
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores; wrk -t{THREADS} -c{CONNECTIONS} "
         f"-d{DURATION}s on loopback (HTTP/1.1, kept-alive connections), median of {ROUNDS} alternating rounds; "
         f"one host for plaintext and one with TLS (an ECDSA P-256 certificate), the same hello component "
-        f"behind each route. \"Added\" is 1/req/s of the row minus 1/req/s of its public row: the extra "
-        f"wall time per request with the whole machine (host and wrk) busy.",
+        f"behind each route. The JWT rows send one token over and over, so after its first request it is "
+        f"a verified-token cache hit (`[gateway] jwt_cache`, the default); the \"every request verified\" "
+        f"rows come from a third host with `jwt_cache = 0`, so they pay the signature check each time. "
+        f"\"Added\" is 1/req/s of the row minus 1/req/s of its public row: the extra wall time per request "
+        f"with the whole machine (host and wrk) busy.",
         "",
         "| route | req/s | p50 ms | p99 ms | vs public | added µs/request |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -1153,8 +1164,11 @@ def scenario_edge():
         lines.append(f"| {name} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {rps / ref:.2f}x | "
                      f"{(1 / rps - 1 / ref) * 1e6:+.1f} |")
     rs = med["JWT RS256"][0] / med["public"][0]
-    lines += ["", f"Target: verifying a cached-key RS256 JWT costs at most 30% of the public route's req/s: "
-              f"{'met' if rs >= 0.7 else 'NOT met'} ({(1 - rs) * 100:.0f}% fewer req/s).",
+    raw = med["JWT RS256, every request verified"][0] / med["public"][0]
+    lines += ["", f"Target: a cached-key RS256 JWT costs at most 30% of the public route's req/s: with the token "
+              f"cache {'met' if rs >= 0.7 else 'NOT met'} ({(1 - rs) * 100:.0f}% fewer req/s); verifying the "
+              f"signature on every request {'meets' if raw >= 0.7 else 'does NOT meet'} it "
+              f"({(1 - raw) * 100:.0f}% fewer).",
               "", "Commands:", "", "```sh", "just bench edge",
               "wrk -t2 -c32 -d6s --latency http://127.0.0.1:PORT/hello",
               "wrk -t2 -c32 -d6s --latency -H 'Authorization: Bearer <RS256|ES256|EdDSA token>' http://127.0.0.1:PORT/jwt/hello",

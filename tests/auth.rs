@@ -375,6 +375,25 @@ async fn jwts_and_api_keys_are_checked_before_the_component_runs() {
     assert_eq!(count(401), 12, "{metrics}");
     assert_eq!(count(403), 2, "{metrics}");
 
+    // A verified token is remembered, but never past its `exp` (plus the leeway).
+    let short = rsa.token(
+        serde_json::json!({"iss": "https://id.example.com", "aud": "shop",
+        "sub": "brief", "roles": ["support"], "exp": now() + 1}),
+    );
+    let r = get(url("/orders/7"), &[("authorization", &bearer(&short))]).await;
+    assert_eq!(r.status, 200, "{r}");
+    eventually("the short token to expire", PATIENCE, async || {
+        let r = get(url("/orders/7"), &[("authorization", &bearer(&short))]).await;
+        if r.status == 401 {
+            Ok(r)
+        } else {
+            Err(r.to_string())
+        }
+    })
+    .await;
+    let r = get(url("/orders/7"), &[("authorization", &bearer(&short))]).await;
+    assert_401(&r, "Bearer", "token expired");
+
     // Forged identity headers from a client never reach the guest.
     let r = get(
         url("/orders/7"),

@@ -695,3 +695,45 @@ async fn the_admin_api_over_mutual_tls() {
     let out = status(&[]);
     assert!(!out.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_its_body_is_cut_off() {
+    let ws = Workspace::new();
+    let echo = ws.write(
+        "echo.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "echo"
+version = "1.0.0"
+[components.echo]
+source = "{component:echo-body}"
+routes = ["POST /echo"]
+"#,
+    );
+    let host = host_with_config(vec![echo], &ws, "[gateway]\nbody_read_timeout = \"1s\"\n");
+    let mut s = TcpStream::connect(addr(&host.http)).await.unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    // Then nothing more: the guest's next read fails after the gap, the echo ends
+    // without its final chunk, and the connection is closed.
+    let got = read_until_closed(&mut s)
+        .await
+        .expect("the stalled request ends");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("hello"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "a cut-off echo must not look complete: {text}"
+    );
+    // The host serves on.
+    assert_eq!(
+        get(host.url("/echo")).await.status,
+        405,
+        "GET is not routed: the host answers"
+    );
+}

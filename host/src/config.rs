@@ -84,6 +84,8 @@ pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_H2_MAX_STREAMS: u32 = 100;
 /// `[gateway] h2_keep_alive_interval`: HTTP/2 ping interval (and answer timeout).
 pub const DEFAULT_H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+/// `[gateway] jwt_cache`: verified JWTs kept per app.
+pub const DEFAULT_JWT_CACHE: usize = 10_000;
 /// Admin connections are few (the CLI, probes, scrapers).
 pub const ADMIN_MAX_CONNECTIONS: usize = 256;
 
@@ -153,6 +155,8 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<crate::listener::IpRange>,
     /// `[gateway.rate_limit]`: requests per client address across every route.
     pub rate_limit: Option<crate::limit::RateLimitSpec>,
+    /// Verified JWTs kept per app (0: verify the signature of every request).
+    pub jwt_cache: usize,
 }
 
 impl Default for GatewayConfig {
@@ -167,6 +171,7 @@ impl Default for GatewayConfig {
             h2_keep_alive_interval: DEFAULT_H2_KEEP_ALIVE,
             trusted_proxies: Vec::new(),
             rate_limit: None,
+            jwt_cache: DEFAULT_JWT_CACHE,
         }
     }
 }
@@ -536,6 +541,9 @@ fn gateway(t: &mut Table<'_>, g: &mut GatewayConfig) -> Result<(), ManifestError
     }
     if let Some(ranges) = ip_ranges(t, "per_ip_exempt")? {
         g.per_ip_exempt = ranges;
+    }
+    if let Some(n) = t.count("jwt_cache", 0, 10_000_000)? {
+        g.jwt_cache = n as usize;
     }
     if let Some(ranges) = ip_ranges(t, "trusted_proxies")? {
         g.trusted_proxies = ranges;

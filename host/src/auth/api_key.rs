@@ -22,7 +22,8 @@ use crate::manifest::auth::ApiKeysSpec;
 /// How often a key file's modification time is looked at.
 const RECHECK: Duration = Duration::from_secs(1);
 
-type Digests = HashMap<[u8; 32], String>;
+/// Key digest → the identity its holder gets.
+type Digests = HashMap<[u8; 32], std::sync::Arc<Identity>>;
 
 /// An app's API keys.
 pub struct ApiKeys {
@@ -84,21 +85,16 @@ impl ApiKeys {
     }
 
     /// Checks the presented key.
-    pub fn verify(&self, headers: &HeaderMap) -> Result<Identity, String> {
+    pub fn verify(&self, headers: &HeaderMap) -> Result<std::sync::Arc<Identity>, String> {
         let Some(key) = self.presented(headers) else {
             return Err("missing credentials".into());
         };
         self.recheck();
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let keys = self.keys.load();
-        let name = keys.get(&digest).ok_or("unknown or revoked API key")?;
-        Ok(Identity {
-            subject: name.clone(),
-            roles: Vec::new(),
-            scopes: Vec::new(),
-            method: "api_key",
-            claims: serde_json::json!({ "sub": name }),
-        })
+        keys.get(&digest)
+            .cloned()
+            .ok_or_else(|| "unknown or revoked API key".to_string())
     }
 
     /// Re-reads the key file if it changed since last looked at.
@@ -161,7 +157,17 @@ fn parse(text: &str) -> Result<Digests, String> {
                 i + 1
             ));
         }
-        keys.insert(Sha256::digest(key.as_bytes()).into(), name.to_string());
+        let identity = Identity::new(
+            name.to_string(),
+            Vec::new(),
+            Vec::new(),
+            "api_key",
+            &serde_json::json!({ "sub": name }),
+        );
+        keys.insert(
+            Sha256::digest(key.as_bytes()).into(),
+            std::sync::Arc::new(identity),
+        );
     }
     if keys.is_empty() {
         return Err("auth.api_keys.keys: no NAME:KEY entry".into());
@@ -181,7 +187,7 @@ mod tests {
         .unwrap();
         assert_eq!(k.len(), 2);
         let d: [u8; 32] = Sha256::digest(b"fedcba9876543210fedc").into();
-        assert_eq!(k[&d], "web");
+        assert_eq!(k[&d].subject, "web");
         assert!(parse("nocolon").is_err());
         assert!(parse("a:short").is_err());
         assert!(parse("\n# only a comment\n").is_err());

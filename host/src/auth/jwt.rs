@@ -9,6 +9,13 @@
 //!
 //! A token naming a key id (`kid`) the verifier does not know makes it re-read its
 //! JWKS once (at most every [`MIN_REFRESH`]), so keys rotate without a restart.
+//!
+//! Verified tokens are kept (up to `[gateway] jwt_cache` of them, for at most
+//! [`CACHE_TTL`] and never past their `exp`): a client sends the same token with every
+//! request, and checking a signature costs more than the rest of a small request. A
+//! token is looked up by its whole text, and its `nbf`/`exp` are checked on every hit.
+//! The price: a key removed from the JWKS is still honoured for tokens verified with
+//! it within the last [`CACHE_TTL`].
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -25,6 +32,8 @@ use crate::manifest::auth::JwtSpec;
 
 /// The shortest time between two JWKS refreshes caused by unknown key ids.
 pub const MIN_REFRESH: Duration = Duration::from_secs(10);
+/// How long a verified token is kept at most.
+pub const CACHE_TTL: Duration = Duration::from_secs(300);
 /// Longest JWKS document accepted from a URL.
 const MAX_JWKS_BYTES: usize = 1 << 20;
 /// How long fetching a JWKS URL may take.
@@ -67,6 +76,70 @@ pub struct JwtVerifier {
     keys: ArcSwap<Vec<Key>>,
     hmac: Option<DecodingKey>,
     last_refresh: tokio::sync::Mutex<Option<Instant>>,
+    cache: TokenCache,
+}
+
+/// Verified tokens, by their text.
+struct TokenCache {
+    max: usize,
+    entries: std::sync::RwLock<std::collections::HashMap<Box<str>, Cached>>,
+}
+
+struct Cached {
+    identity: Arc<Identity>,
+    /// Unix seconds, leeway applied.
+    not_before: u64,
+    expires: u64,
+    stored: Instant,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl TokenCache {
+    fn get(&self, token: &str) -> Option<Arc<Identity>> {
+        if self.max == 0 {
+            return None;
+        }
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let c = entries.get(token)?;
+        let now = unix_now();
+        (now >= c.not_before && now < c.expires && c.stored.elapsed() < CACHE_TTL)
+            .then(|| c.identity.clone())
+    }
+
+    fn put(&self, token: &str, identity: &Arc<Identity>, claims: &serde_json::Value, leeway: u64) {
+        if self.max == 0 {
+            return;
+        }
+        let Some(exp) = claims.get("exp").and_then(serde_json::Value::as_u64) else {
+            return;
+        };
+        let nbf = claims
+            .get("nbf")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= self.max {
+            let now = unix_now();
+            entries.retain(|_, c| now < c.expires && c.stored.elapsed() < CACHE_TTL);
+            if entries.len() >= self.max {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            token.into(),
+            Cached {
+                identity: identity.clone(),
+                not_before: nbf.saturating_sub(leeway),
+                expires: exp.saturating_add(leeway),
+                stored: Instant::now(),
+            },
+        );
+    }
 }
 
 impl JwtVerifier {
@@ -76,6 +149,7 @@ impl JwtVerifier {
         spec: &JwtSpec,
         access: &DeployAccess,
         manifest_dir: Option<&Path>,
+        cache: usize,
     ) -> Result<JwtVerifier, String> {
         let source = spec.jwks.as_ref().map(|j| {
             if j.starts_with("http://") || j.starts_with("https://") {
@@ -113,11 +187,26 @@ impl JwtVerifier {
             keys: ArcSwap::from_pointee(keys),
             hmac,
             last_refresh: tokio::sync::Mutex::new(None),
+            cache: TokenCache {
+                max: cache,
+                entries: Default::default(),
+            },
         })
     }
 
     /// Verifies `token`; the error says why not (for the client: no secrets in it).
-    pub async fn verify(&self, token: &str) -> Result<Identity, String> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, String> {
+        if let Some(identity) = self.cache.get(token) {
+            return Ok(identity);
+        }
+        let claims = self.verify_signature(token).await?;
+        let identity = Arc::new(self.identity(&claims));
+        self.cache.put(token, &identity, &claims, self.leeway);
+        Ok(identity)
+    }
+
+    /// Checks the signature and the claims; returns the claims.
+    async fn verify_signature(&self, token: &str) -> Result<serde_json::Value, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| {
             if alg_is_none(token) {
                 "alg none is not accepted".to_string()
@@ -155,7 +244,7 @@ impl JwtVerifier {
             }
             verified.ok_or(last)?
         };
-        Ok(self.identity(claims))
+        Ok(claims)
     }
 
     /// The keys to try for `kid`; an unknown kid refreshes the JWKS first (rate
@@ -236,7 +325,7 @@ impl JwtVerifier {
             })
     }
 
-    fn identity(&self, claims: serde_json::Value) -> Identity {
+    fn identity(&self, claims: &serde_json::Value) -> Identity {
         let strings = |v: Option<&serde_json::Value>| -> Vec<String> {
             match v {
                 Some(serde_json::Value::Array(items)) => items
@@ -251,17 +340,17 @@ impl JwtVerifier {
                 _ => Vec::new(),
             }
         };
-        Identity {
-            subject: claims
+        Identity::new(
+            claims
                 .get("sub")
                 .and_then(|s| s.as_str())
                 .unwrap_or_default()
                 .to_string(),
-            roles: strings(claims.get(&self.roles_claim)),
-            scopes: strings(claims.get("scope").or_else(|| claims.get("scp"))),
-            method: "jwt",
+            strings(claims.get(&self.roles_claim)),
+            strings(claims.get("scope").or_else(|| claims.get("scp"))),
+            "jwt",
             claims,
-        }
+        )
     }
 }
 

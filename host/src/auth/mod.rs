@@ -37,8 +37,8 @@ pub const CLAIMS_HEADER: HeaderName = HeaderName::from_static("wasmhive-auth-cla
 pub const IDENTITY_HEADERS: [HeaderName; 4] =
     [SUBJECT_HEADER, ROLES_HEADER, METHOD_HEADER, CLAIMS_HEADER];
 
-/// A verified caller.
-#[derive(Debug, Clone, PartialEq)]
+/// A verified caller, with the headers that tell the guest (rendered once).
+#[derive(Debug, Clone)]
 pub struct Identity {
     /// `sub` of a JWT, or an API key's name.
     pub subject: String,
@@ -48,23 +48,42 @@ pub struct Identity {
     pub scopes: Vec<String>,
     /// `jwt` or `api_key`.
     pub method: &'static str,
-    /// The verified claims (`{"sub": NAME}` for an API key).
-    pub claims: serde_json::Value,
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Identity {
+    /// An identity and its `wasmhive-auth-*` headers (`claims`: the verified claims,
+    /// `{"sub": NAME}` for an API key).
+    pub fn new(
+        subject: String,
+        roles: Vec<String>,
+        scopes: Vec<String>,
+        method: &'static str,
+        claims: &serde_json::Value,
+    ) -> Identity {
+        let claims = serde_json::to_string(claims).unwrap_or_default();
+        let headers = [
+            (SUBJECT_HEADER, subject.clone()),
+            (ROLES_HEADER, roles.join(",")),
+            (METHOD_HEADER, method.to_string()),
+            (CLAIMS_HEADER, claims),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, HeaderValue::from_str(&value).ok()?)))
+        .collect();
+        Identity {
+            subject,
+            roles,
+            scopes,
+            method,
+            headers,
+        }
+    }
+
     /// Sets the identity headers on a request to a guest (replacing any).
     pub fn set_headers(&self, headers: &mut HeaderMap) {
-        let claims = serde_json::to_string(&self.claims).unwrap_or_default();
-        for (name, value) in [
-            (SUBJECT_HEADER, self.subject.clone()),
-            (ROLES_HEADER, self.roles.join(",")),
-            (METHOD_HEADER, self.method.to_string()),
-            (CLAIMS_HEADER, claims),
-        ] {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(name, v);
-            }
+        for (name, value) in &self.headers {
+            headers.insert(name.clone(), value.clone());
         }
     }
 }
@@ -94,17 +113,19 @@ pub struct AppAuth {
 
 impl AppAuth {
     /// Builds the app's verifiers: reads JWKS files and key lists, fetches JWKS URLs.
-    /// `manifest_dir` is the manifest's directory when deployed from this machine.
+    /// `manifest_dir` is the manifest's directory when deployed from this machine;
+    /// `jwt_cache` bounds the verified tokens kept (0: verify every request).
     pub async fn build(
         spec: &AuthSpec,
         access: &DeployAccess,
         manifest_dir: Option<&Path>,
+        jwt_cache: usize,
     ) -> Result<Option<Arc<AppAuth>>, String> {
         if spec.jwt.is_none() && spec.api_keys.is_none() {
             return Ok(None);
         }
         let jwt = match &spec.jwt {
-            Some(j) => Some(JwtVerifier::build(j, access, manifest_dir).await?),
+            Some(j) => Some(JwtVerifier::build(j, access, manifest_dir, jwt_cache).await?),
             None => None,
         };
         let api_keys = match &spec.api_keys {
@@ -158,7 +179,7 @@ impl Policy {
         method: &http::Method,
         pattern: &str,
         headers: &HeaderMap,
-    ) -> Result<Identity, Refusal> {
+    ) -> Result<Arc<Identity>, Refusal> {
         let unauthenticated = |description: String| Refusal::Unauthenticated {
             schemes: self.schemes(),
             description,

@@ -587,17 +587,22 @@ pub async fn app_auth(
     config: &HostConfig,
     manifest_dir: Option<&Path>,
 ) -> Result<Option<Arc<crate::auth::AppAuth>>, DeployError> {
-    crate::auth::AppAuth::build(&manifest.auth, &config.access, manifest_dir)
-        .await
-        .map_err(|message| DeployError::Auth {
-            location: manifest
-                .auth
-                .location
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            message,
-        })
+    crate::auth::AppAuth::build(
+        &manifest.auth,
+        &config.access,
+        manifest_dir,
+        config.gateway.jwt_cache,
+    )
+    .await
+    .map_err(|message| DeployError::Auth {
+        location: manifest
+            .auth
+            .location
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        message,
+    })
 }
 
 /// What one component version may use and the limits it runs under: each

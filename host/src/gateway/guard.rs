@@ -27,7 +27,7 @@ pub struct GuardConfig {
 #[derive(Default)]
 pub struct Passed {
     /// Who is calling, when the route asked.
-    pub identity: Option<Identity>,
+    pub identity: Option<Arc<Identity>>,
     /// The route's rate limit decision (its headers go on the response).
     pub limit: Option<Decision>,
 }

@@ -62,7 +62,9 @@ fn client_body_error(e: hyper::Error) -> wasmtime_wasi_http::Error {
 struct GapLimited {
     inner: Incoming,
     gap: std::time::Duration,
-    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Armed at the first read (a guest that reads its body late is not the client's
+    /// fault), reset by every piece that arrives.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl GapLimited {
@@ -70,7 +72,7 @@ impl GapLimited {
         GapLimited {
             inner,
             gap,
-            timer: Box::pin(tokio::time::sleep(gap)),
+            timer: None,
         }
     }
 }
@@ -84,19 +86,26 @@ impl http_body::Body for GapLimited {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         use std::task::Poll;
+        let gap = self.gap;
         match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = tokio::time::Instant::now() + self.gap;
-                self.timer.as_mut().reset(deadline);
+                if let Some(timer) = self.timer.as_mut() {
+                    timer.as_mut().reset(tokio::time::Instant::now() + gap);
+                }
                 Poll::Ready(frame.map(|f| f.map_err(client_body_error)))
             }
-            Poll::Pending => match self.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    tracing::debug!(gap = ?self.gap, "request body stalled: timed out");
-                    Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)))
+            Poll::Pending => {
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        tracing::debug!(?gap, "request body stalled: timed out");
+                        Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Pending => Poll::Pending,
-            },
+            }
         }
     }
 
