@@ -353,7 +353,12 @@ struct ClockState {
     idle_since: Instant,
     /// The connection speaks HTTP/2.
     h2: bool,
+    /// Any byte has arrived (the first ones tell HTTP/2's preface).
+    seen_bytes: bool,
 }
+
+/// How an HTTP/2 connection starts (prior knowledge and ALPN alike).
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
 impl Clock {
     fn new(limits: &ConnectionLimits) -> Self {
@@ -369,6 +374,7 @@ impl Clock {
                 head_started: None,
                 idle_since: now,
                 h2: false,
+                seen_bytes: false,
             }),
         }
     }
@@ -386,10 +392,15 @@ impl Clock {
         InFlight(self.clone())
     }
 
-    /// Bytes arrived: on an idle HTTP/1 connection they start a request head. (On
-    /// HTTP/2 they may be pings or window updates; its idle clock keeps running.)
-    fn bytes_arrived(&self) {
+    /// `bytes` arrived: on an idle HTTP/1 connection they start a request head. (On
+    /// HTTP/2 they may be the preface, pings or window updates; its idle clock keeps
+    /// running.)
+    fn bytes_arrived(&self, bytes: &[u8]) {
         let mut s = self.lock();
+        if !s.seen_bytes {
+            s.seen_bytes = true;
+            s.h2 |= bytes.starts_with(H2_PREFACE_START);
+        }
         if s.in_flight == 0 && s.head_started.is_none() && !s.h2 {
             s.head_started = Some(Instant::now());
         }
@@ -479,7 +490,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         match Pin::new(&mut self.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    self.clock.bytes_arrived();
+                    self.clock.bytes_arrived(&buf.filled()[before..]);
                 }
                 Poll::Ready(Ok(()))
             }
@@ -560,6 +571,42 @@ mod tests {
                 .iter()
                 .any(|r| r.contains("127.0.0.2".parse().unwrap()))
         );
+    }
+
+    fn limits() -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: 1,
+            max_connections_per_ip: 1,
+            per_ip_exempt: Vec::new(),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            h2_max_concurrent_streams: 1,
+            h2_keep_alive_interval: Duration::from_secs(20),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_clocks_follow_the_connection() {
+        let clock = Arc::new(Clock::new(&limits()));
+        // New and silent: the idle clock.
+        let (t, why) = clock.deadline().unwrap();
+        assert_eq!(why, "idle");
+        assert!(t > Instant::now() + Duration::from_secs(50));
+        // A first byte of HTTP/1: the header clock.
+        clock.bytes_arrived(b"GE");
+        assert_eq!(
+            clock.deadline().unwrap().1,
+            "request head not received in time"
+        );
+        // In flight: no clock; done: idle again.
+        let in_flight = clock.request_started(http::Version::HTTP_11);
+        assert!(clock.deadline().is_none());
+        drop(in_flight);
+        assert_eq!(clock.deadline().unwrap().1, "idle");
+        // HTTP/2's preface keeps a connection on the idle clock.
+        let h2 = Arc::new(Clock::new(&limits()));
+        h2.bytes_arrived(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        assert_eq!(h2.deadline().unwrap().1, "idle");
     }
 
     #[test]
