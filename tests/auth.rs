@@ -592,6 +592,12 @@ async fn the_auth_section_is_checked_at_deploy() {
         ));
         assert!(!ok, "{text}");
         assert!(err.contains(expect), "expected {expect:?} in: {err}");
+        // Every refusal says where: the file and line.
+        let at = err.find("bad.toml:").map(|i| &err[i + "bad.toml:".len()..]);
+        assert!(
+            at.is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit())),
+            "no file:line in: {err}"
+        );
     }
 }
 
@@ -663,5 +669,31 @@ routes = ["/quiet/{*rest}"]
     assert!(
         wasmhive_e2e::seen_header(&v, "wasmhive-auth-subject").is_empty(),
         "{v:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_wide_limit_counts_each_client_before_routing() {
+    let ws = Workspace::new();
+    let cfg = ws.write(
+        "host.toml",
+        "[gateway.rate_limit]\nrequests = 1\nper = \"30s\"\nburst = 3\n",
+    );
+    let host = Host::start_with(HostOptions {
+        args: vec!["--config".into(), cfg.display().to_string()],
+        ..Default::default()
+    });
+    // Any path counts, routed or not.
+    for _ in 0..3 {
+        assert_eq!(get(host.url("/nothing-here"), &[]).await.status, 404);
+    }
+    let r = get(host.url("/nothing-here"), &[]).await;
+    assert_eq!(r.status, 429, "{r}");
+    assert!(r.header("retry-after").is_some(), "{r:?}");
+    let metrics = host.admin_get("/metrics").await.text;
+    assert!(
+        metrics
+            .contains("wasmhive_gateway_refused_total{app=\"\",component=\"\",status=\"429\"} 1"),
+        "{metrics}"
     );
 }
