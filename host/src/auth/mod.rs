@@ -145,23 +145,33 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The policy of a component, or `None` for a public one.
-    pub fn new(app: Option<&Arc<AppAuth>>, spec: &ComponentAuthSpec) -> Option<Arc<Policy>> {
+    /// The policy of a component, or `None` for a public one. Fails closed: rules
+    /// that cannot be enforced refuse the deploy rather than leave routes open.
+    pub fn new(
+        app: Option<&Arc<AppAuth>>,
+        spec: &ComponentAuthSpec,
+    ) -> Result<Option<Arc<Policy>>, String> {
         if spec.require == Require::None {
-            return None;
+            return Ok(None);
         }
-        Some(Arc::new(Policy {
-            app: app?.clone(),
+        let Some(app) = app else {
+            return Err("auth.require needs the app's [auth.jwt] or [auth.api_keys]".into());
+        };
+        let routes = spec
+            .routes
+            .iter()
+            .map(|(written, rule)| {
+                crate::routes::parse_route(written)
+                    .map(|route| (route, rule.clone()))
+                    .map_err(|why| format!("auth.routes.{written:?}: {why}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Some(Arc::new(Policy {
+            app: app.clone(),
             require: spec.require,
             rule: spec.rule.clone(),
-            routes: spec
-                .routes
-                .iter()
-                .filter_map(|(written, rule)| {
-                    Some((crate::routes::parse_route(written).ok()?, rule.clone()))
-                })
-                .collect(),
-        }))
+            routes,
+        })))
     }
 
     fn schemes(&self) -> Vec<&'static str> {

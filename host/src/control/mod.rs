@@ -375,6 +375,13 @@ impl ControlPlane {
             took_ms = load.took.as_secs_f64() * 1000.0,
             "component loaded"
         );
+        let auth =
+            crate::auth::Policy::new(app_auth, &spec.triggers.http.auth).map_err(|message| {
+                DeployError::Grant {
+                    component: spec.name.clone(),
+                    message,
+                }
+            })?;
         Ok(DeployedComponent {
             id: grants.id.clone(),
             spec: spec.clone(),
@@ -387,7 +394,7 @@ impl ControlPlane {
             instances,
             stats: Default::default(),
             series: Default::default(),
-            auth: crate::auth::Policy::new(app_auth, &spec.triggers.http.auth),
+            auth,
             rate_limit: spec.triggers.http.rate_limit.as_ref().map(|r| {
                 (
                     Arc::new(crate::limit::Limiter::new(r.requests, r.per, r.burst)),
