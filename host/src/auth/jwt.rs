@@ -457,3 +457,94 @@ fn key_of(jwk: &Jwk) -> Option<Key> {
         algs,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn verifier() -> (JwtVerifier, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+        std::fs::write(
+            dir.path().join("jwks.json"),
+            format!(r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","kid":"k","x":"{x}"}},{{"kty":"oct","k":"c2VjcmV0","kid":"sym"}}]}}"#),
+        )
+        .unwrap();
+        let spec = JwtSpec {
+            issuer: "i".into(),
+            audience: "a".into(),
+            jwks: Some("jwks.json".into()),
+            secret: None,
+            roles_claim: "roles".into(),
+            leeway: Duration::from_secs(0),
+        };
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let v = JwtVerifier::build(&spec, &DeployAccess::default(), Some(&root), 16)
+            .await
+            .unwrap();
+        (v, dir)
+    }
+
+    #[tokio::test]
+    async fn symmetric_jwks_keys_are_ignored() {
+        let (v, _dir) = verifier().await;
+        let keys = v.keys.load();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].algs, [Algorithm::EdDSA]);
+    }
+
+    #[tokio::test]
+    async fn hostile_tokens_are_refused_never_a_panic() {
+        let (v, _dir) = verifier().await;
+        // A deterministic stream of hostile strings: random base64url-ish segments,
+        // dots in odd places, huge and empty parts, JSON headers with odd algs.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ ";
+        let headers = [
+            r#"{"alg":"none"}"#,
+            r#"{"alg":"NONE","kid":"k"}"#,
+            r#"{"alg":"HS256","kid":"sym"}"#,
+            r#"{"alg":"EdDSA","kid":"k"}"#,
+            r#"{"alg":"EdDSA"}"#,
+            r#"{"alg":"RS256","kid":"k"}"#,
+            r#"{"alg":"EdDSA","kid":"../../etc/passwd"}"#,
+            r#"{"alg":["EdDSA"]}"#,
+            "not json",
+        ];
+        for i in 0..3000 {
+            let token = if i % 2 == 0 {
+                let len = (next() % 300) as usize;
+                (0..len)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize] as char)
+                    .collect::<String>()
+            } else {
+                let h = headers[(next() % headers.len() as u64) as usize];
+                let body = format!(
+                    r#"{{"iss":"i","aud":"a","sub":"s","exp":{}}}"#,
+                    next() % 4_000_000_000
+                );
+                let sig: Vec<u8> = (0..(next() % 80)).map(|_| next() as u8).collect();
+                format!(
+                    "{}.{}.{}",
+                    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, h),
+                    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, body),
+                    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig)
+                )
+            };
+            assert!(v.verify(&token).await.is_err(), "accepted {token:?}");
+        }
+        assert!(alg_is_none(&format!(
+            "{}.e30.",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                r#"{"alg":"none"}"#
+            )
+        )));
+    }
+}
