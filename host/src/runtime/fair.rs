@@ -86,35 +86,57 @@ impl CpuShare {
 /// One store's place in its component's share: when its current slice began.
 pub(crate) struct CpuTurn {
     share: Arc<CpuShare>,
-    resumed: Instant,
+    /// When the guest last entered wasm, while it is in wasm.
+    in_wasm_since: Option<Instant>,
+    /// Time spent in wasm since the last charge, outside the current stretch.
+    ran: Duration,
 }
 
 impl CpuTurn {
     pub(crate) fn new(share: Arc<CpuShare>) -> Self {
         CpuTurn {
             share,
-            resumed: Instant::now(),
+            in_wasm_since: None,
+            ran: Duration::ZERO,
         }
     }
 
-    /// A new invocation starts in this store: its first slice begins now.
+    /// A new invocation starts in this store: nothing before it is charged to it.
     pub(crate) fn begin(&mut self) {
-        self.resumed = Instant::now();
+        self.ran = Duration::ZERO;
+        self.in_wasm_since = None;
     }
 
-    /// Called at a tick while the guest runs: charges the slice that just ended and
-    /// returns what the guest awaits before its next one (a yield, or a sleep while
-    /// its component is over its share).
+    /// The guest entered wasm (called into, or back from a host call).
+    pub(crate) fn entered_wasm(&mut self, now: Instant) {
+        self.in_wasm_since = Some(now);
+    }
+
+    /// The guest left wasm (a host call, or it returned): that stretch counts.
+    pub(crate) fn left_wasm(&mut self, now: Instant) {
+        if let Some(since) = self.in_wasm_since.take() {
+            self.ran += now.saturating_duration_since(since);
+        }
+    }
+
+    /// Called at a tick while the guest runs: charges the time spent in wasm since
+    /// the last charge (not time waiting on I/O or for a thread between stretches:
+    /// the store's call hooks mark where wasm starts and stops) and returns what the
+    /// guest awaits before going on (a yield, or a sleep while its component is over
+    /// its share).
     pub(crate) fn next_slice(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let now = Instant::now();
-        let ran = now.saturating_duration_since(self.resumed);
+        let current = self
+            .in_wasm_since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+        let ran = std::mem::take(&mut self.ran) + current;
         match self.share.charge(now, ran) {
             None => {
-                self.resumed = now;
+                self.in_wasm_since = Some(now);
                 Box::pin(tokio::task::yield_now())
             }
             Some(until) => {
-                self.resumed = until;
+                self.in_wasm_since = Some(until);
                 Box::pin(tokio::time::sleep_until(until.into()))
             }
         }
@@ -150,6 +172,22 @@ mod tests {
             "{waited:?}"
         );
         assert!(waits[5].unwrap() < last);
+    }
+
+    #[test]
+    fn only_time_in_wasm_is_charged() {
+        let share = CpuShare::new(1);
+        let mut turn = CpuTurn::new(share.clone());
+        let t0 = Instant::now();
+        // 0.1 ms in wasm, then 50 ms waiting on a host call, then a tick 0.1 ms in.
+        turn.entered_wasm(t0);
+        turn.left_wasm(t0 + Duration::from_micros(100));
+        turn.entered_wasm(t0 + Duration::from_millis(50));
+        assert_eq!(turn.ran, Duration::from_micros(100));
+        drop(turn.next_slice());
+        // Charged 0.1 ms, not 50: the component's clock is not ahead of real time.
+        assert!(share.clock.load(Ordering::Relaxed) <= to_nanos(Instant::now()) + 1_000_000);
+        assert_eq!(turn.ran, Duration::ZERO);
     }
 
     #[test]

@@ -413,6 +413,18 @@ impl StoreFactory {
         let memory_hit = store.data().host.limiter.hit_flag();
         let interrupted = store.data().host.interrupted.clone();
         store.limiter(|s| &mut s.host.limiter);
+        // Time in wasm is what the CPU share charges (fair.rs): the hooks mark where
+        // it starts and stops, so waits on I/O and for a thread are not charged.
+        store.call_hook(|mut store, hook| {
+            let now = Instant::now();
+            let cpu = &mut store.data_mut().host.cpu;
+            if hook.entering_host() {
+                cpu.left_wasm(now);
+            } else {
+                cpu.entered_wasm(now);
+            }
+            Ok(())
+        });
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |mut store| {
             if to_nanos(Instant::now()) >= deadline.load(Ordering::Relaxed) {

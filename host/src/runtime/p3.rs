@@ -328,8 +328,9 @@ impl WorkerState for Worker {
         data: RequestData,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + 'static + Send + Sync>> {
+        // No `cpu.begin()`: the store's other requests may have wasm time not yet
+        // charged, and waits between them are not charged anyway (call hooks).
         let state = store.data_mut();
-        state.host.cpu.begin();
         state.begin(data.invocation);
         let memory = state.host.limiter.hit_flag();
         let _ = data.served_by.set(Served {
