@@ -856,7 +856,7 @@ def scenario_noisy():
         f"driven by one wrk connection; `spinner` is the faults fixture computing {spin_ms} ms per request "
         f"(`/spin?ms={spin_ms}`) with `max_instances = 100`, driven by 200 connections (100 running, "
         f"the rest queued). Median of {ROUNDS} rounds; the two variants alternate, each on a fresh host. "
-        f"\"default\" is `[pool] cpus_per_component` unset (the machine's cores, {os.cpu_count()}); \"1 CPU\" "
+        f"\"default\" is `[pool] cpus_per_component` unset (the machine's cores less one, {max(1, os.cpu_count() - 1)}); \"1 CPU\" "
         f"sets it to 1; \"CPU share off\" sets it to 4096: every admitted invocation takes turns on "
         f"the runtime with everyone else's (the behaviour before the share).",
         "",

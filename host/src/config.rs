@@ -56,12 +56,15 @@ pub fn default_total_memory() -> u64 {
         .unwrap_or(4 << 30)
 }
 /// CPUs' worth of guest code one component version may run at once, when not
-/// configured: the machine's cores (so a lone busy component can use them all, and
-/// a hundred of its spinning invocations share them instead of crowding out others).
+/// configured: the machine's cores less one (at least one), so a component whose
+/// invocations spin leaves a core for everyone else. Only time in wasm across epoch
+/// ticks is charged: short requests never reach the limit (ADR 0013).
 pub fn default_cpus_per_component() -> u32 {
     std::thread::available_parallelism()
         .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
         .unwrap_or(1)
+        .saturating_sub(1)
+        .max(1)
 }
 /// Same for tables.
 pub const DEFAULT_TABLE_KEEP_RESIDENT: u64 = 1 << 20;

@@ -9,7 +9,7 @@
 //!
 //! Each component version has a [`CpuShare`]: a virtual clock that advances by the
 //! wall time its guests ran between ticks, divided by its share in CPUs
-//! (`pool.cpus_per_component`, the machine's cores by default). When the clock runs
+//! (`pool.cpus_per_component`, the machine's cores less one by default). When the clock runs
 //! more than one tick ahead of real time, the component has used more than its share,
 //! and the guest that noticed sleeps until the clock is back in range, off the
 //! runtime's run queue. So a component runs at most as much guest code as its share
