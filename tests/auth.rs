@@ -313,8 +313,8 @@ async fn jwts_and_api_keys_are_checked_before_the_component_runs() {
             request = request.header("x-api-key", "mobile-key-0123456789");
         }
         let r = send(request).await;
+        assert_eq!(r.status, 401, "{what}: {r:?}");
         assert_401(&r, "Bearer", why);
-        let _ = what;
     }
     // Authenticated, but without the role or scope: 403.
     for (token, why) in [

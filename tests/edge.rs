@@ -709,6 +709,8 @@ version = "1.0.0"
 [components.echo]
 source = "{component:echo-body}"
 routes = ["POST /echo"]
+# Longer than the test waits: only the gateway's body clock can end the request.
+limits = { timeout = "300s" }
 "#,
     );
     let host = host_with_config(vec![echo], &ws, "[gateway]\nbody_read_timeout = \"1s\"\n");

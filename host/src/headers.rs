@@ -24,6 +24,8 @@ pub const FALLBACK: &str = "wasmhive-fallback";
 
 /// Prefix of the headers carrying a verified caller's identity.
 pub const AUTH_PREFIX: &str = "wasmhive-auth-";
+/// `wasmhive-auth-subject`: present on every request that carries an identity.
+pub const AUTH_SUBJECT: HeaderName = HeaderName::from_static("wasmhive-auth-subject");
 
 /// The identity headers of a request (`wasmhive-auth-*`), as the gateway set them.
 pub fn identity_of(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {

@@ -48,7 +48,7 @@ impl ApiKeys {
         access: &DeployAccess,
         manifest_dir: Option<&Path>,
     ) -> Result<ApiKeys, String> {
-        let text = super::read_source("auth.api_keys.keys", &spec.keys, access, manifest_dir)?;
+        let text = spec.keys.read("auth.api_keys.keys", access, manifest_dir)?;
         let keys = parse(&text)?;
         let file = match &spec.keys {
             SecretSource::File(path) => {
@@ -113,13 +113,10 @@ impl ApiKeys {
             }
             state.1 = now;
         }
-        let read = super::read_source(
-            "auth.api_keys.keys",
-            &w.source,
-            &w.access,
-            w.manifest_dir.as_deref(),
-        )
-        .and_then(|t| parse(&t));
+        let read = w
+            .source
+            .read("auth.api_keys.keys", &w.access, w.manifest_dir.as_deref())
+            .and_then(|t| parse(&t));
         match read {
             Ok(keys) => {
                 tracing::info!(keys = keys.len(), "API keys re-read");

@@ -168,7 +168,7 @@ impl JwtVerifier {
         };
         let hmac = match &spec.secret {
             Some(secret) => {
-                let value = super::read_source("auth.jwt.secret", secret, access, manifest_dir)?;
+                let value = secret.read("auth.jwt.secret", access, manifest_dir)?;
                 if value.len() < 32 {
                     return Err(
                         "auth.jwt.secret: an HMAC secret needs at least 32 bytes".to_string()
@@ -379,9 +379,8 @@ async fn load(source: &KeySource) -> Result<Vec<Key>, String> {
             path,
             access,
             manifest_dir,
-        } => super::read_source(
+        } => crate::capability::config::SecretSource::File(path.clone()).read(
             "auth.jwt.jwks",
-            &crate::capability::config::SecretSource::File(path.clone()),
             access,
             manifest_dir.as_deref(),
         )?,

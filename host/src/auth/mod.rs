@@ -26,7 +26,7 @@ pub use api_key::ApiKeys;
 pub use jwt::JwtVerifier;
 
 /// `wasmhive-auth-subject`: who is calling.
-pub const SUBJECT_HEADER: HeaderName = HeaderName::from_static("wasmhive-auth-subject");
+pub const SUBJECT_HEADER: HeaderName = crate::headers::AUTH_SUBJECT;
 /// `wasmhive-auth-roles`: their roles, comma-separated.
 pub const ROLES_HEADER: HeaderName = HeaderName::from_static("wasmhive-auth-roles");
 /// `wasmhive-auth-method`: `jwt` or `api_key`.
@@ -231,22 +231,5 @@ impl Policy {
             });
         }
         Ok(identity)
-    }
-}
-
-/// Reads a key source (`{ env = … }` or `{ file = … }`) within what the host allows;
-/// `field` names it in errors.
-fn read_source(
-    field: &str,
-    source: &crate::capability::config::SecretSource,
-    access: &DeployAccess,
-    manifest_dir: Option<&Path>,
-) -> Result<String, String> {
-    use crate::capability::config::{SecretSource, read_env_allowed, read_file_allowed};
-    match source {
-        SecretSource::Env(var) => read_env_allowed(field, var, &access.env_prefixes),
-        SecretSource::File(path) => {
-            read_file_allowed(field, path, &access.secret_dirs, manifest_dir)
-        }
     }
 }

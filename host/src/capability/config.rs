@@ -75,11 +75,53 @@ pub enum SecretSource {
     File(String),
 }
 
+/// `{ env = "VAR" }` or `{ file = "path" }` as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawSecret {
+pub struct RawSecret {
     env: Option<String>,
     file: Option<String>,
+}
+
+impl SecretSource {
+    /// Checks what was written (exactly one of `env`, `file`); `field` is its key in
+    /// `table`.
+    pub fn from_raw(
+        table: &Table<'_>,
+        field: &str,
+        raw: Spanned<RawSecret>,
+    ) -> Result<SecretSource, ManifestError> {
+        let span = raw.span();
+        match raw.into_inner() {
+            RawSecret {
+                env: Some(e),
+                file: None,
+            } => Ok(SecretSource::Env(e)),
+            RawSecret {
+                env: None,
+                file: Some(f),
+            } => Ok(SecretSource::File(f)),
+            _ => Err(table.invalid(
+                span,
+                field,
+                "give exactly one of { env = \"VAR\" } or { file = \"path\" }",
+            )),
+        }
+    }
+
+    /// Reads the value, within what the host lets a deploy read (`access`; see the
+    /// module docs); `field` names the manifest field in errors.
+    pub fn read(
+        &self,
+        field: &str,
+        access: &crate::config::DeployAccess,
+        manifest_dir: Option<&std::path::Path>,
+    ) -> Result<String, String> {
+        match self {
+            SecretSource::Env(var) => env_var(field, var, &access.env_prefixes),
+            SecretSource::File(path) => secret_file(field, path, &access.secret_dirs, manifest_dir),
+        }
+    }
 }
 
 /// A component's configuration: plain values and secrets in one namespace.
@@ -143,24 +185,7 @@ impl Capability for Config {
         let mut secrets = Vec::with_capacity(raw.len());
         for (key, secret) in raw {
             let field = format!("secrets.{}", key.get_ref());
-            let span = secret.span();
-            let source = match secret.into_inner() {
-                RawSecret {
-                    env: Some(e),
-                    file: None,
-                } => SecretSource::Env(e),
-                RawSecret {
-                    env: None,
-                    file: Some(f),
-                } => SecretSource::File(f),
-                _ => {
-                    return Err(component.invalid(
-                        span,
-                        &field,
-                        "give exactly one of { env = \"VAR\" } or { file = \"path\" }",
-                    ));
-                }
-            };
+            let source = SecretSource::from_raw(component, &field, secret)?;
             if values.contains_key(key.get_ref()) {
                 return Err(component.invalid(
                     key.span(),
@@ -186,13 +211,7 @@ impl Capability for Config {
         }
         let mut secrets = Vec::with_capacity(spec.secrets.len());
         for (key, source) in &spec.secrets {
-            let field = format!("secrets.{key}");
-            let value = match source {
-                SecretSource::Env(var) => env_var(&field, var, &access.env_prefixes)?,
-                SecretSource::File(path) => {
-                    secret_file(&field, path, &access.secret_dirs, cx.manifest_dir)?
-                }
-            };
+            let value = source.read(&format!("secrets.{key}"), access, cx.manifest_dir)?;
             secrets.push((key.clone(), value));
         }
         Ok(ConfigValues::new(values, secrets))
@@ -208,23 +227,6 @@ impl Capability for Config {
         bindings_rc1::Rc1::add_to_linker::<_, HasView<Config>>(linker, view_of::<X, Config>)?;
         Ok(())
     }
-}
-
-/// The host's value of `var`, if the host lets deploys read it (`prefixes`: the
-/// host's `[config] env_prefixes`); `field` names the manifest field in errors.
-pub fn read_env_allowed(field: &str, var: &str, prefixes: &[String]) -> Result<String, String> {
-    env_var(field, var, prefixes)
-}
-
-/// The text of the file at `path`, if it lies where the host lets deploys read (see
-/// the module docs); `field` names the manifest field in errors.
-pub fn read_file_allowed(
-    field: &str,
-    path: &str,
-    dirs: &[std::path::PathBuf],
-    manifest_dir: Option<&std::path::Path>,
-) -> Result<String, String> {
-    secret_file(field, path, dirs, manifest_dir)
 }
 
 /// The host's value of `var`, if the host lets deploys read it; `field` names the

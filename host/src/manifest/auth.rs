@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::capability::config::SecretSource;
+use crate::capability::config::{RawSecret, SecretSource};
 use crate::section::{ManifestError, Table};
 use crate::trigger::rules::{ComponentAuthSpec, Require, Rule};
 
@@ -55,36 +55,6 @@ pub struct ApiKeysSpec {
     pub keys: SecretSource,
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSecret {
-    env: Option<String>,
-    file: Option<String>,
-}
-
-fn secret_source(
-    t: &Table<'_>,
-    key: &str,
-    raw: toml::Spanned<RawSecret>,
-) -> Result<SecretSource, ManifestError> {
-    let span = raw.span();
-    match raw.into_inner() {
-        RawSecret {
-            env: Some(e),
-            file: None,
-        } => Ok(SecretSource::Env(e)),
-        RawSecret {
-            env: None,
-            file: Some(f),
-        } => Ok(SecretSource::File(f)),
-        _ => Err(t.invalid(
-            span,
-            key,
-            "give exactly one of { env = \"VAR\" } or { file = \"path\" }",
-        )),
-    }
-}
-
 /// Reads `[auth]` from the document.
 pub(super) fn read(doc: &mut Table<'_>) -> Result<AuthSpec, ManifestError> {
     let Some(auth) = doc.table("auth")? else {
@@ -97,7 +67,7 @@ pub(super) fn read(doc: &mut Table<'_>) -> Result<AuthSpec, ManifestError> {
             let audience: toml::Spanned<String> = t.require("audience")?;
             let jwks: Option<String> = t.take("jwks")?;
             let secret = match t.take::<toml::Spanned<RawSecret>>("secret")? {
-                Some(raw) => Some(secret_source(t, "secret", raw)?),
+                Some(raw) => Some(SecretSource::from_raw(t, "secret", raw)?),
                 None => None,
             };
             if jwks.is_none() && secret.is_none() {
@@ -136,7 +106,7 @@ pub(super) fn read(doc: &mut Table<'_>) -> Result<AuthSpec, ManifestError> {
             let raw: toml::Spanned<RawSecret> = t.require("keys")?;
             Some(ApiKeysSpec {
                 header,
-                keys: secret_source(t, "keys", raw)?,
+                keys: SecretSource::from_raw(t, "keys", raw)?,
             })
         }
     };

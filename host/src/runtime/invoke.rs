@@ -460,7 +460,7 @@ pub(crate) fn http_invocation(headers: &http::HeaderMap) -> Invocation {
     let (traceparent, request_id) = crate::headers::trace_pair(headers);
     // Most requests carry no identity: one lookup says so.
     let identity = headers
-        .contains_key("wasmhive-auth-subject")
+        .contains_key(&crate::headers::AUTH_SUBJECT)
         .then(|| crate::headers::identity_of(headers).into());
     Invocation {
         traceparent,
