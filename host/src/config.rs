@@ -121,6 +121,66 @@ pub struct HostConfig {
     pub access: DeployAccess,
     /// `[tls]`: HTTPS on the public listener (`--tls-cert/key`).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// `[lattice]`: which lattice the host joins when it has `--nats`.
+    pub lattice: LatticeConfig,
+}
+
+/// `[lattice]` (`--lattice`, `--label`, `--host-name`): the lattice a host with
+/// `--nats` joins. Without `--nats` the host is alone and this is unused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatticeConfig {
+    /// The lattice's name: prefixes its subjects, buckets and object store.
+    pub name: String,
+    /// This host's labels, matched by components' `[placement] labels`.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// This host's name in `wasmhive hosts` (default: the machine's host name).
+    pub host_name: Option<String>,
+    /// A host whose last heartbeat is older than this is gone.
+    pub heartbeat_ttl: Duration,
+    /// JetStream replicas of the lattice's buckets and object store (3 on a
+    /// clustered NATS).
+    pub replicas: usize,
+}
+
+/// `[lattice] name`: the lattice hosts join by default.
+pub const DEFAULT_LATTICE: &str = "default";
+/// `[lattice] heartbeat_ttl`: a host silent for this long is gone.
+pub const DEFAULT_HEARTBEAT_TTL: Duration = Duration::from_secs(10);
+
+impl Default for LatticeConfig {
+    fn default() -> Self {
+        LatticeConfig {
+            name: DEFAULT_LATTICE.into(),
+            labels: Default::default(),
+            host_name: None,
+            heartbeat_ttl: DEFAULT_HEARTBEAT_TTL,
+            replicas: 1,
+        }
+    }
+}
+
+/// A lattice name: it becomes part of NATS subjects and JetStream bucket names.
+pub fn check_lattice_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid lattice name {name:?}: use 1 to 32 letters, digits, '-' and '_'"
+        ))
+    }
+}
+
+/// Parses `KEY=VALUE` (a `--label`).
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("invalid label {text:?}: write KEY=VALUE")),
+    }
 }
 
 /// What a deploy may read on this host: an operator's decision, since whoever can
@@ -330,6 +390,7 @@ impl Default for HostConfig {
             gateway: GatewayConfig::default(),
             access: DeployAccess::default(),
             tls: None,
+            lattice: LatticeConfig::default(),
         }
     }
 }
@@ -405,6 +466,9 @@ impl HostConfig {
         if let Some(b) = doc.table("bus")? {
             cfg.bus = bus(b)?;
         }
+        if let Some(t) = doc.table("lattice")? {
+            lattice(t, &mut cfg.lattice)?;
+        }
         if let Some(d) = doc.table("defaults")? {
             defaults(d, &mut cfg.defaults)?;
         }
@@ -477,6 +541,23 @@ fn bus(t: &mut Table<'_>) -> Result<BusConfig, ManifestError> {
         creds: t.take("creds")?,
         tls_ca: t.take("tls_ca")?,
     })
+}
+
+/// `[lattice]`
+fn lattice(t: &mut Table<'_>, l: &mut LatticeConfig) -> Result<(), ManifestError> {
+    if let Some(name) = t.take::<toml::Spanned<String>>("name")? {
+        check_lattice_name(name.get_ref()).map_err(|why| t.invalid(name.span(), "name", why))?;
+        l.name = name.into_inner();
+    }
+    if let Some(labels) = t.take("labels")? {
+        l.labels = labels;
+    }
+    l.host_name = t.take("host_name")?.or(l.host_name.take());
+    l.heartbeat_ttl = t.duration("heartbeat_ttl")?.unwrap_or(l.heartbeat_ttl);
+    if let Some(n) = t.count("replicas", 1, 5)? {
+        l.replicas = n as usize;
+    }
+    Ok(())
 }
 
 /// A certificate and key given together (and a client CA, where `ca_key` is allowed).

@@ -60,12 +60,14 @@ pub async fn run(
     let apps = Arc::new(Apps::default());
     let bus = crate::bus::connect(&config, &shutdown).await?;
     let kv = open_kv(&config, &bus)?;
+    let lattice = join_lattice(&config, &bus, &apps, &shutdown).await?;
     let control = Arc::new(ControlPlane::new(
         runtime,
         apps.clone(),
         config.clone(),
         bus.bus.clone(),
         kv.clone(),
+        lattice.clone(),
         shutdown.clone(),
     )?);
     let gateway = Gateway::new(
@@ -81,6 +83,7 @@ pub async fn run(
                 .as_ref()
                 .map(|r| Arc::new(crate::limit::Limiter::new(r.requests, r.per, r.burst))),
         },
+        lattice.clone(),
     );
 
     let api = Arc::new(control::api::AdminApi::new(
@@ -101,6 +104,16 @@ pub async fn run(
         &shutdown,
     );
     print_banner(&config, &bus.describe(), kv.kind(), &token_origin);
+    if let Some(l) = &lattice {
+        let me = l.hosts().me();
+        println!(
+            "  lattice: {} as host {} ({}), {} live host(s)",
+            l.name(),
+            me.name,
+            me.id,
+            l.hosts().live().len()
+        );
+    }
 
     control.restore().await;
     for path in &manifests {
@@ -252,6 +265,44 @@ fn release_free_memory() {
     }
 }
 
+/// Joins the lattice when the host was given a NATS system (`--nats`); a host with
+/// a managed nats-server or the in-process bus is alone.
+async fn join_lattice(
+    config: &HostConfig,
+    bus: &crate::bus::Connected,
+    apps: &Arc<Apps>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Arc<crate::lattice::Lattice>>> {
+    let (Some(_), Some(nats)) = (&config.bus.nats, bus.bus.as_nats()) else {
+        return Ok(None);
+    };
+    let stats_apps = apps.clone();
+    let stats: crate::lattice::hosts::Stats = Arc::new(move || {
+        let snapshot = stats_apps.snapshot();
+        let mut loaded = 0;
+        let mut in_flight = 0;
+        for c in snapshot.components() {
+            let s = c.scaler.status();
+            if s.state == crate::scaler::State::Ready {
+                loaded += 1;
+            }
+            in_flight += u64::from(s.in_flight);
+        }
+        (loaded, in_flight)
+    });
+    let lattice = crate::lattice::Lattice::join(
+        nats.client().clone(),
+        &config.lattice,
+        &config.data_dir,
+        format!("{}://{}", http_scheme(config), config.http_addr),
+        stats,
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot join lattice {:?}", config.lattice.name))?;
+    Ok(Some(lattice))
+}
+
 /// The key-value backend `config.kv` asks for.
 fn open_kv(
     config: &HostConfig,
@@ -272,9 +323,23 @@ fn open_kv(
         KvBackend::Auto => config.bus.nats.is_some(),
     };
     match (jetstream, nats) {
-        (true, Some(n)) => Ok(Arc::new(crate::state::jetstream::JetStreamStore::new(
-            n.client().clone(),
-        ))),
+        (true, Some(n)) => {
+            // In a lattice (explicit --nats) the buckets are the lattice's.
+            let (lattice, replicas) = match &config.bus.nats {
+                Some(_) if config.lattice.name != crate::config::DEFAULT_LATTICE => {
+                    (Some(config.lattice.name.as_str()), config.lattice.replicas)
+                }
+                Some(_) => (None, config.lattice.replicas),
+                None => (None, 1),
+            };
+            Ok(Arc::new(
+                crate::state::jetstream::JetStreamStore::for_lattice(
+                    n.client().clone(),
+                    lattice,
+                    replicas,
+                ),
+            ))
+        }
         _ => Ok(Arc::new(crate::state::redb::RedbStore::open(
             &config.data_dir.join("kv"),
         )?)),

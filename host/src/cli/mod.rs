@@ -1,4 +1,4 @@
-//! The `wasmhive` command line: `up`, `deploy`, `undeploy`, `stop`, `start`, `status`, `validate`, `publish`, `subscribe`.
+//! The `wasmhive` command line: `up`, `deploy`, `undeploy`, `stop`, `start`, `status`, `hosts`, `validate`, `publish`, `subscribe`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -93,6 +93,20 @@ struct UpArgs {
     /// Extra root CA (PEM) to verify the NATS server's TLS certificate.
     #[arg(long, env = "WASMHIVE_NATS_TLS_CA")]
     nats_tls_ca: Option<PathBuf>,
+    /// With --nats: the lattice to join (default `default`). Hosts of one lattice
+    /// share deployments and serve each other's routes.
+    #[arg(long, env = "WASMHIVE_LATTICE")]
+    lattice: Option<String>,
+    /// With --nats: a label of this host (KEY=VALUE, repeatable), matched by
+    /// components' `[placement] labels`.
+    #[arg(long = "label", value_parser = crate::config::parse_label)]
+    labels: Vec<(String, String)>,
+    /// With --nats: this host's name in `wasmhive hosts` (default: the machine's).
+    #[arg(long, env = "WASMHIVE_HOST_NAME")]
+    host_name: Option<String>,
+    /// With --nats: JetStream replicas of the lattice's buckets (3 on a NATS cluster).
+    #[arg(long, env = "WASMHIVE_LATTICE_REPLICAS")]
+    lattice_replicas: Option<usize>,
 }
 
 impl UpArgs {
@@ -145,6 +159,16 @@ impl UpArgs {
         cfg.bus.token = self.nats_token.or(cfg.bus.token);
         cfg.bus.creds = self.nats_creds.or(cfg.bus.creds);
         cfg.bus.tls_ca = self.nats_tls_ca.or(cfg.bus.tls_ca);
+        if let Some(name) = self.lattice {
+            crate::config::check_lattice_name(&name).map_err(anyhow::Error::msg)?;
+            cfg.lattice.name = name;
+        }
+        cfg.lattice.labels.extend(self.labels);
+        cfg.lattice.host_name = self.host_name.or(cfg.lattice.host_name);
+        if let Some(n) = self.lattice_replicas {
+            anyhow::ensure!((1..=5).contains(&n), "--lattice-replicas must be 1 to 5");
+            cfg.lattice.replicas = n;
+        }
         Ok((cfg, self.manifests))
     }
 }
@@ -223,6 +247,15 @@ enum Command {
     /// Show what a running host serves.
     Status {
         /// Print the status document as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the hosts of the lattice a running host belongs to (from their
+    /// heartbeats).
+    Hosts {
+        /// Print the list as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -327,6 +360,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{}", status.render());
+            }
+            Ok(())
+        }
+        Command::Hosts { json, admin } => {
+            let hosts = admin.client()?.hosts().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&hosts)?);
+            } else {
+                print!("{}", hosts.render());
             }
             Ok(())
         }

@@ -6,6 +6,7 @@
 //! | GET | `/readyz` | 200 once start-up deployments are done and the bus is connected, else 503 (`starting`, or `bus down: ...` while NATS is unreachable) |
 //! | GET | `/metrics` | Prometheus text (see [`metrics`](super::metrics)) |
 //! | GET | `/v1/status` | [`HostStatus`](super::status::HostStatus) as JSON |
+//! | GET | `/v1/hosts` | the lattice's live hosts ([`Hosts`](super::status::Hosts)); 404 for a host alone |
 //! | HEAD | `/v1/blobs/{digest}` | 200 if the component bytes are stored, else 404 |
 //! | PUT | `/v1/blobs/{digest}` | store component bytes (checked against the digest) |
 //! | POST | `/v1/apps` | deploy ([`DeployRequest`](super::DeployRequest) JSON) → [`DeployReport`](super::DeployReport) |
@@ -137,6 +138,15 @@ async fn endpoint(api: &AdminApi, req: Request<Incoming>) -> Response<Body> {
             r
         }
         (&Method::GET, ["v1", "status"]) => body::json(StatusCode::OK, &control.status()),
+        (&Method::GET, ["v1", "hosts"]) => match control.hosts() {
+            Some((lattice, hosts)) => {
+                body::json(StatusCode::OK, &super::status::Hosts { lattice, hosts })
+            }
+            None => error(
+                StatusCode::NOT_FOUND,
+                "this host is not in a lattice (start it with --nats URL)",
+            ),
+        },
         (&Method::HEAD, ["v1", "blobs", digest]) => {
             let mut r = Response::new(body::empty());
             if !control.blobs().contains(digest) {

@@ -227,6 +227,20 @@ impl AdminClient {
             .await
             .context("invalid status document")
     }
+
+    /// `GET /v1/hosts`: the lattice's live hosts.
+    pub async fn hosts(&self) -> anyhow::Result<super::status::Hosts> {
+        let resp = self
+            .request(reqwest::Method::GET, "/v1/hosts")
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.check(resp)
+            .await?
+            .json()
+            .await
+            .context("invalid hosts document")
+    }
 }
 
 #[async_trait::async_trait]

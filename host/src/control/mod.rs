@@ -11,11 +11,12 @@
 pub mod api;
 pub mod blobs;
 pub mod client;
+mod converge;
 pub mod metrics;
 pub mod status;
 pub mod token;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -159,8 +160,36 @@ pub struct ControlPlane {
     /// Message handlers running now (waited for at shutdown).
     handlers: tokio_util::task::TaskTracker,
     /// Stops the message subscriptions of each deployed app version.
-    subscriptions: std::sync::Mutex<BTreeMap<String, CancellationToken>>,
+    subscriptions: std::sync::Mutex<BTreeMap<String, Subscribed>>,
     shutdown: CancellationToken,
+    /// The lattice this host belongs to, if any.
+    lattice: Option<Arc<crate::lattice::Lattice>>,
+    /// In a lattice: the revision of each app's record this host applied (or
+    /// refused), held while applying so records apply one at a time, in order.
+    applied: tokio::sync::Mutex<BTreeMap<String, u64>>,
+    /// In a lattice: records this host refused, with the reason.
+    refused: std::sync::Mutex<BTreeMap<String, String>>,
+}
+
+/// The subscriptions of one deployed app version and which of its components they
+/// cover.
+struct Subscribed {
+    stop: CancellationToken,
+    placed: BTreeSet<String>,
+}
+
+/// The report of a deploy of `app`.
+fn report_of(app: &App, replaced: Option<String>) -> DeployReport {
+    DeployReport {
+        app: app.name().to_string(),
+        version: app.manifest.app.version.clone(),
+        replaced,
+        components: app
+            .components
+            .iter()
+            .map(|c| status::ComponentStatus::of(c))
+            .collect(),
+    }
 }
 
 impl ControlPlane {
@@ -173,13 +202,14 @@ impl ControlPlane {
         config: HostConfig,
         bus: Arc<dyn Bus>,
         kv: Arc<dyn crate::state::KvStore>,
+        lattice: Option<Arc<crate::lattice::Lattice>>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let blobs = BlobStore::open(&config.data_dir)?;
         let records = config.data_dir.join("apps");
         std::fs::create_dir_all(&records)?;
         let requests = Arc::new(RequestMetrics::default());
-        let mesh = crate::mesh::MeshRouter::new(apps.clone(), requests.clone());
+        let mesh = crate::mesh::MeshRouter::new(apps.clone(), requests.clone(), lattice.clone());
         let registry = metrics::registry(
             apps.clone(),
             &requests,
@@ -201,6 +231,9 @@ impl ControlPlane {
             handlers: tokio_util::task::TaskTracker::new(),
             subscriptions: Default::default(),
             shutdown,
+            lattice,
+            applied: Default::default(),
+            refused: Default::default(),
             blobs,
             capacity: HostCapacity::new(config.pool.instances),
             config,
@@ -236,7 +269,28 @@ impl ControlPlane {
     }
 
     /// Checks and deploys an app; swaps it in atomically only if everything passes.
+    /// In a lattice the app is also written to the lattice (component bytes first,
+    /// then the record naming them), and every host converges to it.
     pub async fn deploy(&self, request: DeployRequest) -> Result<DeployReport, DeployError> {
+        let app = self.build(request).await?;
+        let Some(lattice) = self.lattice.clone() else {
+            return self.activate(app).await;
+        };
+        let revision = self.publish_record(&lattice, &app).await?;
+        let mut applied = self.applied.lock().await;
+        if applied.get(app.name()).is_some_and(|r| *r >= revision) {
+            // The watcher applied this very record first.
+            return Ok(report_of(&app, None));
+        }
+        let report = self.activate(app).await?;
+        applied.insert(report.app.clone(), revision);
+        self.lock_refused().remove(&report.app);
+        Ok(report)
+    }
+
+    /// Checks everything about a deploy and builds the app version, touching nothing
+    /// that runs.
+    pub(crate) async fn build(&self, request: DeployRequest) -> Result<App, DeployError> {
         let manifest = Manifest::parse(&request.manifest, &request.origin)?;
         let app_auth = app_auth(&manifest, &self.config, request.manifest_dir.as_deref()).await?;
         let mut components = Vec::with_capacity(manifest.components.len());
@@ -246,50 +300,40 @@ impl ControlPlane {
                     .await?,
             ));
         }
-        let app = App {
+        Ok(App {
             manifest,
             components,
             deployed_at: SystemTime::now(),
             source: request,
-        };
+        })
+    }
+
+    /// Swaps a built app version in: places it (in a lattice), subscribes what runs
+    /// here, persists it (alone), and publishes the new snapshot.
+    pub(crate) async fn activate(&self, app: App) -> Result<DeployReport, DeployError> {
         let name = app.name().to_string();
         let version = app.manifest.app.version.clone();
+        let placed = self.place(&app);
         // Subscribe the new version before it takes over, so no message falls between
         // the versions (both are in the same queue group for a moment).
-        let subscriptions = self.shutdown.child_token();
-        for c in &app.components {
-            if let Err(e) = crate::subscriber::start(
-                c.clone(),
-                self.bus.clone(),
-                self.requests.clone(),
-                subscriptions.clone(),
-                self.handlers.clone(),
-            )
-            .await
-            {
-                subscriptions.cancel();
-                return Err(DeployError::Component {
-                    component: c.spec.name.clone(),
-                    error: RuntimeError::Imports(format!("cannot subscribe: {e}")),
-                });
-            }
-        }
-        let report_components = app
-            .components
-            .iter()
-            .map(|c| status::ComponentStatus::of(c))
-            .collect();
+        let subscriptions = self.subscribe(&app, &placed).await?;
+        let mut report = report_of(&app, None);
         let previous = self
             .apps
             .put(app, |app| {
-                self.persist(app)?;
+                if self.lattice.is_none() {
+                    self.persist(app)?;
+                }
                 // Under the registry's writer lock, so concurrent deploys of one app
                 // swap subscriptions in the same order as versions.
-                if let Some(old) = self
-                    .lock_subscriptions()
-                    .insert(name.clone(), subscriptions.clone())
-                {
-                    old.cancel();
+                if let Some(old) = self.lock_subscriptions().insert(
+                    name.clone(),
+                    Subscribed {
+                        stop: subscriptions.clone(),
+                        placed,
+                    },
+                ) {
+                    old.stop.cancel();
                 }
                 Ok(())
             })
@@ -301,13 +345,49 @@ impl ControlPlane {
                     message,
                 }
             })?;
-        tracing::info!(app = %name, %version, replaced = ?previous.as_ref().map(|p| p.manifest.app.version.clone()), "deployed");
-        Ok(DeployReport {
-            app: name,
-            version,
-            replaced: previous.map(|p| p.manifest.app.version.clone()),
-            components: report_components,
-        })
+        report.replaced = previous.as_ref().map(|p| p.manifest.app.version.clone());
+        tracing::info!(app = %name, %version, replaced = ?report.replaced, "deployed");
+        Ok(report)
+    }
+
+    /// Starts the message subscriptions (and, in a lattice, the forwarding
+    /// subscriptions) of the components of `app` in `placed` (all of them alone),
+    /// under one token that stops them all.
+    pub(crate) async fn subscribe(
+        &self,
+        app: &App,
+        placed: &BTreeSet<String>,
+    ) -> Result<CancellationToken, DeployError> {
+        let subscriptions = self.shutdown.child_token();
+        for c in &app.components {
+            if self.lattice.is_some() && !placed.contains(&*c.id.component) {
+                continue;
+            }
+            let started = async {
+                crate::subscriber::start(
+                    c.clone(),
+                    self.bus.clone(),
+                    self.requests.clone(),
+                    subscriptions.clone(),
+                    self.handlers.clone(),
+                )
+                .await?;
+                if let Some(l) = &self.lattice
+                    && c.flavor.is_some()
+                {
+                    self.serve_forwarded(l, c, subscriptions.clone()).await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            };
+            if let Err(e) = started.await {
+                subscriptions.cancel();
+                return Err(DeployError::Component {
+                    component: c.spec.name.clone(),
+                    error: RuntimeError::Imports(format!("cannot subscribe: {e}")),
+                });
+            }
+        }
+        Ok(subscriptions)
     }
 
     async fn prepare(
@@ -401,6 +481,7 @@ impl ControlPlane {
                     r.key,
                 )
             }),
+            placement: Default::default(),
         })
     }
 
@@ -440,8 +521,35 @@ impl ControlPlane {
         Ok(changed)
     }
 
-    /// Removes an app; its routes answer 404 from now on.
+    /// Removes an app; its routes answer 404 from now on. In a lattice its record
+    /// is deleted and every host removes it.
     pub async fn undeploy(&self, name: &str) -> Result<(), DeployError> {
+        if let Some(lattice) = &self.lattice {
+            let exists = lattice
+                .apps()
+                .get(name)
+                .await
+                .map_err(|e| DeployError::Storage(e.to_string()))?
+                .is_some();
+            if !exists && !self.apps.snapshot().apps.contains_key(name) {
+                return Err(DeployError::NotFound(name.to_string()));
+            }
+            lattice
+                .apps()
+                .delete(name)
+                .await
+                .map_err(|e| DeployError::Storage(format!("cannot delete the app record: {e}")))?;
+            self.lock_refused().remove(name);
+            return match self.remove_local(name).await {
+                Ok(()) | Err(DeployError::NotFound(_)) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        self.remove_local(name).await
+    }
+
+    /// Removes an app from this host.
+    pub(crate) async fn remove_local(&self, name: &str) -> Result<(), DeployError> {
         let record = self.record_path(name);
         let removed = self
             .apps
@@ -452,7 +560,7 @@ impl ControlPlane {
                     Err(e) => return Err(format!("cannot remove {}: {e}", record.display())),
                 }
                 if let Some(subs) = self.lock_subscriptions().remove(name) {
-                    subs.cancel();
+                    subs.stop.cancel();
                 }
                 Ok(())
             })
@@ -467,8 +575,12 @@ impl ControlPlane {
         }
     }
 
-    fn lock_subscriptions(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, CancellationToken>> {
+    fn lock_subscriptions(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Subscribed>> {
         self.subscriptions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_refused(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.refused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Publishes a user's message on the bus, or sends it as a request and returns
@@ -540,12 +652,41 @@ impl ControlPlane {
                 });
             }
         }
+        if let Some(l) = &self.lattice {
+            let me = l.hosts().me();
+            st.lattice = Some(status::LatticeStatus {
+                name: l.name().to_string(),
+                host_id: me.id.clone(),
+                host_name: me.name.clone(),
+                hosts: l.hosts().live().len(),
+            });
+            st.refused = self
+                .lock_refused()
+                .iter()
+                .map(|(app, reason)| status::Refused {
+                    app: app.clone(),
+                    reason: reason.clone(),
+                })
+                .collect();
+        }
         st
     }
 
-    /// Re-deploys the apps persisted in the data dir (after a restart). Failures are
+    /// The lattice's live hosts (`None`: this host is alone).
+    pub fn hosts(&self) -> Option<(String, Vec<crate::lattice::hosts::LiveHost>)> {
+        self.lattice
+            .as_ref()
+            .map(|l| (l.name().to_string(), l.hosts().list()))
+    }
+
+    /// Re-deploys the apps persisted in the data dir (after a restart), or in a
+    /// lattice, converges to the lattice's records and keeps converging. Failures are
     /// logged and skipped: one broken record does not keep the others down.
-    pub async fn restore(&self) {
+    pub async fn restore(self: &Arc<Self>) {
+        if let Some(lattice) = self.lattice.clone() {
+            converge::start(self.clone(), lattice).await;
+            return;
+        }
         let Ok(entries) = std::fs::read_dir(&self.records) else {
             return;
         };

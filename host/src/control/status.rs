@@ -28,6 +28,89 @@ pub struct HostStatus {
     pub bus: BusStatus,
     /// Deployed apps.
     pub apps: Vec<AppStatus>,
+    /// The lattice this host belongs to (`None`: it is alone).
+    #[serde(default)]
+    pub lattice: Option<LatticeStatus>,
+    /// App records of the lattice this host refused, with the reason (it keeps
+    /// serving the version it had).
+    #[serde(default)]
+    pub refused: Vec<Refused>,
+}
+
+/// `GET /v1/hosts`: the lattice's live hosts, from their heartbeats.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hosts {
+    /// The lattice's name.
+    pub lattice: String,
+    /// Live hosts, by name.
+    pub hosts: Vec<crate::lattice::hosts::LiveHost>,
+}
+
+impl Hosts {
+    /// A human-readable table.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "lattice {}: {} live host(s)\n",
+            self.lattice,
+            self.hosts.len()
+        );
+        out.push_str("NAME  ID  LABELS  VERSION  UP  COMPONENTS  FLIGHT  HEARTBEAT\n");
+        for h in &self.hosts {
+            let labels: Vec<String> = h
+                .info
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            out.push_str(&format!(
+                "{}  {}  {}  {}  {}s  {}  {}  {}ms ago\n",
+                h.info.name,
+                h.info.id,
+                if labels.is_empty() {
+                    "-".to_string()
+                } else {
+                    labels.join(",")
+                },
+                h.info.version,
+                h.info.uptime_ms / 1000,
+                h.info.components,
+                h.info.in_flight,
+                h.last_heartbeat_ms_ago
+            ));
+        }
+        out
+    }
+}
+
+/// This host in its lattice.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatticeStatus {
+    /// The lattice's name.
+    pub name: String,
+    /// This host's id.
+    pub host_id: String,
+    /// This host's name.
+    pub host_name: String,
+    /// Live hosts (this one included).
+    pub hosts: usize,
+}
+
+/// An app record this host refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refused {
+    /// The app.
+    pub app: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Service calls to a component, by where they were served.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Calls {
+    /// On the caller's host.
+    pub local: u64,
+    /// Forwarded to another host.
+    pub remote: u64,
 }
 
 /// The bus as `status` shows it.
@@ -93,6 +176,16 @@ pub struct ComponentStatus {
     /// Circuit breakers of its calls: (target, `closed` | `open` | `half-open`).
     #[serde(default)]
     pub circuits: Vec<(String, String)>,
+    /// In a lattice: the names of the hosts that run it (empty alone, or when no
+    /// live host may run it).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Whether this host runs it (always, alone).
+    #[serde(default)]
+    pub placed_here: bool,
+    /// Service calls to it from this host's components.
+    #[serde(default)]
+    pub calls: Calls,
 }
 
 impl ComponentStatus {
@@ -129,6 +222,12 @@ impl ComponentStatus {
             failures: c.stats.failures.load(Ordering::Relaxed),
             last_invocation_ms: (last != 0).then_some(last),
             circuits: Vec::new(),
+            hosts: c.placement.hosts().to_vec(),
+            placed_here: c.placement.here(),
+            calls: Calls {
+                local: c.stats.calls_local.load(Ordering::Relaxed),
+                remote: c.stats.calls_remote.load(Ordering::Relaxed),
+            },
         }
     }
 }
@@ -173,6 +272,8 @@ impl HostStatus {
                         .collect(),
                 })
                 .collect(),
+            lattice: None,
+            refused: Vec::new(),
         }
     }
 
@@ -212,6 +313,19 @@ impl HostStatus {
                     ago(c.last_invocation_ms),
                     c.routes.join(", "),
                 ]);
+                if self.lattice.is_some() {
+                    let mut row: [String; 14] = Default::default();
+                    row[13] = format!(
+                        "runs on: {}{}",
+                        if c.hosts.is_empty() {
+                            "NO HOST (placement matches no live host)".to_string()
+                        } else {
+                            c.hosts.join(", ")
+                        },
+                        if c.placed_here { " (here)" } else { "" }
+                    );
+                    rows.push(row);
+                }
                 for (target, state) in &c.circuits {
                     let mut row: [String; 14] = Default::default();
                     row[13] = format!("-> {target}: circuit {state}");
@@ -228,6 +342,15 @@ impl HostStatus {
                 "bus {} is DOWN (reconnecting): messages wait, publishes fail\n",
                 self.bus.describe
             ));
+        }
+        if let Some(l) = &self.lattice {
+            out.push_str(&format!(
+                "lattice {}: host {} ({}), {} live host(s)\n",
+                l.name, l.host_name, l.host_id, l.hosts
+            ));
+        }
+        for r in &self.refused {
+            out.push_str(&format!("REFUSED app {}: {}\n", r.app, r.reason));
         }
         if self.apps.is_empty() {
             out.push_str("no apps deployed\n");

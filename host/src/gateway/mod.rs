@@ -42,6 +42,8 @@ pub struct Gateway {
     metrics: Arc<RequestMetrics>,
     body_read_timeout: std::time::Duration,
     guard: GuardConfig,
+    /// The lattice, when routes may be served by other hosts.
+    lattice: Option<Arc<crate::lattice::Lattice>>,
 }
 
 /// What a guest reading the request body learns when the client's body fails: a
@@ -137,6 +139,7 @@ impl Gateway {
         metrics: Arc<RequestMetrics>,
         body_read_timeout: std::time::Duration,
         guard: GuardConfig,
+        lattice: Option<Arc<crate::lattice::Lattice>>,
     ) -> Arc<Self> {
         Arc::new(Gateway {
             apps,
@@ -144,6 +147,7 @@ impl Gateway {
             metrics,
             body_read_timeout,
             guard,
+            lattice,
         })
     }
 
@@ -221,6 +225,38 @@ impl Gateway {
             }
         }
 
+        // In a lattice, a component placed on other hosts is served there.
+        let req = match &self.lattice {
+            Some(lattice) if !component.placement.here() => {
+                use crate::lattice::Routed;
+                match lattice
+                    .route(&component, crate::lattice::wire::Kind::Http, req)
+                    .await
+                {
+                    Routed::Local(req) => req,
+                    Routed::Remote(_, mut response) => {
+                        if let Some(d) = limit {
+                            d.set_headers(response.headers_mut());
+                        }
+                        return response;
+                    }
+                    Routed::Unavailable(why) => {
+                        tracing::warn!(component = %component.id, reason = %why, "no host can serve the request");
+                        self.metrics.record_refused(Some(&component.id), 503);
+                        let mut r = body::text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("{} is not running on any host now", component.id.component),
+                        );
+                        r.headers_mut().insert(
+                            http::header::RETRY_AFTER,
+                            HeaderValue::from(envelope::failure::RETRY_AFTER_SECS),
+                        );
+                        return r;
+                    }
+                }
+            }
+            _ => req,
+        };
         let method = req.method().clone();
         let cx = Context {
             component: &component,

@@ -25,6 +25,18 @@ pub struct ComponentSpec {
     pub caps: capability::Specs,
     /// What invokes it: each trigger's keys.
     pub triggers: trigger::Specs,
+    /// Which hosts of a lattice run it.
+    pub placement: PlacementSpec,
+}
+
+/// `[components.NAME.placement]`: which hosts of a lattice run the component. A host
+/// alone (no lattice) runs everything and ignores it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlacementSpec {
+    /// How many hosts run it (`None`: every eligible host).
+    pub hosts: Option<u32>,
+    /// Only hosts carrying all these labels (`--label KEY=VALUE`) are eligible.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// `[components.NAME.limits]`
@@ -88,6 +100,7 @@ impl ComponentSpec {
             instances: instances(&mut table)?,
             caps: capability::Specs::read(&mut table)?,
             triggers: trigger::Specs::read(&mut table)?,
+            placement: placement(&mut table)?,
         };
         table.finish()?;
         Ok(spec)
@@ -137,6 +150,16 @@ fn scale(component: &mut Table<'_>) -> Result<ScaleSpec, ManifestError> {
         ));
     }
     Ok(spec)
+}
+
+fn placement(component: &mut Table<'_>) -> Result<PlacementSpec, ManifestError> {
+    let Some(t) = component.table("placement")? else {
+        return Ok(PlacementSpec::default());
+    };
+    Ok(PlacementSpec {
+        hosts: t.count("hosts", 1, 10_000)?,
+        labels: t.take_or_default("labels")?,
+    })
 }
 
 fn instances(component: &mut Table<'_>) -> Result<InstancesSpec, ManifestError> {

@@ -16,7 +16,7 @@ mod component;
 use std::path::Path;
 
 pub use crate::section::{Location, ManifestError, check_name, parse_duration, parse_size};
-pub use component::{ComponentSpec, InstancesSpec, LimitsSpec, ScaleSpec};
+pub use component::{ComponentSpec, InstancesSpec, LimitsSpec, PlacementSpec, ScaleSpec};
 
 use crate::section::{Source, Table};
 

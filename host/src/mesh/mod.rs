@@ -19,6 +19,7 @@ pub mod breaker;
 pub mod retry;
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -50,6 +51,8 @@ pub struct MeshRouter {
     metrics: Arc<RequestMetrics>,
     breakers: Mutex<HashMap<Key, Breaker>>,
     budgets: Mutex<HashMap<Key, retry::Budget>>,
+    /// The lattice, when calls may cross hosts.
+    lattice: Option<Arc<crate::lattice::Lattice>>,
 }
 
 /// How one attempt ended.
@@ -60,13 +63,19 @@ enum Attempt {
 }
 
 impl MeshRouter {
-    /// A mesh over the apps in `apps`.
-    pub fn new(apps: Arc<Apps>, metrics: Arc<RequestMetrics>) -> Arc<Self> {
+    /// A mesh over the apps in `apps`; with a `lattice`, a call to a component
+    /// placed on another host is forwarded there.
+    pub fn new(
+        apps: Arc<Apps>,
+        metrics: Arc<RequestMetrics>,
+        lattice: Option<Arc<crate::lattice::Lattice>>,
+    ) -> Arc<Self> {
         Arc::new(MeshRouter {
             apps,
             metrics,
             breakers: Mutex::default(),
             budgets: Mutex::default(),
+            lattice,
         })
     }
 
@@ -121,6 +130,30 @@ impl MeshRouter {
     /// One invocation of `target` with `request` (no policy), through the envelope.
     async fn invoke(&self, target: &Arc<DeployedComponent>, request: Request<Body>) -> Attempt {
         let (request, trace) = self.prepare(target, request);
+        let request = match &self.lattice {
+            Some(lattice) if !target.placement.here() => {
+                use crate::lattice::{Routed, wire::Outcome};
+                match lattice
+                    .route(target, crate::lattice::wire::Kind::Mesh, request)
+                    .await
+                {
+                    Routed::Local(request) => request,
+                    Routed::Remote(outcome, response) => {
+                        target.stats.calls_remote.fetch_add(1, Ordering::Relaxed);
+                        return match outcome {
+                            Outcome::Answered => Attempt::Answered(response),
+                            Outcome::Timeout => Attempt::Timeout,
+                            Outcome::Unavailable => {
+                                Attempt::Unavailable(format!("{} is unavailable", target.id))
+                            }
+                        };
+                    }
+                    Routed::Unavailable(why) => return Attempt::Unavailable(why),
+                }
+            }
+            _ => request,
+        };
+        target.stats.calls_local.fetch_add(1, Ordering::Relaxed);
         let path = request.uri().path().to_string();
         let cx = Context {
             component: target,

@@ -24,6 +24,11 @@ const MAX_RETRIES: usize = 1000;
 pub struct JetStreamStore {
     js: jetstream::Context,
     buckets: Mutex<HashMap<Namespace, kv::Store>>,
+    /// The lattice whose buckets these are (`None`: the default lattice, whose
+    /// buckets keep the names they had before lattices existed).
+    lattice: Option<String>,
+    /// JetStream replicas of buckets this store creates.
+    replicas: usize,
 }
 
 fn storage(e: impl std::fmt::Display) -> KvError {
@@ -46,6 +51,16 @@ pub fn bucket_name(ns: &Namespace) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     ns.as_str().hash(&mut h);
     format!("WH_{clean}_{:08x}", h.finish() as u32)
+}
+
+/// The JetStream bucket name for `ns` in a lattice other than the default one:
+/// prefixed by the lattice, hashed with it, so lattices never share a bucket.
+pub fn lattice_bucket_name(lattice: &str, ns: &Namespace) -> String {
+    let base = bucket_name(ns);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    lattice.hash(&mut h);
+    ns.as_str().hash(&mut h);
+    format!("WH_{lattice}_{}_{:08x}", &base[3..], h.finish() as u32)
 }
 
 fn plain(key: &str) -> bool {
@@ -82,9 +97,17 @@ pub fn decode_key(stored: &str) -> String {
 impl JetStreamStore {
     /// Key-value storage on the JetStream of `client`.
     pub fn new(client: async_nats::Client) -> Self {
+        JetStreamStore::for_lattice(client, None, 1)
+    }
+
+    /// Key-value storage of lattice `lattice` (`None`: the default lattice), whose
+    /// new buckets get `replicas` JetStream replicas.
+    pub fn for_lattice(client: async_nats::Client, lattice: Option<&str>, replicas: usize) -> Self {
         JetStreamStore {
             js: jetstream::new(client),
             buckets: Mutex::new(HashMap::new()),
+            lattice: lattice.map(str::to_string),
+            replicas: replicas.max(1),
         }
     }
 
@@ -97,7 +120,10 @@ impl JetStreamStore {
         {
             return Ok(b.clone());
         }
-        let name = bucket_name(ns);
+        let name = match &self.lattice {
+            None => bucket_name(ns),
+            Some(l) => lattice_bucket_name(l, ns),
+        };
         let store = match self.js.get_key_value(&name).await {
             Ok(s) => s,
             Err(_) => self
@@ -106,6 +132,7 @@ impl JetStreamStore {
                     bucket: name.clone(),
                     description: format!("wasmhive bucket {ns}"),
                     history: 1,
+                    num_replicas: self.replicas,
                     ..Default::default()
                 })
                 .await
@@ -241,6 +268,23 @@ mod tests {
         }
         assert_eq!(encode_key("orders/42"), "orders/42");
         assert!(encode_key("with space").starts_with("_h."));
+    }
+
+    #[test]
+    fn lattices_have_their_own_buckets() {
+        let ns = Namespace::new("app", "c", "notes");
+        assert_eq!(
+            bucket_name(&ns),
+            bucket_name(&Namespace::new("app", "c", "notes"))
+        );
+        let a = lattice_bucket_name("l1", &ns);
+        let b = lattice_bucket_name("l2", &ns);
+        assert!(
+            a.starts_with("WH_l1_") && b.starts_with("WH_l2_"),
+            "{a} {b}"
+        );
+        assert_ne!(a, b);
+        assert_ne!(a, bucket_name(&ns));
     }
 
     #[test]

@@ -136,7 +136,7 @@ async fn setup(
 ) -> anyhow::Result<(jetstream::consumer::PullConsumer, u32)> {
     let subscribe = &component.spec.caps.messaging.subscribe;
     let delivery = &component.spec.triggers.message;
-    let mut stream = events_stream(js, subscribe).await?;
+    let mut stream = events_stream(js, subscribe, bus.replicas()).await?;
     // From now on this host's publishes to these subjects wait for JetStream to
     // store them (the bus's `publish`).
     bus.add_captured(subscribe.clone());
@@ -150,6 +150,7 @@ async fn setup(
         name: DLQ_STREAM.into(),
         subjects: vec!["wasmhive.dlq.>".into()],
         max_age: Duration::from_secs(14 * 24 * 3600),
+        num_replicas: bus.replicas(),
         ..Default::default()
     })
     .await
@@ -188,6 +189,7 @@ async fn setup(
 async fn events_stream(
     js: &jetstream::Context,
     subjects: &[String],
+    replicas: usize,
 ) -> anyhow::Result<jetstream::stream::Stream> {
     use crate::bus::subject::covers;
     for _ in 0..10 {
@@ -223,6 +225,7 @@ async fn events_stream(
                     subjects: wanted,
                     retention: stream::RetentionPolicy::Interest,
                     max_age: EVENTS_MAX_AGE,
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await

@@ -1,0 +1,354 @@
+//! The control plane in a lattice: publishing deploys to the lattice, converging to
+//! its records, placing components on the live hosts, and serving the invocations
+//! other hosts forward here.
+//!
+//! Convergence: every host watches the apps bucket and applies each record in
+//! revision order (one at a time, under `applied`): fetch the component bytes it
+//! lacks from the object store, check and build the version exactly as a deploy
+//! does, swap it in. A record this host cannot apply is refused with its reason in
+//! `status`, and the version it had keeps serving. A deleted record undeploys the
+//! app.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use http::{Request, Response};
+
+use super::{ControlPlane, DeployError, DeployRequest};
+use crate::apps::{App, DeployedComponent};
+use crate::body::Body;
+use crate::envelope::{self, Admission, Context, HttpCall};
+use crate::lattice::wire::{Kind, Outcome};
+use crate::lattice::{Lattice, forward, placement};
+
+/// Converges to the lattice's records now, then keeps watching them and the host
+/// set in the background (until shutdown).
+pub(super) async fn start(control: Arc<ControlPlane>, lattice: Arc<Lattice>) {
+    let watch = lattice.apps().watch_all().await;
+    // What is there now, before the host reports ready.
+    match lattice.apps().keys().await {
+        Ok(mut keys) => {
+            let mut names = Vec::new();
+            while let Some(Ok(k)) = keys.next().await {
+                names.push(k);
+            }
+            for name in names {
+                if let Ok(Some(entry)) = lattice.apps().entry(name.clone()).await {
+                    control.converge(&entry).await;
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot list the lattice's apps"),
+    }
+    let shutdown = control.shutdown.clone();
+    match watch {
+        Ok(mut watch) => {
+            let control = control.clone();
+            let lattice = lattice.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        entry = watch.next() => match entry {
+                            Some(Ok(entry)) => control.converge(&entry).await,
+                            other => {
+                                if let Some(Err(e)) = other {
+                                    tracing::warn!(error = %e, "watching the lattice's apps failed; watching again");
+                                }
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                                match lattice.apps().watch_all().await {
+                                    Ok(w) => watch = w,
+                                    Err(e) => tracing::warn!(error = %e, "cannot watch the lattice's apps"),
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the lattice's apps: this host will not see new deploys")
+        }
+    }
+    // Re-place components whenever a host joins or leaves.
+    let mut changes = lattice.hosts().changes();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    control.replace().await;
+                }
+            }
+        }
+    });
+}
+
+impl ControlPlane {
+    /// Writes a built app to the lattice: its component bytes to the object store
+    /// (those not there yet), then its record. Returns the record's revision.
+    pub(super) async fn publish_record(
+        &self,
+        lattice: &Lattice,
+        app: &App,
+    ) -> Result<u64, DeployError> {
+        let storage = |e: anyhow::Error| DeployError::Storage(format!("{e:#}"));
+        for digest in app.source.sources.values() {
+            if lattice.has_blob(digest).await {
+                continue;
+            }
+            let bytes = self
+                .blobs
+                .read(digest)
+                .map_err(|e| DeployError::Storage(format!("cannot read {digest}: {e}")))?;
+            lattice.put_blob(digest, &bytes).await.map_err(storage)?;
+        }
+        // The deploying machine's directory means nothing to other hosts, but secret
+        // files are resolved against it: keep it for hosts that share the path.
+        let record =
+            serde_json::to_vec(&app.source).map_err(|e| DeployError::Storage(e.to_string()))?;
+        lattice
+            .apps()
+            .put(app.name(), record.into())
+            .await
+            .map_err(|e| DeployError::Storage(format!("cannot write the app record: {e}")))
+    }
+
+    /// Applies one entry of the apps bucket, unless this host already applied that
+    /// revision or a later one.
+    async fn converge(&self, entry: &async_nats::jetstream::kv::Entry) {
+        use async_nats::jetstream::kv::Operation;
+        let mut applied = self.applied.lock().await;
+        if applied
+            .get(&entry.key)
+            .is_some_and(|r| *r >= entry.revision)
+        {
+            return;
+        }
+        applied.insert(entry.key.clone(), entry.revision);
+        if entry.operation != Operation::Put {
+            self.lock_refused().remove(&entry.key);
+            match self.remove_local(&entry.key).await {
+                Ok(()) | Err(DeployError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::error!(app = %entry.key, error = %e, "cannot remove an undeployed app")
+                }
+            }
+            return;
+        }
+        let result = async {
+            let request: DeployRequest = serde_json::from_slice(&entry.value)
+                .map_err(|e| DeployError::Storage(format!("unreadable app record: {e}")))?;
+            self.fetch_blobs(&request).await?;
+            let app = self.build(request).await?;
+            self.activate(app).await
+        }
+        .await;
+        match result {
+            Ok(report) => {
+                self.lock_refused().remove(&entry.key);
+                tracing::info!(app = %report.app, version = %report.version, revision = entry.revision, "converged to the lattice's record");
+            }
+            Err(e) => {
+                tracing::error!(app = %entry.key, revision = entry.revision, error = %e, "refused the lattice's app record; the version this host had keeps serving");
+                self.lock_refused().insert(entry.key.clone(), e.to_string());
+            }
+        }
+    }
+
+    /// Copies the component bytes a record names and this host lacks from the
+    /// lattice's object store.
+    async fn fetch_blobs(&self, request: &DeployRequest) -> Result<(), DeployError> {
+        let Some(lattice) = &self.lattice else {
+            return Ok(());
+        };
+        for (source, digest) in &request.sources {
+            if self.blobs.contains(digest) || self.runtime.is_cached(digest) {
+                continue;
+            }
+            let bytes = lattice
+                .get_blob(digest)
+                .await
+                .map_err(|e| DeployError::Storage(format!("source {source:?}: {e:#}")))?;
+            self.blobs
+                .put(digest, &bytes)
+                .map_err(|e| DeployError::Storage(format!("source {source:?}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Computes where each component of `app` runs from the live hosts, records it
+    /// on the components, and returns the names of those placed on this host (all
+    /// of them when the host is alone).
+    pub(super) fn place(&self, app: &App) -> BTreeSet<String> {
+        let Some(lattice) = &self.lattice else {
+            return app
+                .components
+                .iter()
+                .map(|c| c.id.component.to_string())
+                .collect();
+        };
+        let live = lattice.hosts().live();
+        let me = lattice.hosts().me();
+        let candidates: Vec<placement::Candidate> = live
+            .values()
+            .map(|h| placement::Candidate {
+                id: h.id.clone(),
+                labels: h.labels.clone(),
+            })
+            .collect();
+        let mut here = BTreeSet::new();
+        for c in &app.components {
+            let spec = &c.spec.placement;
+            let ids = placement::assign(app.name(), &c.id.component, spec, &candidates);
+            let on_me = ids.contains(&me.id);
+            let mut names: Vec<String> = ids
+                .iter()
+                .filter_map(|id| live.get(id).map(|h| h.name.clone()))
+                .collect();
+            names.sort();
+            c.placement
+                .set(on_me, placement::eligible(spec, &me.labels), names);
+            if on_me {
+                here.insert(c.id.component.to_string());
+            }
+        }
+        here
+    }
+
+    /// Re-places every app after the host set changed; apps whose components moved
+    /// to or from this host are subscribed anew.
+    pub(super) async fn replace(&self) {
+        let _applying = self.applied.lock().await;
+        let snapshot = self.apps.snapshot();
+        for app in snapshot.apps.values() {
+            let placed = self.place(app);
+            let same = self
+                .lock_subscriptions()
+                .get(app.name())
+                .is_some_and(|s| s.placed == placed);
+            if same {
+                continue;
+            }
+            match self.subscribe(app, &placed).await {
+                Ok(stop) => {
+                    tracing::info!(app = %app.name(), here = ?placed, "placement changed");
+                    if let Some(old) = self
+                        .lock_subscriptions()
+                        .insert(app.name().to_string(), super::Subscribed { stop, placed })
+                    {
+                        old.stop.cancel();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(app = %app.name(), error = %e, "cannot subscribe after a placement change")
+                }
+            }
+        }
+    }
+
+    /// Serves the invocations other hosts forward to `component` until `stop`.
+    pub(super) async fn serve_forwarded(
+        &self,
+        lattice: &Lattice,
+        component: &DeployedComponent,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<()> {
+        let (app, name) = (
+            component.id.app.to_string(),
+            component.id.component.to_string(),
+        );
+        let subject = lattice.rpc_subject(&app, &name);
+        let apps = self.apps.clone();
+        let metrics = self.requests.clone();
+        let handler: forward::Handler = Arc::new(move |kind, request| {
+            let (apps, metrics, app, name) =
+                (apps.clone(), metrics.clone(), app.clone(), name.clone());
+            async move {
+                let target = apps
+                    .snapshot()
+                    .apps
+                    .get(&app)
+                    .and_then(|a| a.components.iter().find(|c| *c.id.component == *name))
+                    .cloned();
+                match target {
+                    Some(target) => invoke_forwarded(&target, &metrics, kind, request).await,
+                    None => (
+                        Outcome::Unavailable,
+                        crate::body::text(
+                            http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("{app}/{name} is not deployed on this host"),
+                        ),
+                    ),
+                }
+            }
+            .boxed()
+        });
+        forward::serve(
+            lattice.client().clone(),
+            subject,
+            lattice.rpc_queue(),
+            handler,
+            stop,
+        )
+        .await
+    }
+}
+
+/// Runs a forwarded invocation through the envelope as the trigger it came from.
+/// The forwarding host already routed, authenticated and rewrote the request.
+async fn invoke_forwarded(
+    target: &Arc<DeployedComponent>,
+    metrics: &Arc<crate::telemetry::metrics::RequestMetrics>,
+    kind: Kind,
+    request: Request<Body>,
+) -> (Outcome, Response<Body>) {
+    let trace = request
+        .headers()
+        .get(&crate::headers::TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::telemetry::trace::TraceContext::parse)
+        .unwrap_or_else(crate::telemetry::trace::TraceContext::root);
+    let what = format!("{} {} (forwarded)", request.method(), request.uri().path());
+    let cx = Context {
+        component: target,
+        metrics,
+        trace: &trace,
+        what: &what,
+    };
+    let result = match kind {
+        Kind::Http => {
+            envelope::invoke(
+                cx,
+                Admission::Admit,
+                HttpCall::<crate::trigger::http::HttpTrigger>::new(request),
+            )
+            .await
+        }
+        Kind::Mesh => {
+            envelope::invoke(
+                cx,
+                Admission::Admit,
+                HttpCall::<crate::trigger::mesh::MeshTrigger>::new(request),
+            )
+            .await
+        }
+    };
+    match result {
+        Ok(response) => (Outcome::Answered, response),
+        Err(e) => {
+            let outcome = match e.status() {
+                http::StatusCode::SERVICE_UNAVAILABLE => Outcome::Unavailable,
+                http::StatusCode::GATEWAY_TIMEOUT => Outcome::Timeout,
+                _ => Outcome::Answered,
+            };
+            (outcome, envelope::failure::respond(&e))
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The lattice: hosts on one NATS system sharing deployments and load, with NATS
+//! JetStream as the distributed engine and the hosts stateless around it
+//! (docs/adr/0015).
+//!
+//! Everything a lattice keeps is named after it, so two lattices share one NATS
+//! system without seeing each other:
+//!
+//! | what | name | holds |
+//! | --- | --- | --- |
+//! | key-value bucket | `wasmhive_<lattice>_apps` | one record per app: the deploy (manifest, source digests) |
+//! | object store | `wasmhive_<lattice>_blobs` | component bytes, named by digest, uploaded once |
+//! | key-value bucket | `wasmhive_<lattice>_hosts` | one heartbeat per live host ([`hosts`]) |
+//! | subjects | `wasmhive.<lattice>.rpc.<app>.<component>` | forwarded invocations ([`forward`]) |
+//!
+//! Each host watches the apps bucket and converges (`control::converge`); computes
+//! from the live host set which components it runs ([`placement`]); and forwards a
+//! request or call for a component placed elsewhere over NATS request/reply.
+
+pub mod forward;
+pub mod hosts;
+pub mod placement;
+pub mod wire;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv, object_store};
+use sha2::Digest as _;
+use tokio::io::AsyncReadExt;
+
+use crate::config::LatticeConfig;
+pub use hosts::{HostInfo, HostSet};
+
+/// Largest component the lattice's object store accepts (the admin API's upload
+/// limit).
+pub const MAX_BLOB: u64 = 512 << 20;
+
+/// This host's membership in a lattice.
+pub struct Lattice {
+    name: String,
+    client: async_nats::Client,
+    apps: kv::Store,
+    blobs: object_store::ObjectStore,
+    hosts: hosts::Membership,
+}
+
+impl Lattice {
+    /// Joins the lattice `config.name` over `client`: creates (or opens) its buckets
+    /// and object store and starts this host's heartbeat. `stats` reports what this
+    /// host runs, for its heartbeat.
+    pub async fn join(
+        client: async_nats::Client,
+        config: &LatticeConfig,
+        data_dir: &std::path::Path,
+        http: String,
+        stats: hosts::Stats,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Arc<Lattice>> {
+        let js = jetstream::new(client.clone());
+        let name = config.name.clone();
+        let replicas = config.replicas;
+        let apps = kv_bucket(
+            &js,
+            kv::Config {
+                bucket: bucket(&name, "apps"),
+                description: format!("wasmhive lattice {name}: app records"),
+                history: 5,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let blobs = match js.get_object_store(bucket(&name, "blobs")).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: bucket(&name, "blobs"),
+                    description: Some(format!("wasmhive lattice {name}: component bytes")),
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("cannot create the object store of lattice {name}"))?,
+        };
+        let hosts_kv = kv_bucket(
+            &js,
+            kv::Config {
+                bucket: bucket(&name, "hosts"),
+                description: format!("wasmhive lattice {name}: host heartbeats"),
+                history: 1,
+                max_age: config.heartbeat_ttl * 3,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let me = hosts::Me::new(config, data_dir, http)?;
+        let hosts =
+            hosts::Membership::start(hosts_kv, me, config.heartbeat_ttl, stats, shutdown).await?;
+        Ok(Arc::new(Lattice {
+            name,
+            client,
+            apps,
+            blobs,
+            hosts,
+        }))
+    }
+
+    /// The lattice's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The NATS connection.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The apps bucket (records are [`crate::apps::DeploySource`] JSON).
+    pub fn apps(&self) -> &kv::Store {
+        &self.apps
+    }
+
+    /// Live hosts and this host's identity.
+    pub fn hosts(&self) -> &hosts::Membership {
+        &self.hosts
+    }
+
+    /// The subject forwarded invocations of `app/component` are sent to.
+    pub fn rpc_subject(&self, app: &str, component: &str) -> String {
+        format!("wasmhive.{}.rpc.{app}.{component}", self.name)
+    }
+
+    /// The queue group of the forwarding subjects (one host answers each).
+    pub fn rpc_queue(&self) -> String {
+        format!("wasmhive.{}.rpc", self.name)
+    }
+
+    /// Whether the object store has the blob `digest`.
+    pub async fn has_blob(&self, digest: &str) -> bool {
+        self.blobs.info(digest).await.is_ok_and(|i| !i.deleted)
+    }
+
+    /// Stores `bytes` as blob `digest` (content-addressed: a blob already there is
+    /// not uploaded again).
+    pub async fn put_blob(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        if self.has_blob(digest).await {
+            return Ok(());
+        }
+        let mut reader = bytes;
+        self.blobs
+            .put(digest, &mut reader)
+            .await
+            .with_context(|| format!("cannot store {digest} in the lattice's object store"))?;
+        Ok(())
+    }
+
+    /// Reads blob `digest`, checking that its bytes have that digest.
+    pub async fn get_blob(&self, digest: &str) -> anyhow::Result<Vec<u8>> {
+        let mut object = self
+            .blobs
+            .get(digest)
+            .await
+            .with_context(|| format!("blob {digest} is not in the lattice's object store"))?;
+        let mut bytes = Vec::new();
+        (&mut object)
+            .take(MAX_BLOB + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .with_context(|| format!("cannot read blob {digest} from the lattice"))?;
+        anyhow::ensure!(
+            bytes.len() as u64 <= MAX_BLOB,
+            "blob {digest} is larger than {MAX_BLOB} bytes"
+        );
+        let actual = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+        anyhow::ensure!(
+            actual == digest,
+            "blob {digest} in the lattice has other content ({actual})"
+        );
+        Ok(bytes)
+    }
+}
+
+/// A lattice resource's name.
+pub fn bucket(lattice: &str, what: &str) -> String {
+    format!("wasmhive_{lattice}_{what}")
+}
+
+async fn kv_bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(&config.bucket).await {
+        return Ok(store);
+    }
+    let name = config.bucket.clone();
+    js.create_key_value(config)
+        .await
+        .with_context(|| format!("cannot create the JetStream bucket {name}"))
+}
+
+/// Where an invocation of a component goes, decided by its placement.
+pub enum Routed {
+    /// Serve it on this host (placed here, or no host running it answered and this
+    /// host may run it).
+    Local(http::Request<crate::body::Body>),
+    /// Another host served it.
+    Remote(wire::Outcome, http::Response<crate::body::Body>),
+    /// Nobody can serve it now (why, for the log).
+    Unavailable(String),
+}
+
+/// How long a forwarding host waits for the head of `c`'s answer: its deadline and
+/// its queue's, and a second for the trip.
+pub fn deadline_for(c: &crate::apps::DeployedComponent) -> std::time::Duration {
+    c.timeout + c.scaler.policy().queue_timeout + std::time::Duration::from_secs(1)
+}
+
+impl Lattice {
+    /// Routes an invocation of `c`: here if it is placed here, else forwarded to a
+    /// host that runs it. When none of those answers (they died and the host set has
+    /// not noticed yet) and this host may run it, it is served here after all.
+    pub async fn route(
+        &self,
+        c: &crate::apps::DeployedComponent,
+        kind: wire::Kind,
+        request: http::Request<crate::body::Body>,
+    ) -> Routed {
+        if c.placement.here() {
+            return Routed::Local(request);
+        }
+        if c.placement.hosts().is_empty() {
+            return Routed::Unavailable(format!(
+                "no live host of lattice {} may run {} (its placement matches none)",
+                self.name, c.id
+            ));
+        }
+        let subject = self.rpc_subject(&c.id.app, &c.id.component);
+        match forward::forward(&self.client, subject, kind, request, deadline_for(c)).await {
+            Ok((outcome, response)) => Routed::Remote(outcome, response),
+            Err(forward::ForwardError::NoResponders(Some(request))) if c.placement.eligible() => {
+                tracing::debug!(component = %c.id, "no host running it answered: serving it here");
+                Routed::Local(*request)
+            }
+            Err(forward::ForwardError::Timeout) => Routed::Remote(
+                wire::Outcome::Timeout,
+                crate::body::text(
+                    http::StatusCode::GATEWAY_TIMEOUT,
+                    format!("{} did not answer in time", c.id.component),
+                ),
+            ),
+            Err(e) => Routed::Unavailable(format!("{}: {e}", c.id)),
+        }
+    }
+}

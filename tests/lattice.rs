@@ -1,0 +1,1181 @@
+//! The lattice: hosts that share one NATS (`up --nats URL --lattice NAME --host-name
+//! NAME --label KEY=VALUE`) act as one. A deploy to any host is served by every host,
+//! including one started later; placement (`[components.NAME.placement]`, `hosts = N`,
+//! `labels = {...}`) decides which hosts run a component, and a request to a host
+//! that does not run it is forwarded to one that does (a service call too). Hosts see
+//! each other (`wasmhive hosts --json`, `GET /v1/hosts`); a killed host's components
+//! move to a survivor within 15 s and durable messages survive it. Two lattices on one
+//! NATS share nothing; a record a host cannot use (a blob that is missing) is refused
+//! by each host, which keeps serving the version it has. With a three-node NATS
+//! cluster, losing one node does not stop deploys or key-value.
+//!
+//! Every test starts its own nats-server (or cluster) and hosts, in a lattice of its
+//! own name, and waits for what a user can observe: an answer from a gateway, a status
+//! field, the hosts listing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sha2::Digest;
+use wasmhive_e2e::{
+    BusChoice, Host, HostOptions, NatsCluster, NatsServer, PATIENCE, Workspace, eventually,
+    seen_header,
+};
+
+/// The contract: a host whose heartbeat is 10 s old is gone, and its components run on
+/// a survivor within 15 s of its death.
+const FAILOVER: Duration = Duration::from_secs(15);
+
+/// The bound on one request in these tests: an answer that takes longer is a hang.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A host of a test, with the name it joined the lattice under.
+type Member = (&'static str, Host);
+
+/// Options for a host joining `lattice` on `nats` as `name`, with `labels`
+/// (`KEY=VALUE` each) and `extra` arguments after `up`.
+fn member_options(
+    nats: &str,
+    lattice: &str,
+    name: &str,
+    labels: &[&str],
+    extra: &[&str],
+) -> HostOptions {
+    let mut args = vec![
+        "--lattice".to_string(),
+        lattice.to_string(),
+        "--host-name".to_string(),
+        name.to_string(),
+    ];
+    for label in labels {
+        args.push("--label".to_string());
+        args.push(label.to_string());
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    HostOptions {
+        bus: BusChoice::Nats(nats.to_string()),
+        args,
+        ..Default::default()
+    }
+}
+
+/// Starts a host joining `lattice` on `nats` as `name` with `labels`.
+fn join(nats: &NatsServer, lattice: &str, name: &'static str, labels: &[&str]) -> Member {
+    (
+        name,
+        Host::start_with(member_options(&nats.url, lattice, name, labels, &[])),
+    )
+}
+
+/// The hello app as `app` (component `hello` on `GET /hello` and `GET /hello/{name}`,
+/// greeting with `greeting`), with `extra` manifest lines after the component.
+fn hello_app(ws: &Workspace, app: &str, version: &str, greeting: &str, extra: &str) -> PathBuf {
+    ws.write(
+        &format!("{app}-{version}.toml"),
+        &format!(
+            r#"
+manifest_version = 1
+[app]
+name = "{app}"
+version = "{version}"
+[components.hello]
+source = "{{component:hello}}"
+routes = ["GET /hello", "GET /hello/{{name}}"]
+env = {{ GREETING = "{greeting}" }}
+{extra}
+"#
+        ),
+    )
+}
+
+/// `wasmhive deploy MANIFEST` against `host`; panics with its stderr if it fails.
+fn deploy(host: &Host, manifest: &Path) -> String {
+    let out = host.cli(&["deploy", manifest.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "deploy {} failed: {}",
+        manifest.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A client whose requests end after [`REQUEST_TIMEOUT`].
+fn quick_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("client")
+}
+
+/// `GET url`: the status and body, or why there was no answer (no panic, for waits).
+async fn try_get(url: &str) -> Result<(u16, String), String> {
+    let response = quick_client()
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = response.status().as_u16();
+    let text = response
+        .text()
+        .await
+        .map_err(|e| format!("GET {url} -> {status}: reading the body: {e}"))?;
+    Ok((status, text))
+}
+
+/// `method url` with `body`: the status and body, or why there was no answer.
+async fn try_send(method: reqwest::Method, url: &str, body: &str) -> Result<(u16, String), String> {
+    let response = quick_client()
+        .request(method.clone(), url)
+        .body(body.to_string())
+        .send()
+        .await
+        .map_err(|e| format!("{method} {url}: {e}"))?;
+    let status = response.status().as_u16();
+    let text = response
+        .text()
+        .await
+        .map_err(|e| format!("{method} {url} -> {status}: reading the body: {e}"))?;
+    Ok((status, text))
+}
+
+/// Waits until host `name` answers `GET path` with `status` and `body`.
+async fn wait_answer(name: &str, host: &Host, path: &str, status: u16, body: &str) {
+    eventually(
+        &format!("host {name} to answer GET {path} with {status} {body:?}"),
+        PATIENCE,
+        async || match try_get(&host.url(path)).await {
+            Ok((s, t)) if s == status && t == body => Ok(()),
+            Ok((s, t)) => Err(format!("{s} {t:?}")),
+            Err(e) => Err(e),
+        },
+    )
+    .await
+}
+
+/// `wasmhive hosts --json` against `host` (no panic, for waits).
+fn hosts_json(host: &Host) -> Result<Value, String> {
+    let out = host.cli(&["hosts", "--json"]);
+    if !out.status.success() {
+        return Err(format!(
+            "hosts --json failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "hosts --json printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The host names in a hosts listing.
+fn listed_names(listing: &Value) -> BTreeSet<String> {
+    listing["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// One host's entry in a hosts listing, by name.
+fn listed<'a>(listing: &'a Value, name: &str) -> &'a Value {
+    listing["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["name"] == name)
+        .unwrap_or_else(|| panic!("no host {name} in {listing:#}"))
+}
+
+/// Waits until `hosts --json` on host `name` says lattice `lattice` and lists exactly
+/// `want`, and returns the listing.
+async fn wait_listing(name: &str, host: &Host, lattice: &str, want: &[&str]) -> Value {
+    let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+    eventually(
+        &format!("hosts --json on {name} to list exactly {want:?} in lattice {lattice}"),
+        PATIENCE,
+        async || {
+            let listing = hosts_json(host)?;
+            if listing["lattice"] == lattice && listed_names(&listing) == want {
+                Ok(listing)
+            } else {
+                Err(format!("{listing:#}"))
+            }
+        },
+    )
+    .await
+}
+
+/// `component` of `app` in a status document, if the host has that app.
+fn component_in(status: &Value, app: &str, component: &str) -> Option<Value> {
+    status["apps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["name"] == app)
+        .flat_map(|a| a["components"].as_array().cloned().unwrap_or_default())
+        .find(|c| c["name"] == component)
+}
+
+/// The version of `app` in a status document, if the host has it.
+fn app_version(status: &Value, app: &str) -> Option<String> {
+    status["apps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["name"] == app)
+        .and_then(|a| a["version"].as_str().map(str::to_string))
+}
+
+/// Where a component runs, as the hosts' status documents agree on it.
+#[derive(Debug)]
+struct Placement {
+    /// The `hosts` list every host shows (sorted).
+    hosts: Vec<String>,
+    /// The hosts whose status says `placed_here: true` (sorted).
+    placed_here: Vec<String>,
+}
+
+/// What `members`' status documents say about `app`/`component`, if they agree: every
+/// host has it, every host shows the same `hosts` list, and exactly the hosts on that
+/// list say `placed_here: true`.
+fn placement(members: &[Member], app: &str, component: &str) -> Result<Placement, String> {
+    let mut lists = BTreeMap::new();
+    let mut placed_here = Vec::new();
+    for (name, host) in members {
+        let status = host.status();
+        let c = component_in(&status, app, component)
+            .ok_or_else(|| format!("host {name} does not have {app}/{component} yet"))?;
+        let mut list: Vec<String> = c["hosts"]
+            .as_array()
+            .ok_or_else(|| format!("host {name}: no hosts list in {c:#}"))?
+            .iter()
+            .map(|h| h.as_str().unwrap_or_default().to_string())
+            .collect();
+        list.sort();
+        lists.insert(name.to_string(), list);
+        match c["placed_here"].as_bool() {
+            Some(true) => placed_here.push(name.to_string()),
+            Some(false) => {}
+            None => return Err(format!("host {name}: no placed_here in {c:#}")),
+        }
+    }
+    let first = lists.values().next().cloned().unwrap_or_default();
+    if lists.values().any(|l| *l != first) {
+        return Err(format!("the hosts disagree on where it runs: {lists:?}"));
+    }
+    placed_here.sort();
+    if placed_here != first {
+        return Err(format!(
+            "every host says it runs on {first:?}, but placed_here on {placed_here:?}"
+        ));
+    }
+    Ok(Placement {
+        hosts: first,
+        placed_here,
+    })
+}
+
+/// Waits (up to `within`) until `members` agree on where `app`/`component` runs and
+/// that satisfies `want` (`what` says what that means).
+async fn wait_placement(
+    members: &[Member],
+    app: &str,
+    component: &str,
+    within: Duration,
+    what: &str,
+    want: impl Fn(&Placement) -> bool,
+) -> Placement {
+    eventually(
+        &format!("{app}/{component} placed {what}"),
+        within,
+        async || {
+            let p = placement(members, app, component)?;
+            if want(&p) {
+                Ok(p)
+            } else {
+                Err(format!("{p:?}"))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deploy_once_served_by_every_host() {
+    let nats = NatsServer::start();
+    let lattice = "deploy1";
+    let a = join(&nats, lattice, "a", &["zone=eu-1"]);
+    let b = join(&nats, lattice, "b", &[]);
+    let c = join(&nats, lattice, "c", &[]);
+    let ws = Workspace::new();
+    deploy(&a.1, &hello_app(&ws, "hello", "1.0.0", "hello", ""));
+
+    // Deployed on a only; b and c serve it too, and show it in their status.
+    for (name, host) in [&a, &b, &c] {
+        wait_answer(name, host, "/hello/lattice", 200, "hello, lattice\n").await;
+        assert_eq!(
+            app_version(&host.status(), "hello").as_deref(),
+            Some("1.0.0"),
+            "host {name}"
+        );
+    }
+
+    // A host that joins after the deploy serves it as well.
+    let d = join(&nats, lattice, "d", &[]);
+    wait_answer(d.0, &d.1, "/hello", 200, "hello, world\n").await;
+
+    // Every host sees all four.
+    for (name, host) in [&a, &b, &c, &d] {
+        wait_listing(name, host, lattice, &["a", "b", "c", "d"]).await;
+    }
+    let listing = hosts_json(&d.1).unwrap();
+    let entry = listed(&listing, "a");
+    assert_eq!(entry["labels"], json!({"zone": "eu-1"}), "{listing:#}");
+    assert_eq!(listed(&listing, "b")["labels"], json!({}), "{listing:#}");
+    assert!(
+        entry["id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{listing:#}"
+    );
+    assert!(entry["version"].is_string(), "{listing:#}");
+    for field in [
+        "uptime_ms",
+        "components",
+        "in_flight",
+        "last_heartbeat_ms_ago",
+    ] {
+        assert!(entry[field].is_u64(), "{field}: {listing:#}");
+    }
+    assert!(
+        entry["last_heartbeat_ms_ago"].as_u64().unwrap() < 10_000,
+        "a live host's heartbeat is recent: {listing:#}"
+    );
+    // Ids are distinct.
+    let ids: BTreeSet<_> = listing["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].to_string())
+        .collect();
+    assert_eq!(ids.len(), 4, "{listing:#}");
+
+    // The admin API says the same.
+    let api = a.1.admin_get("/v1/hosts").await;
+    assert_eq!(api.status, 200, "{api}");
+    assert_eq!(api.json()["lattice"], lattice, "{api}");
+    assert_eq!(
+        listed_names(&api.json()),
+        BTreeSet::from(["a", "b", "c", "d"].map(String::from)),
+        "{api}"
+    );
+
+    // Each host's status names its lattice and itself.
+    for (name, host) in [&a, &b, &c, &d] {
+        let status = host.status();
+        assert_eq!(status["lattice"]["name"], lattice, "{status:#}");
+        assert_eq!(status["lattice"]["host_name"], *name, "{status:#}");
+        assert_eq!(
+            status["lattice"]["host_id"],
+            listed(&listing, name)["id"],
+            "host {name}'s id in its status and in the listing"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_component_on_one_host_is_reachable_from_every_gateway() {
+    let nats = NatsServer::start();
+    let lattice = "place1";
+    let members = vec![
+        join(&nats, lattice, "a", &[]),
+        join(&nats, lattice, "b", &[]),
+        join(&nats, lattice, "c", &[]),
+    ];
+    let ws = Workspace::new();
+    let m = hello_app(
+        &ws,
+        "solo",
+        "1.0.0",
+        "hi",
+        "[components.hello.placement]\nhosts = 1",
+    );
+    deploy(&members[1].1, &m);
+
+    for (name, host) in &members {
+        wait_answer(name, host, "/hello/gateway", 200, "hi, gateway\n").await;
+    }
+    let p = wait_placement(
+        &members,
+        "solo",
+        "hello",
+        PATIENCE,
+        "on exactly one host",
+        |p| p.hosts.len() == 1,
+    )
+    .await;
+    assert_eq!(p.placed_here, p.hosts, "{p:?}");
+    // Through every gateway, the same answer: the one host serves them all.
+    for (name, host) in &members {
+        for _ in 0..3 {
+            assert_eq!(
+                try_get(&host.url("/hello/gateway")).await,
+                Ok((200, "hi, gateway\n".to_string())),
+                "through host {name} (the component runs on {:?})",
+                p.hosts
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn labels_place_only_on_matching_hosts_and_nobody_is_reported() {
+    let nats = NatsServer::start();
+    let lattice = "labels1";
+    let members = vec![
+        join(&nats, lattice, "a", &["zone=eu-1"]),
+        join(&nats, lattice, "b", &["zone=us-1"]),
+        join(&nats, lattice, "c", &[]),
+    ];
+    let ws = Workspace::new();
+    let m = ws.write(
+        "zoned.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "zoned"
+version = "1.0.0"
+[components.eu]
+source = "{component:hello}"
+routes = ["GET /eu"]
+env = { GREETING = "eu" }
+[components.eu.placement]
+labels = { zone = "eu-1" }
+[components.mars]
+source = "{component:hello}"
+routes = ["GET /mars"]
+env = { GREETING = "mars" }
+[components.mars.placement]
+labels = { zone = "mars" }
+"#,
+    );
+    deploy(&members[2].1, &m);
+
+    // Only a matches zone=eu-1; every gateway reaches it there.
+    for (name, host) in &members {
+        wait_answer(name, host, "/eu", 200, "eu, world\n").await;
+    }
+    let eu = wait_placement(&members, "zoned", "eu", PATIENCE, "on a", |p| {
+        p.hosts == ["a"]
+    })
+    .await;
+    assert_eq!(eu.placed_here, ["a"], "{eu:?}");
+
+    // No host is in zone mars: nobody runs it, and its route answers 503 at once
+    // (neither 404, which would say there is no such route, nor a hang).
+    wait_placement(&members, "zoned", "mars", PATIENCE, "nowhere", |p| {
+        p.hosts.is_empty()
+    })
+    .await;
+    for (name, host) in &members {
+        eventually(
+            &format!("host {name} to answer GET /mars with 503"),
+            PATIENCE,
+            async || match try_get(&host.url("/mars")).await {
+                Ok((503, _)) => Ok(()),
+                Ok((s, t)) => Err(format!("{s} {t:?}")),
+                Err(e) => Err(e),
+            },
+        )
+        .await;
+    }
+
+    // The listing shows each host's labels.
+    let listing = wait_listing("c", &members[2].1, lattice, &["a", "b", "c"]).await;
+    assert_eq!(listed(&listing, "a")["labels"], json!({"zone": "eu-1"}));
+    assert_eq!(listed(&listing, "b")["labels"], json!({"zone": "us-1"}));
+    assert_eq!(listed(&listing, "c")["labels"], json!({}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_call_crosses_hosts() {
+    let nats = NatsServer::start();
+    let lattice = "mesh1";
+    let members = vec![
+        join(&nats, lattice, "a", &["role=front"]),
+        join(&nats, lattice, "b", &["role=back"]),
+        join(&nats, lattice, "c", &[]),
+    ];
+    let ws = Workspace::new();
+    let m = ws.write(
+        "split.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "split"
+version = "1.0.0"
+[components.search]
+source = "{component:outbound-call}"
+routes = ["/call"]
+[components.search.calls.inspect]
+[components.search.placement]
+labels = { role = "front" }
+[components.inspect]
+source = "{component:inspect-request}"
+routes = ["/inspect/{*rest}"]
+[components.inspect.placement]
+labels = { role = "back" }
+"#,
+    );
+    deploy(&members[0].1, &m);
+    wait_placement(&members, "split", "search", PATIENCE, "on a", |p| {
+        p.hosts == ["a"]
+    })
+    .await;
+    wait_placement(&members, "split", "inspect", PATIENCE, "on b", |p| {
+        p.hosts == ["b"]
+    })
+    .await;
+
+    // Through c (which runs neither): c forwards to search on a, which calls inspect
+    // on b by name.
+    let gateway = &members[2].1;
+    let text = eventually(
+        "a call from search (on a) to inspect (on b), through c",
+        PATIENCE,
+        async || match try_get(&gateway.url("/call?url=http://inspect/inspect/x")).await {
+            Ok((200, t)) if t.starts_with("status=200\n") => Ok(t),
+            Ok((s, t)) => Err(format!("{s} {t:?}")),
+            Err(e) => Err(e),
+        },
+    )
+    .await;
+    let report: Value = serde_json::from_str(text.strip_prefix("status=200\n").unwrap())
+        .unwrap_or_else(|e| panic!("inspect's answer is not JSON ({e}): {text}"));
+    // The callee saw the route it matched, as with a call on one host.
+    assert_eq!(seen_header(&report, "wasmhive-param-rest"), vec!["x"]);
+
+    // The call is counted as forwarded.
+    eventually(
+        "a remote call to inspect in some host's status",
+        PATIENCE,
+        async || {
+            let mut seen = Vec::new();
+            for (name, host) in &members {
+                let c = component_in(&host.status(), "split", "inspect")
+                    .ok_or_else(|| format!("host {name} has no split/inspect"))?;
+                seen.push((name.to_string(), c["calls"].clone()));
+            }
+            let remote: u64 = seen
+                .iter()
+                .map(|(_, calls)| calls["remote"].as_u64().unwrap_or(0))
+                .sum();
+            if remote >= 1 {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+}
+
+/// A steady load: sequential `GET`s of one URL, each bounded by a timeout, recording
+/// when each ended and whether it got the expected answer.
+/// When each request ended and how.
+type Outcomes = Arc<Mutex<Vec<(Instant, Result<(), String>)>>>;
+
+struct Load {
+    outcomes: Outcomes,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(url: String, want: &'static str) -> Load {
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let outcomes = outcomes.clone();
+            let stop = stop.clone();
+            async move {
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(2))
+                    .build()
+                    .unwrap();
+                while !stop.load(Ordering::SeqCst) {
+                    let outcome = match client.get(&url).send().await {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            match r.text().await {
+                                Ok(t) if status == 200 && t == want => Ok(()),
+                                Ok(t) => Err(format!("{status} {t:?}")),
+                                Err(e) => Err(format!("{status}, body: {e}")),
+                            }
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
+                    outcomes.lock().unwrap().push((Instant::now(), outcome));
+                    // Pacing, so that the load stays steady and small (not a wait for
+                    // anything).
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        Load {
+            outcomes,
+            stop,
+            task,
+        }
+    }
+
+    /// Requests that ended after `t`: (succeeded, failed).
+    fn since(&self, t: Instant) -> (usize, usize) {
+        let outcomes = self.outcomes.lock().unwrap();
+        let after = outcomes.iter().filter(|(at, _)| *at > t);
+        let ok = after.clone().filter(|(_, o)| o.is_ok()).count();
+        (ok, after.count() - ok)
+    }
+
+    /// When the first request that ended after `t` succeeded, if one has.
+    fn first_success_after(&self, t: Instant) -> Option<Instant> {
+        self.outcomes
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(at, o)| *at > t && o.is_ok())
+            .map(|(at, _)| *at)
+    }
+
+    /// Stops the load and returns every outcome.
+    async fn stop(self) -> Vec<(Instant, Result<(), String>)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        std::mem::take(&mut *self.outcomes.lock().unwrap())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_host_is_replaced() {
+    let nats = NatsServer::start();
+    let lattice = "failover1";
+    let mut members = vec![
+        join(&nats, lattice, "a", &[]),
+        join(&nats, lattice, "b", &[]),
+        join(&nats, lattice, "c", &[]),
+    ];
+    let ws = Workspace::new();
+    let m = hello_app(
+        &ws,
+        "solo",
+        "1.0.0",
+        "hi",
+        "[components.hello.placement]\nhosts = 1",
+    );
+    deploy(&members[0].1, &m);
+    let before = wait_placement(
+        &members,
+        "solo",
+        "hello",
+        PATIENCE,
+        "on exactly one host",
+        |p| p.hosts.len() == 1,
+    )
+    .await;
+    let victim_name = before.hosts[0].clone();
+    let victim = members.iter().position(|(n, _)| *n == victim_name).unwrap();
+    // A gateway that survives: it does not run the component, so it forwards.
+    let gateway_name = members[(victim + 1) % members.len()].0;
+    let gateway_url = {
+        let (_, gateway) = members.iter().find(|(n, _)| *n == gateway_name).unwrap();
+        wait_answer(gateway_name, gateway, "/hello/load", 200, "hi, load\n").await;
+        gateway.url("/hello/load")
+    };
+
+    let load = Load::start(gateway_url, "hi, load\n");
+    let started = Instant::now();
+    eventually(
+        "the steady load to be served",
+        PATIENCE,
+        async || match load.since(started) {
+            (ok, _) if ok >= 5 => Ok(()),
+            (ok, failed) => Err(format!("{ok} ok, {failed} failed")),
+        },
+    )
+    .await;
+
+    let (_, host) = members.remove(victim);
+    let killed = Instant::now();
+    host.kill();
+
+    // Within 15 s of the kill, a survivor runs it (and everyone agrees)...
+    let after = wait_placement(
+        &members,
+        "solo",
+        "hello",
+        FAILOVER.saturating_sub(killed.elapsed()),
+        &format!("on a survivor within {FAILOVER:?} of killing {victim_name}"),
+        |p| p.hosts.len() == 1,
+    )
+    .await;
+    let moved = Instant::now();
+    assert_ne!(after.hosts, before.hosts, "{after:?}");
+    // ...and requests through the gateway succeed again.
+    let recovered = eventually(
+        &format!("a request through {gateway_name} to succeed within {FAILOVER:?} of the kill"),
+        FAILOVER.saturating_sub(killed.elapsed()),
+        async || {
+            load.first_success_after(moved)
+                .ok_or_else(|| format!("{:?} (ok, failed) since the move", load.since(moved)))
+        },
+    )
+    .await;
+    // They keep succeeding.
+    eventually(
+        "20 more requests after the failover",
+        PATIENCE,
+        async || match load.since(recovered) {
+            (ok, failed) if ok + failed >= 20 => Ok(()),
+            (ok, failed) => Err(format!("{ok} ok, {failed} failed")),
+        },
+    )
+    .await;
+    let outcomes = load.stop().await;
+
+    let gap: Vec<_> = outcomes
+        .iter()
+        .filter(|(at, o)| *at > killed && *at < recovered && o.is_err())
+        .collect();
+    eprintln!(
+        "failover from {victim_name} to {:?}: {} of {} requests failed between the kill and \
+         the first success after it ({:?}); first failure: {:?}",
+        after.hosts,
+        gap.len(),
+        outcomes
+            .iter()
+            .filter(|(at, _)| *at > killed && *at < recovered)
+            .count(),
+        recovered - killed,
+        gap.first().map(|(_, o)| o)
+    );
+    let failed_after: Vec<_> = outcomes
+        .iter()
+        .filter(|(at, o)| *at > recovered && o.is_err())
+        .map(|(_, o)| o)
+        .collect();
+    assert!(
+        failed_after.is_empty(),
+        "requests failed after the failover: {failed_after:?}"
+    );
+    for (name, host) in &members {
+        assert_eq!(
+            try_get(&host.url("/hello/after")).await,
+            Ok((200, "hi, after\n".to_string())),
+            "through host {name}"
+        );
+    }
+}
+
+/// Bodies published to the subject stream `stream` captures, duplicates included.
+async fn captured(js: &async_nats::jetstream::Context, stream: &str) -> Vec<String> {
+    let stream = js.get_stream(stream).await.unwrap();
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_millis(300))
+            .messages()
+            .await
+            .unwrap();
+        let before = out.len();
+        while let Some(Ok(m)) = batch.next().await {
+            out.push(String::from_utf8(m.payload.to_vec()).unwrap());
+        }
+        if out.len() == before {
+            return out;
+        }
+    }
+}
+
+/// Publishes jobs `range` (`id=N` on `jobs.{N % 5}`) and waits until JetStream has
+/// stored each (trying again until the hosts have created the stream that takes them).
+async fn publish_jobs(js: &async_nats::jetstream::Context, range: std::ops::Range<usize>) {
+    for i in range {
+        eventually(&format!("job {i} stored"), PATIENCE, async || {
+            js.publish(format!("jobs.{}", i % 5), format!("id={i}").into())
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn durable_messages_survive_a_host_kill() {
+    const N: usize = 200;
+    let nats = NatsServer::start();
+    let lattice = "durable1";
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    // Everything the workers forward is kept, so it can be counted at the end.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "TEST_DONE".into(),
+        subjects: vec!["done".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut live = client.subscribe("done").await.unwrap();
+    client.flush().await.unwrap();
+
+    let mut members = vec![
+        join(&nats, lattice, "a", &[]),
+        join(&nats, lattice, "b", &[]),
+        join(&nats, lattice, "c", &[]),
+    ];
+    let ws = Workspace::new();
+    let m = ws.write(
+        "jobs.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "jobs"
+version = "1.0.0"
+[components.worker]
+source = "{component:messenger}"
+env = { FORWARD_TO = "done" }
+[components.worker.limits]
+timeout = "2s"
+[components.worker.messaging]
+subscribe = ["jobs.*"]
+publish = ["done"]
+durable = true
+"#,
+    );
+    deploy(&members[0].1, &m);
+    wait_placement(&members, "jobs", "worker", PATIENCE, "on every host", |p| {
+        p.hosts == ["a", "b", "c"]
+    })
+    .await;
+
+    publish_jobs(&js, 0..N / 2).await;
+    // Kill b (SIGKILL, no cleanup) once the work is under way.
+    for _ in 0..20 {
+        tokio::time::timeout(PATIENCE, live.next())
+            .await
+            .expect("jobs being processed")
+            .unwrap();
+    }
+    let (_, b) = members.remove(1);
+    b.kill();
+    publish_jobs(&js, N / 2..N).await;
+
+    let all = eventually(
+        &format!("{N} distinct jobs processed"),
+        PATIENCE,
+        async || {
+            let all = captured(&js, "TEST_DONE").await;
+            let distinct = all.iter().collect::<BTreeSet<_>>().len();
+            if distinct >= N {
+                Ok(all)
+            } else {
+                Err(format!("{distinct} distinct of {} processed", all.len()))
+            }
+        },
+    )
+    .await;
+    let mut counts = BTreeMap::<&str, usize>::new();
+    for id in &all {
+        *counts.entry(id.as_str()).or_default() += 1;
+    }
+    let expected: BTreeSet<String> = (0..N).map(|i| format!("id={i}")).collect();
+    assert_eq!(
+        counts
+            .keys()
+            .map(|k| k.to_string())
+            .collect::<BTreeSet<_>>(),
+        expected,
+        "every job, and nothing else, was handled"
+    );
+    let duplicates = all.len() - counts.len();
+    eprintln!(
+        "{N} jobs, {} handled in all: {duplicates} handled twice or more (b was killed midway)",
+        all.len()
+    );
+    // At least once, and a redelivery only for what b held when it died.
+    let most = counts.values().max().copied().unwrap_or(0);
+    assert!(
+        most <= 2,
+        "a job was handled {most} times: {:?}",
+        counts.iter().filter(|(_, n)| **n > 2).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_lattices_do_not_see_each_other() {
+    let nats = NatsServer::start();
+    let a = join(&nats, "l1", "a", &[]);
+    let b = join(&nats, "l2", "b", &[]);
+    let ws = Workspace::new();
+    deploy(&a.1, &hello_app(&ws, "hello", "1.0.0", "hello", ""));
+    wait_answer(a.0, &a.1, "/hello", 200, "hello, world\n").await;
+    // Another host of l1 gets the deploy: by now it has reached the lattice, so b not
+    // having it is not a matter of time.
+    let a2 = join(&nats, "l1", "a2", &[]);
+    wait_answer(a2.0, &a2.1, "/hello", 200, "hello, world\n").await;
+
+    let status = b.1.status();
+    assert_eq!(status["apps"], json!([]), "{status:#}");
+    assert_eq!(status["lattice"]["name"], "l2", "{status:#}");
+    assert_eq!(
+        try_get(&b.1.url("/hello")).await.map(|(s, _)| s),
+        Ok(404),
+        "l2 has no such route"
+    );
+
+    // Each lattice lists its own hosts only.
+    wait_listing("a", &a.1, "l1", &["a", "a2"]).await;
+    wait_listing("b", &b.1, "l2", &["b"]).await;
+
+    // The same app name in l2 is another app.
+    deploy(&b.1, &hello_app(&ws, "hello", "7.0.0", "bonjour", ""));
+    wait_answer(b.0, &b.1, "/hello", 200, "bonjour, world\n").await;
+    for (name, host) in [&a, &a2] {
+        assert_eq!(
+            try_get(&host.url("/hello")).await,
+            Ok((200, "hello, world\n".to_string())),
+            "host {name} of l1"
+        );
+        assert_eq!(
+            app_version(&host.status(), "hello").as_deref(),
+            Some("1.0.0"),
+            "host {name} of l1"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_without_a_lattice_says_so() {
+    let host = Host::start(&[]);
+    let status = host.status();
+    assert_eq!(status["lattice"], Value::Null, "{status:#}");
+    assert_eq!(status["refused"], json!([]), "{status:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_record_is_refused_by_each_host_and_the_good_version_keeps_serving() {
+    let nats = NatsServer::start();
+    let lattice = "refuse1";
+    let members = vec![
+        join(&nats, lattice, "a", &[]),
+        join(&nats, lattice, "b", &[]),
+        join(&nats, lattice, "c", &[]),
+    ];
+    let ws = Workspace::new();
+    deploy(
+        &members[0].1,
+        &hello_app(&ws, "hello", "1.0.0", "hello", ""),
+    );
+    for (name, host) in &members {
+        wait_answer(name, host, "/hello", 200, "hello, world\n").await;
+    }
+
+    // Version 2.0.0 written straight into the lattice's record of the app (as a
+    // broken or malicious writer could), naming a blob nobody uploaded.
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let bucket = format!("wasmhive_{lattice}_apps");
+    let kv = js
+        .get_key_value(&bucket)
+        .await
+        .unwrap_or_else(|e| panic!("the lattice's apps bucket {bucket}: {e}"));
+    let good = kv
+        .get("hello")
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no record of hello in {bucket}"));
+    let mut record: Value = serde_json::from_slice(&good)
+        .unwrap_or_else(|e| panic!("the record is not JSON ({e}): {good:?}"));
+    let mut manifest: toml::Table = toml::from_str(
+        record["manifest"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no manifest text in {record:#}")),
+    )
+    .unwrap();
+    manifest["app"]
+        .as_table_mut()
+        .unwrap()
+        .insert("version".into(), "2.0.0".into());
+    record["manifest"] = toml::to_string(&manifest).unwrap().into();
+    let missing = hex::encode(sha2::Sha256::digest(b"a blob that was never uploaded"));
+    let sources = record["sources"]
+        .as_object_mut()
+        .unwrap_or_else(|| panic!("no sources in the record"));
+    assert!(!sources.is_empty(), "no sources in the record");
+    for digest in sources.values_mut() {
+        *digest = format!("sha256:{missing}").into();
+    }
+    record["origin"] = "x.toml".into();
+    kv.put("hello", serde_json::to_vec(&record).unwrap().into())
+        .await
+        .unwrap();
+
+    // Each host refuses it, saying why, and keeps serving 1.0.0.
+    for (name, host) in &members {
+        let refusal = eventually(
+            &format!("host {name} to report the record of hello refused"),
+            PATIENCE,
+            async || {
+                let status = host.status();
+                status["refused"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|r| r["app"] == "hello")
+                    .cloned()
+                    .ok_or_else(|| format!("{:#}", status["refused"]))
+            },
+        )
+        .await;
+        let reason = refusal["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains(&missing[..12]),
+            "host {name}: the reason names the missing blob (sha256:{missing}): {refusal:#}"
+        );
+        assert_eq!(
+            try_get(&host.url("/hello")).await,
+            Ok((200, "hello, world\n".to_string())),
+            "host {name}"
+        );
+        assert_eq!(
+            app_version(&host.status(), "hello").as_deref(),
+            Some("1.0.0"),
+            "host {name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_lattice_survives_losing_one_nats_node() {
+    let mut cluster = NatsCluster::start();
+    let lattice = "cluster1";
+    // Each host lists the nodes starting with a different one.
+    let members: Vec<Member> = ["a", "b", "c"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            (
+                name,
+                Host::start_with(member_options(
+                    &cluster.url_list(i),
+                    lattice,
+                    name,
+                    &[],
+                    &["--lattice-replicas", "3"],
+                )),
+            )
+        })
+        .collect();
+    let ws = Workspace::new();
+    let app = |version: &str, greeting: &str| {
+        hello_app(
+            &ws,
+            "clustered",
+            version,
+            greeting,
+            r#"
+[components.store]
+source = "{component:kv-store}"
+routes = ["/kv/{*rest}"]
+[components.store.keyvalue]
+buckets = ["notes"]
+"#,
+        )
+    };
+    deploy(&members[0].1, &app("1.0.0", "v1"));
+    for (name, host) in &members {
+        wait_answer(name, host, "/hello", 200, "v1, world\n").await;
+    }
+    assert_eq!(
+        try_send(
+            reqwest::Method::PUT,
+            &members[0].1.url("/kv/notes/set/k"),
+            "before"
+        )
+        .await,
+        Ok((200, "ok".to_string()))
+    );
+
+    cluster.kill(0);
+    cluster.wait_healthy();
+
+    // A new version deployed through b reaches every host. (The host's client may
+    // still be moving to another node: a failed attempt is reported and tried again,
+    // as a user would.)
+    let v2 = app("2.0.0", "v2");
+    eventually(
+        "a deploy to succeed after losing a node",
+        PATIENCE,
+        async || {
+            let out = members[1].1.cli(&["deploy", v2.to_str().unwrap()]);
+            if out.status.success() {
+                Ok(())
+            } else {
+                let err = String::from_utf8_lossy(&out.stderr).into_owned();
+                eprintln!("deploy after losing a node failed (trying again): {err}");
+                Err(err)
+            }
+        },
+    )
+    .await;
+    for (name, host) in &members {
+        wait_answer(name, host, "/hello", 200, "v2, world\n").await;
+        assert_eq!(
+            app_version(&host.status(), "clustered").as_deref(),
+            Some("2.0.0"),
+            "host {name}"
+        );
+    }
+
+    // Key-value kept what it had and takes new writes.
+    for (name, host) in &members {
+        wait_answer(name, host, "/kv/notes/get/k", 200, "before").await;
+    }
+    eventually(
+        "a write after losing a node",
+        PATIENCE,
+        async || match try_send(
+            reqwest::Method::PUT,
+            &members[2].1.url("/kv/notes/set/k2"),
+            "after",
+        )
+        .await
+        {
+            Ok((200, t)) if t == "ok" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    wait_answer("a", &members[0].1, "/kv/notes/get/k2", 200, "after").await;
+
+    // The hosts still see each other.
+    wait_listing("a", &members[0].1, lattice, &["a", "b", "c"]).await;
+}
