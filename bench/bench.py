@@ -1180,10 +1180,166 @@ def scenario_edge():
     shutil.rmtree(data, ignore_errors=True)
 
 
+def scenario_lattice():
+    """Three hosts on one nats-server: a forwarded request vs a local one, a cross-host
+    service call vs a local one, convergence from a deploy to every host serving, and
+    failover after a host is killed."""
+    data = Path(tempfile.mkdtemp(prefix="wasmhive-bench-lattice-"))
+    port = free_port()
+    nats = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data / "js")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, nats)
+    url = f"nats://127.0.0.1:{port}"
+    hello, caller = COMPONENTS / "hello.wasm", COMPONENTS / "outbound_call.wasm"
+
+    def member(name, label):
+        return Host(data / name, bus=("--nats", url),
+                    extra=("--lattice", "bench", "--host-name", name, "--label", f"role={label}"))
+
+    hosts = {}
+    lines = []
+    try:
+        for name, label in (("a", "a"), ("b", "b"), ("c", "c")):
+            hosts[name] = member(name, label)
+        a, b, c = hosts["a"], hosts["b"], hosts["c"]
+        manifest = data / "bench.toml"
+        manifest.write_text(
+            'manifest_version = 1\n[app]\nname = "bench"\nversion = "1.0.0"\n'
+            f'[components.hello]\nsource = "{hello}"\nroutes = ["GET /hello"]\n'
+            '[components.hello.placement]\nlabels = { role = "a" }\n'
+            f'[components.near]\nsource = "{caller}"\nroutes = ["/near"]\n'
+            'allowed_outbound_hosts = ["http://127.0.0.1:*"]\n[components.near.calls.hello]\n'
+            '[components.near.placement]\nlabels = { role = "a" }\n'
+            f'[components.far]\nsource = "{caller}"\nroutes = ["/far"]\n'
+            'allowed_outbound_hosts = ["http://127.0.0.1:*"]\n[components.far.calls.hello]\n'
+            '[components.far.placement]\nlabels = { role = "b" }\n')
+        a.deploy(manifest)
+        for h, path in ((b, "/hello"), (a, "/far?url=http://hello/hello")):
+            deadline = time.time() + 30
+            while True:
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", h.port, timeout=5)
+                    get(conn, path)
+                    conn.close()
+                    break
+                except Exception:
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(0.1)
+
+        paths = [("request served where it arrives (a: /hello)", a, "/hello"),
+                 ("request forwarded b -> a (b: /hello)", b, "/hello"),
+                 ("service call in process (a: near -> hello)", a, "/near?url=http://hello/hello"),
+                 ("service call across hosts (b: far -> hello on a)", b, "/far?url=http://hello/hello")]
+        serial = {label: [] for label, _, _ in paths}
+        loaded = {label: [] for label, _, _ in paths}
+        for r in range(ROUNDS):
+            for label, h, path in paths:
+                wrk(h.url(path), duration=1)
+                _, p50, p99 = wrk(h.url(path), threads=1, connections=1)
+                rps, lp50, lp99 = wrk(h.url(path))
+                serial[label].append((p50, p99))
+                loaded[label].append((rps, lp50, lp99))
+                print(f"  round {r + 1} {label}: c1 p50 {p50:.3f} p99 {p99:.3f}; c{CONNECTIONS} {rps:,.0f} req/s")
+        med = lambda xs, i: statistics.median(x[i] for x in xs)
+        lines += [
+            f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores: three release hosts and one "
+            f"nats-server on loopback, all on this machine. Latency with wrk -t1 -c1 -d{DURATION}s, throughput "
+            f"with wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}s; median of {ROUNDS} alternating rounds.",
+            "",
+            "| path | p50 ms (c1) | p99 ms (c1) | req/s (c32) | p50 ms (c32) | p99 ms (c32) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for label, _, _ in paths:
+            lines.append(f"| {label} | {med(serial[label], 0):.3f} | {med(serial[label], 1):.3f} | "
+                         f"{med(loaded[label], 0):,.0f} | {med(loaded[label], 1):.2f} | {med(loaded[label], 2):.2f} |")
+        fwd = (med(serial[paths[1][0]], 0) - med(serial[paths[0][0]], 0)) * 1000
+        call = (med(serial[paths[3][0]], 0) - med(serial[paths[2][0]], 0)) * 1000
+        lines += ["", f"Forwarding adds {fwd:.0f} µs at p50 (target: at most 300 µs); a cross-host service call "
+                      f"adds {call:.0f} µs over an in-process one."]
+
+        # Convergence: ten apps deployed one after another to a; each timed from the
+        # deploy command's start until b and c both answer its route.
+        times = []
+        for i in range(10):
+            m = data / f"app{i}.toml"
+            m.write_text(f'manifest_version = 1\n[app]\nname = "app{i}"\nversion = "1.0.0"\n'
+                         f'[components.hello]\nsource = "{hello}"\nroutes = ["GET /app{i}"]\n'
+                         f'env = {{ GREETING = "app{i}" }}\n')
+            t0 = time.perf_counter()
+            a.deploy(m)
+            for h in (b, c):
+                while True:
+                    try:
+                        conn = http.client.HTTPConnection("127.0.0.1", h.port, timeout=5)
+                        get(conn, f"/app{i}")
+                        conn.close()
+                        break
+                    except Exception:
+                        time.sleep(0.005)
+            times.append(time.perf_counter() - t0)
+        lines += ["", f"Convergence, 3 hosts, 10 apps deployed one after another to host a (the deploy command "
+                      f"included: upload, checks, writing the record): from the deploy's start until hosts b and c "
+                      f"both serve the app: median {statistics.median(times) * 1000:.0f} ms, max "
+                      f"{max(times) * 1000:.0f} ms (target: under 2 s)."]
+
+        # Failover: `solo` runs on one host; kill it and time (1) until a request
+        # through another gateway succeeds, (2) until the survivors agree on a new host.
+        m = data / "solo.toml"
+        m.write_text(f'manifest_version = 1\n[app]\nname = "solo"\nversion = "1.0.0"\n'
+                     f'[components.solo]\nsource = "{hello}"\nroutes = ["GET /solo"]\n'
+                     '[components.solo.placement]\nhosts = 1\n')
+        a.deploy(m)
+        time.sleep(1)
+        owner = None
+        while owner is None:
+            for name, h in hosts.items():
+                if any(x["name"] == "solo" and x["placed_here"] for x in h.status()):
+                    owner = name
+            time.sleep(0.05)
+        survivors = [h for n, h in hosts.items() if n != owner]
+        hosts[owner].server.proc.kill()
+        t0 = time.perf_counter()
+        hosts.pop(owner).server.proc.wait()
+        first_ok = None
+        failed = 0
+        while first_ok is None:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", survivors[0].port, timeout=5)
+                get(conn, "/solo")
+                conn.close()
+                first_ok = time.perf_counter() - t0
+            except Exception:
+                failed += 1
+                time.sleep(0.01)
+        while not any(any(x["name"] == "solo" and x["placed_here"] for x in h.status()) for h in survivors):
+            time.sleep(0.05)
+        replaced = time.perf_counter() - t0
+        lines += ["", f"Failover after SIGKILL of the host running a `hosts = 1` component: the first request "
+                      f"through a surviving gateway after the kill succeeded after {first_ok * 1000:.0f} ms "
+                      f"({failed} failed before it; the gateway serves it itself when no placed host answers); "
+                      f"the survivors placed it on one of them after {replaced:.1f} s (heartbeat TTL 10 s)."]
+        lines += ["", "Commands:", "", "```sh", "just bench lattice",
+                  "nats-server -a 127.0.0.1 -p PORT -js -sd DIR",
+                  "wasmhive up --nats nats://127.0.0.1:PORT --lattice bench --host-name a --label role=a ...  # and b, c",
+                  "wrk -t1 -c1 -d6s --latency http://127.0.0.1:PORT_A/hello   # and PORT_B (forwarded)",
+                  "```"]
+    finally:
+        for h in hosts.values():
+            h.stop()
+        nats.kill()
+        nats.wait()
+    text = "\n".join(lines)
+    print(text)
+    write_block("lattice", text)
+    shutil.rmtree(data, ignore_errors=True)
+
+
 SCENARIOS = {
     "http": scenario_http,
     "edge": scenario_edge,
     "mesh": scenario_mesh,
+    "lattice": scenario_lattice,
     "kv": scenario_kv,
     "messaging": scenario_messaging,
     "coldstart": scenario_coldstart,

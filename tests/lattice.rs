@@ -1179,3 +1179,125 @@ buckets = ["notes"]
     // The hosts still see each other.
     wait_listing("a", &members[0].1, lattice, &["a", "b", "c"]).await;
 }
+
+/// A body larger than one forwarded message (256 KiB) crosses hosts both ways, intact:
+/// 5 MiB up to a component on another host and echoed back through the forwarding
+/// gateway, once with a length and once chunked (no length, sent as it is produced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_bodies_cross_hosts_both_ways() {
+    let nats = NatsServer::start();
+    let lattice = "bodies1";
+    let members = vec![
+        join(&nats, lattice, "a", &["role=echo"]),
+        join(&nats, lattice, "b", &[]),
+    ];
+    let ws = Workspace::new();
+    let m = ws.write(
+        "echo.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "echo"
+version = "1.0.0"
+[components.echo]
+source = "{component:echo-body}"
+routes = ["POST /echo"]
+[components.echo.placement]
+labels = { role = "echo" }
+"#,
+    );
+    deploy(&members[0].1, &m);
+    let b = &members[1].1;
+    eventually(
+        "host b to know echo runs on a only",
+        PATIENCE,
+        async || match component_in(&b.status(), "echo", "echo") {
+            Some(c) if c["hosts"] == json!(["a"]) && c["placed_here"] == false => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    let body: Vec<u8> = (0..5usize << 20).map(|i| (i * 7 % 251) as u8).collect();
+
+    let r = quick_client()
+        .post(b.url("/echo"))
+        .body(body.clone())
+        .send()
+        .await
+        .expect("echo with a length");
+    assert_eq!(r.status(), 200);
+    let back = r.bytes().await.expect("echoed body");
+    assert_eq!(back.len(), body.len(), "length of the echo through b");
+    assert!(back[..] == body[..], "the echo through b differs");
+
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = body
+        .chunks(100_000)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    let r = quick_client()
+        .post(b.url("/echo"))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .expect("chunked echo");
+    assert_eq!(r.status(), 200);
+    let back = r.bytes().await.expect("echoed body");
+    assert!(back[..] == body[..], "the chunked echo through b differs");
+
+    // The serving host is a: it counted both invocations, b none.
+    let served = component_in(&members[0].1.status(), "echo", "echo").unwrap();
+    assert_eq!(served["invocations"], 2, "{served:#}");
+    let forwarded = component_in(&b.status(), "echo", "echo").unwrap();
+    assert_eq!(forwarded["invocations"], 0, "{forwarded:#}");
+}
+
+/// `wasmhive deploy --nats URL --lattice NAME` writes the app to the lattice with no
+/// host at all; a host that starts afterwards serves it, and one running already
+/// picks up the next version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deploy_with_no_host_reaches_hosts_started_later() {
+    let nats = NatsServer::start();
+    let lattice = "hostless1";
+    let ws = Workspace::new();
+    let cli_deploy = |manifest: &Path| {
+        let out = std::process::Command::new(wasmhive_e2e::binary())
+            .args(["deploy", manifest.to_str().unwrap(), "--nats", &nats.url])
+            .args(["--lattice", lattice, "--data-dir"])
+            .arg(ws.path().join("cli-data"))
+            .env_remove("WASMHIVE_ADMIN_TOKEN")
+            .output()
+            .expect("run wasmhive deploy");
+        assert!(
+            out.status.success(),
+            "deploy --nats failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let printed = cli_deploy(&hello_app(&ws, "nohost", "1.0.0", "hi", ""));
+    assert!(printed.contains("to lattice hostless1"), "{printed}");
+
+    let (_, a) = join(&nats, lattice, "a", &[]);
+    // Served as soon as it is ready: the record was read before `ready`.
+    assert_eq!(
+        try_get(&a.url("/hello/x")).await,
+        Ok((200, "hi, x\n".to_string()))
+    );
+    cli_deploy(&hello_app(&ws, "nohost", "2.0.0", "hey", ""));
+    wait_answer("a", &a, "/hello/x", 200, "hey, x\n").await;
+
+    // A broken manifest is refused before anything is written.
+    let bad = ws.write(
+        "bad.toml",
+        "manifest_version = 1\n[app]\nname = \"nohost\"\nversion = \"3.0.0\"\n[components.hello]\nsource = \"{component:hello}\"\nroutes = [\"GET hello\"]\n",
+    );
+    let out = std::process::Command::new(wasmhive_e2e::binary())
+        .args(["deploy", bad.to_str().unwrap(), "--nats", &nats.url])
+        .args(["--lattice", lattice])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:7"), "{err}");
+    assert_eq!(app_version(&a.status(), "nohost").as_deref(), Some("2.0.0"));
+}

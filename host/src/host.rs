@@ -60,7 +60,14 @@ pub async fn run(
     let apps = Arc::new(Apps::default());
     let bus = crate::bus::connect(&config, &shutdown).await?;
     let kv = open_kv(&config, &bus)?;
-    let lattice = join_lattice(&config, &bus, &apps, &shutdown).await?;
+    let lattice: crate::lattice::Slot = Default::default();
+    // With --nats the host belongs to a lattice: joined now if NATS answers, else as
+    // soon as it does (serving what it had meanwhile).
+    let joining = config.bus.nats.is_some() && bus.bus.as_nats().is_some();
+    if joining && bus.bus.connected() {
+        let l = join_lattice(&config, bus.bus.as_ref(), &apps, &shutdown).await?;
+        let _ = lattice.set(l);
+    }
     let control = Arc::new(ControlPlane::new(
         runtime,
         apps.clone(),
@@ -104,7 +111,7 @@ pub async fn run(
         &shutdown,
     );
     print_banner(&config, &bus.describe(), kv.kind(), &token_origin);
-    if let Some(l) = &lattice {
+    if let Some(l) = lattice.get() {
         let me = l.hosts().me();
         println!(
             "  lattice: {} as host {} ({}), {} live host(s)",
@@ -112,6 +119,11 @@ pub async fn run(
             me.name,
             me.id,
             l.hosts().live().len()
+        );
+    } else if joining {
+        println!(
+            "  lattice: {} (joining when NATS is reachable)",
+            config.lattice.name
         );
     }
 
@@ -127,6 +139,16 @@ pub async fn run(
             tasks.wait().await;
             return Err(e.context(format!("cannot deploy {}", path.display())));
         }
+    }
+    if joining && lattice.get().is_none() {
+        tokio::spawn(join_when_reachable(
+            control.clone(),
+            config.clone(),
+            bus.bus.clone(),
+            apps.clone(),
+            manifests.clone(),
+            shutdown.clone(),
+        ));
     }
     control.set_ready();
 
@@ -265,17 +287,44 @@ fn release_free_memory() {
     }
 }
 
-/// Joins the lattice when the host was given a NATS system (`--nats`); a host with
-/// a managed nats-server or the in-process bus is alone.
+/// Waits for NATS, then joins the lattice (retrying while that fails) until
+/// shutdown.
+async fn join_when_reachable(
+    control: Arc<ControlPlane>,
+    config: HostConfig,
+    bus: Arc<dyn crate::bus::Bus>,
+    apps: Arc<Apps>,
+    manifests: Vec<PathBuf>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        if bus.connected() {
+            match join_lattice(&config, bus.as_ref(), &apps, &shutdown).await {
+                Ok(lattice) => {
+                    control.join_late(lattice, &manifests).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot join the lattice yet; retrying")
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Joins the lattice of a host given a NATS system (`--nats`); a host with a
+/// managed nats-server or the in-process bus is alone.
 async fn join_lattice(
     config: &HostConfig,
-    bus: &crate::bus::Connected,
+    bus: &dyn crate::bus::Bus,
     apps: &Arc<Apps>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Option<Arc<crate::lattice::Lattice>>> {
-    let (Some(_), Some(nats)) = (&config.bus.nats, bus.bus.as_nats()) else {
-        return Ok(None);
-    };
+) -> anyhow::Result<Arc<crate::lattice::Lattice>> {
+    let nats = bus.as_nats().context("a lattice needs NATS (--nats URL)")?;
     let stats_apps = apps.clone();
     let stats: crate::lattice::hosts::Stats = Arc::new(move || {
         let snapshot = stats_apps.snapshot();
@@ -300,7 +349,7 @@ async fn join_lattice(
     )
     .await
     .with_context(|| format!("cannot join lattice {:?}", config.lattice.name))?;
-    Ok(Some(lattice))
+    Ok(lattice)
 }
 
 /// The key-value backend `config.kv` asks for.

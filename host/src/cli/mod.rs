@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -215,6 +216,17 @@ enum Command {
     Deploy {
         /// The app manifest.
         manifest: PathBuf,
+        /// Deploy straight to a lattice on this NATS system, with no host involved
+        /// (checked offline first, as `validate` does); every host of the lattice
+        /// converges to it.
+        #[arg(long)]
+        nats: Option<String>,
+        /// With --nats: the lattice.
+        #[arg(long, env = "WASMHIVE_LATTICE", default_value = crate::config::DEFAULT_LATTICE)]
+        lattice: String,
+        /// With --nats: a `.creds` file for NATS.
+        #[arg(long, env = "WASMHIVE_NATS_CREDS")]
+        nats_creds: Option<PathBuf>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -338,7 +350,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tokio::spawn(signal_shutdown(shutdown.clone()));
             crate::host::run(cfg, manifests, shutdown).await
         }
-        Command::Deploy { manifest, admin } => deploy(&manifest, &admin.client()?).await,
+        Command::Deploy {
+            manifest,
+            nats: Some(url),
+            lattice,
+            nats_creds,
+            admin,
+        } => deploy_to_lattice(&manifest, &url, &lattice, nats_creds, &admin.data_dir).await,
+        Command::Deploy {
+            manifest, admin, ..
+        } => deploy(&manifest, &admin.client()?).await,
         Command::Undeploy { app, admin } => {
             admin.client()?.undeploy(&app).await?;
             println!("undeployed {app}");
@@ -431,6 +452,45 @@ async fn deploy(manifest: &std::path::Path, admin: &AdminClient) -> anyhow::Resu
             c.routes.join(", ")
         );
     }
+    Ok(())
+}
+
+/// `wasmhive deploy --nats URL`: checks the app offline, then writes its component
+/// bytes and record to the lattice.
+async fn deploy_to_lattice(
+    manifest: &std::path::Path,
+    url: &str,
+    lattice: &str,
+    creds: Option<PathBuf>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    crate::config::check_lattice_name(lattice).map_err(anyhow::Error::msg)?;
+    crate::validate::validate(manifest, data_dir).await?;
+    let mut options = async_nats::ConnectOptions::new().name("wasmhive deploy");
+    if let Some(c) = creds {
+        options = options
+            .credentials_file(&c)
+            .await
+            .with_context(|| format!("cannot read NATS credentials {}", c.display()))?;
+    }
+    let servers: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let client = options
+        .connect(servers)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+    let store = crate::lattice::Store::open(client.clone(), lattice, 1).await?;
+    let request = crate::control::request_from_file(manifest, &store).await?;
+    let revision = store.put_record(&request).await?;
+    let app = crate::manifest::Manifest::parse(&request.manifest, &request.origin)?.app;
+    client.flush().await.ok();
+    println!(
+        "deployed {} {} to lattice {lattice} (record revision {revision}); its hosts converge to it (wasmhive status shows each host's view)",
+        app.name, app.version
+    );
     Ok(())
 }
 

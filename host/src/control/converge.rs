@@ -34,10 +34,24 @@ pub(super) async fn start(control: Arc<ControlPlane>, lattice: Arc<Lattice>) {
             while let Some(Ok(k)) = keys.next().await {
                 names.push(k);
             }
-            for name in names {
+            for name in &names {
                 if let Ok(Some(entry)) = lattice.apps().entry(name.clone()).await {
                     control.converge(&entry).await;
                 }
+            }
+            // Apps this host had (from its cache, while NATS was away) that the
+            // lattice no longer has.
+            let gone: Vec<String> = control
+                .apps
+                .snapshot()
+                .apps
+                .keys()
+                .filter(|a| !names.contains(a))
+                .cloned()
+                .collect();
+            for app in gone {
+                tracing::info!(%app, "not in the lattice: removed");
+                let _ = control.remove_local(&app).await;
             }
         }
         Err(e) => tracing::error!(error = %e, "cannot list the lattice's apps"),
@@ -96,28 +110,26 @@ impl ControlPlane {
     pub(super) async fn publish_record(
         &self,
         lattice: &Lattice,
-        app: &App,
+        source: &DeployRequest,
     ) -> Result<u64, DeployError> {
         let storage = |e: anyhow::Error| DeployError::Storage(format!("{e:#}"));
-        for digest in app.source.sources.values() {
-            if lattice.has_blob(digest).await {
+        for digest in source.sources.values() {
+            if lattice.store().has_blob(digest).await {
                 continue;
             }
             let bytes = self
                 .blobs
                 .read(digest)
                 .map_err(|e| DeployError::Storage(format!("cannot read {digest}: {e}")))?;
-            lattice.put_blob(digest, &bytes).await.map_err(storage)?;
+            lattice
+                .store()
+                .put_blob(digest, &bytes)
+                .await
+                .map_err(storage)?;
         }
         // The deploying machine's directory means nothing to other hosts, but secret
         // files are resolved against it: keep it for hosts that share the path.
-        let record =
-            serde_json::to_vec(&app.source).map_err(|e| DeployError::Storage(e.to_string()))?;
-        lattice
-            .apps()
-            .put(app.name(), record.into())
-            .await
-            .map_err(|e| DeployError::Storage(format!("cannot write the app record: {e}")))
+        lattice.store().put_record(source).await.map_err(storage)
     }
 
     /// Applies one entry of the apps bucket, unless this host already applied that
@@ -145,6 +157,10 @@ impl ControlPlane {
         let result = async {
             let request: DeployRequest = serde_json::from_slice(&entry.value)
                 .map_err(|e| DeployError::Storage(format!("unreadable app record: {e}")))?;
+            if let Some(running) = self.running(&request) {
+                // This host runs exactly that already (it deployed it, or had it).
+                return Ok(super::report_of(&running, None));
+            }
             self.fetch_blobs(&request).await?;
             let app = self.build(request).await?;
             self.activate(app).await
@@ -165,7 +181,7 @@ impl ControlPlane {
     /// Copies the component bytes a record names and this host lacks from the
     /// lattice's object store.
     async fn fetch_blobs(&self, request: &DeployRequest) -> Result<(), DeployError> {
-        let Some(lattice) = &self.lattice else {
+        let Some(lattice) = self.lattice() else {
             return Ok(());
         };
         for (source, digest) in &request.sources {
@@ -173,6 +189,7 @@ impl ControlPlane {
                 continue;
             }
             let bytes = lattice
+                .store()
                 .get_blob(digest)
                 .await
                 .map_err(|e| DeployError::Storage(format!("source {source:?}: {e:#}")))?;
@@ -187,7 +204,7 @@ impl ControlPlane {
     /// on the components, and returns the names of those placed on this host (all
     /// of them when the host is alone).
     pub(super) fn place(&self, app: &App) -> BTreeSet<String> {
-        let Some(lattice) = &self.lattice else {
+        let Some(lattice) = self.lattice() else {
             return app
                 .components
                 .iter()
@@ -229,20 +246,25 @@ impl ControlPlane {
         let snapshot = self.apps.snapshot();
         for app in snapshot.apps.values() {
             let placed = self.place(app);
+            let forwarding = self.lattice().is_some();
             let same = self
                 .lock_subscriptions()
                 .get(app.name())
-                .is_some_and(|s| s.placed == placed);
+                .is_some_and(|s| s.placed == placed && s.forwarding == forwarding);
             if same {
                 continue;
             }
             match self.subscribe(app, &placed).await {
                 Ok(stop) => {
                     tracing::info!(app = %app.name(), here = ?placed, "placement changed");
-                    if let Some(old) = self
-                        .lock_subscriptions()
-                        .insert(app.name().to_string(), super::Subscribed { stop, placed })
-                    {
+                    if let Some(old) = self.lock_subscriptions().insert(
+                        app.name().to_string(),
+                        super::Subscribed {
+                            stop,
+                            placed,
+                            forwarding,
+                        },
+                    ) {
                         old.stop.cancel();
                     }
                 }

@@ -162,8 +162,8 @@ pub struct ControlPlane {
     /// Stops the message subscriptions of each deployed app version.
     subscriptions: std::sync::Mutex<BTreeMap<String, Subscribed>>,
     shutdown: CancellationToken,
-    /// The lattice this host belongs to, if any.
-    lattice: Option<Arc<crate::lattice::Lattice>>,
+    /// The lattice this host belongs to, once joined.
+    lattice: crate::lattice::Slot,
     /// In a lattice: the revision of each app's record this host applied (or
     /// refused), held while applying so records apply one at a time, in order.
     applied: tokio::sync::Mutex<BTreeMap<String, u64>>,
@@ -176,6 +176,8 @@ pub struct ControlPlane {
 struct Subscribed {
     stop: CancellationToken,
     placed: BTreeSet<String>,
+    /// Whether they include the lattice's forwarding subscriptions.
+    forwarding: bool,
 }
 
 /// The report of a deploy of `app`.
@@ -202,7 +204,7 @@ impl ControlPlane {
         config: HostConfig,
         bus: Arc<dyn Bus>,
         kv: Arc<dyn crate::state::KvStore>,
-        lattice: Option<Arc<crate::lattice::Lattice>>,
+        lattice: crate::lattice::Slot,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let blobs = BlobStore::open(&config.data_dir)?;
@@ -243,6 +245,11 @@ impl ControlPlane {
         })
     }
 
+    /// The lattice this host belongs to, once joined.
+    pub fn lattice(&self) -> Option<&Arc<crate::lattice::Lattice>> {
+        self.lattice.get()
+    }
+
     /// The blob store (for uploads and local deploys).
     pub fn blobs(&self) -> &BlobStore {
         &self.blobs
@@ -272,11 +279,21 @@ impl ControlPlane {
     /// In a lattice the app is also written to the lattice (component bytes first,
     /// then the record naming them), and every host converges to it.
     pub async fn deploy(&self, request: DeployRequest) -> Result<DeployReport, DeployError> {
-        let app = self.build(request).await?;
-        let Some(lattice) = self.lattice.clone() else {
+        let Some(lattice) = self.lattice().cloned() else {
+            let app = self.build(request).await?;
             return self.activate(app).await;
         };
-        let revision = self.publish_record(&lattice, &app).await?;
+        // What runs here already is only written to the lattice, not built again.
+        if let Some(running) = self.running(&request) {
+            let revision = self.publish_record(&lattice, &request).await?;
+            let mut applied = self.applied.lock().await;
+            let at = applied.entry(running.name().to_string()).or_default();
+            *at = (*at).max(revision);
+            self.lock_refused().remove(running.name());
+            return Ok(report_of(&running, None));
+        }
+        let app = self.build(request).await?;
+        let revision = self.publish_record(&lattice, &app.source).await?;
         let mut applied = self.applied.lock().await;
         if applied.get(app.name()).is_some_and(|r| *r >= revision) {
             // The watcher applied this very record first.
@@ -286,6 +303,17 @@ impl ControlPlane {
         applied.insert(report.app.clone(), revision);
         self.lock_refused().remove(&report.app);
         Ok(report)
+    }
+
+    /// The app version running here that was deployed from exactly `request`'s
+    /// manifest and component bytes, if any.
+    fn running(&self, request: &DeployRequest) -> Option<Arc<App>> {
+        self.apps
+            .snapshot()
+            .apps
+            .values()
+            .find(|a| a.source.manifest == request.manifest && a.source.sources == request.sources)
+            .cloned()
     }
 
     /// Checks everything about a deploy and builds the app version, touching nothing
@@ -321,9 +349,9 @@ impl ControlPlane {
         let previous = self
             .apps
             .put(app, |app| {
-                if self.lattice.is_none() {
-                    self.persist(app)?;
-                }
+                // Alone, the record is the desired state; in a lattice it is a cache
+                // that lets a host restarted while NATS is away serve what it had.
+                self.persist(app)?;
                 // Under the registry's writer lock, so concurrent deploys of one app
                 // swap subscriptions in the same order as versions.
                 if let Some(old) = self.lock_subscriptions().insert(
@@ -331,6 +359,7 @@ impl ControlPlane {
                     Subscribed {
                         stop: subscriptions.clone(),
                         placed,
+                        forwarding: self.lattice().is_some(),
                     },
                 ) {
                     old.stop.cancel();
@@ -360,7 +389,7 @@ impl ControlPlane {
     ) -> Result<CancellationToken, DeployError> {
         let subscriptions = self.shutdown.child_token();
         for c in &app.components {
-            if self.lattice.is_some() && !placed.contains(&*c.id.component) {
+            if self.lattice().is_some() && !placed.contains(&*c.id.component) {
                 continue;
             }
             let started = async {
@@ -372,7 +401,7 @@ impl ControlPlane {
                     self.handlers.clone(),
                 )
                 .await?;
-                if let Some(l) = &self.lattice
+                if let Some(l) = self.lattice()
                     && c.flavor.is_some()
                 {
                     self.serve_forwarded(l, c, subscriptions.clone()).await?;
@@ -524,7 +553,7 @@ impl ControlPlane {
     /// Removes an app; its routes answer 404 from now on. In a lattice its record
     /// is deleted and every host removes it.
     pub async fn undeploy(&self, name: &str) -> Result<(), DeployError> {
-        if let Some(lattice) = &self.lattice {
+        if let Some(lattice) = self.lattice() {
             let exists = lattice
                 .apps()
                 .get(name)
@@ -652,7 +681,7 @@ impl ControlPlane {
                 });
             }
         }
-        if let Some(l) = &self.lattice {
+        if let Some(l) = self.lattice() {
             let me = l.hosts().me();
             st.lattice = Some(status::LatticeStatus {
                 name: l.name().to_string(),
@@ -672,10 +701,37 @@ impl ControlPlane {
         st
     }
 
+    /// Joins `lattice` after start-up (the NATS the host was given was not reachable
+    /// then): deploys the start-up `manifests` to the lattice, then converges to the
+    /// lattice's records (apps this host had that the lattice no longer has are
+    /// removed).
+    pub async fn join_late(
+        self: &Arc<Self>,
+        lattice: Arc<crate::lattice::Lattice>,
+        manifests: &[PathBuf],
+    ) {
+        if self.lattice.set(lattice.clone()).is_err() {
+            return;
+        }
+        tracing::info!(lattice = %lattice.name(), "joined the lattice");
+        for path in manifests {
+            let result = async {
+                let request = request_from_file(path, &self.blobs).await?;
+                Ok::<_, anyhow::Error>(self.deploy(request).await?)
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::error!(manifest = %path.display(), error = %format!("{e:#}"), "cannot deploy a start-up manifest to the lattice");
+            }
+        }
+        converge::start(self.clone(), lattice).await;
+        // What ran alone now runs by placement, with forwarding.
+        self.replace().await;
+    }
+
     /// The lattice's live hosts (`None`: this host is alone).
     pub fn hosts(&self) -> Option<(String, Vec<crate::lattice::hosts::LiveHost>)> {
-        self.lattice
-            .as_ref()
+        self.lattice()
             .map(|l| (l.name().to_string(), l.hosts().list()))
     }
 
@@ -683,7 +739,7 @@ impl ControlPlane {
     /// lattice, converges to the lattice's records and keeps converging. Failures are
     /// logged and skipped: one broken record does not keep the others down.
     pub async fn restore(self: &Arc<Self>) {
-        if let Some(lattice) = self.lattice.clone() {
+        if let Some(lattice) = self.lattice().cloned() {
             converge::start(self.clone(), lattice).await;
             return;
         }
@@ -899,5 +955,16 @@ impl BlobSink for BlobStore {
 
     async fn put(&self, digest: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
         BlobStore::put(self, digest, &bytes).map_err(anyhow::Error::msg)
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobSink for crate::lattice::Store {
+    async fn has(&self, digest: &str) -> anyhow::Result<bool> {
+        Ok(self.has_blob(digest).await)
+    }
+
+    async fn put(&self, digest: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.put_blob(digest, &bytes).await
     }
 }

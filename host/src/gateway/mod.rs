@@ -43,7 +43,7 @@ pub struct Gateway {
     body_read_timeout: std::time::Duration,
     guard: GuardConfig,
     /// The lattice, when routes may be served by other hosts.
-    lattice: Option<Arc<crate::lattice::Lattice>>,
+    lattice: crate::lattice::Slot,
 }
 
 /// What a guest reading the request body learns when the client's body fails: a
@@ -139,7 +139,7 @@ impl Gateway {
         metrics: Arc<RequestMetrics>,
         body_read_timeout: std::time::Duration,
         guard: GuardConfig,
-        lattice: Option<Arc<crate::lattice::Lattice>>,
+        lattice: crate::lattice::Slot,
     ) -> Arc<Self> {
         Arc::new(Gateway {
             apps,
@@ -226,7 +226,7 @@ impl Gateway {
         }
 
         // In a lattice, a component placed on other hosts is served there.
-        let req = match &self.lattice {
+        let req = match self.lattice.get() {
             Some(lattice) if !component.placement.here() => {
                 use crate::lattice::Routed;
                 match lattice

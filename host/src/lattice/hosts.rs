@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_nats::jetstream::kv;
@@ -118,6 +118,8 @@ pub struct Membership {
     seen: Arc<Mutex<BTreeMap<String, Seen>>>,
     live: Arc<ArcSwap<HostSet>>,
     changed: tokio::sync::watch::Sender<u64>,
+    /// The NATS server's timestamp of this host's latest heartbeat.
+    server_now: Arc<Mutex<Option<async_nats::datetime::DateTime>>>,
 }
 
 impl Membership {
@@ -139,6 +141,7 @@ impl Membership {
             seen: Default::default(),
             live: Default::default(),
             changed,
+            server_now: Default::default(),
         };
         let first = m.info(&stats);
         m.beat(&first)
@@ -146,14 +149,18 @@ impl Membership {
             .map_err(|e| anyhow::anyhow!("cannot write this host's heartbeat: {e}"))?;
         m.observe(first);
         // The hosts already there (the watch below sees them too, but a start-up that
-        // places components must know them before it converges).
+        // places components must know them before it converges). This host's own
+        // entry first: its server timestamp is "now" for aging the others.
         if let Ok(mut keys) = m.store.keys().await {
+            let mut entries = Vec::new();
             while let Some(Ok(key)) = keys.next().await {
-                if let Ok(Some(bytes)) = m.store.get(&key).await
-                    && let Ok(info) = serde_json::from_slice::<HostInfo>(&bytes)
-                {
-                    m.observe(info);
+                if let Ok(Some(entry)) = m.store.entry(key).await {
+                    entries.push(entry);
                 }
+            }
+            entries.sort_by_key(|e| e.key != m.me.id);
+            for entry in &entries {
+                m.observe_entry(entry);
             }
         }
         m.publish();
@@ -193,6 +200,35 @@ impl Membership {
                 at: Instant::now(),
             },
         );
+    }
+
+    /// Takes a heartbeat entry. Its age is measured on the NATS server's clock
+    /// (its timestamp against that of this host's own latest heartbeat), so an old
+    /// entry of a dead host replayed by the bucket is not mistaken for a live one,
+    /// whatever the machines' clocks say.
+    fn observe_entry(&self, entry: &kv::Entry) {
+        if entry.key == self.me.id {
+            *self.server_now.lock().unwrap_or_else(|e| e.into_inner()) = Some(entry.created);
+            return;
+        }
+        let Ok(info) = serde_json::from_slice::<HostInfo>(&entry.value) else {
+            return;
+        };
+        let server_now = *self.server_now.lock().unwrap_or_else(|e| e.into_inner());
+        let age = server_now
+            .map(|now| {
+                (now - entry.created)
+                    .whole_milliseconds()
+                    .clamp(0, i128::from(u32::MAX))
+            })
+            .map(|ms| Duration::from_millis(ms as u64))
+            .unwrap_or_default()
+            .min(self.ttl);
+        let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(info.id.clone(), Seen { info, at });
     }
 
     fn forget(&self, id: &str) {
@@ -254,13 +290,7 @@ impl Membership {
                     entry = watch.next() => match entry {
                         Some(Ok(e)) => {
                             match e.operation {
-                                kv::Operation::Put => {
-                                    if let Ok(info) = serde_json::from_slice::<HostInfo>(&e.value)
-                                        && info.id != this.me.id
-                                    {
-                                        this.observe(info);
-                                    }
-                                }
+                                kv::Operation::Put => this.observe_entry(&e),
                                 kv::Operation::Delete | kv::Operation::Purge => {
                                     if e.key != this.me.id {
                                         this.forget(&e.key);
@@ -297,6 +327,7 @@ impl Membership {
             seen: self.seen.clone(),
             live: self.live.clone(),
             changed: self.changed.clone(),
+            server_now: self.server_now.clone(),
         }
     }
 
@@ -335,12 +366,4 @@ impl Membership {
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()
     }
-}
-
-/// Unix milliseconds now.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

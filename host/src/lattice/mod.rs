@@ -31,38 +31,36 @@ use tokio::io::AsyncReadExt;
 use crate::config::LatticeConfig;
 pub use hosts::{HostInfo, HostSet};
 
+/// Where a host keeps its lattice once it has joined: empty while it is alone, or
+/// while the NATS it was given has not been reached yet (it joins when it is).
+pub type Slot = Arc<std::sync::OnceLock<Arc<Lattice>>>;
+
 /// Largest component the lattice's object store accepts (the admin API's upload
 /// limit).
 pub const MAX_BLOB: u64 = 512 << 20;
 
-/// This host's membership in a lattice.
-pub struct Lattice {
+/// A lattice's desired state: the apps bucket and the object store of component
+/// bytes. What `wasmhive deploy --nats` writes to with no host involved.
+#[derive(Clone)]
+pub struct Store {
     name: String,
-    client: async_nats::Client,
     apps: kv::Store,
     blobs: object_store::ObjectStore,
-    hosts: hosts::Membership,
 }
 
-impl Lattice {
-    /// Joins the lattice `config.name` over `client`: creates (or opens) its buckets
-    /// and object store and starts this host's heartbeat. `stats` reports what this
-    /// host runs, for its heartbeat.
-    pub async fn join(
+impl Store {
+    /// Opens (creating if missing) the apps bucket and object store of lattice
+    /// `name`, with `replicas` JetStream replicas when created.
+    pub async fn open(
         client: async_nats::Client,
-        config: &LatticeConfig,
-        data_dir: &std::path::Path,
-        http: String,
-        stats: hosts::Stats,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) -> anyhow::Result<Arc<Lattice>> {
-        let js = jetstream::new(client.clone());
-        let name = config.name.clone();
-        let replicas = config.replicas;
+        name: &str,
+        replicas: usize,
+    ) -> anyhow::Result<Store> {
+        let js = jetstream::new(client);
         let apps = kv_bucket(
             &js,
             kv::Config {
-                bucket: bucket(&name, "apps"),
+                bucket: bucket(name, "apps"),
                 description: format!("wasmhive lattice {name}: app records"),
                 history: 5,
                 num_replicas: replicas,
@@ -70,11 +68,11 @@ impl Lattice {
             },
         )
         .await?;
-        let blobs = match js.get_object_store(bucket(&name, "blobs")).await {
+        let blobs = match js.get_object_store(bucket(name, "blobs")).await {
             Ok(store) => store,
             Err(_) => js
                 .create_object_store(object_store::Config {
-                    bucket: bucket(&name, "blobs"),
+                    bucket: bucket(name, "blobs"),
                     description: Some(format!("wasmhive lattice {name}: component bytes")),
                     num_replicas: replicas,
                     ..Default::default()
@@ -82,38 +80,11 @@ impl Lattice {
                 .await
                 .with_context(|| format!("cannot create the object store of lattice {name}"))?,
         };
-        let hosts_kv = kv_bucket(
-            &js,
-            kv::Config {
-                bucket: bucket(&name, "hosts"),
-                description: format!("wasmhive lattice {name}: host heartbeats"),
-                history: 1,
-                max_age: config.heartbeat_ttl * 3,
-                num_replicas: replicas,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let me = hosts::Me::new(config, data_dir, http)?;
-        let hosts =
-            hosts::Membership::start(hosts_kv, me, config.heartbeat_ttl, stats, shutdown).await?;
-        Ok(Arc::new(Lattice {
-            name,
-            client,
+        Ok(Store {
+            name: name.to_string(),
             apps,
             blobs,
-            hosts,
-        }))
-    }
-
-    /// The lattice's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The NATS connection.
-    pub fn client(&self) -> &async_nats::Client {
-        &self.client
+        })
     }
 
     /// The apps bucket (records are [`crate::apps::DeploySource`] JSON).
@@ -121,19 +92,19 @@ impl Lattice {
         &self.apps
     }
 
-    /// Live hosts and this host's identity.
-    pub fn hosts(&self) -> &hosts::Membership {
-        &self.hosts
-    }
-
-    /// The subject forwarded invocations of `app/component` are sent to.
-    pub fn rpc_subject(&self, app: &str, component: &str) -> String {
-        format!("wasmhive.{}.rpc.{app}.{component}", self.name)
-    }
-
-    /// The queue group of the forwarding subjects (one host answers each).
-    pub fn rpc_queue(&self) -> String {
-        format!("wasmhive.{}.rpc", self.name)
+    /// Writes an app's record; returns its revision.
+    pub async fn put_record(&self, record: &crate::apps::DeploySource) -> anyhow::Result<u64> {
+        let manifest = crate::manifest::Manifest::parse(&record.manifest, &record.origin)?;
+        let bytes = serde_json::to_vec(record)?;
+        self.apps
+            .put(&manifest.app.name, bytes.into())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot write the record of app {} to lattice {}",
+                    manifest.app.name, self.name
+                )
+            })
     }
 
     /// Whether the object store has the blob `digest`.
@@ -178,6 +149,87 @@ impl Lattice {
             "blob {digest} in the lattice has other content ({actual})"
         );
         Ok(bytes)
+    }
+}
+
+/// This host's membership in a lattice.
+pub struct Lattice {
+    name: String,
+    client: async_nats::Client,
+    store: Store,
+    hosts: hosts::Membership,
+}
+
+impl Lattice {
+    /// Joins the lattice `config.name` over `client`: creates (or opens) its buckets
+    /// and object store and starts this host's heartbeat. `stats` reports what this
+    /// host runs, for its heartbeat.
+    pub async fn join(
+        client: async_nats::Client,
+        config: &LatticeConfig,
+        data_dir: &std::path::Path,
+        http: String,
+        stats: hosts::Stats,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Arc<Lattice>> {
+        let name = config.name.clone();
+        let store = Store::open(client.clone(), &name, config.replicas).await?;
+        let hosts_kv = kv_bucket(
+            &jetstream::new(client.clone()),
+            kv::Config {
+                bucket: bucket(&name, "hosts"),
+                description: format!("wasmhive lattice {name}: host heartbeats"),
+                history: 1,
+                max_age: config.heartbeat_ttl * 3,
+                num_replicas: config.replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let me = hosts::Me::new(config, data_dir, http)?;
+        let hosts =
+            hosts::Membership::start(hosts_kv, me, config.heartbeat_ttl, stats, shutdown).await?;
+        Ok(Arc::new(Lattice {
+            name,
+            client,
+            store,
+            hosts,
+        }))
+    }
+
+    /// The lattice's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The NATS connection.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Its desired state.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The apps bucket (records are [`crate::apps::DeploySource`] JSON).
+    pub fn apps(&self) -> &kv::Store {
+        self.store.apps()
+    }
+
+    /// Live hosts and this host's identity.
+    pub fn hosts(&self) -> &hosts::Membership {
+        &self.hosts
+    }
+
+    /// The subject forwarded invocations of `app/component` are sent to.
+    pub fn rpc_subject(&self, app: &str, component: &str) -> String {
+        format!("wasmhive.{}.rpc.{app}.{component}", self.name)
+    }
+
+    /// The queue group of the forwarding subjects (one host answers each).
+    pub fn rpc_queue(&self) -> String {
+        format!("wasmhive.{}.rpc", self.name)
     }
 }
 

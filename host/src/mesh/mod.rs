@@ -52,7 +52,7 @@ pub struct MeshRouter {
     breakers: Mutex<HashMap<Key, Breaker>>,
     budgets: Mutex<HashMap<Key, retry::Budget>>,
     /// The lattice, when calls may cross hosts.
-    lattice: Option<Arc<crate::lattice::Lattice>>,
+    lattice: crate::lattice::Slot,
 }
 
 /// How one attempt ended.
@@ -68,7 +68,7 @@ impl MeshRouter {
     pub fn new(
         apps: Arc<Apps>,
         metrics: Arc<RequestMetrics>,
-        lattice: Option<Arc<crate::lattice::Lattice>>,
+        lattice: crate::lattice::Slot,
     ) -> Arc<Self> {
         Arc::new(MeshRouter {
             apps,
@@ -130,7 +130,7 @@ impl MeshRouter {
     /// One invocation of `target` with `request` (no policy), through the envelope.
     async fn invoke(&self, target: &Arc<DeployedComponent>, request: Request<Body>) -> Attempt {
         let (request, trace) = self.prepare(target, request);
-        let request = match &self.lattice {
+        let request = match self.lattice.get() {
             Some(lattice) if !target.placement.here() => {
                 use crate::lattice::{Routed, wire::Outcome};
                 match lattice
