@@ -1187,7 +1187,7 @@ buckets = ["notes"]
 async fn large_bodies_cross_hosts_both_ways() {
     let nats = NatsServer::start();
     let lattice = "bodies1";
-    let members = vec![
+    let members = [
         join(&nats, lattice, "a", &["role=echo"]),
         join(&nats, lattice, "b", &[]),
     ];
