@@ -502,6 +502,8 @@ labels = { zone = "mars" }
     assert_eq!(listed(&listing, "a")["labels"], json!({"zone": "eu-1"}));
     assert_eq!(listed(&listing, "b")["labels"], json!({"zone": "us-1"}));
     assert_eq!(listed(&listing, "c")["labels"], json!({}));
+    // ...and names what runs nowhere.
+    assert_eq!(listing["unplaced"], json!(["zoned/mars"]), "{listing:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1107,6 +1109,13 @@ source = "{component:kv-store}"
 routes = ["/kv/{*rest}"]
 [components.store.keyvalue]
 buckets = ["notes"]
+[components.worker]
+source = "{component:messenger}"
+env = { FORWARD_TO = "cluster.processed" }
+[components.worker.messaging]
+subscribe = ["cluster.jobs.*"]
+publish = ["cluster.processed"]
+durable = true
 "#,
         )
     };
@@ -1175,6 +1184,36 @@ buckets = ["notes"]
     )
     .await;
     wait_answer("a", &members[0].1, "/kv/notes/get/k2", 200, "after").await;
+
+    // Durable delivery goes on: jobs published (to JetStream, through a node that is
+    // up) are each handled.
+    let client = async_nats::connect(cluster.urls[1].as_str())
+        .await
+        .expect("connect");
+    let mut processed = client
+        .subscribe("cluster.processed")
+        .await
+        .expect("subscribe");
+    let js = async_nats::jetstream::new(client.clone());
+    for i in 0..20 {
+        eventually(&format!("job {i} stored"), PATIENCE, async || {
+            js.publish(format!("cluster.jobs.{i}"), format!("job {i}").into())
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+    }
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + PATIENCE;
+    while seen.len() < 20 && Instant::now() < deadline {
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(1), processed.next()).await {
+            seen.insert(String::from_utf8_lossy(&m.payload).into_owned());
+        }
+    }
+    assert_eq!(seen.len(), 20, "jobs handled after losing a node: {seen:?}");
 
     // The hosts still see each other.
     wait_listing("a", &members[0].1, lattice, &["a", "b", "c"]).await;
@@ -1300,4 +1339,185 @@ async fn deploy_with_no_host_reaches_hosts_started_later() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:7"), "{err}");
     assert_eq!(app_version(&a.status(), "nohost").as_deref(), Some("2.0.0"));
+}
+
+/// Service calls to a `hosts = 1` component whose host is SIGKILLed under steady
+/// load: idempotent calls (GET, with the caller's retry policy) see no failure; the
+/// test reports how many non-idempotent calls (POST, never retried by the mesh)
+/// failed. A call that found no host listening was never delivered, so the lattice
+/// sends it to a standby host that may run the component, whatever its method; only
+/// calls in flight on the killed host are lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn service_calls_survive_the_callee_host_dying() {
+    let nats = NatsServer::start();
+    let lattice = "meshfail1";
+    let mut members = vec![
+        join(&nats, lattice, "a", &["role=front"]),
+        join(&nats, lattice, "b", &["role=back"]),
+        join(&nats, lattice, "c", &["role=back"]),
+    ];
+    let ws = Workspace::new();
+    let m = ws.write(
+        "calls.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "calls"
+version = "1.0.0"
+[components.front]
+source = "{component:outbound-call}"
+routes = ["/call"]
+[components.front.calls.back]
+timeout = "1s"
+retries = { attempts = 5, backoff = "100ms", max_backoff = "500ms" }
+[components.front.placement]
+labels = { role = "front" }
+[components.back]
+source = "{component:hello}"
+routes = ["/hello/{name}"]
+env = { GREETING = "hi" }
+[components.back.limits]
+timeout = "2s"
+[components.back.placement]
+hosts = 1
+labels = { role = "back" }
+"#,
+    );
+    deploy(&members[0].1, &m);
+    let before = wait_placement(&members, "calls", "back", PATIENCE, "on b or c", |p| {
+        p.hosts.len() == 1 && p.hosts[0] != "a"
+    })
+    .await;
+    let a = members[0].1.url("");
+    let get_url = format!("{a}/call?url=http://back/hello/g");
+    let post_url = format!("{a}/call?url=http://back/hello/p&method=POST");
+    wait_answer(
+        "a",
+        &members[0].1,
+        "/call?url=http://back/hello/g",
+        200,
+        "status=200\nhi, g\n",
+    )
+    .await;
+
+    let gets = Load::start(get_url, "status=200\nhi, g\n");
+    let posts = Load::start(post_url, "status=200\nhi, p\n");
+    let started = Instant::now();
+    eventually("both loads to be served", PATIENCE, async || {
+        match (gets.since(started), posts.since(started)) {
+            ((g, _), (p, _)) if g >= 5 && p >= 5 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    let victim = members
+        .iter()
+        .position(|(n, _)| *n == before.hosts[0])
+        .unwrap();
+    let (victim_name, host) = members.remove(victim);
+    let killed = Instant::now();
+    host.kill();
+    wait_placement(
+        &members,
+        "calls",
+        "back",
+        FAILOVER.saturating_sub(killed.elapsed()),
+        &format!("on the other back host within {FAILOVER:?} of killing {victim_name}"),
+        |p| p.hosts.len() == 1 && p.hosts[0] != victim_name && p.hosts[0] != "a",
+    )
+    .await;
+    let moved = Instant::now();
+    eventually(
+        "20 more calls of each kind after the move",
+        PATIENCE,
+        async || match (gets.since(moved), posts.since(moved)) {
+            ((g1, g2), (p1, p2)) if g1 + g2 >= 20 && p1 + p2 >= 20 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    let gets = gets.stop().await;
+    let posts = posts.stop().await;
+    let failed = |o: &[(Instant, Result<(), String>)]| -> Vec<String> {
+        o.iter()
+            .filter_map(|(_, r)| r.as_ref().err().cloned())
+            .collect()
+    };
+    let (get_failed, post_failed) = (failed(&gets), failed(&posts));
+    eprintln!(
+        "service calls while {victim_name} died: {} GETs, {} failed; {} POSTs, {} failed {:?}",
+        gets.len(),
+        get_failed.len(),
+        posts.len(),
+        post_failed.len(),
+        post_failed.first()
+    );
+    assert!(
+        get_failed.is_empty(),
+        "idempotent calls failed across the failover: {get_failed:?}"
+    );
+    assert!(posts.iter().any(|(at, r)| *at > moved && r.is_ok()));
+}
+
+/// `wasmhive stop` in a lattice stops the component on every host (its routes answer
+/// 503 everywhere) and stays stopped on a host that restarts; `wasmhive start` on any
+/// host starts it everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stop_and_start_reach_every_host_and_survive_a_restart() {
+    let nats = NatsServer::start();
+    let lattice = "stop1";
+    let ws = Workspace::new();
+    let c_options = HostOptions {
+        data_dir: Some(ws.path().join("c-data")),
+        ..member_options(&nats.url, lattice, "c", &[], &[])
+    };
+    let a = join(&nats, lattice, "a", &[]).1;
+    let b = join(&nats, lattice, "b", &[]).1;
+    let c = Host::start_with(c_options.clone());
+    deploy(&a, &hello_app(&ws, "stoppable", "1.0.0", "hi", ""));
+    for (name, host) in [("a", &a), ("b", &b), ("c", &c)] {
+        wait_answer(name, host, "/hello/x", 200, "hi, x\n").await;
+    }
+
+    let out = b.cli(&["stop", "stoppable", "hello"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wait_status = async |name: &str, host: &Host, want: u16| {
+        eventually(
+            &format!("host {name} to answer GET /hello/x with {want}"),
+            PATIENCE,
+            async || match try_get(&host.url("/hello/x")).await {
+                Ok((s, _)) if s == want => Ok(()),
+                Ok((s, t)) => Err(format!("{s} {t:?}")),
+                Err(e) => Err(e),
+            },
+        )
+        .await
+    };
+    for (name, host) in [("a", &a), ("b", &b), ("c", &c)] {
+        wait_status(name, host, 503).await;
+    }
+
+    // A restarted host reads the stop from the lattice.
+    c.stop();
+    let c = Host::start_with(c_options);
+    assert_eq!(
+        component_in(&c.status(), "stoppable", "hello").unwrap()["state"],
+        "stopped"
+    );
+    wait_status("c", &c, 503).await;
+
+    let out = c.cli(&["start", "stoppable", "hello"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, host) in [("a", &a), ("b", &b), ("c", &c)] {
+        wait_answer(name, host, "/hello/x", 200, "hi, x\n").await;
+    }
 }

@@ -141,6 +141,10 @@ pub struct DeploySource {
     /// read. The admin API drops it from deploys that arrive from other machines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_dir: Option<std::path::PathBuf>,
+    /// In a lattice: components stopped with `wasmhive stop` (on every host, until
+    /// `wasmhive start`). Alone, stopping is not recorded.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub stopped: std::collections::BTreeSet<String>,
 }
 
 /// One deployed app version.

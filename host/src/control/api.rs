@@ -139,9 +139,7 @@ async fn endpoint(api: &AdminApi, req: Request<Incoming>) -> Response<Body> {
         }
         (&Method::GET, ["v1", "status"]) => body::json(StatusCode::OK, &control.status()),
         (&Method::GET, ["v1", "hosts"]) => match control.hosts() {
-            Some((lattice, hosts)) => {
-                body::json(StatusCode::OK, &super::status::Hosts { lattice, hosts })
-            }
+            Some(hosts) => body::json(StatusCode::OK, &hosts),
             None => error(
                 StatusCode::NOT_FOUND,
                 "this host is not in a lattice (start it with --nats URL)",
@@ -185,7 +183,7 @@ async fn endpoint(api: &AdminApi, req: Request<Incoming>) -> Response<Body> {
                 component,
                 action @ ("stop" | "start"),
             ],
-        ) => match control.set_stopped(app, component, *action == "stop") {
+        ) => match control.set_stopped(app, component, *action == "stop").await {
             Ok(changed) => body::json(
                 StatusCode::OK,
                 &serde_json::json!({ "app": app, "component": component, "stopped": *action == "stop", "changed": changed }),

@@ -23,39 +23,17 @@ use crate::envelope::{self, Admission, Context, HttpCall};
 use crate::lattice::wire::{Kind, Outcome};
 use crate::lattice::{Lattice, forward, placement};
 
+/// How often a host checks that it has applied the lattice's latest records (the
+/// watch is the fast path; this catches what a watch lost, e.g. while a NATS node
+/// died and the bucket's leader moved).
+const RESYNC: Duration = Duration::from_secs(5);
+
 /// Converges to the lattice's records now, then keeps watching them and the host
 /// set in the background (until shutdown).
 pub(super) async fn start(control: Arc<ControlPlane>, lattice: Arc<Lattice>) {
     let watch = lattice.apps().watch_all().await;
     // What is there now, before the host reports ready.
-    match lattice.apps().keys().await {
-        Ok(mut keys) => {
-            let mut names = Vec::new();
-            while let Some(Ok(k)) = keys.next().await {
-                names.push(k);
-            }
-            for name in &names {
-                if let Ok(Some(entry)) = lattice.apps().entry(name.clone()).await {
-                    control.converge(&entry).await;
-                }
-            }
-            // Apps this host had (from its cache, while NATS was away) that the
-            // lattice no longer has.
-            let gone: Vec<String> = control
-                .apps
-                .snapshot()
-                .apps
-                .keys()
-                .filter(|a| !names.contains(a))
-                .cloned()
-                .collect();
-            for app in gone {
-                tracing::info!(%app, "not in the lattice: removed");
-                let _ = control.remove_local(&app).await;
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "cannot list the lattice's apps"),
-    }
+    control.resync(&lattice).await;
     let shutdown = control.shutdown.clone();
     match watch {
         Ok(mut watch) => {
@@ -87,6 +65,27 @@ pub(super) async fn start(control: Arc<ControlPlane>, lattice: Arc<Lattice>) {
             tracing::error!(error = %e, "cannot watch the lattice's apps: this host will not see new deploys")
         }
     }
+    // Catch up on whatever the watch lost.
+    {
+        let (control, lattice, shutdown) = (control.clone(), lattice.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RESYNC);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {
+                        let seen = control.seen_revision.load(std::sync::atomic::Ordering::Relaxed);
+                        match lattice.store().last_revision().await {
+                            Ok(last) if last > seen => control.resync(&lattice).await,
+                            Ok(_) => {}
+                            Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot check the lattice's apps"),
+                        }
+                    }
+                }
+            }
+        });
+    }
     // Re-place components whenever a host joins or leaves.
     let mut changes = lattice.hosts().changes();
     tokio::spawn(async move {
@@ -105,6 +104,35 @@ pub(super) async fn start(control: Arc<ControlPlane>, lattice: Arc<Lattice>) {
 }
 
 impl ControlPlane {
+    /// Applies every record of the lattice this host has not applied, and removes
+    /// apps the lattice no longer has.
+    pub(super) async fn resync(&self, lattice: &Lattice) {
+        let last = lattice.store().last_revision().await.ok();
+        let Some(names) = lattice.store().app_names().await else {
+            tracing::warn!("cannot list the lattice's apps; trying again later");
+            return;
+        };
+        for name in &names {
+            if let Ok(Some(entry)) = lattice.apps().entry(name.clone()).await {
+                self.converge(&entry).await;
+            }
+        }
+        // Under the lock deploys hold while they activate, and checked once more, so
+        // an app deployed since the listing is not taken for a removed one.
+        let _applying = self.applied.lock().await;
+        let here: Vec<String> = self.apps.snapshot().apps.keys().cloned().collect();
+        for app in here.into_iter().filter(|a| !names.contains(a)) {
+            if let Ok(None) = lattice.apps().get(app.clone()).await {
+                tracing::info!(%app, "not in the lattice: removed");
+                let _ = self.remove_local(&app).await;
+            }
+        }
+        if let Some(last) = last {
+            self.seen_revision
+                .fetch_max(last, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Writes a built app to the lattice: its component bytes to the object store
     /// (those not there yet), then its record. Returns the record's revision.
     pub(super) async fn publish_record(
@@ -136,6 +164,8 @@ impl ControlPlane {
     /// revision or a later one.
     async fn converge(&self, entry: &async_nats::jetstream::kv::Entry) {
         use async_nats::jetstream::kv::Operation;
+        self.seen_revision
+            .fetch_max(entry.revision, std::sync::atomic::Ordering::Relaxed);
         let mut applied = self.applied.lock().await;
         if applied
             .get(&entry.key)
@@ -158,12 +188,19 @@ impl ControlPlane {
             let request: DeployRequest = serde_json::from_slice(&entry.value)
                 .map_err(|e| DeployError::Storage(format!("unreadable app record: {e}")))?;
             if let Some(running) = self.running(&request) {
-                // This host runs exactly that already (it deployed it, or had it).
+                // This host runs exactly that already (it deployed it, or had it):
+                // only which of its components are stopped may have changed.
+                self.apply_stopped(&running, &request.stopped);
                 return Ok(super::report_of(&running, None));
             }
             self.fetch_blobs(&request).await?;
+            let stopped = request.stopped.clone();
             let app = self.build(request).await?;
-            self.activate(app).await
+            let report = self.activate(app).await?;
+            if let Some(app) = self.apps.snapshot().apps.get(&report.app) {
+                self.apply_stopped(app, &stopped);
+            }
+            Ok::<_, DeployError>(report)
         }
         .await;
         match result {
@@ -174,6 +211,16 @@ impl ControlPlane {
             Err(e) => {
                 tracing::error!(app = %entry.key, revision = entry.revision, error = %e, "refused the lattice's app record; the version this host had keeps serving");
                 self.lock_refused().insert(entry.key.clone(), e.to_string());
+            }
+        }
+    }
+
+    /// Stops the components of `app` in `stopped` and starts the others.
+    pub(super) fn apply_stopped(&self, app: &App, stopped: &BTreeSet<String>) {
+        for c in &app.components {
+            let stop = stopped.contains(&*c.id.component);
+            if c.scaler.set_stopped(stop) {
+                tracing::info!(component = %c.id, "{} (the lattice's record)", if stop { "stopped" } else { "started" });
             }
         }
     }
@@ -275,18 +322,19 @@ impl ControlPlane {
         }
     }
 
-    /// Serves the invocations other hosts forward to `component` until `stop`.
+    /// Serves the invocations other hosts forward to `component` on `subject` until
+    /// `stop`.
     pub(super) async fn serve_forwarded(
         &self,
         lattice: &Lattice,
         component: &DeployedComponent,
+        subject: String,
         stop: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<()> {
         let (app, name) = (
             component.id.app.to_string(),
             component.id.component.to_string(),
         );
-        let subject = lattice.rpc_subject(&app, &name);
         let apps = self.apps.clone();
         let metrics = self.requests.clone();
         let handler: forward::Handler = Arc::new(move |kind, request| {

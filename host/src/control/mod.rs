@@ -169,6 +169,8 @@ pub struct ControlPlane {
     applied: tokio::sync::Mutex<BTreeMap<String, u64>>,
     /// In a lattice: records this host refused, with the reason.
     refused: std::sync::Mutex<BTreeMap<String, String>>,
+    /// In a lattice: the latest revision of the apps bucket this host has seen.
+    seen_revision: std::sync::atomic::AtomicU64,
 }
 
 /// The subscriptions of one deployed app version and which of its components they
@@ -236,6 +238,7 @@ impl ControlPlane {
             lattice,
             applied: Default::default(),
             refused: Default::default(),
+            seen_revision: Default::default(),
             blobs,
             capacity: HostCapacity::new(config.pool.instances),
             config,
@@ -286,6 +289,7 @@ impl ControlPlane {
         // What runs here already is only written to the lattice, not built again.
         if let Some(running) = self.running(&request) {
             let revision = self.publish_record(&lattice, &request).await?;
+            self.apply_stopped(&running, &request.stopped);
             let mut applied = self.applied.lock().await;
             let at = applied.entry(running.name().to_string()).or_default();
             *at = (*at).max(revision);
@@ -389,7 +393,23 @@ impl ControlPlane {
     ) -> Result<CancellationToken, DeployError> {
         let subscriptions = self.shutdown.child_token();
         for c in &app.components {
-            if self.lattice().is_some() && !placed.contains(&*c.id.component) {
+            if let Some(l) = self.lattice()
+                && !placed.contains(&*c.id.component)
+            {
+                // Not placed here: only on standby for its requests, if it may run here.
+                if c.flavor.is_some() && c.placement.eligible() {
+                    let subject = l.standby_subject(&c.id.app, &c.id.component);
+                    if let Err(e) = self
+                        .serve_forwarded(l, c, subject, subscriptions.clone())
+                        .await
+                    {
+                        subscriptions.cancel();
+                        return Err(DeployError::Component {
+                            component: c.spec.name.clone(),
+                            error: RuntimeError::Imports(format!("cannot subscribe: {e}")),
+                        });
+                    }
+                }
                 continue;
             }
             let started = async {
@@ -404,7 +424,9 @@ impl ControlPlane {
                 if let Some(l) = self.lattice()
                     && c.flavor.is_some()
                 {
-                    self.serve_forwarded(l, c, subscriptions.clone()).await?;
+                    let subject = l.rpc_subject(&c.id.app, &c.id.component);
+                    self.serve_forwarded(l, c, subject, subscriptions.clone())
+                        .await?;
                 }
                 Ok::<_, anyhow::Error>(())
             };
@@ -531,8 +553,72 @@ impl ControlPlane {
     }
 
     /// Stops (`stop = true`) or starts a component of a deployed app; returns whether
-    /// that changed anything. Not persisted: a restart or redeploy starts it again.
-    pub fn set_stopped(&self, app: &str, component: &str, stop: bool) -> Result<bool, DeployError> {
+    /// that changed anything here. Alone, not persisted: a restart or redeploy starts
+    /// it again. In a lattice it is written to the app's record, so every host stops
+    /// (or starts) it, and it stays so across restarts until `start` or a deploy.
+    pub async fn set_stopped(
+        &self,
+        app: &str,
+        component: &str,
+        stop: bool,
+    ) -> Result<bool, DeployError> {
+        let changed = self.set_stopped_here(app, component, stop)?;
+        if let Some(lattice) = self.lattice() {
+            self.record_stopped(lattice, app, component, stop).await?;
+        }
+        Ok(changed)
+    }
+
+    /// Writes a component's stopped state into its app's record (compare-and-set on
+    /// the record's revision, retried when another write came first).
+    async fn record_stopped(
+        &self,
+        lattice: &crate::lattice::Lattice,
+        app: &str,
+        component: &str,
+        stop: bool,
+    ) -> Result<(), DeployError> {
+        let storage = |e: String| DeployError::Storage(e);
+        for _ in 0..10 {
+            let entry = lattice
+                .apps()
+                .entry(app)
+                .await
+                .map_err(|e| storage(e.to_string()))?
+                .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
+                .ok_or_else(|| DeployError::NotFound(app.to_string()))?;
+            let mut record: DeployRequest = serde_json::from_slice(&entry.value)
+                .map_err(|e| storage(format!("unreadable app record: {e}")))?;
+            let changed = if stop {
+                record.stopped.insert(component.to_string())
+            } else {
+                record.stopped.remove(component)
+            };
+            if !changed {
+                return Ok(());
+            }
+            let bytes = serde_json::to_vec(&record).map_err(|e| storage(e.to_string()))?;
+            match lattice
+                .apps()
+                .update(app, bytes.into(), entry.revision)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => tracing::debug!(error = %e, "app record changed meanwhile; again"),
+            }
+        }
+        Err(storage(format!(
+            "the record of {app} kept changing; try again"
+        )))
+    }
+
+    /// Stops or starts a component on this host only.
+    fn set_stopped_here(
+        &self,
+        app: &str,
+        component: &str,
+        stop: bool,
+    ) -> Result<bool, DeployError> {
         let snapshot = self.apps.snapshot();
         let app_ref = snapshot
             .apps
@@ -729,10 +815,22 @@ impl ControlPlane {
         self.replace().await;
     }
 
-    /// The lattice's live hosts (`None`: this host is alone).
-    pub fn hosts(&self) -> Option<(String, Vec<crate::lattice::hosts::LiveHost>)> {
-        self.lattice()
-            .map(|l| (l.name().to_string(), l.hosts().list()))
+    /// The lattice's live hosts and the components none of them may run (`None`:
+    /// this host is alone).
+    pub fn hosts(&self) -> Option<status::Hosts> {
+        let lattice = self.lattice()?;
+        let unplaced = self
+            .apps
+            .snapshot()
+            .components()
+            .filter(|c| c.placement.hosts().is_empty())
+            .map(|c| format!("{}/{}", c.id.app, c.id.component))
+            .collect();
+        Some(status::Hosts {
+            lattice: lattice.name().to_string(),
+            hosts: lattice.hosts().list(),
+            unplaced,
+        })
     }
 
     /// Re-deploys the apps persisted in the data dir (after a restart), or in a
@@ -935,6 +1033,7 @@ pub async fn request_from_file(path: &Path, sink: &dyn BlobSink) -> anyhow::Resu
         origin,
         sources,
         manifest_dir: std::fs::canonicalize(base).ok(),
+        stopped: Default::default(),
     })
 }
 

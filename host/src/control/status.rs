@@ -44,6 +44,10 @@ pub struct Hosts {
     pub lattice: String,
     /// Live hosts, by name.
     pub hosts: Vec<crate::lattice::hosts::LiveHost>,
+    /// Components no live host may run (`app/component`): their placement labels
+    /// match no live host.
+    #[serde(default)]
+    pub unplaced: Vec<String>,
 }
 
 impl Hosts {
@@ -76,6 +80,11 @@ impl Hosts {
                 h.info.components,
                 h.info.in_flight,
                 h.last_heartbeat_ms_ago
+            ));
+        }
+        for c in &self.unplaced {
+            out.push_str(&format!(
+                "NOT RUNNING ANYWHERE: {c} (its placement matches no live host)\n"
             ));
         }
         out

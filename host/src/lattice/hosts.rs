@@ -120,6 +120,8 @@ pub struct Membership {
     changed: tokio::sync::watch::Sender<u64>,
     /// The NATS server's timestamp of this host's latest heartbeat.
     server_now: Arc<Mutex<Option<async_nats::datetime::DateTime>>>,
+    /// When this host last saw its own heartbeat come back through the watch.
+    echoed: Arc<Mutex<Instant>>,
 }
 
 impl Membership {
@@ -142,6 +144,7 @@ impl Membership {
             live: Default::default(),
             changed,
             server_now: Default::default(),
+            echoed: Arc::new(Mutex::new(Instant::now())),
         };
         let first = m.info(&stats);
         m.beat(&first)
@@ -209,6 +212,7 @@ impl Membership {
     fn observe_entry(&self, entry: &kv::Entry) {
         if entry.key == self.me.id {
             *self.server_now.lock().unwrap_or_else(|e| e.into_inner()) = Some(entry.created);
+            *self.echoed.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             return;
         }
         let Ok(info) = serde_json::from_slice::<HostInfo>(&entry.value) else {
@@ -286,6 +290,17 @@ impl Membership {
                             this.observe(info);
                         }
                         this.publish();
+                        // This host's own heartbeats come back through the watch; when
+                        // they stop coming (the bucket's leader moved to another NATS
+                        // node and the watch did not follow), watch again.
+                        let echoed = *this.echoed.lock().unwrap_or_else(|e| e.into_inner());
+                        if echoed.elapsed() > period * 3 {
+                            tracing::info!("the lattice's heartbeats stopped arriving; watching again");
+                            if let Ok(w) = this.store.watch_all().await {
+                                watch = w;
+                                *this.echoed.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                            }
+                        }
                     }
                     entry = watch.next() => match entry {
                         Some(Ok(e)) => {
@@ -328,6 +343,7 @@ impl Membership {
             live: self.live.clone(),
             changed: self.changed.clone(),
             server_now: self.server_now.clone(),
+            echoed: self.echoed.clone(),
         }
     }
 

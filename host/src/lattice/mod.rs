@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, kv, object_store};
+use futures::StreamExt as _;
 use sha2::Digest as _;
 use tokio::io::AsyncReadExt;
 
@@ -44,6 +45,7 @@ pub const MAX_BLOB: u64 = 512 << 20;
 #[derive(Clone)]
 pub struct Store {
     name: String,
+    js: jetstream::Context,
     apps: kv::Store,
     blobs: object_store::ObjectStore,
 }
@@ -82,9 +84,30 @@ impl Store {
         };
         Ok(Store {
             name: name.to_string(),
+            js,
             apps,
             blobs,
         })
+    }
+
+    /// The revision of the apps bucket's latest change (put or delete of any app).
+    pub async fn last_revision(&self) -> anyhow::Result<u64> {
+        let stream = self
+            .js
+            .get_stream(format!("KV_{}", bucket(&self.name, "apps")))
+            .await
+            .context("cannot read the apps bucket's stream")?;
+        Ok(stream.cached_info().state.last_sequence)
+    }
+
+    /// The names of the apps the lattice has now; `None` if they could not all be read.
+    pub async fn app_names(&self) -> Option<Vec<String>> {
+        let mut keys = self.apps.keys().await.ok()?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            names.push(key.ok()?);
+        }
+        Some(names)
     }
 
     /// The apps bucket (records are [`crate::apps::DeploySource`] JSON).
@@ -227,6 +250,13 @@ impl Lattice {
         format!("wasmhive.{}.rpc.{app}.{component}", self.name)
     }
 
+    /// The subject the hosts that may run `app/component` but are not placed to
+    /// listen on: tried when no placed host answers (they died and the others have
+    /// not noticed yet).
+    pub fn standby_subject(&self, app: &str, component: &str) -> String {
+        format!("wasmhive.{}.standby.{app}.{component}", self.name)
+    }
+
     /// The queue group of the forwarding subjects (one host answers each).
     pub fn rpc_queue(&self) -> String {
         format!("wasmhive.{}.rpc", self.name)
@@ -268,7 +298,9 @@ pub fn deadline_for(c: &crate::apps::DeployedComponent) -> std::time::Duration {
 impl Lattice {
     /// Routes an invocation of `c`: here if it is placed here, else forwarded to a
     /// host that runs it. When none of those answers (they died and the host set has
-    /// not noticed yet) and this host may run it, it is served here after all.
+    /// not noticed yet), the request was never delivered, so it is safe to send again
+    /// whatever its method: it is served here if this host may run it, else by any
+    /// host that may (the standby subject).
     pub async fn route(
         &self,
         c: &crate::apps::DeployedComponent,
@@ -285,12 +317,21 @@ impl Lattice {
             ));
         }
         let subject = self.rpc_subject(&c.id.app, &c.id.component);
-        match forward::forward(&self.client, subject, kind, request, deadline_for(c)).await {
-            Ok((outcome, response)) => Routed::Remote(outcome, response),
+        let first = forward::forward(&self.client, subject, kind, request, deadline_for(c)).await;
+        let result = match first {
             Err(forward::ForwardError::NoResponders(Some(request))) if c.placement.eligible() => {
                 tracing::debug!(component = %c.id, "no host running it answered: serving it here");
-                Routed::Local(*request)
+                return Routed::Local(*request);
             }
+            Err(forward::ForwardError::NoResponders(Some(request))) => {
+                tracing::debug!(component = %c.id, "no host running it answered: trying the standby hosts");
+                let standby = self.standby_subject(&c.id.app, &c.id.component);
+                forward::forward(&self.client, standby, kind, *request, deadline_for(c)).await
+            }
+            other => other,
+        };
+        match result {
+            Ok((outcome, response)) => Routed::Remote(outcome, response),
             Err(forward::ForwardError::Timeout) => Routed::Remote(
                 wire::Outcome::Timeout,
                 crate::body::text(
