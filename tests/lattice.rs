@@ -1521,3 +1521,100 @@ async fn stop_and_start_reach_every_host_and_survive_a_restart() {
         wait_answer(name, host, "/hello/x", 200, "hi, x\n").await;
     }
 }
+
+/// Two named lattices on one NATS keep their messages apart: each has its own subject
+/// space (`wasmhive.<lattice>.app.<subject>` on NATS, the plain subject for the
+/// component) and its own durable streams, so the same durable app deploys in both,
+/// and a job published in one is handled only there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_lattices_keep_their_messages_apart() {
+    let nats = NatsServer::start();
+    let (_, a) = join(&nats, "msg1", "a", &[]);
+    let (_, b) = join(&nats, "msg2", "b", &[]);
+    let ws = Workspace::new();
+    let app = ws.write(
+        "jobs.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "jobs"
+version = "1.0.0"
+[components.worker]
+source = "{component:messenger}"
+env = { FORWARD_TO = "processed" }
+[components.worker.messaging]
+subscribe = ["jobs.*"]
+publish = ["processed"]
+durable = true
+[components.echo]
+source = "{component:messenger}"
+[components.echo.messaging]
+subscribe = ["echo.>"]
+"#,
+    );
+    deploy(&a, &app);
+    deploy(&b, &app);
+
+    // Request/reply through each host stays in its lattice: both answer with the
+    // plain subject their component saw.
+    for (name, host) in [("a", &a), ("b", &b)] {
+        eventually(&format!("echo through {name}"), PATIENCE, async || {
+            let out = host.cli(&["publish", "--request", "--timeout", "2s", "echo.x", "hi"]);
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if out.status.success() && text == "echo.x|hi" {
+                Ok(())
+            } else {
+                Err(format!("{text} {}", String::from_utf8_lossy(&out.stderr)))
+            }
+        })
+        .await;
+    }
+
+    // Jobs published to lattice msg1's space (as an outside publisher would) are
+    // handled by msg1's worker only, and what it publishes stays in msg1's space.
+    let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let mut processed = client
+        .subscribe("wasmhive.msg1.app.processed")
+        .await
+        .unwrap();
+    let mut leaked = client.subscribe("processed").await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    for i in 0..10 {
+        js.publish(
+            format!("wasmhive.msg1.app.jobs.{i}"),
+            format!("job {i}").into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored in msg1's stream");
+    }
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + PATIENCE;
+    while seen.len() < 10 && Instant::now() < deadline {
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(1), processed.next()).await {
+            seen.insert(String::from_utf8_lossy(&m.payload).into_owned());
+        }
+    }
+    assert_eq!(seen.len(), 10, "{seen:?}");
+    assert_eq!(
+        component_in(&a.status(), "jobs", "worker").unwrap()["invocations"],
+        10
+    );
+    assert_eq!(
+        component_in(&b.status(), "jobs", "worker").unwrap()["invocations"],
+        0
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), leaked.next())
+            .await
+            .is_err(),
+        "a lattice's message reached the plain subject"
+    );
+    // Each lattice has its own durable streams.
+    for stream in ["WASMHIVE_msg1_EVENTS", "WASMHIVE_msg2_EVENTS"] {
+        js.get_stream(stream)
+            .await
+            .unwrap_or_else(|e| panic!("{stream}: {e}"));
+    }
+}

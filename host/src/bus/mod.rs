@@ -184,10 +184,16 @@ pub async fn connect(
         creds: b.creds.clone(),
         tls_ca: b.tls_ca.clone(),
         replicas: 1,
+        space: nats::SubjectSpace::default(),
     };
     if let Some(url) = &b.nats {
         opts.url = url.clone();
         opts.replicas = config.lattice.replicas;
+        // A named lattice keeps its app subjects and streams to itself.
+        opts.space = nats::SubjectSpace::for_lattice(
+            (config.lattice.name != crate::config::DEFAULT_LATTICE)
+                .then_some(config.lattice.name.as_str()),
+        );
         let bus = nats::NatsBus::connect(&opts).await?;
         return Ok(Connected {
             bus: Arc::new(bus),

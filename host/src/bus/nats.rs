@@ -32,6 +32,56 @@ pub struct NatsOptions {
     pub tls_ca: Option<PathBuf>,
     /// JetStream replicas of the streams the host creates (3 on a NATS cluster).
     pub replicas: usize,
+    /// Where app subjects live.
+    pub space: SubjectSpace,
+}
+
+/// Where app subjects live on NATS. The default lattice (and a host alone) uses them
+/// as they are; a named lattice keeps them under `wasmhive.<lattice>.app.`, so two
+/// lattices on one NATS never see each other's messages and its durable streams are
+/// its own. Components always see the plain subject. Reply inboxes (`_INBOX.`) are
+/// never moved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubjectSpace {
+    lattice: Option<Arc<str>>,
+    prefix: Option<Arc<str>>,
+}
+
+impl SubjectSpace {
+    /// The space of lattice `name` (`None`: plain subjects).
+    pub fn for_lattice(name: Option<&str>) -> Self {
+        match name {
+            None => SubjectSpace::default(),
+            Some(l) => SubjectSpace {
+                lattice: Some(l.into()),
+                prefix: Some(format!("wasmhive.{l}.app.").into()),
+            },
+        }
+    }
+
+    /// The NATS subject for an app subject (wildcards included).
+    pub fn outer(&self, subject: &str) -> String {
+        match &self.prefix {
+            Some(p) if !subject.starts_with("_INBOX.") => format!("{p}{subject}"),
+            _ => subject.to_string(),
+        }
+    }
+
+    /// The app subject for a NATS subject.
+    pub fn inner(&self, subject: &str) -> String {
+        match &self.prefix {
+            Some(p) => subject.strip_prefix(&**p).unwrap_or(subject).to_string(),
+            None => subject.to_string(),
+        }
+    }
+
+    /// A stream's name in this space: `WASMHIVE_EVENTS` → `WASMHIVE_<lattice>_EVENTS`.
+    pub fn stream(&self, base: &str) -> String {
+        match (&self.lattice, base.strip_prefix("WASMHIVE_")) {
+            (Some(l), Some(rest)) => format!("WASMHIVE_{l}_{rest}"),
+            _ => base.to_string(),
+        }
+    }
 }
 
 /// A connection to NATS.
@@ -46,6 +96,8 @@ pub struct NatsBus {
     js: async_nats::jetstream::Context,
     /// JetStream replicas of the streams the host creates.
     replicas: usize,
+    /// Where app subjects live.
+    space: SubjectSpace,
 }
 
 impl NatsBus {
@@ -124,6 +176,7 @@ impl NatsBus {
             captured: Arc::default(),
             js,
             replicas: opts.replicas.max(1),
+            space: opts.space.clone(),
         })
     }
 
@@ -161,6 +214,11 @@ impl NatsBus {
         }
         .map_err(unavailable)?;
         c.flush().await.map_err(unavailable)
+    }
+
+    /// Where app subjects live.
+    pub fn space(&self) -> &SubjectSpace {
+        &self.space
     }
 
     /// JetStream replicas of the streams the host creates.
@@ -241,11 +299,12 @@ impl Bus for NatsBus {
         super::subject::check(&m.subject, false)
             .map_err(|_| BusError::InvalidSubject(m.subject.clone()))?;
         m.check_headers()?;
-        let subject = m.subject;
+        let subject = self.space.outer(&m.subject);
+        let reply_to = m.reply_to.as_deref().map(|r| self.space.outer(r));
         let headers = nats_headers(&m.headers);
         // A durable event (a subject the events stream captures, no reply subject):
         // published through JetStream, and ok only once the stream has stored it.
-        if m.reply_to.is_none() && self.is_captured(&subject) {
+        if reply_to.is_none() && self.is_captured(&subject) {
             let js = &self.js;
             let stored = async {
                 let ack = match headers {
@@ -262,10 +321,7 @@ impl Bus for NatsBus {
                 ))),
             };
         }
-        let sent = async {
-            self.send(subject.clone(), m.reply_to, headers, m.body)
-                .await
-        };
+        let sent = async { self.send(subject.clone(), reply_to, headers, m.body).await };
         match tokio::time::timeout(PUBLISH_TIMEOUT, sent).await {
             Ok(result) => result,
             Err(_) => Err(BusError::Unavailable(format!(
@@ -286,7 +342,11 @@ impl Bus for NatsBus {
         if let Some(h) = nats_headers(&m.headers) {
             request = request.headers(h);
         }
-        match self.client.send_request(subject.clone(), request).await {
+        match self
+            .client
+            .send_request(self.space.outer(&subject), request)
+            .await
+        {
             Ok(reply) => Ok(from_nats(reply)),
             Err(e) => Err(match e.kind() {
                 RequestErrorKind::NoResponders => BusError::NoResponders(subject),
@@ -304,13 +364,10 @@ impl Bus for NatsBus {
     ) -> Result<Subscription, BusError> {
         super::subject::check(subject, true)
             .map_err(|_| BusError::InvalidSubject(subject.to_string()))?;
+        let outer = self.space.outer(subject);
         let sub = match queue_group {
-            Some(g) => {
-                self.client
-                    .queue_subscribe(subject.to_string(), g.to_string())
-                    .await
-            }
-            None => self.client.subscribe(subject.to_string()).await,
+            Some(g) => self.client.queue_subscribe(outer, g.to_string()).await,
+            None => self.client.subscribe(outer).await,
         }
         .map_err(unavailable)?;
         self.settle().await;
@@ -318,11 +375,14 @@ impl Bus for NatsBus {
         // reply subject. A plain subscriber must not see it: answering it would race
         // the stream's acknowledgement and fail the publisher.
         let captured = self.captured.clone();
+        let space = self.space.clone();
         Ok(Box::pin(sub.map(move |m| {
             let mut m = from_nats(m);
             if m.reply_to.is_some() && captures(&captured, &m.subject) {
                 m.reply_to = None;
             }
+            m.subject = space.inner(&m.subject);
+            m.reply_to = m.reply_to.map(|r| space.inner(&r));
             m
         })))
     }
@@ -352,5 +412,28 @@ impl NatsBus {
         if tokio::time::timeout(SETTLE_TIMEOUT, probe).await.is_err() {
             tracing::debug!("nats: no round trip within {SETTLE_TIMEOUT:?} after subscribing");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SubjectSpace;
+
+    #[test]
+    fn a_named_lattice_moves_app_subjects_and_streams_but_not_inboxes() {
+        let plain = SubjectSpace::for_lattice(None);
+        assert_eq!(plain.outer("orders.created"), "orders.created");
+        assert_eq!(plain.stream("WASMHIVE_EVENTS"), "WASMHIVE_EVENTS");
+
+        let l = SubjectSpace::for_lattice(Some("staging"));
+        assert_eq!(l.outer("orders.*"), "wasmhive.staging.app.orders.*");
+        assert_eq!(
+            l.inner("wasmhive.staging.app.orders.created"),
+            "orders.created"
+        );
+        assert_eq!(l.outer("_INBOX.abc"), "_INBOX.abc");
+        assert_eq!(l.inner("_INBOX.abc"), "_INBOX.abc");
+        assert_eq!(l.stream("WASMHIVE_EVENTS"), "WASMHIVE_staging_EVENTS");
+        assert_eq!(l.stream("WASMHIVE_DLQ"), "WASMHIVE_staging_DLQ");
     }
 }

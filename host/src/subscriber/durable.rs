@@ -1,7 +1,9 @@
 //! Durable delivery through JetStream: at least once, with acks, redelivery with
 //! backoff, and dead letters.
 //!
-//! Durable subjects are captured by one stream, [`EVENTS_STREAM`], with interest
+//! Durable subjects are captured by one stream, [`EVENTS_STREAM`] (in a named
+//! lattice `WASMHIVE_<lattice>_EVENTS`, over its own subject space: see
+//! [`SubjectSpace`]), with interest
 //! retention: every deploy of a durable component adds its subjects (kept minimal: a
 //! pattern covered by another is dropped). Each durable component has its own durable
 //! pull consumer on that stream, named after its queue group and filtered to its
@@ -31,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::apps::DeployedComponent;
-use crate::bus::nats::{NatsBus, from_nats};
+use crate::bus::nats::{NatsBus, SubjectSpace, from_nats};
 use crate::envelope::Failure;
 use crate::envelope::failure::{self, Settle};
 use crate::telemetry::metrics::RequestMetrics;
@@ -83,11 +85,12 @@ pub async fn start(
 ) -> anyhow::Result<()> {
     use crate::bus::Bus;
     let js = jetstream::new(bus.client().clone());
+    let space = bus.space().clone();
     if bus.connected() {
         let (consumer, max_deliver) = setup(&component, &bus, &js).await?;
         tokio::spawn(pull_loop(
             component,
-            js,
+            (js, space),
             consumer,
             max_deliver,
             metrics,
@@ -104,7 +107,7 @@ pub async fn start(
                     Ok((consumer, max_deliver)) => {
                         return pull_loop(
                             component,
-                            js,
+                            (js, space),
                             consumer,
                             max_deliver,
                             metrics,
@@ -134,9 +137,19 @@ async fn setup(
     bus: &NatsBus,
     js: &jetstream::Context,
 ) -> anyhow::Result<(jetstream::consumer::PullConsumer, u32)> {
-    let subscribe = &component.spec.caps.messaging.subscribe;
+    let space = bus.space();
+    let subscribe: Vec<String> = component
+        .spec
+        .caps
+        .messaging
+        .subscribe
+        .iter()
+        .map(|s| space.outer(s))
+        .collect();
+    let subscribe = &subscribe;
     let delivery = &component.spec.triggers.message;
-    let mut stream = events_stream(js, subscribe, bus.replicas()).await?;
+    let events = space.stream(EVENTS_STREAM);
+    let mut stream = events_stream(js, subscribe, bus.replicas(), &events).await?;
     // From now on this host's publishes to these subjects wait for JetStream to
     // store them (the bus's `publish`).
     bus.add_captured(subscribe.clone());
@@ -146,15 +159,16 @@ async fn setup(
             tracing::warn!(error = %e, "cannot read the events stream's subjects; publishing to other durable subjects without waiting for JetStream")
         }
     }
+    let dlq = space.stream(DLQ_STREAM);
     js.create_or_update_stream(stream::Config {
-        name: DLQ_STREAM.into(),
-        subjects: vec!["wasmhive.dlq.>".into()],
+        name: dlq.clone(),
+        subjects: vec![space.outer("wasmhive.dlq.>")],
         max_age: Duration::from_secs(14 * 24 * 3600),
         num_replicas: bus.replicas(),
         ..Default::default()
     })
     .await
-    .map_err(|e| anyhow::anyhow!("cannot create JetStream stream {DLQ_STREAM}: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("cannot create JetStream stream {dlq}: {e}"))?;
     let name = consumer_name(&super::queue_group(component));
     let max_deliver = delivery.max_deliver.unwrap_or(DEFAULT_MAX_DELIVER);
     let consumer_cfg = pull::Config {
@@ -179,7 +193,7 @@ async fn setup(
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot create JetStream consumer {name}: {e}"))?,
         };
-    tracing::info!(component = %component.id, stream = EVENTS_STREAM, consumer = %name, max_deliver, "durable subscription");
+    tracing::info!(component = %component.id, stream = %events, consumer = %name, max_deliver, "durable subscription");
     Ok((consumer, max_deliver))
 }
 
@@ -190,14 +204,15 @@ async fn events_stream(
     js: &jetstream::Context,
     subjects: &[String],
     replicas: usize,
+    name: &str,
 ) -> anyhow::Result<jetstream::stream::Stream> {
     use crate::bus::subject::covers;
     for _ in 0..10 {
-        let existing = match js.get_stream(EVENTS_STREAM).await {
+        let existing = match js.get_stream(name).await {
             Ok(mut s) => Some(
                 s.info()
                     .await
-                    .map_err(|e| anyhow::anyhow!("cannot read stream {EVENTS_STREAM}: {e}"))?
+                    .map_err(|e| anyhow::anyhow!("cannot read stream {name}: {e}"))?
                     .config
                     .clone(),
             ),
@@ -206,9 +221,9 @@ async fn events_stream(
         let have: Vec<String> = existing.iter().flat_map(|c| c.subjects.clone()).collect();
         if existing.is_some() && subjects.iter().all(|w| have.iter().any(|h| covers(h, w))) {
             return js
-                .get_stream(EVENTS_STREAM)
+                .get_stream(name)
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot open stream {EVENTS_STREAM}: {e}"));
+                .map_err(|e| anyhow::anyhow!("cannot open stream {name}: {e}"));
         }
         let wanted = crate::bus::subject::minimal(have.into_iter().chain(subjects.iter().cloned()));
         let result = match existing {
@@ -221,7 +236,7 @@ async fn events_stream(
             }
             None => js
                 .create_stream(stream::Config {
-                    name: EVENTS_STREAM.into(),
+                    name: name.to_string(),
                     subjects: wanted,
                     retention: stream::RetentionPolicy::Interest,
                     max_age: EVENTS_MAX_AGE,
@@ -237,7 +252,7 @@ async fn events_stream(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    anyhow::bail!("cannot widen JetStream stream {EVENTS_STREAM} to {subjects:?}")
+    anyhow::bail!("cannot widen JetStream stream {name} to {subjects:?}")
 }
 
 /// How long one pull request stays open at the server.
@@ -255,7 +270,7 @@ async fn release_buffered(messages: &mut jetstream::consumer::pull::Stream) {
 
 async fn pull_loop(
     component: Arc<DeployedComponent>,
-    js: jetstream::Context,
+    (js, space): (jetstream::Context, SubjectSpace),
     consumer: jetstream::consumer::PullConsumer,
     max_deliver: u32,
     metrics: Arc<RequestMetrics>,
@@ -327,7 +342,7 @@ async fn pull_loop(
             };
             handlers.spawn(settle(
                 component.clone(),
-                js.clone(),
+                (js.clone(), space.clone()),
                 metrics.clone(),
                 message,
                 permit,
@@ -342,7 +357,7 @@ async fn pull_loop(
 /// `max_deliver`-th delivery.
 async fn settle(
     component: Arc<DeployedComponent>,
-    js: jetstream::Context,
+    (js, space): (jetstream::Context, SubjectSpace),
     metrics: Arc<RequestMetrics>,
     message: jetstream::Message,
     permit: crate::scaler::Permit,
@@ -353,6 +368,7 @@ async fn settle(
     // The reply subject of a JetStream delivery is the ack protocol's, not a
     // sender's: never let the guest publish into it.
     bus_message.reply_to = None;
+    bus_message.subject = space.inner(&bus_message.subject);
     let subject = bus_message.subject.clone();
     let result = super::handle(&component, &metrics, bus_message, permit).await;
     let backoff = &component.spec.triggers.message.backoff;
@@ -363,7 +379,7 @@ async fn settle(
         Ok(()) => message.ack().await,
         Err((e, Settle::DeadLetter)) => {
             tracing::warn!(component = %component.id, %subject, delivered, error = %e, "message dead-lettered");
-            dead_letter(&js, &component, &message, e, delivered).await;
+            dead_letter(&js, &space, &component, &message, e, delivered).await;
             message.ack_with(AckKind::Term).await
         }
         Err((_, Settle::Redeliver(delay))) => {
@@ -379,6 +395,7 @@ async fn settle(
 
 async fn dead_letter(
     js: &jetstream::Context,
+    space: &SubjectSpace,
     component: &DeployedComponent,
     message: &jetstream::Message,
     error: &Failure,
@@ -386,13 +403,13 @@ async fn dead_letter(
 ) {
     let mut headers = message.headers.clone().unwrap_or_default();
     headers.insert("Wasmhive-Component", component.id.to_string().as_str());
-    headers.insert("Wasmhive-Subject", message.subject.as_str());
+    headers.insert("Wasmhive-Subject", space.inner(&message.subject).as_str());
     headers.insert(
         "Wasmhive-Error",
         error.to_string().replace(['\r', '\n'], " ").as_str(),
     );
     headers.insert("Wasmhive-Deliveries", delivered.to_string().as_str());
-    let subject = dead_letter_subject(component);
+    let subject = space.outer(&dead_letter_subject(component));
     let sent = match js
         .publish_with_headers(subject.clone(), headers, message.payload.clone())
         .await
