@@ -819,12 +819,15 @@ async fn captured(js: &async_nats::jetstream::Context, stream: &str) -> Vec<Stri
 async fn publish_jobs(js: &async_nats::jetstream::Context, range: std::ops::Range<usize>) {
     for i in range {
         eventually(&format!("job {i} stored"), PATIENCE, async || {
-            js.publish(format!("jobs.{}", i % 5), format!("id={i}").into())
-                .await
-                .map_err(|e| e.to_string())?
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
+            js.publish(
+                format!("wasmhive.durable1.app.jobs.{}", i % 5),
+                format!("id={i}").into(),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
         })
         .await;
     }
@@ -838,14 +841,18 @@ async fn durable_messages_survive_a_host_kill() {
     let client = async_nats::connect(&nats.url).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
     // Everything the workers forward is kept, so it can be counted at the end.
+    // A named lattice's app subjects live under `wasmhive.<lattice>.app.` on NATS.
     js.create_stream(async_nats::jetstream::stream::Config {
         name: "TEST_DONE".into(),
-        subjects: vec!["done".into()],
+        subjects: vec!["wasmhive.durable1.app.done".into()],
         ..Default::default()
     })
     .await
     .unwrap();
-    let mut live = client.subscribe("done").await.unwrap();
+    let mut live = client
+        .subscribe("wasmhive.durable1.app.done")
+        .await
+        .unwrap();
     client.flush().await.unwrap();
 
     let mut members = vec![
@@ -1191,18 +1198,21 @@ durable = true
         .await
         .expect("connect");
     let mut processed = client
-        .subscribe("cluster.processed")
+        .subscribe("wasmhive.cluster1.app.cluster.processed")
         .await
         .expect("subscribe");
     let js = async_nats::jetstream::new(client.clone());
     for i in 0..20 {
         eventually(&format!("job {i} stored"), PATIENCE, async || {
-            js.publish(format!("cluster.jobs.{i}"), format!("job {i}").into())
-                .await
-                .map_err(|e| e.to_string())?
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
+            js.publish(
+                format!("wasmhive.cluster1.app.cluster.jobs.{i}"),
+                format!("job {i}").into(),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
         })
         .await;
     }
@@ -1617,4 +1627,126 @@ subscribe = ["echo.>"]
             .await
             .unwrap_or_else(|e| panic!("{stream}: {e}"));
     }
+}
+
+/// The NATS permissions the README lists for a host of lattice `perm1` (in an
+/// account of its own) are enough: a host logged in as a user with only those joins,
+/// takes a deploy, serves, keeps key-value data and handles durable messages; and
+/// that user cannot read another lattice's subjects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_confined_to_its_lattice_by_nats_permissions_works() {
+    let ws = Workspace::new();
+    // NATS wildcards are whole tokens, and a bucket's name is one token: key-value
+    // and object stores are confined by the account (JetStream state is per
+    // account), subjects by these permissions.
+    let allow = r#"[
+        "wasmhive.perm1.>", "_INBOX.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>",
+        "$KV.>", "$O.>"
+    ]"#;
+    let config = ws.write(
+        "nats.conf",
+        &format!(
+            r#"
+accounts {{
+  LATTICES {{
+    jetstream: enabled
+    users: [
+      {{ user: "perm1", password: "secret-perm1", permissions: {{
+          publish: {{ allow: {allow} }}
+          subscribe: {{ allow: {allow} }}
+      }} }}
+      {{ user: "admin", password: "secret-admin" }}
+    ]
+  }}
+}}
+"#
+        ),
+    );
+    let nats = NatsServer::start_with(&["-c", config.to_str().unwrap()]);
+    let host = Host::start_with(HostOptions {
+        env: vec![
+            ("WASMHIVE_NATS_USER".into(), "perm1".into()),
+            ("WASMHIVE_NATS_PASSWORD".into(), "secret-perm1".into()),
+        ],
+        ..member_options(&nats.url, "perm1", "a", &[], &[])
+    });
+    let app = ws.write(
+        "perm.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "perm"
+version = "1.0.0"
+[components.hello]
+source = "{component:hello}"
+routes = ["GET /hello"]
+[components.store]
+source = "{component:kv-store}"
+routes = ["/kv/{*rest}"]
+[components.store.keyvalue]
+buckets = ["notes"]
+[components.worker]
+source = "{component:messenger}"
+env = { FORWARD_TO = "processed" }
+[components.worker.messaging]
+subscribe = ["jobs.*"]
+publish = ["processed"]
+durable = true
+"#,
+    );
+    deploy(&host, &app);
+    wait_answer("a", &host, "/hello", 200, "hello, world\n").await;
+    assert_eq!(
+        try_send(reqwest::Method::PUT, &host.url("/kv/notes/set/k"), "v").await,
+        Ok((200, "ok".to_string()))
+    );
+    wait_answer("a", &host, "/kv/notes/get/k", 200, "v").await;
+
+    let admin =
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "secret-admin".into())
+            .connect(nats.url.as_str())
+            .await
+            .unwrap();
+    let mut processed = admin
+        .subscribe("wasmhive.perm1.app.processed")
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(admin.clone());
+    js.publish("wasmhive.perm1.app.jobs.1", "job 1".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(PATIENCE, processed.next())
+        .await
+        .expect("the job handled in time")
+        .unwrap();
+    assert_eq!(got.payload, "job 1");
+
+    // The lattice's user cannot listen to another lattice.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let confined =
+        async_nats::ConnectOptions::with_user_and_password("perm1".into(), "secret-perm1".into())
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(event.to_string());
+                }
+            })
+            .connect(nats.url.as_str())
+            .await
+            .unwrap();
+    let _sub = confined.subscribe("wasmhive.perm2.app.>").await.unwrap();
+    confined.flush().await.unwrap();
+    let refused = tokio::time::timeout(PATIENCE, async {
+        while let Some(e) = rx.recv().await {
+            if e.to_lowercase().contains("permission") {
+                return e;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("a permissions violation reported for another lattice's subjects");
+    assert!(refused.to_lowercase().contains("permission"), "{refused}");
 }
