@@ -1750,3 +1750,39 @@ durable = true
     .expect("a permissions violation reported for another lattice's subjects");
     assert!(refused.to_lowercase().contains("permission"), "{refused}");
 }
+
+/// Hosts started while their NATS is down serve alone, say `joining lattice` in
+/// /readyz once NATS is up until they have joined, then act as one lattice: a deploy
+/// to one is served by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hosts_started_before_nats_join_when_it_appears() {
+    let mut nats = NatsServer::not_started();
+    let lattice = "late1";
+    let a = Host::start_with(member_options(&nats.url, lattice, "a", &[], &[]));
+    let b = Host::start_with(member_options(&nats.url, lattice, "b", &[], &[]));
+    for host in [&a, &b] {
+        let r = wasmhive_e2e::get(host.admin_url("/readyz")).await;
+        assert_eq!(r.status, 503, "{r}");
+    }
+    nats.restart();
+    for (name, host) in [("a", &a), ("b", &b)] {
+        eventually(
+            &format!("host {name} ready in its lattice"),
+            PATIENCE,
+            async || {
+                let r = wasmhive_e2e::get(host.admin_url("/readyz")).await;
+                if r.status == 200 {
+                    Ok(())
+                } else {
+                    Err(format!("{r}"))
+                }
+            },
+        )
+        .await;
+        assert_eq!(host.status()["lattice"]["name"], lattice);
+    }
+    let ws = Workspace::new();
+    deploy(&a, &hello_app(&ws, "late", "1.0.0", "hi", ""));
+    wait_answer("b", &b, "/hello/x", 200, "hi, x\n").await;
+    wait_listing("a", &a, lattice, &["a", "b"]).await;
+}

@@ -141,6 +141,7 @@ pub async fn run(
         }
     }
     if joining && lattice.get().is_none() {
+        control.set_joining();
         tokio::spawn(join_when_reachable(
             control.clone(),
             config.clone(),

@@ -3,7 +3,7 @@
 //! | method | path | what |
 //! | --- | --- | --- |
 //! | GET | `/healthz` | 200 while the process serves |
-//! | GET | `/readyz` | 200 once start-up deployments are done and the bus is connected, else 503 (`starting`, or `bus down: ...` while NATS is unreachable) |
+//! | GET | `/readyz` | 200 once start-up deployments are done, the host joined its lattice (if it has one) and the bus is connected, else 503 (`starting`, `joining lattice NAME`, or `bus down: ...` while NATS is unreachable) |
 //! | GET | `/metrics` | Prometheus text (see [`metrics`](super::metrics)) |
 //! | GET | `/v1/status` | [`HostStatus`](super::status::HostStatus) as JSON |
 //! | GET | `/v1/hosts` | the lattice's live hosts ([`Hosts`](super::status::Hosts)); 404 for a host alone |
@@ -124,6 +124,11 @@ async fn endpoint(api: &AdminApi, req: Request<Incoming>) -> Response<Body> {
                 body::text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("bus down: {} (reconnecting)", control.bus().describe()),
+                )
+            } else if let Some(lattice) = control.joining() {
+                body::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("joining lattice {lattice}"),
                 )
             } else {
                 body::text(StatusCode::OK, "ready")
@@ -392,6 +397,7 @@ fn deploy_status(e: &DeployError) -> StatusCode {
     match e {
         DeployError::NotFound(_) => StatusCode::NOT_FOUND,
         DeployError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        DeployError::Joining(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     }
 }

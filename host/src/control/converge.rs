@@ -31,9 +31,12 @@ const RESYNC: Duration = Duration::from_secs(5);
 /// Converges to the lattice's records now, then keeps watching them and the host
 /// set in the background (until shutdown).
 pub(super) async fn start(control: Arc<ControlPlane>, lattice: Arc<Lattice>) {
+    tracing::debug!("lattice: watching the apps bucket");
     let watch = lattice.apps().watch_all().await;
     // What is there now, before the host reports ready.
+    tracing::debug!("lattice: reading the apps bucket");
     control.resync(&lattice).await;
+    tracing::debug!("lattice: converged to the apps bucket");
     let shutdown = control.shutdown.clone();
     match watch {
         Ok(mut watch) => {
@@ -76,7 +79,9 @@ pub(super) async fn start(control: Arc<ControlPlane>, lattice: Arc<Lattice>) {
                     _ = shutdown.cancelled() => return,
                     _ = tick.tick() => {
                         let seen = control.seen_revision.load(std::sync::atomic::Ordering::Relaxed);
-                        match lattice.store().last_revision().await {
+                        let last = lattice.store().last_revision().await;
+                        tracing::trace!(seen, last = ?last.as_ref().ok(), "lattice: checking for missed records");
+                        match last {
                             Ok(last) if last > seen => control.resync(&lattice).await,
                             Ok(_) => {}
                             Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot check the lattice's apps"),
@@ -108,6 +113,7 @@ impl ControlPlane {
     /// apps the lattice no longer has.
     pub(super) async fn resync(&self, lattice: &Lattice) {
         let last = lattice.store().last_revision().await.ok();
+        tracing::debug!(?last, "lattice: listing the apps");
         let Some(names) = lattice.store().app_names().await else {
             tracing::warn!("cannot list the lattice's apps; trying again later");
             return;

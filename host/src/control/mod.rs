@@ -96,6 +96,12 @@ pub enum DeployError {
     /// Persisting the deployment failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// The host has not joined its lattice yet (NATS was not reachable): a deploy
+    /// now would reach this host only.
+    #[error(
+        "this host has not joined lattice {0} yet (NATS is not reachable); try again when /readyz says ready"
+    )]
+    Joining(String),
 }
 
 /// A deploy as sent by the CLI: the manifest text and the digests of uploaded sources.
@@ -171,6 +177,8 @@ pub struct ControlPlane {
     refused: std::sync::Mutex<BTreeMap<String, String>>,
     /// In a lattice: the latest revision of the apps bucket this host has seen.
     seen_revision: std::sync::atomic::AtomicU64,
+    /// Set while the host waits to join its lattice (after start-up).
+    joining: AtomicBool,
 }
 
 /// The subscriptions of one deployed app version and which of its components they
@@ -239,6 +247,7 @@ impl ControlPlane {
             applied: Default::default(),
             refused: Default::default(),
             seen_revision: Default::default(),
+            joining: AtomicBool::new(false),
             blobs,
             capacity: HostCapacity::new(config.pool.instances),
             config,
@@ -268,6 +277,27 @@ impl ControlPlane {
         metrics::encode(&self.registry)
     }
 
+    /// Marks the host as waiting to join its lattice: changes through the admin API
+    /// are refused (they would reach this host only) and `/readyz` says so, until
+    /// [`ControlPlane::join_late`] is done.
+    pub fn set_joining(&self) {
+        self.joining.store(true, Ordering::Release);
+    }
+
+    /// The lattice this host waits to join, if it is waiting.
+    pub fn joining(&self) -> Option<&str> {
+        self.joining
+            .load(Ordering::Acquire)
+            .then_some(self.config.lattice.name.as_str())
+    }
+
+    fn refuse_while_joining(&self) -> Result<(), DeployError> {
+        match (self.joining(), self.lattice()) {
+            (Some(name), None) => Err(DeployError::Joining(name.to_string())),
+            _ => Ok(()),
+        }
+    }
+
     /// Marks start-up complete (`/readyz` turns 200).
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
@@ -282,6 +312,7 @@ impl ControlPlane {
     /// In a lattice the app is also written to the lattice (component bytes first,
     /// then the record naming them), and every host converges to it.
     pub async fn deploy(&self, request: DeployRequest) -> Result<DeployReport, DeployError> {
+        self.refuse_while_joining()?;
         let Some(lattice) = self.lattice().cloned() else {
             let app = self.build(request).await?;
             return self.activate(app).await;
@@ -562,6 +593,7 @@ impl ControlPlane {
         component: &str,
         stop: bool,
     ) -> Result<bool, DeployError> {
+        self.refuse_while_joining()?;
         let changed = self.set_stopped_here(app, component, stop)?;
         if let Some(lattice) = self.lattice() {
             self.record_stopped(lattice, app, component, stop).await?;
@@ -639,6 +671,7 @@ impl ControlPlane {
     /// Removes an app; its routes answer 404 from now on. In a lattice its record
     /// is deleted and every host removes it.
     pub async fn undeploy(&self, name: &str) -> Result<(), DeployError> {
+        self.refuse_while_joining()?;
         if let Some(lattice) = self.lattice() {
             let exists = lattice
                 .apps()
@@ -813,6 +846,7 @@ impl ControlPlane {
         converge::start(self.clone(), lattice).await;
         // What ran alone now runs by placement, with forwarding.
         self.replace().await;
+        self.joining.store(false, Ordering::Release);
     }
 
     /// The lattice's live hosts and the components none of them may run (`None`:
