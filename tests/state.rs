@@ -68,6 +68,7 @@ on_both_backends!(
     two_apps_with_the_same_bucket_name_share_nothing_on_one_host,
     a_thousand_concurrent_increments_count_exactly,
     batches_paging_cas_and_limits,
+    an_operator_reads_and_seeds_a_components_bucket,
 );
 
 /// The kv-store fixture as component `store` of `app`, on its own paths, with
@@ -513,4 +514,104 @@ fn importing_keyvalue_without_buckets_is_refused_at_deploy() {
         Err(e) => e,
     };
     assert!(err.contains("grants no buckets"), "{err}");
+}
+
+/// `wasmhive kv list|get|set|delete` on a component's own bucket: a value seeded by
+/// the operator is what the component reads, and what the component writes is what
+/// the operator reads; only the buckets the manifest lists, within its value size.
+async fn an_operator_reads_and_seeds_a_components_bucket(backend: Backend) {
+    let ws = Workspace::new();
+    let m = root_app(
+        &ws,
+        "seeded",
+        "[components.store.keyvalue]\nbuckets = [\"notes\"]\nmax_value_size = \"1KiB\"",
+    );
+    let host = backend.start_manifests(&[&m]);
+    let kv = |args: &[&str]| {
+        let mut all = vec!["kv"];
+        all.extend_from_slice(args);
+        host.cli(&all)
+    };
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // Seeded by the operator (a key with a space and a slash), read by the component.
+    ok(kv(&[
+        "set",
+        "seeded",
+        "store",
+        "notes",
+        "greeting",
+        "hello there",
+    ]));
+    ok(kv(&["set", "seeded", "store", "notes", "a b/c", "odd key"]));
+    let r = call(Method::GET, host.url("/kv/notes/get/greeting"), "").await;
+    assert_eq!((r.status, r.text.as_str()), (200, "hello there"), "{r}");
+
+    // Written by the component, read by the operator.
+    let r = call(Method::PUT, host.url("/kv/notes/set/count"), "42").await;
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(
+        ok(kv(&["get", "seeded", "store", "notes", "count"])),
+        "42\n"
+    );
+    assert_eq!(
+        ok(kv(&["get", "seeded", "store", "notes", "a b/c"])),
+        "odd key\n"
+    );
+    assert_eq!(
+        ok(kv(&["list", "seeded", "store", "notes"])),
+        "a b/c\ncount\ngreeting\n"
+    );
+
+    // Bytes that are not UTF-8: base64, or raw with --raw (stdin with `-`).
+    let mut child = host
+        .cli_command(&["kv", "set", "seeded", "store", "notes", "bin", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&[0xff, 0x00, 0x01])
+            .unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        ok(kv(&["get", "seeded", "store", "notes", "bin"])),
+        "/wAB\n"
+    );
+    let raw = kv(&["get", "seeded", "store", "notes", "bin", "--raw"]);
+    assert_eq!(raw.stdout, vec![0xff, 0x00, 0x01]);
+
+    // Delete; a missing key, an unlisted bucket and a value over the limit fail.
+    ok(kv(&["delete", "seeded", "store", "notes", "greeting"]));
+    let r = call(Method::GET, host.url("/kv/notes/get/greeting"), "").await;
+    assert_eq!(r.status, 404, "{r}");
+    let out = kv(&["get", "seeded", "store", "notes", "greeting"]);
+    assert!(!out.status.success());
+    let out = kv(&["list", "seeded", "store", "secrets"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"secrets\"") && err.contains("keyvalue.buckets"),
+        "{err}"
+    );
+    let big = "x".repeat(2000);
+    let out = kv(&["set", "seeded", "store", "notes", "big", &big]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_value_size"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -11,6 +11,8 @@
 //! | PUT | `/v1/blobs/{digest}` | store component bytes (checked against the digest) |
 //! | POST | `/v1/apps` | deploy ([`DeployRequest`](super::DeployRequest) JSON) → [`DeployReport`](super::DeployReport) |
 //! | DELETE | `/v1/apps/{name}` | undeploy |
+//! | GET | `/v1/apps/{app}/components/{c}/kv/{bucket}` | the bucket's keys ([`KeyList`](super::kv::KeyList)); with `?key=K`, the value (raw bytes; 404 unset) |
+//! | PUT / DELETE | `/v1/apps/{app}/components/{c}/kv/{bucket}?key=K` | set (the body) or delete one key; only buckets the manifest lists, values within `keyvalue.max_value_size` |
 //! | POST | `/v1/publish` | publish ([`PublishRequest`](super::PublishRequest)); with `request_timeout_ms`, wait for the reply ([`PublishReply`](super::PublishReply)) |
 //!
 //! Every endpoint but `/healthz` and `/readyz` (and `/metrics` with `[admin]
@@ -195,6 +197,9 @@ async fn endpoint(api: &AdminApi, req: Request<Incoming>) -> Response<Body> {
             ),
             Err(e) => error(deploy_status(&e), e.to_string()),
         },
+        (method, ["v1", "apps", app, "components", component, "kv", bucket]) => {
+            kv(control, method, app, component, bucket, req).await
+        }
         (&Method::GET, ["v1", "subscribe"]) => {
             let Some(subject) = query_param(req.uri().query(), "subject") else {
                 return error(
@@ -217,6 +222,63 @@ async fn endpoint(api: &AdminApi, req: Request<Incoming>) -> Response<Body> {
 
 /// Reads a JSON request body of at most [`MAX_DEPLOY_REQUEST`] bytes; the error is the
 /// response to send (413 or 400).
+/// `/v1/apps/{app}/components/{c}/kv/{bucket}`: list its keys (`GET`), or with
+/// `?key=K` read (`GET`, the raw value; 404 when unset), write (`PUT`, the body) or
+/// delete (`DELETE`) one.
+async fn kv(
+    control: &ControlPlane,
+    method: &Method,
+    app: &str,
+    component: &str,
+    bucket: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let bucket = match control.bucket(app, component, bucket) {
+        Ok(b) => b,
+        Err(e) => return error(deploy_status(&e), e.to_string()),
+    };
+    let key = query_param(req.uri().query(), "key");
+    let result = match (method, key) {
+        (&Method::GET, None) => bucket.list().await.map(|l| body::json(StatusCode::OK, &l)),
+        (&Method::GET, Some(key)) => bucket.get(&key).await.map(|v| match v {
+            Some(v) => {
+                let mut r = Response::new(body::full(v));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/octet-stream"),
+                );
+                r
+            }
+            None => error(StatusCode::NOT_FOUND, format!("no key {key:?}")),
+        }),
+        (&Method::PUT, Some(key)) => {
+            let limit = usize::try_from(bucket.max_value_size()).unwrap_or(usize::MAX);
+            let value = match Limited::new(req.into_body(), limit).collect().await {
+                Ok(b) => b.to_bytes().to_vec(),
+                Err(_) => {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("value larger than keyvalue.max_value_size ({limit} bytes)"),
+                    );
+                }
+            };
+            bucket
+                .set(&key, value)
+                .await
+                .map(|()| body::text(StatusCode::OK, "ok"))
+        }
+        (&Method::DELETE, Some(key)) => bucket
+            .delete(&key)
+            .await
+            .map(|()| body::text(StatusCode::OK, "deleted")),
+        (&Method::PUT | &Method::DELETE, None) => {
+            return error(StatusCode::BAD_REQUEST, "name the key: ?key=K");
+        }
+        _ => return error(StatusCode::METHOD_NOT_ALLOWED, "GET, PUT or DELETE"),
+    };
+    result.unwrap_or_else(|e| error(deploy_status(&e), e.to_string()))
+}
+
 async fn read_json<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
     what: &str,
@@ -395,7 +457,7 @@ fn percent_decode(s: &str) -> String {
 
 fn deploy_status(e: &DeployError) -> StatusCode {
     match e {
-        DeployError::NotFound(_) => StatusCode::NOT_FOUND,
+        DeployError::NotFound(_) | DeployError::Missing(_) => StatusCode::NOT_FOUND,
         DeployError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         DeployError::Joining(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,

@@ -130,6 +130,28 @@ impl AdminClient {
         Ok(v["changed"].as_bool().unwrap_or(false))
     }
 
+    /// One operation on a component's bucket (`/v1/apps/{app}/components/{c}/kv/{bucket}`):
+    /// `GET` without a key lists, with one reads; `PUT` writes `body`; `DELETE` deletes.
+    pub async fn kv(
+        &self,
+        method: reqwest::Method,
+        (app, component, bucket): (&str, &str, &str),
+        key: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut path = format!("/v1/apps/{app}/components/{component}/kv/{bucket}");
+        if let Some(k) = key {
+            path.push_str("?key=");
+            path.push_str(&percent_encode(k));
+        }
+        let mut request = self.request(method, &path);
+        if let Some(b) = body {
+            request = request.body(b);
+        }
+        let resp = request.send().await.map_err(|e| self.unreachable(e))?;
+        self.check(resp).await
+    }
+
     /// Removes an app.
     pub async fn undeploy(&self, app: &str) -> anyhow::Result<()> {
         let resp = self
@@ -264,4 +286,17 @@ impl BlobSink for AdminClient {
         self.check(resp).await?;
         Ok(())
     }
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986), for a query value.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -12,6 +12,7 @@ pub mod api;
 pub mod blobs;
 pub mod client;
 mod converge;
+pub mod kv;
 pub mod metrics;
 pub mod status;
 pub mod token;
@@ -93,6 +94,9 @@ pub enum DeployError {
     /// No app by that name is deployed.
     #[error("no app named {0:?} is deployed")]
     NotFound(String),
+    /// Something else named is not there (a component of an app, a bucket).
+    #[error("{0}")]
+    Missing(String),
     /// Persisting the deployment failed.
     #[error("storage: {0}")]
     Storage(String),
@@ -660,7 +664,9 @@ impl ControlPlane {
             .components
             .iter()
             .find(|c| &*c.id.component == component)
-            .ok_or_else(|| DeployError::NotFound(format!("{app}/{component}")))?;
+            .ok_or_else(|| {
+                DeployError::Missing(format!("app {app} has no component {component:?}"))
+            })?;
         let changed = c.scaler.set_stopped(stop);
         if changed {
             tracing::info!(component = %c.id, "{}", if stop { "stopped" } else { "started" });
