@@ -476,3 +476,58 @@ async fn guest_output_becomes_log_events_not_host_output() {
         host.stdout()
     );
 }
+
+/// A guest that reads its body without blocking and takes an empty read for the end
+/// (as wasmCloud's HTTP key-value template does) gets the whole body even when the
+/// client sends the body after the head (Python's `http.client` does; so do many
+/// proxies): the host receives a body of a known length up to `limits.request_buffer`
+/// (64 KiB) before the guest starts. 100 requests out of 100.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_after_the_head_reaches_a_guest_that_reads_without_blocking() {
+    let ws = Workspace::new();
+    let m = ws.write(
+        "eager.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "eager"
+version = "1.0.0"
+[components.eager]
+source = "{component:eager-body}"
+routes = ["POST /eager"]
+"#,
+    );
+    let host = Host::start(&[&m]);
+    let target = host.http.trim_start_matches("http://").to_string();
+    for i in 0..100 {
+        let body = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i * 50));
+        let mut s = tokio::net::TcpStream::connect(&target).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let head = format!(
+            "POST /eager HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.flush().await.unwrap();
+        // The client's own pause between head and body (what it does, not a wait
+        // for the host).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s.write_all(body.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(wasmhive_e2e::PATIENCE, s.read_to_end(&mut got))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "request {i}: {text}");
+        let head_end = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head");
+        assert_eq!(
+            String::from_utf8_lossy(&dechunk(&got[head_end + 4..])),
+            format!("{}:{body}", body.len()),
+            "request {i}"
+        );
+    }
+}

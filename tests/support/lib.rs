@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 /// Every fixture under `components/fixtures/`. A test checks this list against the
 /// folder, and that each fixture is used by some test.
 pub const FIXTURES: &[&str] = &[
+    "eager-body",
     "echo-body",
     "faults",
     "flaky",

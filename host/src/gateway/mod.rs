@@ -225,6 +225,15 @@ impl Gateway {
             }
         }
 
+        let buffer = component
+            .spec
+            .limits
+            .request_buffer
+            .unwrap_or(crate::manifest::DEFAULT_REQUEST_BUFFER);
+        let req = match receive_small_body(req, buffer).await {
+            Ok(req) => req,
+            Err(refused) => return refused,
+        };
         // In a lattice, a component placed on other hosts is served there.
         let req = match self.lattice.get() {
             Some(lattice) if !component.placement.here() => {
@@ -287,6 +296,34 @@ impl Gateway {
         rewrite_head(&mut parts, self.local_addr, pattern, params, traceparent)?;
         let body = GapLimited::new(incoming, self.body_read_timeout).boxed_unsync();
         Ok(Request::from_parts(parts, body))
+    }
+}
+
+/// Receives a request body of a known length up to `limit` whole before the
+/// component starts, so a guest that reads without blocking and takes an empty read
+/// for the end (a common pattern in components written for other hosts) sees all of
+/// it even when the client sent the body after the head. Longer bodies, and bodies
+/// of unknown length, stream to the component as they arrive. The body's gap clock
+/// still applies; a client that breaks off gets 400.
+async fn receive_small_body(
+    req: Request<Body>,
+    limit: u64,
+) -> Result<Request<Body>, Response<Body>> {
+    use http_body::Body as _;
+    let known = req.body().size_hint().exact();
+    if !known.is_some_and(|n| n > 0 && n <= limit) || req.body().is_end_stream() {
+        return Ok(req);
+    }
+    let (parts, body) = req.into_parts();
+    match body.collect().await {
+        Ok(b) => Ok(Request::from_parts(parts, body::full(b.to_bytes()))),
+        Err(e) => {
+            tracing::debug!(error = %e, "request body broke off before the component started");
+            Err(body::text(
+                StatusCode::BAD_REQUEST,
+                "request body incomplete",
+            ))
+        }
     }
 }
 

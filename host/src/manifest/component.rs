@@ -46,6 +46,9 @@ pub struct LimitsSpec {
     pub memory: Option<u64>,
     /// Wall-clock deadline per invocation.
     pub timeout: Option<Duration>,
+    /// A request body of a known length up to this is received whole before the
+    /// component starts (so a guest that reads without blocking sees it all).
+    pub request_buffer: Option<u64>,
 }
 
 /// `[components.NAME.scale]`
@@ -73,6 +76,11 @@ pub struct InstancesSpec {
     /// An idle reusable instance is dropped after this.
     pub idle_timeout: Option<Duration>,
 }
+
+/// `limits.request_buffer` when the manifest is silent.
+pub const DEFAULT_REQUEST_BUFFER: u64 = 64 * 1024;
+/// The largest `limits.request_buffer`.
+pub const MAX_REQUEST_BUFFER: u64 = 16 << 20;
 
 /// The smallest `limits.memory`: one wasm page.
 const MIN_MEMORY: u64 = 64 * 1024;
@@ -118,9 +126,20 @@ fn limits(component: &mut Table<'_>) -> Result<LimitsSpec, ManifestError> {
         }
         Ok(bytes)
     })?;
+    let request_buffer = t.parsed("request_buffer", |text| {
+        let bytes = crate::section::parse_size(text)?;
+        if bytes > MAX_REQUEST_BUFFER {
+            return Err(format!(
+                "at most {} (larger bodies stream to the component)",
+                bytesize::ByteSize(MAX_REQUEST_BUFFER)
+            ));
+        }
+        Ok(bytes)
+    })?;
     Ok(LimitsSpec {
         memory,
         timeout: t.duration("timeout")?,
+        request_buffer,
     })
 }
 

@@ -16,7 +16,9 @@ mod component;
 use std::path::Path;
 
 pub use crate::section::{Location, ManifestError, check_name, parse_duration, parse_size};
-pub use component::{ComponentSpec, InstancesSpec, LimitsSpec, PlacementSpec, ScaleSpec};
+pub use component::{
+    ComponentSpec, DEFAULT_REQUEST_BUFFER, InstancesSpec, LimitsSpec, PlacementSpec, ScaleSpec,
+};
 
 use crate::section::{Source, Table};
 
