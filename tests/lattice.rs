@@ -1251,6 +1251,9 @@ version = "1.0.0"
 [components.echo]
 source = "{component:echo-body}"
 routes = ["POST /echo"]
+# Bodies up to 4 MiB arrive whole at the gateway: one frame, larger than NATS's 1 MiB
+# message, that forwarding must cut.
+limits = { request_buffer = "4MiB" }
 [components.echo.placement]
 labels = { role = "echo" }
 "#,
@@ -1293,9 +1296,23 @@ labels = { role = "echo" }
     let back = r.bytes().await.expect("echoed body");
     assert!(back[..] == body[..], "the chunked echo through b differs");
 
+    // 3 MiB: received whole by b (request_buffer), forwarded in pieces.
+    let r = quick_client()
+        .post(b.url("/echo"))
+        .body(body[..3 << 20].to_vec())
+        .send()
+        .await
+        .expect("echo of a buffered body");
+    assert_eq!(r.status(), 200);
+    let back = r.bytes().await.expect("echoed body");
+    assert!(
+        back[..] == body[..3 << 20],
+        "the buffered echo through b differs"
+    );
+
     // The serving host is a: it counted both invocations, b none.
     let served = component_in(&members[0].1.status(), "echo", "echo").unwrap();
-    assert_eq!(served["invocations"], 2, "{served:#}");
+    assert_eq!(served["invocations"], 3, "{served:#}");
     let forwarded = component_in(&b.status(), "echo", "echo").unwrap();
     assert_eq!(forwarded["invocations"], 0, "{forwarded:#}");
 }

@@ -72,6 +72,9 @@ version = "1.0.0"
 [components.echo]
 source = "{component:echo-body}"
 routes = ["POST /echo"]
+# The guest reads the client's body as it arrives (no buffering before it starts),
+# so it is the one that meets the broken body.
+limits = { request_buffer = "0" }
 [components.hello]
 source = "{component:hello}"
 routes = ["GET /hello"]

@@ -131,7 +131,7 @@ pub async fn run(
     for path in &manifests {
         let result = async {
             let request = control::request_from_file(path, control.blobs()).await?;
-            Ok::<_, anyhow::Error>(control.deploy(request).await?)
+            Ok::<_, anyhow::Error>(control.deploy_startup(request).await?)
         }
         .await;
         if let Err(e) = result {

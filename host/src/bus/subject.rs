@@ -48,6 +48,54 @@ pub fn matches(pattern: &str, subject: &str) -> bool {
     }
 }
 
+/// Whether some subject matches both patterns.
+pub fn overlaps(a: &str, b: &str) -> bool {
+    let a: Vec<&str> = a.split('.').collect();
+    let b: Vec<&str> = b.split('.').collect();
+    let mut i = 0;
+    loop {
+        match (a.get(i), b.get(i)) {
+            (Some(&">"), Some(_)) | (Some(_), Some(&">")) => return true,
+            (Some(x), Some(y)) if *x != "*" && *y != "*" && x != y => return false,
+            (Some(_), Some(_)) => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+        i += 1;
+    }
+}
+
+/// Subjects a component may never publish or subscribe to: the host's own (the
+/// lattice's forwarding and app spaces, dead letters), reply inboxes (forwarded
+/// answers and pulled bodies travel there) and the NATS system's (`$JS`, `$KV`, …).
+/// A guest still answers a request through the reply subject it was handed.
+pub const RESERVED: &[&str] = &[
+    "wasmhive.*.rpc.*.*",
+    "wasmhive.*.standby.*.*",
+    "wasmhive.*.app.>",
+    "wasmhive.dlq.*.*",
+];
+
+/// Why `pattern` reaches subjects a component may not use, if it does.
+pub fn reserved(pattern: &str) -> Option<String> {
+    let mut tokens = pattern.split('.');
+    let (first, second) = (tokens.next().unwrap_or(""), tokens.next());
+    if pattern.starts_with('$') || first == ">" {
+        return Some(format!(
+            "{pattern:?} reaches the NATS system's subjects ($JS, $KV, ...); name the subjects the component uses"
+        ));
+    }
+    // Inboxes are `_INBOX.<random>[.<token>]`: only a wildcard (or `_INBOX`) reaches them.
+    if first == "_INBOX" || (first == "*" && matches!(second, Some("*" | ">"))) {
+        return Some(format!(
+            "{pattern:?} reaches reply inboxes (_INBOX.>), where the host's forwarded answers travel; a guest answers a request through the reply subject it is handed"
+        ));
+    }
+    RESERVED.iter().find(|r| overlaps(pattern, r)).map(|r| {
+        format!("{pattern:?} reaches {r}, which the host keeps for itself (forwarded requests, dead letters)")
+    })
+}
+
 /// Whether every subject `b` matches is also matched by `a` (both may be patterns).
 pub fn covers(a: &str, b: &str) -> bool {
     let a: Vec<&str> = a.split('.').collect();
@@ -87,6 +135,31 @@ pub fn minimal(patterns: impl IntoIterator<Item = String>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_subjects_are_out_of_reach() {
+        for bad in [
+            ">",
+            "*.>",
+            "wasmhive.>",
+            "wasmhive.default.rpc.shop.orders",
+            "*.*.rpc.*.*",
+            "_INBOX.>",
+            "$KV.x.>",
+            "*.*",
+        ] {
+            assert!(reserved(bad).is_some(), "{bad}");
+        }
+        for ok in [
+            "orders.created",
+            "orders.>",
+            "jobs.*",
+            "events.x.y",
+            "*.created",
+        ] {
+            assert!(reserved(ok).is_none(), "{ok}");
+        }
+    }
 
     #[test]
     fn coverage() {

@@ -69,6 +69,9 @@ impl std::fmt::Debug for MessagingGrant {
 
 fn subject_pattern(s: &str) -> Result<String, String> {
     bus::subject::check(s, true)?;
+    if let Some(why) = bus::subject::reserved(s) {
+        return Err(why);
+    }
     Ok(s.to_string())
 }
 

@@ -28,14 +28,20 @@ use crate::lattice::{Lattice, forward, placement};
 /// died and the bucket's leader moved).
 const RESYNC: Duration = Duration::from_secs(5);
 
+/// Refused records are tried again every this many resync periods (30 s).
+const RETRY_REFUSED_TICKS: u64 = 6;
+
 /// Converges to the lattice's records now, then keeps watching them and the host
 /// set in the background (until shutdown).
 pub(super) async fn start(control: Arc<ControlPlane>, lattice: Arc<Lattice>) {
     tracing::debug!("lattice: watching the apps bucket");
+    let mut changes = lattice.hosts().changes();
     let watch = lattice.apps().watch_all().await;
     // What is there now, before the host reports ready.
     tracing::debug!("lattice: reading the apps bucket");
     control.resync(&lattice).await;
+    // Hosts that joined or left while the records were applied.
+    control.replace().await;
     tracing::debug!("lattice: converged to the apps bucket");
     let shutdown = control.shutdown.clone();
     match watch {
@@ -55,7 +61,11 @@ pub(super) async fn start(control: Arc<ControlPlane>, lattice: Arc<Lattice>) {
                                 }
                                 tokio::time::sleep(Duration::from_millis(500)).await;
                                 match lattice.apps().watch_all().await {
-                                    Ok(w) => watch = w,
+                                    Ok(w) => {
+                                        watch = w;
+                                        // A new watch sees only what comes after it.
+                                        control.resync(&lattice).await;
+                                    }
                                     Err(e) => tracing::warn!(error = %e, "cannot watch the lattice's apps"),
                                 }
                             }
@@ -74,15 +84,18 @@ pub(super) async fn start(control: Arc<ControlPlane>, lattice: Arc<Lattice>) {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(RESYNC);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut ticks: u64 = 0;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tick.tick() => {
+                        ticks += 1;
                         let seen = control.seen_revision.load(std::sync::atomic::Ordering::Relaxed);
                         let last = lattice.store().last_revision().await;
                         tracing::trace!(seen, last = ?last.as_ref().ok(), "lattice: checking for missed records");
+                        let retry = ticks % RETRY_REFUSED_TICKS == 0 && !control.lock_refused().is_empty();
                         match last {
-                            Ok(last) if last > seen => control.resync(&lattice).await,
+                            Ok(last) if last > seen || retry => control.resync(&lattice).await,
                             Ok(_) => {}
                             Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot check the lattice's apps"),
                         }
@@ -92,7 +105,6 @@ pub(super) async fn start(control: Arc<ControlPlane>, lattice: Arc<Lattice>) {
         });
     }
     // Re-place components whenever a host joins or leaves.
-    let mut changes = lattice.hosts().changes();
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -179,7 +191,7 @@ impl ControlPlane {
         {
             return;
         }
-        applied.insert(entry.key.clone(), entry.revision);
+        let before = applied.insert(entry.key.clone(), entry.revision);
         if entry.operation != Operation::Put {
             self.lock_refused().remove(&entry.key);
             match self.remove_local(&entry.key).await {
@@ -191,8 +203,14 @@ impl ControlPlane {
             return;
         }
         let result = async {
-            let request: DeployRequest = serde_json::from_slice(&entry.value)
+            let mut request: DeployRequest = serde_json::from_slice(&entry.value)
                 .map_err(|e| DeployError::Storage(format!("unreadable app record: {e}")))?;
+            // Whoever may write the lattice's records could name any directory
+            // here, and by default a deploy may read files under it: only with
+            // `[secrets] dirs` (which bound every read) is it kept.
+            if self.config.access.secret_dirs.is_empty() {
+                request.manifest_dir = None;
+            }
             if let Some(running) = self.running(&request) {
                 // This host runs exactly that already (it deployed it, or had it):
                 // only which of its components are stopped may have changed.
@@ -217,6 +235,12 @@ impl ControlPlane {
             Err(e) => {
                 tracing::error!(app = %entry.key, revision = entry.revision, error = %e, "refused the lattice's app record; the version this host had keeps serving");
                 self.lock_refused().insert(entry.key.clone(), e.to_string());
+                // Not applied: the periodic resync tries it again (a blob fetch or a
+                // subscription may fail only while NATS moves a leader).
+                match before {
+                    Some(r) => applied.insert(entry.key.clone(), r),
+                    None => applied.remove(&entry.key),
+                };
             }
         }
     }
@@ -309,6 +333,18 @@ impl ControlPlane {
             }
             match self.subscribe(app, &placed).await {
                 Ok(stop) => {
+                    // Undeployed or replaced meanwhile: these subscriptions belong to
+                    // nobody.
+                    let current = self
+                        .apps
+                        .snapshot()
+                        .apps
+                        .get(app.name())
+                        .is_some_and(|a| Arc::ptr_eq(a, app));
+                    if !current {
+                        stop.cancel();
+                        continue;
+                    }
                     tracing::info!(app = %app.name(), here = ?placed, "placement changed");
                     if let Some(old) = self.lock_subscriptions().insert(
                         app.name().to_string(),

@@ -45,7 +45,7 @@ impl ControlPlane {
             .iter()
             .find(|c| &*c.id.component == component)
             .ok_or_else(|| {
-                DeployError::Missing(format!("app {app} has no component {component:?}"))
+                DeployError::Missing(format!("no component {app}/{component} is deployed"))
             })?;
         let name = if bucket.is_empty() { "default" } else { bucket };
         let spec = &c.spec.caps.keyvalue;

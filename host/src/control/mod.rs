@@ -355,6 +355,24 @@ impl ControlPlane {
             .cloned()
     }
 
+    /// Deploys a manifest given to `wasmhive up`. In a lattice that already has a
+    /// record of the app, the record wins: a host that restarts with its start-up
+    /// manifests does not roll the lattice back to the files' version.
+    pub async fn deploy_startup(
+        &self,
+        request: DeployRequest,
+    ) -> Result<Option<DeployReport>, DeployError> {
+        if let Some(lattice) = self.lattice() {
+            let manifest = Manifest::parse(&request.manifest, &request.origin)?;
+            let name = &manifest.app.name;
+            if let Ok(Some(_)) = lattice.apps().get(name.clone()).await {
+                tracing::info!(app = %name, origin = %request.origin, "the lattice already has this app: its record wins over the start-up manifest (deploy the file to change it)");
+                return Ok(None);
+            }
+        }
+        self.deploy(request).await.map(Some)
+    }
+
     /// Checks everything about a deploy and builds the app version, touching nothing
     /// that runs.
     pub(crate) async fn build(&self, request: DeployRequest) -> Result<App, DeployError> {
@@ -665,7 +683,7 @@ impl ControlPlane {
             .iter()
             .find(|c| &*c.id.component == component)
             .ok_or_else(|| {
-                DeployError::Missing(format!("app {app} has no component {component:?}"))
+                DeployError::Missing(format!("no component {app}/{component} is deployed"))
             })?;
         let changed = c.scaler.set_stopped(stop);
         if changed {
@@ -842,7 +860,7 @@ impl ControlPlane {
         for path in manifests {
             let result = async {
                 let request = request_from_file(path, &self.blobs).await?;
-                Ok::<_, anyhow::Error>(self.deploy(request).await?)
+                Ok::<_, anyhow::Error>(self.deploy_startup(request).await?)
             }
             .await;
             if let Err(e) = result {

@@ -64,6 +64,60 @@ fn headers_in(pairs: Vec<(String, Bytes)>, into: &mut HeaderMap) {
     }
 }
 
+/// `body` with no data frame larger than [`PIECE`]: larger ones (a body received
+/// whole before forwarding, a replayed service-call body) are cut, so a message
+/// never exceeds two pieces.
+fn bounded(body: Body) -> Body {
+    struct Split {
+        inner: Body,
+        rest: Bytes,
+    }
+    impl http_body::Body for Split {
+        type Data = Bytes;
+        type Error = wasmtime_wasi_http::Error;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            use std::task::Poll;
+            if !self.rest.is_empty() {
+                let n = self.rest.len().min(PIECE);
+                let piece = self.rest.split_to(n);
+                return Poll::Ready(Some(Ok(http_body::Frame::data(piece))));
+            }
+            match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(mut data) if data.len() > PIECE => {
+                        self.rest = data.split_off(PIECE);
+                        Poll::Ready(Some(Ok(http_body::Frame::data(data))))
+                    }
+                    Ok(data) => Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                },
+                other => other,
+            }
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.rest.is_empty() && self.inner.is_end_stream()
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            if self.rest.is_empty() {
+                self.inner.size_hint()
+            } else {
+                http_body::SizeHint::default()
+            }
+        }
+    }
+    Split {
+        inner: body,
+        rest: Bytes::new(),
+    }
+    .boxed_unsync()
+}
+
 /// Reads what of `body` is there: with `wait`, at least one frame (or its end) is
 /// awaited; then frames already available are taken, up to [`PIECE`] bytes. Returns
 /// the bytes and whether the body ended.
@@ -77,6 +131,7 @@ async fn take_piece(
         if body.is_end_stream() {
             return Ok((buf.freeze(), true));
         }
+        // Frames are at most a piece ([`bounded`]): a message holds at most two.
         if buf.len() >= PIECE {
             return Ok((buf.freeze(), false));
         }
@@ -201,13 +256,14 @@ pub async fn forward(
     request: Request<Body>,
     deadline: Duration,
 ) -> Result<(Outcome, Response<Body>), ForwardError> {
-    let (parts, mut body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     // A body known to be small is sent whole; otherwise what is there now is sent
     // and the rest pulled by the callee.
     let small = body
         .size_hint()
         .exact()
         .is_some_and(|n| n as usize <= PIECE);
+    let mut body = bounded(body);
     let (first, ended) = take_piece(&mut body, small)
         .await
         .map_err(|e| ForwardError::Failed(format!("request body: {e}")))?;
@@ -331,7 +387,8 @@ async fn answer(client: &async_nats::Client, payload: Bytes, handler: Handler) -
         Ok(r) => r,
         Err(_) => return refuse(Outcome::Timeout, 504, "timed out"),
     };
-    let (parts, mut body) = response.into_parts();
+    let (parts, body) = response.into_parts();
+    let mut body = bounded(body);
     let (first, ended) = match take_piece(&mut body, true).await {
         Ok(p) => p,
         Err(e) => {
