@@ -93,7 +93,7 @@ pub(super) async fn start(control: Arc<ControlPlane>, lattice: Arc<Lattice>) {
                         let seen = control.seen_revision.load(std::sync::atomic::Ordering::Relaxed);
                         let last = lattice.store().last_revision().await;
                         tracing::trace!(seen, last = ?last.as_ref().ok(), "lattice: checking for missed records");
-                        let retry = ticks % RETRY_REFUSED_TICKS == 0 && !control.lock_refused().is_empty();
+                        let retry = ticks.is_multiple_of(RETRY_REFUSED_TICKS) && !control.lock_refused().is_empty();
                         match last {
                             Ok(last) if last > seen || retry => control.resync(&lattice).await,
                             Ok(_) => {}
