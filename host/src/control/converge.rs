@@ -42,6 +42,7 @@ pub(super) async fn start(control: Arc<ControlPlane>, lattice: Arc<Lattice>) {
     control.resync(&lattice).await;
     // Hosts that joined or left while the records were applied.
     control.replace().await;
+    lattice.hosts().set_ready();
     tracing::debug!("lattice: converged to the apps bucket");
     let shutdown = control.shutdown.clone();
     match watch {
@@ -290,8 +291,12 @@ impl ControlPlane {
         };
         let live = lattice.hosts().live();
         let me = lattice.hosts().me();
+        // Hosts still converging (this one too, at start-up) are not placed on: they
+        // would get a component before they have compiled it, and every host must
+        // compute from the same set.
         let candidates: Vec<placement::Candidate> = live
             .values()
+            .filter(|h| h.ready)
             .map(|h| placement::Candidate {
                 id: h.id.clone(),
                 labels: h.labels.clone(),

@@ -36,6 +36,14 @@ pub struct HostInfo {
     pub components: u32,
     /// Invocations in flight on it now.
     pub in_flight: u64,
+    /// It has converged to the lattice's records (placement only picks ready hosts,
+    /// so a component does not move to a host still compiling it).
+    #[serde(default = "ready_by_default")]
+    pub ready: bool,
+}
+
+fn ready_by_default() -> bool {
+    true
 }
 
 /// A live host with the age of its last heartbeat.
@@ -122,6 +130,10 @@ pub struct Membership {
     server_now: Arc<Mutex<Option<async_nats::datetime::DateTime>>>,
     /// When this host last saw its own heartbeat come back through the watch.
     echoed: Arc<Mutex<Instant>>,
+    /// Whether this host has converged (sent in its heartbeat).
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Wakes the heartbeat loop to send a beat now.
+    beat_now: Arc<tokio::sync::Notify>,
 }
 
 impl Membership {
@@ -145,6 +157,8 @@ impl Membership {
             changed,
             server_now: Default::default(),
             echoed: Arc::new(Mutex::new(Instant::now())),
+            ready: Default::default(),
+            beat_now: Default::default(),
         };
         let first = m.info(&stats);
         m.beat(&first)
@@ -182,7 +196,15 @@ impl Membership {
             uptime_ms: self.me.started.elapsed().as_millis() as u64,
             components,
             in_flight,
+            ready: self.ready.load(std::sync::atomic::Ordering::Acquire),
         }
+    }
+
+    /// Marks this host as converged: its next heartbeat (sent now) says so, and the
+    /// other hosts start placing components on it.
+    pub fn set_ready(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
+        self.beat_now.notify_one();
     }
 
     async fn beat(&self, info: &HostInfo) -> Result<(), String> {
@@ -254,10 +276,9 @@ impl Membership {
         };
         let old = self.live.load();
         let same_members = old.len() == live.len()
-            && old
-                .iter()
-                .zip(live.iter())
-                .all(|((a, x), (b, y))| a == b && x.labels == y.labels && x.name == y.name);
+            && old.iter().zip(live.iter()).all(|((a, x), (b, y))| {
+                a == b && x.labels == y.labels && x.name == y.name && x.ready == y.ready
+            });
         self.live.store(Arc::new(live));
         if !same_members {
             self.changed.send_modify(|n| *n += 1);
@@ -282,7 +303,7 @@ impl Membership {
                         let _ = this.store.delete(&this.me.id).await;
                         return;
                     }
-                    _ = tick.tick() => {
+                    _ = async { tokio::select! { _ = tick.tick() => {}, _ = this.beat_now.notified() => {} } } => {
                         let info = this.info(&stats);
                         if let Err(e) = this.beat(&info).await {
                             tracing::warn!(error = %e, "lattice heartbeat failed");
@@ -344,6 +365,8 @@ impl Membership {
             changed: self.changed.clone(),
             server_now: self.server_now.clone(),
             echoed: self.echoed.clone(),
+            ready: self.ready.clone(),
+            beat_now: self.beat_now.clone(),
         }
     }
 
