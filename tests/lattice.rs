@@ -158,6 +158,20 @@ async fn wait_answer(name: &str, host: &Host, path: &str, status: u16, body: &st
     .await
 }
 
+/// Waits until host `name` answers `GET path` with `status` (whatever the body).
+async fn wait_status(name: &str, host: &Host, path: &str, status: u16) {
+    eventually(
+        &format!("host {name} to answer GET {path} with {status}"),
+        PATIENCE,
+        async || match try_get(&host.url(path)).await {
+            Ok((s, _)) if s == status => Ok(()),
+            Ok((s, t)) => Err(format!("{s} {t:?}")),
+            Err(e) => Err(e),
+        },
+    )
+    .await
+}
+
 /// `wasmhive hosts --json` against `host` (no panic, for waits).
 fn hosts_json(host: &Host) -> Result<Value, String> {
     let out = host.cli(&["hosts", "--json"]);
@@ -485,16 +499,7 @@ labels = { zone = "mars" }
     })
     .await;
     for (name, host) in &members {
-        eventually(
-            &format!("host {name} to answer GET /mars with 503"),
-            PATIENCE,
-            async || match try_get(&host.url("/mars")).await {
-                Ok((503, _)) => Ok(()),
-                Ok((s, t)) => Err(format!("{s} {t:?}")),
-                Err(e) => Err(e),
-            },
-        )
-        .await;
+        wait_status(name, host, "/mars", 503).await;
     }
 
     // The listing shows each host's labels.
@@ -1513,20 +1518,8 @@ async fn stop_and_start_reach_every_host_and_survive_a_restart() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let wait_status = async |name: &str, host: &Host, want: u16| {
-        eventually(
-            &format!("host {name} to answer GET /hello/x with {want}"),
-            PATIENCE,
-            async || match try_get(&host.url("/hello/x")).await {
-                Ok((s, _)) if s == want => Ok(()),
-                Ok((s, t)) => Err(format!("{s} {t:?}")),
-                Err(e) => Err(e),
-            },
-        )
-        .await
-    };
     for (name, host) in [("a", &a), ("b", &b), ("c", &c)] {
-        wait_status(name, host, 503).await;
+        wait_status(name, host, "/hello/x", 503).await;
     }
 
     // A restarted host reads the stop from the lattice.
@@ -1536,7 +1529,7 @@ async fn stop_and_start_reach_every_host_and_survive_a_restart() {
         component_in(&c.status(), "stoppable", "hello").unwrap()["state"],
         "stopped"
     );
-    wait_status("c", &c, 503).await;
+    wait_status("c", &c, "/hello/x", 503).await;
 
     let out = c.cli(&["start", "stoppable", "hello"]);
     assert!(

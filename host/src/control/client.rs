@@ -238,22 +238,22 @@ impl AdminClient {
 
     /// The host's status document.
     pub async fn status(&self) -> anyhow::Result<HostStatus> {
-        let resp = self
-            .request(reqwest::Method::GET, "/v1/status")
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        self.check(resp)
-            .await?
-            .json()
-            .await
-            .context("invalid status document")
+        self.get_json("/v1/status", "status").await
     }
 
     /// `GET /v1/hosts`: the lattice's live hosts.
     pub async fn hosts(&self) -> anyhow::Result<super::status::Hosts> {
+        self.get_json("/v1/hosts", "hosts").await
+    }
+
+    /// `GET path`, read as the JSON document `what`.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> anyhow::Result<T> {
         let resp = self
-            .request(reqwest::Method::GET, "/v1/hosts")
+            .request(reqwest::Method::GET, path)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -261,7 +261,7 @@ impl AdminClient {
             .await?
             .json()
             .await
-            .context("invalid hosts document")
+            .with_context(|| format!("invalid {what} document"))
     }
 }
 

@@ -16,12 +16,15 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use http::{Request, Response};
 
-use super::{ControlPlane, DeployError, DeployRequest};
+use std::path::PathBuf;
+
+use super::{ControlPlane, DeployError, DeployReport, DeployRequest, request_from_file, status};
 use crate::apps::{App, DeployedComponent};
 use crate::body::Body;
 use crate::envelope::{self, Admission, Context, HttpCall};
 use crate::lattice::wire::{Kind, Outcome};
 use crate::lattice::{Lattice, forward, placement};
+use crate::manifest::Manifest;
 
 /// How often a host checks that it has applied the lattice's latest records (the
 /// watch is the fast path; this catches what a watch lost, e.g. while a NATS node
@@ -122,6 +125,115 @@ pub(super) async fn start(control: Arc<ControlPlane>, lattice: Arc<Lattice>) {
 }
 
 impl ControlPlane {
+    /// Deploys a manifest given to `wasmhive up`. In a lattice that already has a
+    /// record of the app, the record wins: a host that restarts with its start-up
+    /// manifests does not roll the lattice back to the files' version.
+    pub async fn deploy_startup(
+        &self,
+        request: DeployRequest,
+    ) -> Result<Option<DeployReport>, DeployError> {
+        if let Some(lattice) = self.lattice() {
+            let manifest = Manifest::parse(&request.manifest, &request.origin)?;
+            let name = &manifest.app.name;
+            if let Ok(Some(_)) = lattice.apps().get(name.clone()).await {
+                tracing::info!(app = %name, origin = %request.origin, "the lattice already has this app: its record wins over the start-up manifest (deploy the file to change it)");
+                return Ok(None);
+            }
+        }
+        self.deploy(request).await.map(Some)
+    }
+
+    /// Writes a component's stopped state into its app's record (compare-and-set on
+    /// the record's revision, retried when another write came first).
+    pub(super) async fn record_stopped(
+        &self,
+        lattice: &crate::lattice::Lattice,
+        app: &str,
+        component: &str,
+        stop: bool,
+    ) -> Result<(), DeployError> {
+        let storage = |e: String| DeployError::Storage(e);
+        for _ in 0..10 {
+            let entry = lattice
+                .apps()
+                .entry(app)
+                .await
+                .map_err(|e| storage(e.to_string()))?
+                .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
+                .ok_or_else(|| DeployError::NotFound(app.to_string()))?;
+            let mut record: DeployRequest = serde_json::from_slice(&entry.value)
+                .map_err(|e| storage(format!("unreadable app record: {e}")))?;
+            let changed = if stop {
+                record.stopped.insert(component.to_string())
+            } else {
+                record.stopped.remove(component)
+            };
+            if !changed {
+                return Ok(());
+            }
+            let bytes = serde_json::to_vec(&record).map_err(|e| storage(e.to_string()))?;
+            match lattice
+                .apps()
+                .update(app, bytes.into(), entry.revision)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => tracing::debug!(error = %e, "app record changed meanwhile; again"),
+            }
+        }
+        Err(storage(format!(
+            "the record of {app} kept changing; try again"
+        )))
+    }
+
+    /// Joins `lattice` after start-up (the NATS the host was given was not reachable
+    /// then): deploys the start-up `manifests` to the lattice, then converges to the
+    /// lattice's records (apps this host had that the lattice no longer has are
+    /// removed).
+    pub async fn join_late(
+        self: &Arc<Self>,
+        lattice: Arc<crate::lattice::Lattice>,
+        manifests: &[PathBuf],
+    ) {
+        if self.lattice.set(lattice.clone()).is_err() {
+            return;
+        }
+        tracing::info!(lattice = %lattice.name(), "joined the lattice");
+        for path in manifests {
+            let result = async {
+                let request = request_from_file(path, &self.blobs).await?;
+                Ok::<_, anyhow::Error>(self.deploy_startup(request).await?)
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::error!(manifest = %path.display(), error = %format!("{e:#}"), "cannot deploy a start-up manifest to the lattice");
+            }
+        }
+        start(self.clone(), lattice).await;
+        // What ran alone now runs by placement, with forwarding.
+        self.replace().await;
+        self.joining
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The lattice's live hosts and the components none of them may run (`None`:
+    /// this host is alone).
+    pub fn hosts(&self) -> Option<status::Hosts> {
+        let lattice = self.lattice()?;
+        let unplaced = self
+            .apps
+            .snapshot()
+            .components()
+            .filter(|c| c.placement.hosts().is_empty())
+            .map(|c| format!("{}/{}", c.id.app, c.id.component))
+            .collect();
+        Some(status::Hosts {
+            lattice: lattice.name().to_string(),
+            hosts: lattice.hosts().list(),
+            unplaced,
+        })
+    }
+
     /// Applies every record of the lattice this host has not applied, and removes
     /// apps the lattice no longer has.
     pub(super) async fn resync(&self, lattice: &Lattice) {

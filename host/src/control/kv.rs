@@ -36,17 +36,7 @@ impl ControlPlane {
     /// The bucket `bucket` of `app/component`, if the component is deployed and its
     /// manifest lists the bucket.
     pub fn bucket(&self, app: &str, component: &str, bucket: &str) -> Result<Bucket, DeployError> {
-        let snapshot = self.apps.snapshot();
-        let c = snapshot
-            .apps
-            .get(app)
-            .ok_or_else(|| DeployError::NotFound(app.to_string()))?
-            .components
-            .iter()
-            .find(|c| &*c.id.component == component)
-            .ok_or_else(|| {
-                DeployError::Missing(format!("no component {app}/{component} is deployed"))
-            })?;
+        let c = self.component(app, component)?;
         let name = if bucket.is_empty() { "default" } else { bucket };
         let spec = &c.spec.caps.keyvalue;
         if !spec.buckets.iter().any(|b| b == name) {

@@ -14,23 +14,28 @@ pub mod client;
 mod converge;
 pub mod kv;
 pub mod metrics;
+mod prepare;
+mod request;
 pub mod status;
 pub mod token;
 
+pub use prepare::{app_auth, check_component, policy_for, resolve};
+pub use request::{BlobSink, request_from_file};
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
-use crate::apps::{App, Apps, DeploySource, DeployedComponent};
+use crate::apps::{App, Apps, DeploySource};
 use crate::bus::Bus;
-use crate::capability::{GrantContext, Grants, Services};
+use crate::capability::Services;
 use crate::config::HostConfig;
 use crate::ids::ComponentId;
-use crate::manifest::{ComponentSpec, Manifest, ManifestError};
-use crate::runtime::{HttpFlavor, Limits, PreparedComponent, ReusePolicy, Runtime, RuntimeError};
-use crate::scaler::{HostCapacity, Loader, ScalePolicy, Scaler};
+use crate::manifest::{Manifest, ManifestError};
+use crate::runtime::{Runtime, RuntimeError};
+use crate::scaler::HostCapacity;
 use crate::telemetry::metrics::RequestMetrics;
 use blobs::BlobStore;
 use tokio_util::sync::CancellationToken;
@@ -355,24 +360,6 @@ impl ControlPlane {
             .cloned()
     }
 
-    /// Deploys a manifest given to `wasmhive up`. In a lattice that already has a
-    /// record of the app, the record wins: a host that restarts with its start-up
-    /// manifests does not roll the lattice back to the files' version.
-    pub async fn deploy_startup(
-        &self,
-        request: DeployRequest,
-    ) -> Result<Option<DeployReport>, DeployError> {
-        if let Some(lattice) = self.lattice() {
-            let manifest = Manifest::parse(&request.manifest, &request.origin)?;
-            let name = &manifest.app.name;
-            if let Ok(Some(_)) = lattice.apps().get(name.clone()).await {
-                tracing::info!(app = %name, origin = %request.origin, "the lattice already has this app: its record wins over the start-up manifest (deploy the file to change it)");
-                return Ok(None);
-            }
-        }
-        self.deploy(request).await.map(Some)
-    }
-
     /// Checks everything about a deploy and builds the app version, touching nothing
     /// that runs.
     pub(crate) async fn build(&self, request: DeployRequest) -> Result<App, DeployError> {
@@ -494,101 +481,6 @@ impl ControlPlane {
         Ok(subscriptions)
     }
 
-    async fn prepare(
-        &self,
-        manifest: &Manifest,
-        spec: &crate::manifest::ComponentSpec,
-        request: &DeployRequest,
-        app_auth: Option<&Arc<crate::auth::AppAuth>>,
-    ) -> Result<DeployedComponent, DeployError> {
-        let component_err = |error| DeployError::Component {
-            component: spec.name.clone(),
-            error,
-        };
-        let digest = request.sources.get(&spec.source).cloned().ok_or_else(|| {
-            DeployError::MissingSource {
-                component: spec.name.clone(),
-                source_path: spec.source.clone(),
-            }
-        })?;
-        if !self.blobs.contains(&digest) && !self.runtime.is_cached(&digest) {
-            return Err(DeployError::MissingSource {
-                component: spec.name.clone(),
-                source_path: spec.source.clone(),
-            });
-        }
-        let (grants, limits) = resolve(
-            manifest,
-            spec,
-            &self.config,
-            &self.services,
-            request.manifest_dir.as_deref(),
-        )?;
-        let mut policy = policy_for(spec, &self.config);
-        let instances = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let runtime = self.runtime.clone();
-        let blobs = self.blobs.clone();
-        let loader: Loader = {
-            let (digest, grants, instances) = (digest.clone(), grants.clone(), instances.clone());
-            Arc::new(move || {
-                let (component, _) = runtime.load(&digest, || blobs.read(&digest))?;
-                runtime.prepare(&component, grants.clone(), limits, instances.clone())
-            })
-        };
-        let runtime = self.runtime.clone();
-        let blobs = self.blobs.clone();
-        let d = digest.clone();
-        let (component, load) =
-            tokio::task::spawn_blocking(move || runtime.load(&d, || blobs.read(&d)))
-                .await
-                .map_err(|e| DeployError::Storage(format!("compile task failed: {e}")))?
-                .map_err(component_err)?;
-        let prepared = self
-            .runtime
-            .prepare(&component, grants.clone(), limits, instances.clone())
-            .map_err(component_err)?;
-        check_component(spec, &prepared).map_err(component_err)?;
-        if let Some(flavor) = prepared.flavor() {
-            policy.per_instance = limits.reuse.max_concurrent_for(flavor);
-        }
-        tracing::info!(
-            app = %manifest.app.name,
-            component = %spec.name,
-            %digest,
-            origin = ?load.origin,
-            took_ms = load.took.as_secs_f64() * 1000.0,
-            "component loaded"
-        );
-        let auth =
-            crate::auth::Policy::new(app_auth, &spec.triggers.http.auth).map_err(|message| {
-                DeployError::Grant {
-                    component: spec.name.clone(),
-                    message,
-                }
-            })?;
-        Ok(DeployedComponent {
-            id: grants.id.clone(),
-            spec: spec.clone(),
-            digest,
-            flavor: prepared.flavor(),
-            exports: prepared.exports().to_vec(),
-            load,
-            scaler: Scaler::new(policy, loader, prepared, self.capacity.clone()),
-            timeout: limits.timeout,
-            instances,
-            stats: Default::default(),
-            series: Default::default(),
-            auth,
-            rate_limit: spec.triggers.http.rate_limit.as_ref().map(|r| {
-                (
-                    Arc::new(crate::limit::Limiter::new(r.requests, r.per, r.burst)),
-                    r.key,
-                )
-            }),
-            placement: Default::default(),
-        })
-    }
-
     /// Scales idle components to zero and drops idle reusable instances; called
     /// periodically. Returns how many components it unloaded.
     pub fn reap(&self) -> usize {
@@ -623,47 +515,24 @@ impl ControlPlane {
         Ok(changed)
     }
 
-    /// Writes a component's stopped state into its app's record (compare-and-set on
-    /// the record's revision, retried when another write came first).
-    async fn record_stopped(
+    /// The deployed component `app/component` (its current version).
+    pub(crate) fn component(
         &self,
-        lattice: &crate::lattice::Lattice,
         app: &str,
         component: &str,
-        stop: bool,
-    ) -> Result<(), DeployError> {
-        let storage = |e: String| DeployError::Storage(e);
-        for _ in 0..10 {
-            let entry = lattice
-                .apps()
-                .entry(app)
-                .await
-                .map_err(|e| storage(e.to_string()))?
-                .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
-                .ok_or_else(|| DeployError::NotFound(app.to_string()))?;
-            let mut record: DeployRequest = serde_json::from_slice(&entry.value)
-                .map_err(|e| storage(format!("unreadable app record: {e}")))?;
-            let changed = if stop {
-                record.stopped.insert(component.to_string())
-            } else {
-                record.stopped.remove(component)
-            };
-            if !changed {
-                return Ok(());
-            }
-            let bytes = serde_json::to_vec(&record).map_err(|e| storage(e.to_string()))?;
-            match lattice
-                .apps()
-                .update(app, bytes.into(), entry.revision)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) => tracing::debug!(error = %e, "app record changed meanwhile; again"),
-            }
-        }
-        Err(storage(format!(
-            "the record of {app} kept changing; try again"
-        )))
+    ) -> Result<Arc<crate::apps::DeployedComponent>, DeployError> {
+        self.apps
+            .snapshot()
+            .apps
+            .get(app)
+            .ok_or_else(|| DeployError::NotFound(app.to_string()))?
+            .components
+            .iter()
+            .find(|c| &*c.id.component == component)
+            .cloned()
+            .ok_or_else(|| {
+                DeployError::Missing(format!("no component {app}/{component} is deployed"))
+            })
     }
 
     /// Stops or starts a component on this host only.
@@ -673,18 +542,7 @@ impl ControlPlane {
         component: &str,
         stop: bool,
     ) -> Result<bool, DeployError> {
-        let snapshot = self.apps.snapshot();
-        let app_ref = snapshot
-            .apps
-            .get(app)
-            .ok_or_else(|| DeployError::NotFound(app.to_string()))?;
-        let c = app_ref
-            .components
-            .iter()
-            .find(|c| &*c.id.component == component)
-            .ok_or_else(|| {
-                DeployError::Missing(format!("no component {app}/{component} is deployed"))
-            })?;
+        let c = self.component(app, component)?;
         let changed = c.scaler.set_stopped(stop);
         if changed {
             tracing::info!(component = %c.id, "{}", if stop { "stopped" } else { "started" });
@@ -844,53 +702,6 @@ impl ControlPlane {
         st
     }
 
-    /// Joins `lattice` after start-up (the NATS the host was given was not reachable
-    /// then): deploys the start-up `manifests` to the lattice, then converges to the
-    /// lattice's records (apps this host had that the lattice no longer has are
-    /// removed).
-    pub async fn join_late(
-        self: &Arc<Self>,
-        lattice: Arc<crate::lattice::Lattice>,
-        manifests: &[PathBuf],
-    ) {
-        if self.lattice.set(lattice.clone()).is_err() {
-            return;
-        }
-        tracing::info!(lattice = %lattice.name(), "joined the lattice");
-        for path in manifests {
-            let result = async {
-                let request = request_from_file(path, &self.blobs).await?;
-                Ok::<_, anyhow::Error>(self.deploy_startup(request).await?)
-            }
-            .await;
-            if let Err(e) = result {
-                tracing::error!(manifest = %path.display(), error = %format!("{e:#}"), "cannot deploy a start-up manifest to the lattice");
-            }
-        }
-        converge::start(self.clone(), lattice).await;
-        // What ran alone now runs by placement, with forwarding.
-        self.replace().await;
-        self.joining.store(false, Ordering::Release);
-    }
-
-    /// The lattice's live hosts and the components none of them may run (`None`:
-    /// this host is alone).
-    pub fn hosts(&self) -> Option<status::Hosts> {
-        let lattice = self.lattice()?;
-        let unplaced = self
-            .apps
-            .snapshot()
-            .components()
-            .filter(|c| c.placement.hosts().is_empty())
-            .map(|c| format!("{}/{}", c.id.app, c.id.component))
-            .collect();
-        Some(status::Hosts {
-            lattice: lattice.name().to_string(),
-            hosts: lattice.hosts().list(),
-            unplaced,
-        })
-    }
-
     /// Re-deploys the apps persisted in the data dir (after a restart), or in a
     /// lattice, converges to the lattice's records and keeps converging. Failures are
     /// logged and skipped: one broken record does not keep the others down.
@@ -937,191 +748,5 @@ impl ControlPlane {
         std::fs::write(&tmp, bytes)
             .and_then(|_| std::fs::rename(&tmp, &path))
             .map_err(|e| format!("cannot persist deployment to {}: {e}", path.display()))
-    }
-}
-
-/// The app's verifiers, built from its `[auth]` (key files and variables read now,
-/// within what the host lets a deploy read).
-pub async fn app_auth(
-    manifest: &Manifest,
-    config: &HostConfig,
-    manifest_dir: Option<&Path>,
-) -> Result<Option<Arc<crate::auth::AppAuth>>, DeployError> {
-    crate::auth::AppAuth::build(
-        &manifest.auth,
-        &config.access,
-        manifest_dir,
-        config.gateway.jwt_cache,
-    )
-    .await
-    .map_err(|message| DeployError::Auth {
-        location: manifest
-            .auth
-            .location
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-        message,
-    })
-}
-
-/// What one component version may use and the limits it runs under: each
-/// capability's grant (from its manifest keys, the host's configuration and
-/// `services`) and the runtime's limits (from the manifest and the host's defaults).
-/// `manifest_dir` is the manifest's directory when it was deployed from this machine.
-pub fn resolve(
-    manifest: &Manifest,
-    spec: &ComponentSpec,
-    config: &HostConfig,
-    services: &Services,
-    manifest_dir: Option<&Path>,
-) -> Result<(Arc<Grants>, Limits), DeployError> {
-    let memory = spec.limits.memory.unwrap_or(config.defaults.memory);
-    if memory > config.pool.max_memory {
-        return Err(DeployError::Limit {
-            component: spec.name.clone(),
-            message: format!(
-                "limits.memory {} is more than this host's pool.max_memory {}",
-                bytesize::ByteSize(memory),
-                bytesize::ByteSize(config.pool.max_memory)
-            ),
-        });
-    }
-    let id = ComponentId::new(&manifest.app.name, &spec.name, &manifest.app.version);
-    let cx = GrantContext {
-        id: &id,
-        host: config,
-        services,
-        manifest_dir,
-    };
-    let grants = Grants::derive(&spec.caps, &cx).map_err(|message| DeployError::Grant {
-        component: spec.name.clone(),
-        message,
-    })?;
-    let limits = Limits {
-        memory,
-        timeout: spec.limits.timeout.unwrap_or(config.defaults.timeout),
-        reuse: ReusePolicy {
-            max_requests: spec.instances.max_requests,
-            max_concurrent: spec.instances.max_concurrent,
-            max_instances: policy_for(spec, config).max_instances,
-            idle_timeout: spec
-                .instances
-                .idle_timeout
-                .unwrap_or(crate::runtime::DEFAULT_REUSE_IDLE_TIMEOUT),
-        },
-    };
-    Ok((Arc::new(grants), limits))
-}
-
-/// Checks a prepared component against its manifest section: it exports a handler for
-/// every trigger the manifest configures (routes need an HTTP handler, subscriptions a
-/// message handler) and at least one handler at all; WASI 0.3-only settings are set
-/// only on WASI 0.3 components.
-pub fn check_component(
-    spec: &ComponentSpec,
-    prepared: &PreparedComponent,
-) -> Result<(), RuntimeError> {
-    if spec.instances.max_concurrent.is_some_and(|n| n > 1)
-        && prepared.flavor() != Some(HttpFlavor::P3)
-    {
-        return Err(RuntimeError::Exports(
-            "instances.max_concurrent applies to WASI 0.3 components (wasi:http/handler@0.3.x); a WASI 0.2 component serves one request at a time per instance".into(),
-        ));
-    }
-    spec.triggers
-        .check_exports(&spec.caps, prepared.exports())
-        .map_err(RuntimeError::Exports)
-}
-
-/// A component's scaling policy from its manifest section and the host's defaults.
-pub fn policy_for(spec: &ComponentSpec, config: &HostConfig) -> ScalePolicy {
-    let d = &config.defaults.scale;
-    let s = &spec.scale;
-    let max_instances = s.max_instances.unwrap_or(d.max_instances);
-    ScalePolicy {
-        max_instances,
-        per_instance: 1,
-        queue: s.queue.unwrap_or(d.queue),
-        queue_timeout: s.queue_timeout.unwrap_or(d.queue_timeout),
-        idle_timeout: s.idle_timeout.unwrap_or(d.idle_timeout),
-        min_instances: s
-            .min_instances
-            .unwrap_or(d.min_instances)
-            .min(max_instances),
-    }
-}
-
-/// Reads a manifest and the component files it names, storing each in `sink` (the
-/// local blob store, or the admin API of a remote host), and returns the deploy
-/// request. Manifest errors are reported here, before anything is sent.
-pub async fn request_from_file(path: &Path, sink: &dyn BlobSink) -> anyhow::Result<DeployRequest> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot read manifest: {e}", path.display()))?;
-    let origin = path.display().to_string();
-    let manifest = Manifest::parse(&text, &origin)?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let mut sources = BTreeMap::new();
-    for c in &manifest.components {
-        if sources.contains_key(&c.source) {
-            continue;
-        }
-        let file = base.join(&c.source);
-        let bytes = std::fs::read(&file).map_err(|e| {
-            anyhow::anyhow!(
-                "{origin}: component {}: cannot read source {} ({e}); build the components first (just build)",
-                c.name,
-                file.display()
-            )
-        })?;
-        let digest = blobs::digest_of(&bytes);
-        if !sink.has(&digest).await? {
-            sink.put(&digest, bytes).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "{origin}: component {}: {} refused: {e:#}",
-                    c.name,
-                    file.display()
-                )
-            })?;
-        }
-        sources.insert(c.source.clone(), digest);
-    }
-    Ok(DeploySource {
-        manifest: text,
-        origin,
-        sources,
-        manifest_dir: std::fs::canonicalize(base).ok(),
-        stopped: Default::default(),
-    })
-}
-
-/// Where `request_from_file` puts component bytes.
-#[async_trait::async_trait]
-pub trait BlobSink: Send + Sync {
-    /// Whether the blob is already there.
-    async fn has(&self, digest: &str) -> anyhow::Result<bool>;
-    /// Stores it.
-    async fn put(&self, digest: &str, bytes: Vec<u8>) -> anyhow::Result<()>;
-}
-
-#[async_trait::async_trait]
-impl BlobSink for BlobStore {
-    async fn has(&self, digest: &str) -> anyhow::Result<bool> {
-        Ok(self.contains(digest))
-    }
-
-    async fn put(&self, digest: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
-        BlobStore::put(self, digest, &bytes).map_err(anyhow::Error::msg)
-    }
-}
-
-#[async_trait::async_trait]
-impl BlobSink for crate::lattice::Store {
-    async fn has(&self, digest: &str) -> anyhow::Result<bool> {
-        Ok(self.has_blob(digest).await)
-    }
-
-    async fn put(&self, digest: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
-        self.put_blob(digest, &bytes).await
     }
 }
