@@ -24,8 +24,8 @@
 //! - [`manifest`]: app manifests, format version 1, read once into the host's types.
 //! - [`apps`]: the deployed apps and the live route table (atomic snapshots).
 //! - [`scaler`]: per-component admission (bulkhead, queue, shedding) and scale to zero.
-//! - [`gateway`], [`mesh`], [`subscriber`]: the sources of HTTP, service-call and
-//!   message invocations.
+//! - [`gateway`], [`mesh`], [`subscriber`], [`jobs`]: the sources of HTTP,
+//!   service-call, message and job invocations.
 //! - [`bus`]: the message bus trait, NATS and in-process backends, managed nats-server.
 //! - [`state`]: key-value backends (redb, JetStream).
 //! - [`control`]: deploy/undeploy/status, the admin API (locked by its token) and its
@@ -50,6 +50,7 @@ pub mod gateway;
 pub mod headers;
 pub mod host;
 pub mod ids;
+pub mod jobs;
 pub mod lattice;
 pub mod limit;
 pub mod listener;

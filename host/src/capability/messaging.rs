@@ -67,7 +67,9 @@ impl std::fmt::Debug for MessagingGrant {
     }
 }
 
-fn subject_pattern(s: &str) -> Result<String, String> {
+/// Checks a subject pattern a component may subscribe to or publish on (wildcards
+/// allowed; the host's own subjects refused).
+pub fn subject_pattern(s: &str) -> Result<String, String> {
     bus::subject::check(s, true)?;
     if let Some(why) = bus::subject::reserved(s) {
         return Err(why);

@@ -126,6 +126,9 @@ pub struct Invocation {
     /// The verified caller (`wasmhive-auth-*` headers), passed on to service calls
     /// whose `forward_identity` is on.
     pub identity: Option<Arc<[(::http::HeaderName, ::http::HeaderValue)]>>,
+    /// A command run's argv, extra environment, stdin and output (jobs); `None`: the
+    /// component's own environment, empty stdin, output to the log.
+    pub command: Option<Arc<wasi::CommandIo>>,
 }
 
 impl Invocation {

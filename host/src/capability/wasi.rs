@@ -35,6 +35,7 @@ pub struct WasiSpec {
 pub struct WasiState {
     ctx: WasiCtx,
     trace_id: TraceId,
+    grants: Arc<Grants>,
 }
 
 impl Capability for Wasi {
@@ -72,24 +73,28 @@ impl Capability for Wasi {
 
     fn instance(grants: &Arc<Grants>) -> WasiState {
         let trace_id: TraceId = Arc::default();
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.envs(&grants.wasi.env)
-            .stdout(GuestLog::new(grants.clone(), "stdout", trace_id.clone()))
-            .stderr(GuestLog::new(grants.clone(), "stderr", trace_id.clone()))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
+        let mut wasi = builder(grants);
+        wasi.stdout(GuestLog::new(grants.clone(), "stdout", trace_id.clone()))
+            .stderr(GuestLog::new(grants.clone(), "stderr", trace_id.clone()));
         WasiState {
             ctx: wasi.build(),
             trace_id,
+            grants: grants.clone(),
         }
     }
 
     fn begin(ctx: &mut WasiState, invocation: &Invocation) {
-        // A reused instance keeps its buffer.
-        let mut id = ctx.trace_id.lock().unwrap_or_else(|e| e.into_inner());
-        id.clear();
-        id.push_str(invocation.trace_id());
+        {
+            // A reused instance keeps its buffer.
+            let mut id = ctx.trace_id.lock().unwrap_or_else(|e| e.into_inner());
+            id.clear();
+            id.push_str(invocation.trace_id());
+        }
+        if let Some(command) = &invocation.command {
+            // A command run starts in a fresh instance, before the guest holds any
+            // stdio handle: its context is replaced whole.
+            ctx.ctx = command.context(&ctx.grants, &ctx.trace_id);
+        }
     }
 
     fn add_to_linker<X: Send + 'static>(
@@ -110,6 +115,155 @@ impl<X: Send> WasiView for Instance<X> {
             ctx: &mut self.ctxs.wasi.ctx,
             table: &mut self.table,
         }
+    }
+}
+
+/// A WASI context with the component's environment and nothing else: no sockets, no
+/// name lookups, no files, empty stdin.
+fn builder(grants: &Grants) -> WasiCtxBuilder {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.envs(&grants.wasi.env)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    wasi
+}
+
+/// Where a command run's stdout or stderr goes (besides the log).
+pub trait OutputSink: Send + Sync {
+    /// Takes bytes the guest wrote.
+    fn write(&self, bytes: &[u8]);
+}
+
+/// A command run's view of the world (`wasi:cli/run`): argv (the program name first),
+/// environment added to the component's own (the same name replaces it), stdin, and
+/// sinks for stdout and stderr. Output also goes to the log, line by line, as for any
+/// invocation.
+pub struct CommandIo {
+    /// argv, the program name first.
+    pub args: Vec<String>,
+    /// Variables set for this run.
+    pub env: Vec<(String, String)>,
+    /// Its whole stdin.
+    pub stdin: Bytes,
+    /// Its stdout.
+    pub stdout: Arc<dyn OutputSink>,
+    /// Its stderr.
+    pub stderr: Arc<dyn OutputSink>,
+}
+
+impl std::fmt::Debug for CommandIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Values of the environment may be secrets: names only.
+        f.debug_struct("CommandIo")
+            .field("args", &self.args)
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("stdin", &self.stdin.len())
+            .finish()
+    }
+}
+
+impl CommandIo {
+    fn context(&self, grants: &Arc<Grants>, trace_id: &TraceId) -> WasiCtx {
+        let mut wasi = builder(grants);
+        wasi.envs(&self.env)
+            .args(&self.args)
+            .stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(
+                self.stdin.clone(),
+            ))
+            .stdout(Captured {
+                sink: self.stdout.clone(),
+                log: GuestLog::new(grants.clone(), "stdout", trace_id.clone()),
+            })
+            .stderr(Captured {
+                sink: self.stderr.clone(),
+                log: GuestLog::new(grants.clone(), "stderr", trace_id.clone()),
+            });
+        wasi.build()
+    }
+}
+
+/// A command's output stream: to its sink and to the log.
+#[derive(Clone)]
+struct Captured {
+    sink: Arc<dyn OutputSink>,
+    log: GuestLog,
+}
+
+impl Captured {
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        self.sink.write(bytes);
+        self.log.write_bytes(bytes);
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for Captured {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for Captured {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.fresh())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.fresh())
+    }
+}
+
+impl Captured {
+    fn fresh(&self) -> Captured {
+        Captured {
+            sink: self.sink.clone(),
+            log: GuestLog::new(self.log.grants.clone(), self.log.stream, self.log.trace_id.clone()),
+        }
+    }
+}
+
+impl OutputStream for Captured {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.write_bytes(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for Captured {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for Captured {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.write_bytes(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 

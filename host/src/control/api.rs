@@ -13,6 +13,12 @@
 //! | DELETE | `/v1/apps/{name}` | undeploy |
 //! | GET | `/v1/apps/{app}/components/{c}/kv/{bucket}` | the bucket's keys ([`KeyList`](super::kv::KeyList)); with `?key=K`, the value (raw bytes; 404 unset) |
 //! | PUT / DELETE | `/v1/apps/{app}/components/{c}/kv/{bucket}?key=K` | set (the body) or delete one key; only buckets the manifest lists, values within `keyvalue.max_value_size` |
+//! | POST | `/v1/apps/{app}/components/{c}/runs` | start a job run ([`RunBody`](super::jobs::RunBody) JSON) → 202 `{"run": ID}`; with `?follow=1` its output as JSON lines ([`RunEvent`]) until it ends |
+//! | GET | `/v1/apps/{app}/components/{c}/runs[?limit=N]` | `{"runs": [...]}`, newest first, without output |
+//! | GET | `/v1/apps/{app}/components/{c}/runs/{id}` | one run with its output ([`RunRecord`](crate::jobs::RunRecord)) |
+//! | POST | `/v1/apps/{app}/components/{c}/runs/{id}/stop` | stops the run if it is going on this host |
+//! | GET | `/v1/jobs[/{app}]` | every job: schedule, next run, last runs ([`JobList`](super::jobs::JobList)) |
+//! | GET | `/v1/runs/{id}` | a run of any deployed job, with its output |
 //! | POST | `/v1/publish` | publish ([`PublishRequest`](super::PublishRequest)); with `request_timeout_ms`, wait for the reply ([`PublishReply`](super::PublishReply)) |
 //!
 //! Every endpoint but `/healthz` and `/readyz` (and `/metrics` with `[admin]
@@ -200,6 +206,15 @@ async fn endpoint(api: &AdminApi, req: Request<Incoming>) -> Response<Body> {
         (method, ["v1", "apps", app, "components", component, "kv", bucket]) => {
             kv(control, method, app, component, bucket, req).await
         }
+        (method, ["v1", "apps", app, "components", component, "runs", rest @ ..]) => {
+            runs(control, method, (app, component), rest, req).await
+        }
+        (&Method::GET, ["v1", "jobs"]) => job_list(control, None).await,
+        (&Method::GET, ["v1", "jobs", app]) => job_list(control, Some(app)).await,
+        (&Method::GET, ["v1", "runs", id]) => match control.find_run(id).await {
+            Ok(r) => body::json(StatusCode::OK, &r),
+            Err(e) => error(deploy_status(&e), e.to_string()),
+        },
         (&Method::GET, ["v1", "subscribe"]) => {
             let Some(subject) = query_param(req.uri().query(), "subject") else {
                 return error(
@@ -220,8 +235,166 @@ async fn endpoint(api: &AdminApi, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// Reads a JSON request body of at most [`MAX_DEPLOY_REQUEST`] bytes; the error is the
-/// response to send (413 or 400).
+/// `GET /v1/jobs[/{app}]`.
+async fn job_list(control: &ControlPlane, app: Option<&str>) -> Response<Body> {
+    match control.job_list(app).await {
+        Ok(list) => body::json(StatusCode::OK, &list),
+        Err(e) => error(deploy_status(&e), e.to_string()),
+    }
+}
+
+/// `/v1/apps/{app}/components/{c}/runs[/{id}[/stop]]`: start a run (`POST`, with
+/// `?follow=1` its output as JSON lines until it ends), list runs (`GET`, newest
+/// first, `?limit=N`), one run with its output (`GET …/{id}`), stop a run going on
+/// this host (`POST …/{id}/stop`).
+async fn runs(
+    control: &ControlPlane,
+    method: &Method,
+    (app, component): (&str, &str),
+    rest: &[&str],
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let fail = |e: DeployError| error(deploy_status(&e), e.to_string());
+    match (method, rest) {
+        (&Method::POST, []) => {
+            let follow = query_param(req.uri().query(), "follow").is_some_and(|v| v != "0");
+            let body: super::jobs::RunBody = match read_json(req, "run request").await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            match control.start_run(app, component, body) {
+                Ok(started) if follow => follow_run(control, started),
+                Ok(started) => body::json(
+                    StatusCode::ACCEPTED,
+                    &serde_json::json!({ "run": started.id }),
+                ),
+                Err(e) => fail(e),
+            }
+        }
+        (&Method::GET, []) => {
+            let limit = query_param(req.uri().query(), "limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(super::jobs::MAX_LISTED_RUNS);
+            match control.runs(app, component, limit).await {
+                Ok(runs) => body::json(StatusCode::OK, &serde_json::json!({ "runs": runs })),
+                Err(e) => fail(e),
+            }
+        }
+        (&Method::GET, [id]) => match control.run(app, component, id).await {
+            Ok(r) => body::json(StatusCode::OK, &r),
+            Err(e) => fail(e),
+        },
+        (&Method::POST, [id, "stop"]) => match control.stop_run(app, component, id) {
+            Ok(stopped) => body::json(
+                StatusCode::OK,
+                &serde_json::json!({ "run": id, "stopped": stopped }),
+            ),
+            Err(e) => fail(e),
+        },
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "runs: POST …/runs, GET …/runs, GET …/runs/{id}, POST …/runs/{id}/stop",
+        ),
+    }
+}
+
+/// One line of a followed run ([`follow_run`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunEvent {
+    /// The run's id (first line).
+    Run(String),
+    /// Output: which stream, and the bytes in base64.
+    Output {
+        /// `stdout` or `stderr`.
+        stream: crate::jobs::Stream,
+        /// base64
+        data: String,
+    },
+    /// Output chunks this follower fell too far behind to receive (they are in the
+    /// run's history, up to its bound).
+    Lost(u64),
+    /// The run ended (last line): its record, with the output tails.
+    Done(Box<crate::jobs::RunRecord>),
+}
+
+/// Streams a run's output as JSON lines ([`RunEvent`]) until it ends. The run goes on
+/// if the follower goes away.
+fn follow_run(control: &ControlPlane, started: crate::jobs::Started) -> Response<Body> {
+    use base64::Engine as _;
+    use futures::StreamExt;
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    fn line(event: &RunEvent) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec(event).unwrap_or_default();
+        bytes.push(b'\n');
+        bytes
+    }
+    fn chunk_event(c: crate::jobs::Chunk) -> RunEvent {
+        RunEvent::Output {
+            stream: c.stream,
+            data: base64::engine::general_purpose::STANDARD.encode(&c.data),
+        }
+    }
+    struct State {
+        first: Option<Vec<u8>>,
+        follow: tokio::sync::broadcast::Receiver<crate::jobs::Chunk>,
+        done: Option<tokio::sync::oneshot::Receiver<crate::jobs::RunRecord>>,
+        stop: tokio_util::sync::CancellationToken,
+    }
+    let state = State {
+        first: Some(line(&RunEvent::Run(started.id))),
+        follow: started.follow,
+        done: Some(started.done),
+        stop: control.shutdown.clone(),
+    };
+    let events = futures::stream::unfold(state, |mut st| async move {
+        if let Some(first) = st.first.take() {
+            return Some((first, st));
+        }
+        let done = st.done.as_mut()?;
+        loop {
+            tokio::select! {
+                c = st.follow.recv() => match c {
+                    Ok(c) => return Some((line(&chunk_event(c)), st)),
+                    Err(RecvError::Lagged(n)) => return Some((line(&RunEvent::Lost(n)), st)),
+                    // No more output: wait for the record.
+                    Err(RecvError::Closed) => {
+                        let record = done.await.ok()?;
+                        st.done = None;
+                        return Some((line(&RunEvent::Done(Box::new(record))), st));
+                    }
+                },
+                record = &mut *done => {
+                    // Everything written is in the channel by now.
+                    let mut out = Vec::new();
+                    loop {
+                        match st.follow.try_recv() {
+                            Ok(c) => out.extend(line(&chunk_event(c))),
+                            Err(TryRecvError::Lagged(n)) => out.extend(line(&RunEvent::Lost(n))),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Ok(record) = record {
+                        out.extend(line(&RunEvent::Done(Box::new(record))));
+                    }
+                    st.done = None;
+                    return Some((out, st));
+                }
+                _ = st.stop.cancelled() => return None,
+            }
+        }
+    })
+    .map(|bytes| {
+        Ok::<_, wasmtime_wasi_http::Error>(http_body::Frame::data(bytes::Bytes::from(bytes)))
+    });
+    let mut r = Response::new(http_body_util::StreamBody::new(events).boxed_unsync());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
+}
+
 /// `/v1/apps/{app}/components/{c}/kv/{bucket}`: list its keys (`GET`), or with
 /// `?key=K` read (`GET`, the raw value; 404 when unset), write (`PUT`, the body) or
 /// delete (`DELETE`) one.
@@ -279,6 +452,8 @@ async fn kv(
     result.unwrap_or_else(|e| error(deploy_status(&e), e.to_string()))
 }
 
+/// Reads a JSON request body of at most [`MAX_DEPLOY_REQUEST`] bytes; the error is the
+/// response to send (413 or 400).
 async fn read_json<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
     what: &str,
@@ -459,6 +634,7 @@ fn deploy_status(e: &DeployError) -> StatusCode {
     match e {
         DeployError::NotFound(_) | DeployError::Missing(_) => StatusCode::NOT_FOUND,
         DeployError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        DeployError::Invalid(_) => StatusCode::BAD_REQUEST,
         DeployError::Joining(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     }

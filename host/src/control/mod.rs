@@ -12,6 +12,7 @@ pub mod api;
 pub mod blobs;
 pub mod client;
 mod converge;
+pub mod jobs;
 pub mod kv;
 pub mod metrics;
 mod prepare;
@@ -105,6 +106,9 @@ pub enum DeployError {
     /// Persisting the deployment failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// A request is malformed (400).
+    #[error("{0}")]
+    Invalid(String),
     /// The host has not joined its lattice yet (NATS was not reachable): a deploy
     /// now would reach this host only.
     #[error(
@@ -174,6 +178,8 @@ pub struct ControlPlane {
     mesh: Arc<crate::mesh::MeshRouter>,
     /// Message handlers running now (waited for at shutdown).
     handlers: tokio_util::task::TaskTracker,
+    /// Job runs, schedules and history.
+    jobs: Arc<crate::jobs::Jobs>,
     /// Stops the message subscriptions of each deployed app version.
     subscriptions: std::sync::Mutex<BTreeMap<String, Subscribed>>,
     shutdown: CancellationToken,
@@ -231,12 +237,22 @@ impl ControlPlane {
         std::fs::create_dir_all(&records)?;
         let requests = Arc::new(RequestMetrics::default());
         let mesh = crate::mesh::MeshRouter::new(apps.clone(), requests.clone(), lattice.clone());
-        let registry = metrics::registry(
+        let mut registry = metrics::registry(
             apps.clone(),
             &requests,
             runtime.host_memory().clone(),
             mesh.clone(),
         );
+        let jobs = crate::jobs::Jobs::new(
+            Some(kv.clone()),
+            config
+                .lattice
+                .host_name
+                .clone()
+                .unwrap_or_else(crate::lattice::hosts::machine_name),
+            requests.clone(),
+        );
+        jobs.register(&mut registry);
         Ok(ControlPlane {
             runtime,
             apps,
@@ -250,6 +266,7 @@ impl ControlPlane {
             bus,
             mesh,
             handlers: tokio_util::task::TaskTracker::new(),
+            jobs,
             subscriptions: Default::default(),
             shutdown,
             lattice,
@@ -461,6 +478,9 @@ impl ControlPlane {
                     self.handlers.clone(),
                 )
                 .await?;
+                self.jobs
+                    .start(c.clone(), self.bus.clone(), subscriptions.clone())
+                    .await?;
                 if let Some(l) = self.lattice()
                     && c.flavor.is_some()
                 {
@@ -644,6 +664,7 @@ impl ControlPlane {
     /// Waits (at most `timeout`) for message handlers still running; call after
     /// shutdown stopped the subscriptions.
     pub async fn drain(&self, timeout: std::time::Duration) {
+        self.jobs.drain(timeout).await;
         self.handlers.close();
         if tokio::time::timeout(timeout, self.handlers.wait())
             .await

@@ -105,7 +105,8 @@ impl Me {
     }
 }
 
-fn machine_name() -> String {
+/// The machine's host name (`wasmhive` if it has none).
+pub fn machine_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|s| s.trim().to_string())

@@ -50,6 +50,9 @@ pub enum InvokeError {
         /// The trap that followed.
         detail: String,
     },
+    /// The invocation was stopped before its end (a replaced or cancelled job run).
+    #[error("stopped: {0}")]
+    Cancelled(String),
     /// The invocation ran past its deadline and was killed.
     #[error("deadline of {0:?} exceeded")]
     Timeout(std::time::Duration),
@@ -87,6 +90,8 @@ pub(super) struct Inner {
     pub(super) p3: Option<P3Handler>,
     /// Set when the component exports a message handler.
     pub(super) messages: Option<super::message::Indices>,
+    /// Set when the component exports `wasi:cli/run`.
+    pub(super) command: Option<super::run::Indices>,
     /// The component's exports by name.
     exports: Vec<String>,
     /// Makes stores; keeps the shared loaded code alive (see `Runtime::load`).
@@ -124,6 +129,16 @@ pub(crate) fn to_nanos(t: Instant) -> u64 {
 /// The instant `n` [`to_nanos`] units stand for.
 pub(crate) fn from_nanos(n: u64) -> Instant {
     *BASE + Duration::from_nanos(n)
+}
+
+/// How [`PreparedComponent::run_with`] runs a call.
+pub(crate) struct RunOptions {
+    /// The deadline, from the start of the call.
+    pub(crate) timeout: Duration,
+    /// A fresh instance, dropped afterwards.
+    pub(crate) fresh: bool,
+    /// Stops the call.
+    pub(crate) cancel: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// A call into one export of an instance, for [`PreparedComponent::run`].
@@ -167,12 +182,14 @@ impl PreparedComponent {
             }
         };
         let messages = super::message::indices(&pre, &exports)?;
+        let command = super::run::indices(&pre, &exports)?;
         Ok(PreparedComponent {
             inner: Arc::new(Inner {
                 pre,
                 proxy,
                 p3,
                 messages,
+                command,
                 exports,
                 stores,
                 flavor,
@@ -220,7 +237,12 @@ impl PreparedComponent {
     /// reuse and one is fresh enough, else a new store (instantiated by the caller on
     /// first use). Its deadline is set to `deadline` and `invocation` is started in it.
     pub(super) fn acquire(&self, invocation: Invocation, deadline: Instant) -> Live {
-        let warm = if self.max_requests() > 1 {
+        self.acquire_with(invocation, deadline, false)
+    }
+
+    /// [`PreparedComponent::acquire`]; `fresh` never takes a pooled instance.
+    fn acquire_with(&self, invocation: Invocation, deadline: Instant, fresh: bool) -> Live {
+        let warm = if !fresh && self.max_requests() > 1 {
             self.take_warm()
         } else {
             None
@@ -302,29 +324,67 @@ impl PreparedComponent {
         guard: G,
         call: C,
     ) -> Result<C::Output, InvokeError> {
+        let options = RunOptions {
+            timeout: self.inner.stores.limits.timeout,
+            fresh: false,
+            cancel: None,
+        };
+        self.run_with(invocation, guard, call, options).await
+    }
+
+    /// [`PreparedComponent::run`] with its own deadline, a fresh instance that is not
+    /// reused (`fresh`), and a token that stops it.
+    pub(crate) async fn run_with<C: ExportCall, G: Send + 'static>(
+        &self,
+        invocation: Invocation,
+        guard: G,
+        call: C,
+        options: RunOptions,
+    ) -> Result<C::Output, InvokeError> {
         self.wait_cpu_turn().await;
-        let timeout = self.inner.stores.limits.timeout;
+        let RunOptions {
+            timeout,
+            fresh,
+            cancel,
+        } = options;
         let deadline = Instant::now() + timeout;
         let this = self.clone();
         let task = tokio::spawn(async move {
-            let mut live = this.acquire(invocation, deadline);
+            let mut live = this.acquire_with(invocation, deadline, fresh);
             let run = async {
                 let instance = this.instance(&mut live).await?;
                 call.call(&mut live.store, instance)
                     .await
-                    .map_err(|e| this.classify(e, Phase::Call, &live.memory_hit))
+                    .map_err(|e| this.classify_after(e, &live.memory_hit, timeout))
             };
-            let result = match tokio::time::timeout_at(deadline.into(), run).await {
-                Ok(r) => r,
-                Err(_) => Err(InvokeError::Timeout(timeout)),
+            let cancelled = async {
+                match &cancel {
+                    Some(c) => c.cancelled().await,
+                    None => std::future::pending().await,
+                }
             };
-            this.release(live, result.is_ok());
+            let result = tokio::select! {
+                r = tokio::time::timeout_at(deadline.into(), run) => match r {
+                    Ok(r) => r,
+                    Err(_) => Err(InvokeError::Timeout(timeout)),
+                },
+                _ = cancelled => Err(InvokeError::Cancelled("the run was stopped".into())),
+            };
+            this.release(live, result.is_ok() && !fresh);
             drop(guard);
             result
         });
         task.await.unwrap_or_else(|join| {
             Err(InvokeError::Host(format!("invocation task failed: {join}")))
         })
+    }
+
+    /// [`PreparedComponent::classify`] for a call with its own deadline of `timeout`.
+    fn classify_after(&self, e: wasmtime::Error, memory_hit: &AtomicU8, timeout: Duration) -> InvokeError {
+        match self.classify(e, Phase::Call, memory_hit) {
+            InvokeError::Timeout(_) => InvokeError::Timeout(timeout),
+            other => other,
+        }
     }
 
     /// Sorts a wasmtime error into what a caller can act on.
@@ -467,5 +527,6 @@ pub(crate) fn http_invocation(headers: &http::HeaderMap) -> Invocation {
         request_id,
         reply_to: None,
         identity,
+        command: None,
     }
 }

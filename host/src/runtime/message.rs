@@ -79,6 +79,7 @@ impl PreparedComponent {
             request_id: None,
             reply_to: message.reply_to.clone(),
             identity: None,
+            command: None,
         };
         self.run(invocation, guard, HandleMessage(indices, message))
             .await?

@@ -16,6 +16,7 @@ mod inspect;
 mod invoke;
 mod message;
 mod p3;
+mod run;
 mod state;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use wasmtime::component::{Component, Linker};
 pub use cache::{CompileOrigin, LoadInfo};
 pub use inspect::{ComponentInterface, HttpFlavor};
 pub use invoke::{InvokeError, PreparedComponent};
+pub use run::CommandRun;
 pub use state::{HostMemory, HostSide, InstanceState};
 
 use crate::capability::Grants;

@@ -33,10 +33,35 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::apps::DeployedComponent;
+use crate::bus::Message;
 use crate::bus::nats::{NatsBus, SubjectSpace, from_nats};
 use crate::envelope::Failure;
 use crate::envelope::failure::{self, Settle};
+use crate::scaler::Permit;
 use crate::telemetry::metrics::RequestMetrics;
+
+/// What handles one durable message (admitted: `Permit` held).
+pub type Handler = Arc<
+    dyn Fn(Message, Permit) -> futures::future::BoxFuture<'static, Result<(), Failure>>
+        + Send
+        + Sync,
+>;
+
+/// One durable consumer: the subjects it takes, its name, and how failures are
+/// retried.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Subjects (as the component sees them).
+    pub subjects: Vec<String>,
+    /// The consumer's name, shared by every host running the component.
+    pub group: String,
+    /// Deliveries before dead-lettering.
+    pub max_deliver: u32,
+    /// Delays before redeliveries.
+    pub backoff: Vec<Duration>,
+    /// How long a delivery may take before the server redelivers it.
+    pub ack_wait: Duration,
+}
 
 /// Added to the component's timeout to get the consumer's ack wait.
 pub const ACK_MARGIN: Duration = Duration::from_secs(5);
@@ -83,17 +108,49 @@ pub async fn start(
     stop: CancellationToken,
     handlers: TaskTracker,
 ) -> anyhow::Result<()> {
+    let delivery = Delivery {
+        subjects: component.spec.caps.messaging.subscribe.clone(),
+        group: super::queue_group(&component),
+        max_deliver: component
+            .spec
+            .triggers
+            .message
+            .max_deliver
+            .unwrap_or(DEFAULT_MAX_DELIVER),
+        backoff: component.spec.triggers.message.backoff.clone(),
+        ack_wait: component.timeout + ACK_MARGIN,
+    };
+    let handler: Handler = {
+        let component = component.clone();
+        Arc::new(move |message, permit| {
+            let (component, metrics) = (component.clone(), metrics.clone());
+            Box::pin(async move { super::handle(&component, &metrics, message, permit).await })
+        })
+    };
+    start_with(component, delivery, handler, bus, stop, handlers).await
+}
+
+/// [`start`] for any durable consumer of a component: `delivery` says what it takes,
+/// `handler` handles each message.
+pub async fn start_with(
+    component: Arc<DeployedComponent>,
+    delivery: Delivery,
+    handler: Handler,
+    bus: NatsBus,
+    stop: CancellationToken,
+    handlers: TaskTracker,
+) -> anyhow::Result<()> {
     use crate::bus::Bus;
+    let delivery = Arc::new(delivery);
     let js = jetstream::new(bus.client().clone());
     let space = bus.space().clone();
     if bus.connected() {
-        let (consumer, max_deliver) = setup(&component, &bus, &js).await?;
+        let consumer = setup(&component, &delivery, &bus, &js).await?;
         tokio::spawn(pull_loop(
             component,
             (js, space),
             consumer,
-            max_deliver,
-            metrics,
+            (delivery, handler),
             stop,
             handlers,
         ));
@@ -103,14 +160,13 @@ pub async fn start(
     tokio::spawn(async move {
         loop {
             if bus.connected() {
-                match setup(&component, &bus, &js).await {
-                    Ok((consumer, max_deliver)) => {
+                match setup(&component, &delivery, &bus, &js).await {
+                    Ok(consumer) => {
                         return pull_loop(
                             component,
                             (js, space),
                             consumer,
-                            max_deliver,
-                            metrics,
+                            (delivery, handler),
                             stop,
                             handlers,
                         )
@@ -131,23 +187,16 @@ pub async fn start(
 }
 
 /// Creates or updates the events stream, the dead-letter stream and the component's
-/// consumer; returns the consumer and the deliveries before dead-lettering.
+/// consumer.
 async fn setup(
     component: &DeployedComponent,
+    delivery: &Delivery,
     bus: &NatsBus,
     js: &jetstream::Context,
-) -> anyhow::Result<(jetstream::consumer::PullConsumer, u32)> {
+) -> anyhow::Result<jetstream::consumer::PullConsumer> {
     let space = bus.space();
-    let subscribe: Vec<String> = component
-        .spec
-        .caps
-        .messaging
-        .subscribe
-        .iter()
-        .map(|s| space.outer(s))
-        .collect();
+    let subscribe: Vec<String> = delivery.subjects.iter().map(|s| space.outer(s)).collect();
     let subscribe = &subscribe;
-    let delivery = &component.spec.triggers.message;
     let events = space.stream(EVENTS_STREAM);
     let mut stream = events_stream(js, subscribe, bus.replicas(), &events).await?;
     // From now on this host's publishes to these subjects wait for JetStream to
@@ -169,12 +218,12 @@ async fn setup(
     })
     .await
     .map_err(|e| anyhow::anyhow!("cannot create JetStream stream {dlq}: {e}"))?;
-    let name = consumer_name(&super::queue_group(component));
-    let max_deliver = delivery.max_deliver.unwrap_or(DEFAULT_MAX_DELIVER);
+    let name = consumer_name(&delivery.group);
+    let max_deliver = delivery.max_deliver;
     let consumer_cfg = pull::Config {
         durable_name: Some(name.clone()),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        ack_wait: component.timeout + ACK_MARGIN,
+        ack_wait: delivery.ack_wait,
         // The host counts deliveries and dead-letters itself; the server keeps
         // redelivering, so a delivery lost to a crash is not the end of a message.
         max_deliver: -1,
@@ -194,7 +243,7 @@ async fn setup(
                 .map_err(|e| anyhow::anyhow!("cannot create JetStream consumer {name}: {e}"))?,
         };
     tracing::info!(component = %component.id, stream = %events, consumer = %name, max_deliver, "durable subscription");
-    Ok((consumer, max_deliver))
+    Ok(consumer)
 }
 
 /// The events stream, created or widened to capture `subjects`. Other hosts may
@@ -272,8 +321,7 @@ async fn pull_loop(
     component: Arc<DeployedComponent>,
     (js, space): (jetstream::Context, SubjectSpace),
     consumer: jetstream::consumer::PullConsumer,
-    max_deliver: u32,
-    metrics: Arc<RequestMetrics>,
+    (delivery, handler): (Arc<Delivery>, Handler),
     stop: CancellationToken,
     handlers: TaskTracker,
 ) {
@@ -343,10 +391,9 @@ async fn pull_loop(
             handlers.spawn(settle(
                 component.clone(),
                 (js.clone(), space.clone()),
-                metrics.clone(),
+                (delivery.clone(), handler.clone()),
                 message,
                 permit,
-                max_deliver,
             ));
         }
     }
@@ -358,11 +405,11 @@ async fn pull_loop(
 async fn settle(
     component: Arc<DeployedComponent>,
     (js, space): (jetstream::Context, SubjectSpace),
-    metrics: Arc<RequestMetrics>,
+    (delivery, handler): (Arc<Delivery>, Handler),
     message: jetstream::Message,
-    permit: crate::scaler::Permit,
-    max_deliver: u32,
+    permit: Permit,
 ) {
+    let max_deliver = delivery.max_deliver;
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
     let mut bus_message = from_nats(message.message.clone());
     // The reply subject of a JetStream delivery is the ack protocol's, not a
@@ -370,8 +417,8 @@ async fn settle(
     bus_message.reply_to = None;
     bus_message.subject = space.inner(&bus_message.subject);
     let subject = bus_message.subject.clone();
-    let result = super::handle(&component, &metrics, bus_message, permit).await;
-    let backoff = &component.spec.triggers.message.backoff;
+    let result = handler(bus_message, permit).await;
+    let backoff = &delivery.backoff;
     let outcome = match result
         .as_ref()
         .map_err(|e| (e, failure::settle(delivered, max_deliver, backoff)))

@@ -15,6 +15,7 @@
 //! docs/adr/0011 for a worked example.
 
 pub mod http;
+pub mod job;
 pub mod mesh;
 pub mod message;
 pub mod rules;
@@ -168,6 +169,8 @@ triggers! {
     message: message::MessageTrigger,
     /// Calls from other components by name (no keys: callers list it under `calls`).
     mesh: mesh::MeshTrigger,
+    /// Runs of its `wasi:cli/run` export: `[job]`.
+    job: job::JobTrigger,
 }
 
 #[cfg(test)]
@@ -179,7 +182,7 @@ mod tests {
         let mut specs = Specs::default();
         let caps = capability::Specs::default();
         let e = specs
-            .check_exports(&caps, &["wasi:cli/run@0.2.0".into()])
+            .check_exports(&caps, &["wasi:cli/environment@0.2.0".into()])
             .unwrap_err();
         assert!(e.contains("exports no handler this host can call"), "{e}");
         assert!(e.contains("wasmcloud:messaging/handler@0.2.x"), "{e}");
@@ -205,10 +208,11 @@ mod tests {
             <http::HttpTrigger as Labelled>::LABEL,
             <message::MessageTrigger as Labelled>::LABEL,
             <mesh::MeshTrigger as Labelled>::LABEL,
+            <job::JobTrigger as Labelled>::LABEL,
         ];
         for (i, l) in labels.iter().enumerate() {
             assert_eq!(l.slot, i);
         }
-        assert_eq!(labels.map(|l| l.name), ["http", "message", "mesh"]);
+        assert_eq!(labels.map(|l| l.name), ["http", "message", "mesh", "job"]);
     }
 }
