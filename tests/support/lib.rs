@@ -23,6 +23,7 @@ pub const FIXTURES: &[&str] = &[
     "faults",
     "flaky",
     "inspect-request",
+    "job",
     "kv-store",
     "messenger",
     "outbound-call",
@@ -322,6 +323,14 @@ impl Host {
             .arg(&self.data_dir)
             .env_remove("WASMHIVE_ADMIN_TOKEN")
             .env_remove("WASMHIVE_ADMIN");
+        cmd
+    }
+
+    /// `wasmhive ARGS... --admin ... --data-dir ... -- REST...`: [`Host::cli_command`]
+    /// for commands that take trailing arguments after `--` (`wasmhive run`).
+    pub fn cli_command_then(&self, args: &[&str], rest: &[&str]) -> Command {
+        let mut cmd = self.cli_command(args);
+        cmd.arg("--").args(rest);
         cmd
     }
 

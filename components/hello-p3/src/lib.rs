@@ -268,7 +268,9 @@ fn trap_after_head() -> Response {
         wit_future::new::<Result<Option<Trailers>, ErrorCode>>(|| Ok(None));
     let (response, _sent) = Response::new(Fields::new(), Some(body_rx), trailers_rx);
     wasip3::spawn_local(async move {
-        let _ = body_tx.write_all(b"the first part of the body".to_vec()).await;
+        let _ = body_tx
+            .write_all(b"the first part of the body".to_vec())
+            .await;
         panic!("hello-p3: /trap-after-head traps after its response head");
     });
     response

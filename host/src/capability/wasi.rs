@@ -217,7 +217,11 @@ impl Captured {
     fn fresh(&self) -> Captured {
         Captured {
             sink: self.sink.clone(),
-            log: GuestLog::new(self.log.grants.clone(), self.log.stream, self.log.trace_id.clone()),
+            log: GuestLog::new(
+                self.log.grants.clone(),
+                self.log.stream,
+                self.log.trace_id.clone(),
+            ),
         }
     }
 }

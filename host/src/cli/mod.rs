@@ -1,5 +1,7 @@
 //! The `wasmhive` command line: `up`, `deploy`, `undeploy`, `stop`, `start`, `status`, `hosts`, `kv`, `validate`, `publish`, `subscribe`.
 
+mod jobs;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -172,6 +174,19 @@ impl UpArgs {
         }
         Ok((cfg, self.manifests))
     }
+}
+
+/// `wasmhive jobs ...`
+#[derive(Subcommand)]
+enum JobsOp {
+    /// A finished run's output (the last 32 KiB of stdout and of stderr) and how it
+    /// ended.
+    Logs {
+        /// The run's id (from `wasmhive jobs` or `wasmhive run --detach`).
+        run: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// `wasmhive kv ...`
@@ -377,6 +392,43 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Run a job now on a host: its output is printed as it is written, and this
+    /// command ends with the run's exit code (70: it trapped; 124: it ran past its
+    /// deadline; 69: it could not start or was stopped).
+    Run {
+        /// App.
+        app: String,
+        /// Component (it must export wasi:cli/run).
+        component: String,
+        /// The run's stdin: a file, or `-` for this command's stdin.
+        #[arg(long)]
+        stdin: Option<PathBuf>,
+        /// A variable added to the component's environment, `K=V` (repeatable).
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        /// Print the run's id and return at once.
+        #[arg(long)]
+        detach: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Arguments after the program name (default: the job's `args`), after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// List jobs with their schedule, next run and latest runs; `jobs logs RUN_ID`
+    /// prints a run's output.
+    #[command(args_conflicts_with_subcommands = true)]
+    Jobs {
+        #[command(subcommand)]
+        op: Option<JobsOp>,
+        /// Only this app's jobs.
+        app: Option<String>,
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Check a manifest and its components without a running host.
     Validate {
         /// The app manifest.
@@ -403,6 +455,9 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<jobs::ExitWith>().is_some() => {
+            ExitCode::from(e.downcast_ref::<jobs::ExitWith>().map_or(1, |x| x.0))
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -489,6 +544,43 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .client()?
                 .subscribe(&subject, count, duration, json)
                 .await?;
+            Ok(())
+        }
+        Command::Run {
+            app,
+            component,
+            stdin,
+            env,
+            detach,
+            admin,
+            args,
+        } => {
+            let run = jobs::RunArgs {
+                app,
+                component,
+                args: (!args.is_empty()).then_some(args),
+                stdin,
+                env: pairs("--env", env)?,
+                detach,
+            };
+            jobs::run(&admin.client()?, run).await
+        }
+        Command::Jobs {
+            op: Some(JobsOp::Logs { run, admin }),
+            ..
+        } => jobs::logs(&admin.client()?, &run).await,
+        Command::Jobs {
+            op: None,
+            app,
+            json,
+            admin,
+        } => {
+            let list = admin.client()?.jobs(app.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", list.render());
+            }
             Ok(())
         }
         Command::Validate { manifest, data_dir } => {
@@ -698,12 +790,17 @@ async fn set_stopped(
 
 /// `--header K=V` flags as pairs.
 fn header_pairs(headers: Vec<String>) -> anyhow::Result<Vec<(String, String)>> {
-    headers
+    pairs("--header", headers)
+}
+
+/// `--FLAG K=V` values as pairs.
+fn pairs(flag: &str, items: Vec<String>) -> anyhow::Result<Vec<(String, String)>> {
+    items
         .into_iter()
         .map(|h| {
             h.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| anyhow::anyhow!("--header {h:?}: expected K=V"))
+                .ok_or_else(|| anyhow::anyhow!("{flag} {h:?}: expected K=V"))
         })
         .collect()
 }

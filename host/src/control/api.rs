@@ -206,9 +206,18 @@ async fn endpoint(api: &AdminApi, req: Request<Incoming>) -> Response<Body> {
         (method, ["v1", "apps", app, "components", component, "kv", bucket]) => {
             kv(control, method, app, component, bucket, req).await
         }
-        (method, ["v1", "apps", app, "components", component, "runs", rest @ ..]) => {
-            runs(control, method, (app, component), rest, req).await
-        }
+        (
+            method,
+            [
+                "v1",
+                "apps",
+                app,
+                "components",
+                component,
+                "runs",
+                rest @ ..,
+            ],
+        ) => runs(control, method, (app, component), rest, req).await,
         (&Method::GET, ["v1", "jobs"]) => job_list(control, None).await,
         (&Method::GET, ["v1", "jobs", app]) => job_list(control, Some(app)).await,
         (&Method::GET, ["v1", "runs", id]) => match control.find_run(id).await {
@@ -352,36 +361,34 @@ fn follow_run(control: &ControlPlane, started: crate::jobs::Started) -> Response
             return Some((first, st));
         }
         let done = st.done.as_mut()?;
-        loop {
-            tokio::select! {
-                c = st.follow.recv() => match c {
-                    Ok(c) => return Some((line(&chunk_event(c)), st)),
-                    Err(RecvError::Lagged(n)) => return Some((line(&RunEvent::Lost(n)), st)),
-                    // No more output: wait for the record.
-                    Err(RecvError::Closed) => {
-                        let record = done.await.ok()?;
-                        st.done = None;
-                        return Some((line(&RunEvent::Done(Box::new(record))), st));
-                    }
-                },
-                record = &mut *done => {
-                    // Everything written is in the channel by now.
-                    let mut out = Vec::new();
-                    loop {
-                        match st.follow.try_recv() {
-                            Ok(c) => out.extend(line(&chunk_event(c))),
-                            Err(TryRecvError::Lagged(n)) => out.extend(line(&RunEvent::Lost(n))),
-                            Err(_) => break,
-                        }
-                    }
-                    if let Ok(record) = record {
-                        out.extend(line(&RunEvent::Done(Box::new(record))));
-                    }
+        tokio::select! {
+            c = st.follow.recv() => match c {
+                Ok(c) => Some((line(&chunk_event(c)), st)),
+                Err(RecvError::Lagged(n)) => Some((line(&RunEvent::Lost(n)), st)),
+                // No more output: wait for the record.
+                Err(RecvError::Closed) => {
+                    let record = done.await.ok()?;
                     st.done = None;
-                    return Some((out, st));
+                    Some((line(&RunEvent::Done(Box::new(record))), st))
                 }
-                _ = st.stop.cancelled() => return None,
+            },
+            record = &mut *done => {
+                // Everything written is in the channel by now.
+                let mut out = Vec::new();
+                loop {
+                    match st.follow.try_recv() {
+                        Ok(c) => out.extend(line(&chunk_event(c))),
+                        Err(TryRecvError::Lagged(n)) => out.extend(line(&RunEvent::Lost(n))),
+                        Err(_) => break,
+                    }
+                }
+                if let Ok(record) = record {
+                    out.extend(line(&RunEvent::Done(Box::new(record))));
+                }
+                st.done = None;
+                Some((out, st))
             }
+            _ = st.stop.cancelled() => None,
         }
     })
     .map(|bytes| {

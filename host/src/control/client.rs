@@ -236,6 +236,41 @@ impl AdminClient {
         }
     }
 
+    /// Starts a run of a job (`POST …/runs`); with `follow`, the response streams its
+    /// output as JSON lines ([`super::api::RunEvent`]), else it is `{"run": ID}`.
+    pub async fn start_run(
+        &self,
+        (app, component): (&str, &str),
+        body: &super::jobs::RunBody,
+        follow: bool,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut path = format!("/v1/apps/{app}/components/{component}/runs");
+        if follow {
+            path.push_str("?follow=1");
+        }
+        let resp = self
+            .request(reqwest::Method::POST, &path)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.check(resp).await
+    }
+
+    /// `GET /v1/jobs[/{app}]`.
+    pub async fn jobs(&self, app: Option<&str>) -> anyhow::Result<super::jobs::JobList> {
+        let path = match app {
+            Some(a) => format!("/v1/jobs/{a}"),
+            None => "/v1/jobs".to_string(),
+        };
+        self.get_json(&path, "jobs").await
+    }
+
+    /// `GET /v1/runs/{id}`: a run with its output.
+    pub async fn run_record(&self, id: &str) -> anyhow::Result<crate::jobs::RunRecord> {
+        self.get_json(&format!("/v1/runs/{id}"), "run").await
+    }
+
     /// The host's status document.
     pub async fn status(&self) -> anyhow::Result<HostStatus> {
         self.get_json("/v1/status", "status").await

@@ -134,7 +134,12 @@ impl ControlPlane {
     }
 
     /// The run `id` of `app/component`, with its output.
-    pub async fn run(&self, app: &str, component: &str, id: &str) -> Result<RunRecord, DeployError> {
+    pub async fn run(
+        &self,
+        app: &str,
+        component: &str,
+        id: &str,
+    ) -> Result<RunRecord, DeployError> {
         self.component(app, component)?;
         let history = self.jobs.history(app, component).map_err(job_error)?;
         history
@@ -210,5 +215,101 @@ impl ControlPlane {
             });
         }
         Ok(JobList { jobs })
+    }
+}
+
+/// A Unix-millisecond time as `YYYY-MM-DD HH:MM:SS` UTC.
+fn utc(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Left-aligned columns.
+fn columns(rows: &[Vec<String>], indent: &str) -> String {
+    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(indent);
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+impl JobList {
+    /// A human-readable listing: one line per job, then its latest runs.
+    pub fn render(&self) -> String {
+        if self.jobs.is_empty() {
+            return "no jobs deployed (a component with a [job] section or a wasi:cli/run export)\n".into();
+        }
+        let mut out = String::new();
+        for job in &self.jobs {
+            let when = match (&job.schedule, job.on_message.is_empty()) {
+                (Some(s), _) if job.timezone != "UTC" => format!("{s} ({})", job.timezone),
+                (Some(s), _) => s.clone(),
+                (None, false) => format!("on message {}", job.on_message.join(", ")),
+                (None, true) => "on demand".into(),
+            };
+            let header = vec![
+                vec![
+                    "APP".to_string(),
+                    "COMPONENT".into(),
+                    "SCHEDULE".into(),
+                    "NEXT RUN (UTC)".into(),
+                    "CONCURRENCY".into(),
+                ],
+                vec![
+                    job.app.clone(),
+                    job.component.clone(),
+                    when,
+                    job.next_run_ms.map(utc).unwrap_or_else(|| "-".into()),
+                    job.concurrency.clone(),
+                ],
+            ];
+            out.push_str(&columns(&header, ""));
+            if let Some(e) = &job.history_error {
+                out.push_str(&format!("  history unavailable: {e}\n"));
+            } else if job.runs.is_empty() {
+                out.push_str("  no runs yet\n");
+            } else {
+                let mut rows = vec![vec![
+                    "RUN".to_string(),
+                    "TRIGGER".into(),
+                    "STARTED (UTC)".into(),
+                    "DURATION".into(),
+                    "RESULT".into(),
+                    "OUTPUT".into(),
+                ]];
+                for r in &job.runs {
+                    rows.push(vec![
+                        r.id.clone(),
+                        r.trigger.as_str().into(),
+                        utc(r.started_ms),
+                        r.duration_ms
+                            .map(|d| format!("{:.2}s", d as f64 / 1000.0))
+                            .unwrap_or_else(|| "-".into()),
+                        crate::jobs::describe(r),
+                        format!("{} B", r.stdout_bytes + r.stderr_bytes),
+                    ]);
+                }
+                out.push_str(&columns(&rows, "  "));
+            }
+            out.push('\n');
+        }
+        out
     }
 }

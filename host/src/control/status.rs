@@ -195,6 +195,12 @@ pub struct ComponentStatus {
     /// Service calls to it from this host's components.
     #[serde(default)]
     pub calls: Calls,
+    /// Its job schedule, if it has one (`0 0 7 * * *`, `@every 30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// The next tick of its schedule, Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_ms: Option<u64>,
 }
 
 impl ComponentStatus {
@@ -202,6 +208,7 @@ impl ComponentStatus {
     pub fn of(c: &DeployedComponent) -> Self {
         let last = c.stats.last_invocation_ms.load(Ordering::Relaxed);
         let scaler = c.scaler.status();
+        let job = &c.spec.triggers.job;
         ComponentStatus {
             name: c.id.component.to_string(),
             digest: c.digest.clone(),
@@ -237,6 +244,10 @@ impl ComponentStatus {
                 local: c.stats.calls_local.load(Ordering::Relaxed),
                 remote: c.stats.calls_remote.load(Ordering::Relaxed),
             },
+            schedule: job.schedule.as_ref().map(|s| s.to_string()),
+            next_run_ms: job
+                .next_tick(chrono::Utc::now())
+                .map(|t| t.timestamp_millis().max(0) as u64),
         }
     }
 }
@@ -322,6 +333,16 @@ impl HostStatus {
                     ago(c.last_invocation_ms),
                     c.routes.join(", "),
                 ]);
+                if let Some(schedule) = &c.schedule {
+                    let mut row: [String; 14] = Default::default();
+                    let next = c
+                        .next_run_ms
+                        .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64))
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                        .unwrap_or_else(|| "none".into());
+                    row[13] = format!("job: {schedule}, next run {next}");
+                    rows.push(row);
+                }
                 if self.lattice.is_some() {
                     let mut row: [String; 14] = Default::default();
                     row[13] = format!(

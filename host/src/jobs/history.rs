@@ -196,7 +196,10 @@ pub fn now_ms() -> u64 {
 
 /// A new run id, starting at `started_ms`.
 pub fn new_id(started_ms: u64) -> String {
-    format!("r{started_ms:013}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+    format!(
+        "r{started_ms:013}-{:06x}",
+        rand::random::<u32>() & 0xff_ffff
+    )
 }
 
 impl History {
@@ -390,7 +393,14 @@ mod tests {
             until_ms: now_ms() + 60_000,
         };
         assert!(h.take_lease(&lease).await.unwrap());
-        assert!(!h.take_lease(&Lease { run: "r2".into(), ..lease.clone() }).await.unwrap());
+        assert!(
+            !h.take_lease(&Lease {
+                run: "r2".into(),
+                ..lease.clone()
+            })
+            .await
+            .unwrap()
+        );
         h.release_lease("r2").await.unwrap();
         assert_eq!(h.lease().await.unwrap(), Some(lease));
         h.release_lease("r1").await.unwrap();

@@ -217,7 +217,10 @@ impl Jobs {
     pub async fn drain(&self, timeout: Duration) {
         self.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(timeout, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
             let live: Vec<_> = self
                 .live
                 .lock()
@@ -225,7 +228,10 @@ impl Jobs {
                 .values()
                 .cloned()
                 .collect();
-            tracing::warn!(runs = live.len(), "job runs still going after the drain timeout; stopping them");
+            tracing::warn!(
+                runs = live.len(),
+                "job runs still going after the drain timeout; stopping them"
+            );
             for run in live {
                 run.cancel.cancel();
             }
@@ -289,10 +295,7 @@ impl Jobs {
                 .await?;
         }
         if spec.schedule.is_some() {
-            tokio::spawn(
-                self.clone()
-                    .schedule_loop(component.clone(), history, stop),
-            );
+            tokio::spawn(self.clone().schedule_loop(component.clone(), history, stop));
         }
         Ok(())
     }
@@ -374,7 +377,8 @@ impl Jobs {
             match history.lease().await {
                 Ok(Some(lease)) if spec.concurrency == Concurrency::Forbid => {
                     tracing::info!(component = %component.id, running = %lease.run, "tick skipped: a run is still going (concurrency = \"forbid\")");
-                    self.record_skipped(component, history, &id, &lease.run).await;
+                    self.record_skipped(component, history, &id, &lease.run)
+                        .await;
                     return;
                 }
                 Ok(Some(lease)) => {
@@ -543,16 +547,13 @@ impl Jobs {
         }
         let cancel = CancellationToken::new();
         let (ended_tx, ended) = tokio::sync::watch::channel(false);
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                id.clone(),
-                Arc::new(LiveRun {
-                    cancel: cancel.clone(),
-                    ended,
-                }),
-            );
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id.clone(),
+            Arc::new(LiveRun {
+                cancel: cancel.clone(),
+                ended,
+            }),
+        );
         let mut args = vec![component.id.component.to_string()];
         args.extend(request.args.clone().unwrap_or_else(|| spec.args.clone()));
         let mut env = request.env.clone();
@@ -599,14 +600,14 @@ impl Jobs {
                 record.outcome = match &e {
                     Failure::Invoke(InvokeError::Timeout(_)) => Outcome::Timeout,
                     Failure::Invoke(InvokeError::Cancelled(_)) => Outcome::Stopped,
-                    Failure::Invoke(
-                        InvokeError::Trap(_) | InvokeError::MemoryLimit { .. },
-                    ) => Outcome::Trap,
+                    Failure::Invoke(InvokeError::Trap(_) | InvokeError::MemoryLimit { .. }) => {
+                        Outcome::Trap
+                    }
                     _ => Outcome::Failed,
                 };
                 record.error = Some(match &e {
                     Failure::Shed(Shed::Stopped) => "the component is stopped".to_string(),
-                    other => other.to_string(),
+                    other => brief(&other.to_string()),
                 });
             }
         }
@@ -702,7 +703,10 @@ impl Jobs {
             let (this, component) = (self.clone(), component.clone());
             Arc::new(move |message, permit| {
                 let (this, component, history) = (this.clone(), component.clone(), history.clone());
-                Box::pin(async move { this.message_run(&component, &history, message, permit).await })
+                Box::pin(async move {
+                    this.message_run(&component, &history, message, permit)
+                        .await
+                })
             })
         };
         crate::subscriber::durable::start_with(
@@ -754,6 +758,17 @@ impl Jobs {
     }
 }
 
+/// An error without the wasm backtrace wasmtime puts in a trap's message (the host
+/// log has it): `guest trapped: wasm trap: wasm `unreachable` instruction executed`.
+fn brief(error: &str) -> String {
+    let Some((head, _)) = error.split_once("error while executing at wasm backtrace:") else {
+        return error.to_string();
+    };
+    let last = error.lines().last().unwrap_or_default();
+    let reason = last.rsplit_once(">: ").map_or(last, |(_, r)| r).trim();
+    format!("{}{reason}", head.trim_end()).replace(":wasm", ": wasm")
+}
+
 /// How a run ended, in words.
 pub fn describe(record: &RunRecord) -> String {
     match record.outcome {
@@ -779,5 +794,21 @@ impl Call for JobCall {
 
     fn status(code: &i32) -> u16 {
         if *code == 0 { 200 } else { 500 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn trap_messages_lose_their_backtrace() {
+        let e = "guest trapped: error while executing at wasm backtrace:\n    0:   0xb6ac - <unknown>!<wasm function 228>\n   16:   0x136c - <unknown>!<wasm function 31>: wasm trap: wasm `unreachable` instruction executed";
+        assert_eq!(
+            super::brief(e),
+            "guest trapped: wasm trap: wasm `unreachable` instruction executed"
+        );
+        assert_eq!(
+            super::brief("deadline of 1s exceeded"),
+            "deadline of 1s exceeded"
+        );
     }
 }

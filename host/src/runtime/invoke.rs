@@ -380,7 +380,12 @@ impl PreparedComponent {
     }
 
     /// [`PreparedComponent::classify`] for a call with its own deadline of `timeout`.
-    fn classify_after(&self, e: wasmtime::Error, memory_hit: &AtomicU8, timeout: Duration) -> InvokeError {
+    fn classify_after(
+        &self,
+        e: wasmtime::Error,
+        memory_hit: &AtomicU8,
+        timeout: Duration,
+    ) -> InvokeError {
         match self.classify(e, Phase::Call, memory_hit) {
             InvokeError::Timeout(_) => InvokeError::Timeout(timeout),
             other => other,

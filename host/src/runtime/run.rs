@@ -99,6 +99,7 @@ impl PreparedComponent {
             fresh: true,
             cancel: Some(run.cancel),
         };
-        self.run_with(invocation, guard, Run(indices), options).await
+        self.run_with(invocation, guard, Run(indices), options)
+            .await
     }
 }

@@ -74,6 +74,9 @@ impl Schedule {
         cron::Schedule::from_str(text)
             .map(|s| Schedule::Cron(Box::new(s)))
             .map_err(|e| {
+                // The crate's message repeats the expression with a caret under it.
+                let e = e.to_string();
+                let e = e.lines().last().unwrap_or_default().trim().to_string();
                 format!(
                     "invalid cron expression {text:?} ({e}); write six fields with seconds first, \
                      e.g. \"0 0 7 * * *\" (07:00:00 daily), or \"@every 30s\""
@@ -300,7 +303,9 @@ mod tests {
     #[test]
     fn cron_with_seconds_in_a_time_zone() {
         let s = Schedule::parse("0 0 7 * * *").unwrap();
-        let next = s.next_after(at("2026-12-08T06:59:59Z"), chrono_tz::UTC).unwrap();
+        let next = s
+            .next_after(at("2026-12-08T06:59:59Z"), chrono_tz::UTC)
+            .unwrap();
         assert_eq!(next, at("2026-12-08T07:00:00Z"));
         // 07:00 in Berlin is 06:00 UTC in winter.
         let next = s
