@@ -977,3 +977,46 @@ async fn a_redeploy_does_not_hold_back_durable_messages() {
         assert_eq!(got.payload, body.as_bytes());
     }
 }
+
+/// A component written for wasmCloud 1.x, importing `wasmcloud:bus/lattice` 1.0.0 and
+/// 2.0.0 to set link names: its HTTP key-value counter and its message handler (config,
+/// key-value, publish) run unmodified, with the grants of its manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wasmcloud_component_setting_link_names_runs_unmodified() {
+    let ws = Workspace::new();
+    let m = ws.write(
+        "compat.toml",
+        r#"
+manifest_version = 1
+[app]
+name = "compat"
+version = "1.0.0"
+[components.counter]
+source = "{component:wasmcloud-compat}"
+routes = ["GET /count"]
+[components.counter.keyvalue]
+buckets = ["default"]
+[components.counter.config]
+greeting = "howdy"
+[components.counter.messaging]
+subscribe = ["compat.in"]
+publish = ["compat.out"]
+"#,
+    );
+    let host = host_on(BusChoice::Local, &[&m]);
+    assert_eq!(get(host.url("/count")).await, (200, "1"));
+    assert_eq!(get(host.url("/count")).await, (200, "2"));
+    let out = host.cli(&["publish", "--request", "--timeout", "5s", "compat.in", "hi"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "howdy #1: hi (direct targets refused)"
+    );
+    // Its link names changed nothing: the bucket it counts in is its own `default`.
+    let kv = host.cli(&["kv", "get", "compat", "counter", "default", "counter"]);
+    assert_eq!(String::from_utf8_lossy(&kv.stdout).trim(), "2");
+}

@@ -28,6 +28,7 @@ pub const FIXTURES: &[&str] = &[
     "messenger",
     "outbound-call",
     "unknown-import",
+    "wasmcloud-compat",
 ];
 
 /// The repository root.

@@ -22,6 +22,7 @@
 //! This module knows nothing about engines, routes, apps or scaling: the runtime puts
 //! an [`Instance`] in every store and links what [`add_to_linker`] adds.
 
+pub mod bus;
 pub mod config;
 pub mod http;
 pub mod keyvalue;
@@ -334,6 +335,8 @@ capabilities! {
     logging: logging::Logging,
     /// wasmcloud:messaging consumer: `messaging.publish` and `messaging.subscribe`.
     messaging: messaging::Messaging,
+    /// wasmcloud:bus link names (1.0.0, 2.0.0): accepted; grants decide.
+    bus: bus::Bus,
 }
 
 #[cfg(test)]
