@@ -57,7 +57,7 @@ status:
 # the shop's own unit tests (its logic, built natively).
 test: build
     cargo test --workspace
-    cd components && cargo test -p shopkit -p inventory -p order-view -p order-details
+    cd components && cargo test -p shopkit -p inventory -p order-view -p order-details -p digest
 
 # Format the code.
 fmt:

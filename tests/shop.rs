@@ -488,6 +488,35 @@ async fn an_order_is_reserved_paid_confirmed_and_notified() {
     // And nothing moved after the saga went quiet.
     assert_eq!(shop.order(&id).await["status"], "confirmed");
     assert_eq!(shop.stock("book").await["on_hand"], 8);
+
+    // The digest job counted the confirmed order (one run per message) and
+    // summarises the day when run by hand.
+    let digest = eventually("the digest to count the order", SAGA, async || {
+        let out = shop
+            .host()
+            .cli_command_then(&["run", "shop", "digest"], &["--day", "today"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.contains("confirmed orders: 1") {
+            Ok(text)
+        } else {
+            Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+        }
+    })
+    .await;
+    assert!(digest.contains("revenue:          25.00"), "{digest}");
+    assert!(digest.contains("book             2 sold"), "{digest}");
+    assert!(digest.contains("published on reports.daily"), "{digest}");
+    let jobs = shop.host().cli(&["jobs", "shop", "--json"]);
+    let jobs: Value = serde_json::from_slice(&jobs.stdout).unwrap();
+    let runs = jobs["jobs"][0]["runs"].as_array().unwrap();
+    assert!(
+        runs.iter()
+            .any(|r| r["trigger"] == "message" && r["subject"] == "orders.confirmed"),
+        "{jobs}"
+    );
+    assert_eq!(jobs["jobs"][0]["schedule"], "0 0 7 * * *");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
