@@ -535,3 +535,111 @@ concurrency = "allow"
         "one run per tick across both hosts: {all:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replace_stops_the_running_run_for_the_next_tick() {
+    let ws = Workspace::new();
+    let m = job_app(
+        &ws,
+        "replace",
+        r#"[components.job.job]
+schedule = "@every 1s"
+args = ["print", "start", "sleep", "30000", "print", "never"]
+concurrency = "replace""#,
+    );
+    let host = Host::start(&[&m]);
+    let stopped = eventually(
+        "a run replaced by the next tick",
+        Duration::from_secs(60),
+        async || {
+            let all = runs(&host, "replace").await;
+            match all.iter().find(|r| r["outcome"] == "stopped") {
+                Some(r) => Ok(r.clone()),
+                None => Err(format!("{all:?}")),
+            }
+        },
+    )
+    .await;
+    let full = host
+        .admin_get(&format!("/v1/runs/{}", stopped["id"].as_str().unwrap()))
+        .await
+        .json();
+    let out = base64::engine::general_purpose::STANDARD
+        .decode(full["stdout"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(text(&out), "start\n", "stopped mid-sleep: {full}");
+    // The tick after it started a run of its own.
+    let all = runs(&host, "replace").await;
+    assert!(
+        all.iter()
+            .any(|r| r["tick_ms"].as_u64() > stopped["tick_ms"].as_u64()),
+        "{all:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn catch_up_runs_a_tick_missed_while_no_host_ran_the_job() {
+    let ws = Workspace::new();
+    let data = tempfile::tempdir().unwrap();
+    let m = job_app(
+        &ws,
+        "catchup",
+        r#"[components.job.job]
+schedule = "@every 2s"
+args = ["print", "tick"]
+catch_up = true"#,
+    );
+    let opts = HostOptions {
+        manifests: vec![m],
+        data_dir: Some(data.path().to_path_buf()),
+        ..Default::default()
+    };
+    let host = Host::start_with(opts.clone());
+    eventually(
+        "a first scheduled run",
+        Duration::from_secs(30),
+        async || {
+            let all = runs(&host, "catchup").await;
+            if all.iter().any(|r| r["outcome"] == "exit") {
+                Ok(())
+            } else {
+                Err(format!("{all:?}"))
+            }
+        },
+    )
+    .await;
+    host.kill();
+    let down = now_ms();
+    // The job's period passing while no host runs it is the scenario itself.
+    std::thread::sleep(Duration::from_millis(2500));
+    let host = Host::start_with(opts);
+    let caught = eventually("a caught-up run", Duration::from_secs(30), async || {
+        let all = runs(&host, "catchup").await;
+        all.iter()
+            .find(|r| r["caught_up"] == true && r["outcome"] == "exit")
+            .cloned()
+            .ok_or_else(|| format!("{all:?}"))
+    })
+    .await;
+    assert_eq!(caught["trigger"], "schedule");
+    let tick = caught["tick_ms"].as_u64().unwrap();
+    assert!(tick > down, "a tick after the host died: {caught}");
+    assert!(
+        tick < caught["started_ms"].as_u64().unwrap(),
+        "run late: {caught}"
+    );
+    // One missed tick is made up, not every one.
+    let all = runs(&host, "catchup").await;
+    assert_eq!(
+        all.iter().filter(|r| r["caught_up"] == true).count(),
+        1,
+        "{all:?}"
+    );
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}

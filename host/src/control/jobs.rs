@@ -114,6 +114,8 @@ impl ControlPlane {
             env: body.env.into_iter().collect(),
             stdin: stdin.into(),
             subject: None,
+            tick_ms: None,
+            caught_up: false,
         };
         self.jobs.start_run(c, request).map_err(job_error)
     }

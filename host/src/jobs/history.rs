@@ -93,6 +93,13 @@ pub struct RunRecord {
     /// The message's subject (trigger `message`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// The tick it runs for, Unix milliseconds (trigger `schedule`; a caught-up tick
+    /// is earlier than the host's start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tick_ms: Option<u64>,
+    /// A tick missed while no host ran the job, run late (`catch_up = true`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub caught_up: bool,
     /// The host that ran it.
     pub host: String,
     /// 1 for the first attempt, then each retry.
@@ -351,6 +358,8 @@ mod tests {
             version: "1".into(),
             trigger: RunTrigger::Manual,
             subject: None,
+            tick_ms: None,
+            caught_up: false,
             host: "h".into(),
             attempt: 1,
             started_ms: 1,

@@ -71,6 +71,10 @@ pub struct RunRequest {
     pub stdin: Bytes,
     /// The message's subject (trigger `message`).
     pub subject: Option<String>,
+    /// The tick it runs for (trigger `schedule`), Unix milliseconds.
+    pub tick_ms: Option<u64>,
+    /// The tick was missed and is caught up.
+    pub caught_up: bool,
 }
 
 impl RunRequest {
@@ -81,6 +85,8 @@ impl RunRequest {
             env: Vec::new(),
             stdin: Bytes::new(),
             subject: None,
+            tick_ms: None,
+            caught_up: false,
         }
     }
 }
@@ -335,7 +341,8 @@ impl Jobs {
                 }
             }
             let (this, c, h) = (self.clone(), component.clone(), history.clone());
-            self.tracker.spawn(async move { this.tick(&c, &h).await });
+            self.tracker
+                .spawn(async move { this.tick(&c, &h, (millis(next), false)).await });
         }
     }
 
@@ -364,20 +371,29 @@ impl Jobs {
         let Some(missed) = missed else { return };
         if let Ok(true) = history.claim_tick(millis(missed)).await {
             tracing::info!(component = %component.id, tick = %missed, "catching up a missed tick");
-            self.tick(component, history).await;
+            self.tick(component, history, (millis(missed), true)).await;
         }
     }
 
     /// One claimed tick: decides by the job's concurrency, then runs (with retries).
-    async fn tick(&self, component: &Arc<DeployedComponent>, history: &History) {
+    async fn tick(
+        &self,
+        component: &Arc<DeployedComponent>,
+        history: &History,
+        (tick_ms, caught_up): (u64, bool),
+    ) {
         let spec = &component.spec.triggers.job;
-        let request = RunRequest::of(RunTrigger::Schedule);
+        let request = RunRequest {
+            tick_ms: Some(tick_ms),
+            caught_up,
+            ..RunRequest::of(RunTrigger::Schedule)
+        };
         let id = history::new_id(history::now_ms());
         if spec.concurrency != Concurrency::Allow {
             match history.lease().await {
                 Ok(Some(lease)) if spec.concurrency == Concurrency::Forbid => {
                     tracing::info!(component = %component.id, running = %lease.run, "tick skipped: a run is still going (concurrency = \"forbid\")");
-                    self.record_skipped(component, history, &id, &lease.run)
+                    self.record_skipped(component, (history, &request), &id, &lease.run)
                         .await;
                     return;
                 }
@@ -406,7 +422,7 @@ impl Jobs {
             match history.take_lease(&lease).await {
                 Ok(true) => {}
                 Ok(false) if spec.concurrency == Concurrency::Forbid => {
-                    self.record_skipped(component, history, &id, "another run")
+                    self.record_skipped(component, (history, &request), &id, "another run")
                         .await;
                     return;
                 }
@@ -442,11 +458,11 @@ impl Jobs {
     async fn record_skipped(
         &self,
         component: &DeployedComponent,
-        history: &History,
+        (history, request): (&History, &RunRequest),
         id: &str,
         running: &str,
     ) {
-        let mut record = self.new_record(component, &RunRequest::of(RunTrigger::Schedule), id, 1);
+        let mut record = self.new_record(component, request, id, 1);
         record.outcome = Outcome::Skipped;
         record.duration_ms = Some(0);
         record.error = Some(format!("run {running} was still going"));
@@ -503,6 +519,8 @@ impl Jobs {
             version: component.id.version.to_string(),
             trigger: request.trigger,
             subject: request.subject.clone(),
+            tick_ms: request.tick_ms,
+            caught_up: request.caught_up,
             host: self.host.clone(),
             attempt,
             started_ms: history::now_ms(),
@@ -734,6 +752,8 @@ impl Jobs {
             env: Vec::new(),
             stdin: message.body.clone(),
             subject: Some(message.subject.clone()),
+            tick_ms: None,
+            caught_up: false,
         };
         let id = history::new_id(history::now_ms());
         let attempt = 1;

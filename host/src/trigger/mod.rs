@@ -203,6 +203,24 @@ mod tests {
     }
 
     #[test]
+    fn a_command_is_a_job_and_a_job_needs_a_command() {
+        let mut specs = Specs::default();
+        let caps = capability::Specs::default();
+        specs
+            .check_exports(&caps, &["wasi:cli/run@0.2.0".into()])
+            .unwrap();
+        specs.job.enabled = true;
+        let e = specs
+            .check_exports(&caps, &["wasi:http/incoming-handler@0.2.6".into()])
+            .unwrap_err();
+        assert!(
+            e.starts_with("job is set but the component exports no command (wasi:cli/run"),
+            "{e}"
+        );
+        assert_eq!(tags(&["wasi:cli/run@0.2.3".into()]), ["job"]);
+    }
+
+    #[test]
     fn labels_have_distinct_slots() {
         let labels = [
             <http::HttpTrigger as Labelled>::LABEL,
