@@ -45,7 +45,7 @@ name = "faults"
 version = "0.1.0"
 [components.faults]
 source = "{component:faults}"
-routes = ["/ok", "/trap", "/loop", "/alloc", "/sleep", "/print", "/trap-after-head"]
+routes = ["/ok", "/trap", "/loop", "/alloc", "/sleep", "/print", "/trap-after-head", "/dup-length", "/dup-length-list", "/conflicting-length"]
 [components.faults.limits]
 memory = "32MiB"
 timeout = "1s"
@@ -530,4 +530,20 @@ routes = ["POST /eager"]
             "request {i}"
         );
     }
+}
+
+/// A guest that sends the same `content-length` twice (RFC 9110 §8.6: identical
+/// values are one) is served; conflicting values are still refused to the guest.
+#[tokio::test]
+async fn identical_duplicate_content_lengths_are_one() {
+    let ws = Workspace::new();
+    let host = Host::start(&[&faults_paths_manifest(&ws)]);
+    for path in ["/dup-length", "/dup-length-list"] {
+        let r = get(host.url(path)).await;
+        assert_eq!(r, (200, "hello"), "{path}");
+        assert_eq!(r.header("content-length"), Some("5"), "{path}");
+    }
+    let r = get(host.url("/conflicting-length")).await;
+    assert_eq!(r.status, 502, "{}", r.text);
+    assert!(r.text.starts_with("refused:"), "{}", r.text);
 }

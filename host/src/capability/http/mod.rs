@@ -15,6 +15,7 @@
 //! that starts thousands at once holds that many connections, not thousands.
 
 pub mod calls;
+mod framing;
 pub mod hooks;
 pub mod outbound;
 
@@ -111,6 +112,7 @@ impl Capability for OutgoingHttp {
         concurrent: bool,
     ) -> anyhow::Result<()> {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+        framing::add_to_linker(linker)?;
         if concurrent {
             wasmtime_wasi_http::p3::add_to_linker(linker)?;
         }
