@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
-use wasmhive_e2e::{BusChoice, Host, HostOptions, NatsServer, Workspace, eventually};
+use wasmhive_e2e::{BusChoice, Host, HostOptions, NatsServer, Upstream, Workspace, eventually};
 
 /// An app `app` with the `job` fixture as component `job`, and `extra` lines (the
 /// `[components.job.job]` section and more).
@@ -164,17 +164,55 @@ async fn wasmhive_run_streams_output_and_ends_with_the_runs_exit_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_sees_only_its_env_buckets_and_grants_and_reads_seeded_data() {
+    let upstream = Upstream::start("fine");
     let ws = Workspace::new();
-    let m = job_app(&ws, "scoped", "[components.job.job]");
+    let m = ws.write(
+        "scoped.toml",
+        &format!(
+            r#"
+manifest_version = 1
+[app]
+name = "scoped"
+version = "1.0.0"
+[components.job]
+source = "{{component:job}}"
+env = {{ GREETING = "hello" }}
+allowed_outbound_hosts = ["{}"]
+scale = {{ idle_timeout = "1s" }}
+[components.job.keyvalue]
+buckets = ["data"]
+[components.job.job]
+"#,
+            upstream.url
+        ),
+    );
     let host = Host::start(&[&m]);
     let seeded = host.cli(&["kv", "set", "scoped", "job", "data", "greeting", "seeded"]);
     assert!(seeded.status.success(), "{}", text(&seeded.stderr));
+    let allowed = format!("{}/x", upstream.url);
     let (code, out, err) = run(
         &host,
         "scoped",
         &[
-            "env", "GREETING", "env", "HOME", "env", "PATH", "kv-get", "data", "greeting",
-            "kv-get", "other", "greeting", "publish", "anything", "x",
+            "env",
+            "GREETING",
+            "env",
+            "HOME",
+            "env",
+            "PATH",
+            "kv-get",
+            "data",
+            "greeting",
+            "kv-get",
+            "other",
+            "greeting",
+            "publish",
+            "anything",
+            "x",
+            "http",
+            &allowed,
+            "http",
+            "http://127.0.0.1:9/",
         ],
     );
     assert_eq!(code, 0, "{err}");
@@ -185,6 +223,30 @@ async fn a_job_sees_only_its_env_buckets_and_grants_and_reads_seeded_data() {
     assert_eq!(lines[3], "seeded", "`kv set` seeded what the job reads");
     assert!(lines[4].starts_with("error="), "ungranted bucket: {out}");
     assert!(lines[5].contains("denied"), "ungranted subject: {out}");
+    assert_eq!(lines[6], "status=200", "a granted host: {out}");
+    assert_eq!(
+        lines[7], "error=ErrorCode::HttpRequestDenied",
+        "an ungranted one: {out}"
+    );
+
+    // A job's component scales to zero after its runs like any other, and the next
+    // run loads it again.
+    eventually(
+        "the job's component at zero",
+        Duration::from_secs(30),
+        async || {
+            let c = host.component_status("scoped", "job");
+            if c["state"] == "zero" {
+                Ok(())
+            } else {
+                Err(c.to_string())
+            }
+        },
+    )
+    .await;
+    let cold = host.component_status("scoped", "job")["cold_starts"].as_u64();
+    assert_eq!(run(&host, "scoped", &["print", "again"]).1, "again\n");
+    assert!(host.component_status("scoped", "job")["cold_starts"].as_u64() > cold);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
