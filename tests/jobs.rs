@@ -228,6 +228,15 @@ buckets = ["data"]
         lines[7], "error=ErrorCode::HttpRequestDenied",
         "an ungranted one: {out}"
     );
+    // A run's own variable replaces the component's of the same name.
+    let out = host
+        .cli_command_then(
+            &["run", "scoped", "job", "--env", "GREETING=bye"],
+            &["env", "GREETING"],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "GREETING=bye\n", "{}", text(&out.stderr));
 
     // A job's component scales to zero after its runs like any other, and the next
     // run loads it again.

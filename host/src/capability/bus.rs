@@ -101,9 +101,10 @@ impl View<'_, Bus> {
         name: &str,
         interfaces: Vec<Resource<CallTarget>>,
     ) -> wasmtime::Result<()> {
+        // The guest passes its handles over (owned): they end here.
         let mut names = Vec::with_capacity(interfaces.len());
-        for i in &interfaces {
-            names.push(self.table.get(i)?.to_string());
+        for i in interfaces {
+            names.push(self.table.delete(i)?.to_string());
         }
         tracing::debug!(
             app = %self.id.app,
@@ -158,7 +159,7 @@ impl v2::Host for View<'_, Bus> {
         interface: Resource<CallTarget>,
         _expected_version: String,
     ) -> wasmtime::Result<Result<(), String>> {
-        let interface = self.table.get(&interface)?.to_string();
+        let interface = self.table.delete(interface)?.to_string();
         Ok(Err(format!(
             "wasmhive does not route {interface} to component {target:?} directly: call other components over wasi:http by name (the manifest's `calls`)"
         )))

@@ -165,8 +165,20 @@ impl std::fmt::Debug for CommandIo {
 
 impl CommandIo {
     fn context(&self, grants: &Arc<Grants>, trace_id: &TraceId) -> WasiCtx {
-        let mut wasi = builder(grants);
-        wasi.envs(&self.env)
+        // The run's variables replace the component's of the same name (a guest's
+        // `getenv` takes the first match, so a name must appear once).
+        let mut wasi = WasiCtxBuilder::new();
+        let own = grants
+            .wasi
+            .env
+            .iter()
+            .filter(|(k, _)| !self.env.iter().any(|(n, _)| n == k));
+        for (k, v) in own.chain(self.env.iter()) {
+            wasi.env(k, v);
+        }
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
             .args(&self.args)
             .stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(
                 self.stdin.clone(),
@@ -237,7 +249,8 @@ impl OutputStream for Captured {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(64 * 1024)
+        // Small writes keep what a run's followers buffer small.
+        Ok(16 * 1024)
     }
 }
 

@@ -87,6 +87,7 @@ pub async fn run(admin: &AdminClient, args: RunArgs) -> anyhow::Result<()> {
                     );
                 }
                 RunEvent::Done(record) => return finish(&record),
+                RunEvent::Error(e) => anyhow::bail!("{e}"),
             }
         }
     }

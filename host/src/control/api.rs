@@ -271,7 +271,7 @@ async fn runs(
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            match control.start_run(app, component, body) {
+            match control.start_run(app, component, body).await {
                 Ok(started) if follow => follow_run(control, started),
                 Ok(started) => body::json(
                     StatusCode::ACCEPTED,
@@ -325,7 +325,12 @@ pub enum RunEvent {
     Lost(u64),
     /// The run ended (last line): its record, with the output tails.
     Done(Box<crate::jobs::RunRecord>),
+    /// The run's task ended without a record (last line; the host log says why).
+    Error(String),
 }
+
+/// What a follower is told when a run's task ended without its record.
+const LOST_RUN: &str = "the run ended without a record (the host log says why)";
 
 /// Streams a run's output as JSON lines ([`RunEvent`]) until it ends. The run goes on
 /// if the follower goes away.
@@ -367,9 +372,12 @@ fn follow_run(control: &ControlPlane, started: crate::jobs::Started) -> Response
                 Err(RecvError::Lagged(n)) => Some((line(&RunEvent::Lost(n)), st)),
                 // No more output: wait for the record.
                 Err(RecvError::Closed) => {
-                    let record = done.await.ok()?;
+                    let event = match done.await {
+                        Ok(record) => RunEvent::Done(Box::new(record)),
+                        Err(_) => RunEvent::Error(LOST_RUN.into()),
+                    };
                     st.done = None;
-                    Some((line(&RunEvent::Done(Box::new(record))), st))
+                    Some((line(&event), st))
                 }
             },
             record = &mut *done => {
@@ -382,9 +390,10 @@ fn follow_run(control: &ControlPlane, started: crate::jobs::Started) -> Response
                         Err(_) => break,
                     }
                 }
-                if let Ok(record) = record {
-                    out.extend(line(&RunEvent::Done(Box::new(record))));
-                }
+                out.extend(line(&match record {
+                    Ok(record) => RunEvent::Done(Box::new(record)),
+                    Err(_) => RunEvent::Error(LOST_RUN.into()),
+                }));
                 st.done = None;
                 Some((out, st))
             }

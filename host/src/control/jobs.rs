@@ -83,7 +83,7 @@ impl ControlPlane {
     }
 
     /// Starts a run of `app/component` on this host.
-    pub fn start_run(
+    pub async fn start_run(
         &self,
         app: &str,
         component: &str,
@@ -117,7 +117,7 @@ impl ControlPlane {
             tick_ms: None,
             caught_up: false,
         };
-        self.jobs.start_run(c, request).map_err(job_error)
+        self.jobs.start_run(c, request).await.map_err(job_error)
     }
 
     /// The runs of `app/component`, newest first (at most `limit`).
@@ -127,10 +127,10 @@ impl ControlPlane {
         component: &str,
         limit: usize,
     ) -> Result<Vec<RunRecord>, DeployError> {
-        self.component(app, component)?;
+        let c = self.component(app, component)?;
         let history = self.jobs.history(app, component).map_err(job_error)?;
         history
-            .list(limit.min(MAX_LISTED_RUNS))
+            .list(c.spec.triggers.job.keep_runs, limit.min(MAX_LISTED_RUNS))
             .await
             .map_err(storage)
     }
@@ -173,7 +173,7 @@ impl ControlPlane {
     /// Stops run `id` of `app/component` if it is going on this host.
     pub fn stop_run(&self, app: &str, component: &str, id: &str) -> Result<bool, DeployError> {
         self.component(app, component)?;
-        Ok(self.jobs.stop_run(id))
+        Ok(self.jobs.stop_run(app, component, id))
     }
 
     /// Every job (a component with a `[job]` section or a `wasi:cli/run` export) of
@@ -195,7 +195,7 @@ impl ControlPlane {
             }
             let spec = &c.spec.triggers.job;
             let (runs, history_error) = match self.jobs.history(&c.id.app, &c.id.component) {
-                Ok(h) => match h.list(LISTED_RUNS).await {
+                Ok(h) => match h.list(spec.keep_runs, LISTED_RUNS).await {
                     Ok(r) => (r, None),
                     Err(e) => (Vec::new(), Some(e.to_string())),
                 },

@@ -664,12 +664,12 @@ impl ControlPlane {
     /// Waits (at most `timeout`) for message handlers still running; call after
     /// shutdown stopped the subscriptions.
     pub async fn drain(&self, timeout: std::time::Duration) {
-        self.jobs.drain(timeout).await;
         self.handlers.close();
-        if tokio::time::timeout(timeout, self.handlers.wait())
-            .await
-            .is_err()
-        {
+        let (_, handlers) = tokio::join!(
+            self.jobs.drain(timeout),
+            tokio::time::timeout(timeout, self.handlers.wait())
+        );
+        if handlers.is_err() {
             tracing::warn!(
                 running = self.handlers.len(),
                 "message handlers still running after the drain timeout; stopping them"

@@ -3,10 +3,16 @@
 //! same history and the same claims), in a bucket of the component that no guest can
 //! open (`#jobs` is not a valid bucket name).
 //!
-//! Keys: `run.<id>` (one [`RunRecord`] each; ids sort by start time), `tick` (the last
-//! scheduled tick claimed, in Unix milliseconds: the host that moves it forward runs
-//! the tick) and `running` (the run a `forbid` or `replace` job has going, with its
-//! deadline, so a dead host's run does not block the job for longer than that).
+//! Keys:
+//! - `seq`: runs numbered so far; run `n` goes to slot `(n - 1) % keep_runs`, so the
+//!   history is a ring that overwrites its oldest entry and never deletes (deleting
+//!   leaves a marker per key in JetStream KV, which would grow without end);
+//! - `run.<slot>`: the run's record without its output (what listings read), and
+//!   `out.<slot>`: the record with the last bytes of its stdout and stderr;
+//! - `tick`: the last scheduled tick claimed, in Unix milliseconds: the host that moves
+//!   it forward (compare-and-swap) runs the tick;
+//! - `running`: the lease of the run a `forbid` or `replace` job has going, with its
+//!   deadline, so a dead host's run does not block the job for longer than that.
 
 use std::sync::Arc;
 
@@ -176,8 +182,12 @@ impl RunRecord {
 pub struct Lease {
     /// The run.
     pub run: String,
-    /// The host running it.
+    /// The host running it (its name, for people).
     pub host: String,
+    /// The host process running it (unique per process: a restarted host does not
+    /// take its previous run for its own).
+    #[serde(default)]
+    pub owner: String,
     /// Its deadline, Unix milliseconds: past it the lease is void.
     pub until_ms: u64,
 }
@@ -189,8 +199,9 @@ pub struct History {
     ns: Namespace,
 }
 
-fn key(id: &str) -> String {
-    format!("run.{id}")
+/// The slot of run `id` (`r<ms>-<slot>-<random>`).
+fn slot_of(id: &str) -> Option<u64> {
+    id.split('-').nth(1)?.parse().ok()
 }
 
 /// Unix milliseconds now.
@@ -209,6 +220,10 @@ pub fn new_id(started_ms: u64) -> String {
     )
 }
 
+fn storage(e: impl std::fmt::Display) -> KvError {
+    KvError::Storage(e.to_string())
+}
+
 impl History {
     /// The history of `app/component` in `kv`.
     pub fn new(kv: Arc<dyn KvStore>, app: &str, component: &str) -> Self {
@@ -218,59 +233,61 @@ impl History {
         }
     }
 
-    /// Writes `record` (new or updated).
-    pub async fn put(&self, record: &RunRecord) -> Result<(), KvError> {
-        let json = serde_json::to_vec(record).map_err(|e| KvError::Storage(e.to_string()))?;
-        self.kv.set(&self.ns, &key(&record.id), json).await
+    /// A new run's id, starting at `started_ms`, in a history of `keep` runs.
+    pub async fn new_id(&self, started_ms: u64, keep: u32) -> Result<String, KvError> {
+        let n = self.kv.increment(&self.ns, "seq", 1).await?;
+        let slot = (n.max(1) - 1) % u64::from(keep.max(1));
+        Ok(format!(
+            "r{started_ms:013}-{slot}-{:04x}",
+            rand::random::<u16>()
+        ))
     }
 
-    /// The run `id`, with its output.
+    /// Writes `record` (new or updated) into its slot.
+    pub async fn put(&self, record: &RunRecord) -> Result<(), KvError> {
+        let slot =
+            slot_of(&record.id).ok_or_else(|| storage(format!("bad run id {}", record.id)))?;
+        let full = serde_json::to_vec(record).map_err(storage)?;
+        let summary = serde_json::to_vec(&record.clone().summary()).map_err(storage)?;
+        self.kv
+            .set_many(
+                &self.ns,
+                vec![
+                    (format!("out.{slot}"), full),
+                    (format!("run.{slot}"), summary),
+                ],
+            )
+            .await
+    }
+
+    /// The run `id`, with its output (`None` once its slot holds a newer run).
     pub async fn get(&self, id: &str) -> Result<Option<RunRecord>, KvError> {
-        let Some(bytes) = self.kv.get(&self.ns, &key(id)).await? else {
+        let Some(slot) = slot_of(id) else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| KvError::Storage(format!("run {id}: {e}")))
+        let Some(bytes) = self.kv.get(&self.ns, &format!("out.{slot}")).await? else {
+            return Ok(None);
+        };
+        let record: RunRecord =
+            serde_json::from_slice(&bytes).map_err(|e| storage(format!("run {id}: {e}")))?;
+        Ok((record.id == id).then_some(record))
     }
 
-    /// Every run's key, oldest first.
-    async fn keys(&self) -> Result<Vec<String>, KvError> {
-        let mut keys = Vec::new();
-        let mut cursor = 0;
-        loop {
-            let page = self.kv.list_keys(&self.ns, cursor).await?;
-            keys.extend(page.keys.into_iter().filter(|k| k.starts_with("run.")));
-            match page.cursor {
-                Some(c) => cursor = c,
-                None => break,
-            }
-        }
-        keys.sort();
-        Ok(keys)
-    }
-
-    /// The latest `limit` runs, newest first, without their output.
-    pub async fn list(&self, limit: usize) -> Result<Vec<RunRecord>, KvError> {
-        let keys = self.keys().await?;
-        let latest: Vec<String> = keys.into_iter().rev().take(limit).collect();
-        let values = self.kv.get_many(&self.ns, latest).await?;
-        Ok(values
+    /// The latest `limit` runs of a history of `keep` runs, newest first, without
+    /// their output.
+    pub async fn list(&self, keep: u32, limit: usize) -> Result<Vec<RunRecord>, KvError> {
+        let keys = (0..keep.max(1)).map(|s| format!("run.{s}")).collect();
+        let mut runs: Vec<RunRecord> = self
+            .kv
+            .get_many(&self.ns, keys)
+            .await?
             .into_iter()
             .flatten()
             .filter_map(|v| serde_json::from_slice::<RunRecord>(&v).ok())
-            .map(RunRecord::summary)
-            .collect())
-    }
-
-    /// Removes the oldest runs beyond `keep`.
-    pub async fn prune(&self, keep: usize) -> Result<(), KvError> {
-        let keys = self.keys().await?;
-        if keys.len() > keep {
-            let old = keys[..keys.len() - keep].to_vec();
-            self.kv.delete_many(&self.ns, old).await?;
-        }
-        Ok(())
+            .collect();
+        runs.sort_by(|a, b| (b.started_ms, &b.id).cmp(&(a.started_ms, &a.id)));
+        runs.truncate(limit);
+        Ok(runs)
     }
 
     /// The last tick claimed (Unix ms), if any.
@@ -306,43 +323,61 @@ impl History {
         Ok(false)
     }
 
+    /// The lease as stored (raw, to compare-and-swap against) and decoded.
+    async fn current_lease(&self) -> Result<(Option<Vec<u8>>, Option<Lease>), KvError> {
+        let raw = self.kv.get(&self.ns, "running").await?;
+        let lease = raw
+            .as_deref()
+            .and_then(|v| serde_json::from_slice::<Lease>(v).ok());
+        Ok((raw, lease))
+    }
+
     /// The live lease of a run in progress, if any.
     pub async fn lease(&self) -> Result<Option<Lease>, KvError> {
-        Ok(self
-            .kv
-            .get(&self.ns, "running")
-            .await?
-            .and_then(|v| serde_json::from_slice::<Lease>(&v).ok())
-            .filter(|l| l.until_ms > now_ms()))
+        let now = now_ms();
+        Ok(self.current_lease().await?.1.filter(|l| l.until_ms > now))
     }
 
     /// Takes the lease for `lease.run` if no live one is held.
     pub async fn take_lease(&self, lease: &Lease) -> Result<bool, KvError> {
-        let current = self.kv.get(&self.ns, "running").await?;
-        let live = current
-            .as_deref()
-            .and_then(|v| serde_json::from_slice::<Lease>(v).ok())
-            .is_some_and(|l| l.until_ms > now_ms());
-        if live {
+        let (raw, current) = self.current_lease().await?;
+        if current.is_some_and(|l| l.until_ms > now_ms()) {
             return Ok(false);
         }
-        let json = serde_json::to_vec(lease).map_err(|e| KvError::Storage(e.to_string()))?;
+        let json = serde_json::to_vec(lease).map_err(storage)?;
         self.kv
-            .compare_and_swap(&self.ns, "running", current, json)
+            .compare_and_swap(&self.ns, "running", raw, json)
             .await
     }
 
-    /// Gives the lease of `run` back (if it still holds it).
+    /// Moves the deadline of `run`'s lease to `until_ms`, if it still holds it.
+    pub async fn renew_lease(&self, run: &str, until_ms: u64) -> Result<bool, KvError> {
+        self.replace_lease(run, |l| l.until_ms = until_ms).await
+    }
+
+    /// Gives the lease of `run` back (if it still holds it: a lease taken since by
+    /// another run is left alone).
     pub async fn release_lease(&self, run: &str) -> Result<(), KvError> {
-        let current = self.kv.get(&self.ns, "running").await?;
-        let ours = current
-            .as_deref()
-            .and_then(|v| serde_json::from_slice::<Lease>(v).ok())
-            .is_some_and(|l| l.run == run);
-        if ours {
-            self.kv.delete(&self.ns, "running").await?;
+        self.replace_lease(run, |l| l.until_ms = 0).await.map(drop)
+    }
+
+    async fn replace_lease(&self, run: &str, change: impl Fn(&mut Lease)) -> Result<bool, KvError> {
+        for _ in 0..8 {
+            let (raw, current) = self.current_lease().await?;
+            let Some(mut lease) = current.filter(|l| l.run == run) else {
+                return Ok(false);
+            };
+            change(&mut lease);
+            let json = serde_json::to_vec(&lease).map_err(storage)?;
+            if self
+                .kv
+                .compare_and_swap(&self.ns, "running", raw, json)
+                .await?
+            {
+                return Ok(true);
+            }
         }
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -375,20 +410,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn history_is_bounded_newest_first_and_ticks_are_claimed_once() {
+    async fn history_is_a_bounded_ring_newest_first_and_ticks_are_claimed_once() {
         let dir = tempfile::tempdir().unwrap();
         let kv: Arc<dyn KvStore> =
             Arc::new(crate::state::redb::RedbStore::open(&dir.path().join("kv")).unwrap());
         let h = History::new(kv, "a", "c");
+        let mut ids = Vec::new();
         for i in 0..5 {
-            h.put(&record(&new_id(1000 + i))).await.unwrap();
+            let id = h.new_id(1000 + i, 3).await.unwrap();
+            let mut r = record(&id);
+            r.started_ms = 1000 + i;
+            h.put(&r).await.unwrap();
+            ids.push(id);
         }
-        h.prune(3).await.unwrap();
-        let runs = h.list(10).await.unwrap();
+        let runs = h.list(3, 10).await.unwrap();
         assert_eq!(runs.len(), 3);
-        assert!(runs[0].id.starts_with("r0000000001004-"), "{}", runs[0].id);
+        assert_eq!(runs[0].id, ids[4]);
+        assert_eq!(runs[2].id, ids[2]);
         assert!(runs[0].stdout.is_empty(), "listings carry no output");
-        assert_eq!(h.get(&runs[0].id).await.unwrap().unwrap().stdout, "aGk=");
+        assert_eq!(h.get(&ids[4]).await.unwrap().unwrap().stdout, "aGk=");
+        assert!(
+            h.get(&ids[0]).await.unwrap().is_none(),
+            "overwritten by a newer run"
+        );
 
         assert!(h.claim_tick(5000).await.unwrap());
         assert!(!h.claim_tick(5000).await.unwrap(), "claimed once");
@@ -399,20 +443,25 @@ mod tests {
         let lease = Lease {
             run: "r1".into(),
             host: "h".into(),
+            owner: "p1".into(),
             until_ms: now_ms() + 60_000,
         };
         assert!(h.take_lease(&lease).await.unwrap());
-        assert!(
-            !h.take_lease(&Lease {
-                run: "r2".into(),
-                ..lease.clone()
-            })
-            .await
-            .unwrap()
-        );
+        let other = Lease {
+            run: "r2".into(),
+            ..lease.clone()
+        };
+        assert!(!h.take_lease(&other).await.unwrap());
         h.release_lease("r2").await.unwrap();
         assert_eq!(h.lease().await.unwrap(), Some(lease));
         h.release_lease("r1").await.unwrap();
         assert_eq!(h.lease().await.unwrap(), None);
+        assert!(h.take_lease(&other).await.unwrap());
+        h.release_lease("r1").await.unwrap();
+        assert_eq!(
+            h.lease().await.unwrap().map(|l| l.run),
+            Some("r2".into()),
+            "an old run's release leaves a newer lease alone"
+        );
     }
 }

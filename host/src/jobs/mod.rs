@@ -21,14 +21,16 @@
 //!   `catch_up = true`: then a host starting the job runs the latest missed tick once.
 
 pub mod history;
+mod message;
 pub mod output;
+mod schedule;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -48,12 +50,12 @@ use crate::scaler::{Permit, Shed};
 use crate::state::KvStore;
 use crate::telemetry::metrics::RequestMetrics;
 use crate::telemetry::trace::TraceContext;
-use crate::trigger::job::{Concurrency, JobTrigger};
+use crate::trigger::job::JobTrigger;
 pub use history::{History, Outcome, RunRecord, RunTrigger};
 pub use output::{Chunk, Output, Stream};
 
-/// How long a `replace` tick waits for the run it stopped to end.
-const REPLACE_WAIT: Duration = Duration::from_secs(30);
+/// Added to a run's deadline for its lease.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// The environment variable a message run finds its subject in.
 pub const SUBJECT_ENV: &str = "WASMHIVE_SUBJECT";
@@ -97,14 +99,32 @@ pub struct Started {
     pub id: String,
     /// What it writes, from its start.
     pub follow: broadcast::Receiver<Chunk>,
-    /// Its record once it has ended.
+    /// Its record once it has ended (dropped without one if the run's task failed).
     pub done: oneshot::Receiver<RunRecord>,
 }
 
-/// A run going on this host.
+/// A run (or a tick's runs, retries included) going on this host, for stopping it.
 struct LiveRun {
+    app: String,
+    component: String,
     cancel: CancellationToken,
     ended: tokio::sync::watch::Receiver<bool>,
+}
+
+/// One attempt of a run: its id, its output, what may stop it.
+struct Attempt {
+    id: String,
+    number: u32,
+    output: Arc<Output>,
+    /// Stops this run (a parent token shared by a tick's attempts, for `replace`).
+    cancel: CancellationToken,
+    /// The end of the component version's triggers (undeploy, redeploy): a run still
+    /// waiting for a slot then gives up. A run already going finishes.
+    stop: Option<CancellationToken>,
+    /// A slot the run holds already (message runs).
+    permit: Option<Permit>,
+    /// The lease of the tick it runs for, renewed once it has a slot.
+    lease: Option<String>,
 }
 
 /// Labels of the run counter.
@@ -148,9 +168,14 @@ pub struct Jobs {
     kv: Option<Arc<dyn KvStore>>,
     /// This host's name, written in each run's record.
     host: String,
+    /// This host process, unique: the owner of the leases it takes.
+    owner: String,
     requests: Arc<RequestMetrics>,
     metrics: JobMetrics,
+    /// Runs going here, by run id.
     live: Mutex<HashMap<String, Arc<LiveRun>>>,
+    /// Ticks going here (their attempts and backoffs), by lease id.
+    ticks: Mutex<HashMap<String, Arc<LiveRun>>>,
     /// Runs in progress (waited for at shutdown).
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -174,6 +199,10 @@ fn millis(t: DateTime<Utc>) -> u64 {
     t.timestamp_millis().max(0) as u64
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Jobs {
     /// The jobs of this host (`host`: its name in run records).
     pub fn new(
@@ -184,9 +213,11 @@ impl Jobs {
         Arc::new(Jobs {
             kv,
             host,
+            owner: format!("{:016x}", rand::random::<u64>()),
             requests,
             metrics: JobMetrics::default(),
             live: Mutex::default(),
+            ticks: Mutex::default(),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         })
@@ -217,9 +248,9 @@ impl Jobs {
         Ok(History::new(kv, app, component))
     }
 
-    /// Waits (up to `timeout`) for the runs going on this host (retries wait no
-    /// more), then stops the ones
-    /// still going (recorded as `stopped`) and waits for their records.
+    /// Waits (up to `timeout`) for the runs going on this host (retries and runs
+    /// waiting for a slot give up at once), then stops the ones still going (recorded
+    /// as `stopped`) and waits briefly for their records.
     pub async fn drain(&self, timeout: Duration) {
         self.shutdown.cancel();
         self.tracker.close();
@@ -227,13 +258,7 @@ impl Jobs {
             .await
             .is_err()
         {
-            let live: Vec<_> = self
-                .live
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .cloned()
-                .collect();
+            let live: Vec<_> = lock(&self.live).values().cloned().collect();
             tracing::warn!(
                 runs = live.len(),
                 "job runs still going after the drain timeout; stopping them"
@@ -246,7 +271,7 @@ impl Jobs {
     }
 
     /// Starts a run of `component` now (a manual run), on this host.
-    pub fn start_run(
+    pub async fn start_run(
         self: &Arc<Self>,
         component: Arc<DeployedComponent>,
         request: RunRequest,
@@ -255,30 +280,39 @@ impl Jobs {
             return Err(JobError::NotACommand(component.id.to_string()));
         }
         let history = self.history(&component.id.app, &component.id.component)?;
-        let id = history::new_id(history::now_ms());
+        let id = history
+            .new_id(history::now_ms(), component.spec.triggers.job.keep_runs)
+            .await
+            .map_err(|e| JobError::Storage(e.to_string()))?;
         let output = Arc::new(Output::default());
         let follow = output.follow();
         let (tx, done) = oneshot::channel();
         let this = self.clone();
-        let run_id = id.clone();
+        let attempt = Attempt {
+            id: id.clone(),
+            number: 1,
+            output,
+            cancel: CancellationToken::new(),
+            stop: None,
+            permit: None,
+            lease: None,
+        };
         self.tracker.spawn(async move {
-            let record = this
-                .execute(&component, &history, &request, run_id, output, 1)
-                .await;
+            let record = this.execute(&component, &history, &request, attempt).await;
             let _ = tx.send(record);
         });
         Ok(Started { id, follow, done })
     }
 
-    /// Stops the run `id` if it is going on this host; returns whether it was.
-    pub fn stop_run(&self, id: &str) -> bool {
-        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        match live.get(id) {
-            Some(run) => {
+    /// Stops the run `id` of `app/component` if it is going on this host; returns
+    /// whether it was.
+    pub fn stop_run(&self, app: &str, component: &str, id: &str) -> bool {
+        match lock(&self.live).get(id) {
+            Some(run) if run.app == app && run.component == component => {
                 run.cancel.cancel();
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -304,205 +338,6 @@ impl Jobs {
             tokio::spawn(self.clone().schedule_loop(component.clone(), history, stop));
         }
         Ok(())
-    }
-
-    /// Runs `component`'s ticks until `stop`.
-    async fn schedule_loop(
-        self: Arc<Self>,
-        component: Arc<DeployedComponent>,
-        history: History,
-        stop: CancellationToken,
-    ) {
-        let spec = &component.spec.triggers.job;
-        if spec.catch_up {
-            self.catch_up(&component, &history).await;
-        }
-        let mut after = Utc::now();
-        loop {
-            let Some(next) = spec.next_tick(after) else {
-                tracing::info!(component = %component.id, "the job's schedule has no more ticks");
-                return;
-            };
-            let wait = (next - Utc::now()).to_std().unwrap_or_default();
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            after = next;
-            if component.scaler.is_stopped() {
-                continue;
-            }
-            match history.claim_tick(millis(next)).await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::warn!(component = %component.id, error = %e, "cannot claim the job's tick; skipping it");
-                    continue;
-                }
-            }
-            let (this, c, h) = (self.clone(), component.clone(), history.clone());
-            self.tracker
-                .spawn(async move { this.tick(&c, &h, (millis(next), false)).await });
-        }
-    }
-
-    /// Runs the latest tick missed since the last one claimed, once.
-    async fn catch_up(&self, component: &Arc<DeployedComponent>, history: &History) {
-        let spec = &component.spec.triggers.job;
-        let Ok(Some(last)) = history.last_tick().await else {
-            return;
-        };
-        let Some(last) = Utc.timestamp_millis_opt(last as i64).single() else {
-            return;
-        };
-        let now = Utc::now();
-        let mut missed = None;
-        let mut t = last;
-        // The latest tick before now, bounded in steps.
-        for _ in 0..100_000 {
-            match spec.next_tick(t) {
-                Some(n) if n <= now => {
-                    missed = Some(n);
-                    t = n;
-                }
-                _ => break,
-            }
-        }
-        let Some(missed) = missed else { return };
-        if let Ok(true) = history.claim_tick(millis(missed)).await {
-            tracing::info!(component = %component.id, tick = %missed, "catching up a missed tick");
-            self.tick(component, history, (millis(missed), true)).await;
-        }
-    }
-
-    /// One claimed tick: decides by the job's concurrency, then runs (with retries).
-    async fn tick(
-        &self,
-        component: &Arc<DeployedComponent>,
-        history: &History,
-        (tick_ms, caught_up): (u64, bool),
-    ) {
-        let spec = &component.spec.triggers.job;
-        let request = RunRequest {
-            tick_ms: Some(tick_ms),
-            caught_up,
-            ..RunRequest::of(RunTrigger::Schedule)
-        };
-        let id = history::new_id(history::now_ms());
-        if spec.concurrency != Concurrency::Allow {
-            match history.lease().await {
-                Ok(Some(lease)) if spec.concurrency == Concurrency::Forbid => {
-                    tracing::info!(component = %component.id, running = %lease.run, "tick skipped: a run is still going (concurrency = \"forbid\")");
-                    self.record_skipped(component, (history, &request), &id, &lease.run)
-                        .await;
-                    return;
-                }
-                Ok(Some(lease)) => {
-                    // replace
-                    if lease.host == self.host {
-                        self.stop_and_wait(&lease.run).await;
-                    } else {
-                        tracing::warn!(component = %component.id, running = %lease.run, host = %lease.host, "the run to replace is on another host; starting beside it");
-                    }
-                    let _ = history.release_lease(&lease.run).await;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(component = %component.id, error = %e, "cannot read the job's lease; running the tick");
-                }
-            }
-            let retries = spec.retries;
-            let timeout = spec.timeout.unwrap_or(component.timeout);
-            let budget = (timeout + retries.backoff) * retries.attempts + Duration::from_secs(5);
-            let lease = history::Lease {
-                run: id.clone(),
-                host: self.host.clone(),
-                until_ms: history::now_ms() + budget.as_millis() as u64,
-            };
-            match history.take_lease(&lease).await {
-                Ok(true) => {}
-                Ok(false) if spec.concurrency == Concurrency::Forbid => {
-                    self.record_skipped(component, (history, &request), &id, "another run")
-                        .await;
-                    return;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(component = %component.id, error = %e, "cannot take the job's lease; running the tick");
-                }
-            }
-        }
-        self.run_with_retries(component, history, &request, id.clone())
-            .await;
-        if spec.concurrency != Concurrency::Allow {
-            let _ = history.release_lease(&id).await;
-        }
-    }
-
-    /// Stops a run going here and waits (bounded) for its end.
-    async fn stop_and_wait(&self, id: &str) {
-        let run = self
-            .live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned();
-        if let Some(run) = run {
-            run.cancel.cancel();
-            let mut ended = run.ended.clone();
-            let _ = tokio::time::timeout(REPLACE_WAIT, ended.wait_for(|e| *e)).await;
-        }
-    }
-
-    /// Records a tick skipped because `running` was still going.
-    async fn record_skipped(
-        &self,
-        component: &DeployedComponent,
-        (history, request): (&History, &RunRequest),
-        id: &str,
-        running: &str,
-    ) {
-        let mut record = self.new_record(component, request, id, 1);
-        record.outcome = Outcome::Skipped;
-        record.duration_ms = Some(0);
-        record.error = Some(format!("run {running} was still going"));
-        self.count(&record);
-        if let Err(e) = history.put(&record).await {
-            tracing::warn!(component = %component.id, error = %e, "cannot record the skipped tick");
-        }
-        let _ = history
-            .prune(component.spec.triggers.job.keep_runs as usize)
-            .await;
-    }
-
-    /// Runs `request`, again after a retryable failure, up to the job's attempts; the
-    /// first attempt has id `id`.
-    async fn run_with_retries(
-        &self,
-        component: &Arc<DeployedComponent>,
-        history: &History,
-        request: &RunRequest,
-        id: String,
-    ) -> RunRecord {
-        let retries = component.spec.triggers.job.retries;
-        let mut id = id;
-        let mut attempt = 1;
-        loop {
-            let output = Arc::new(Output::default());
-            let record = self
-                .execute(component, history, request, id, output, attempt)
-                .await;
-            if attempt >= retries.attempts.max(1) || !record.retryable() {
-                return record;
-            }
-            tracing::info!(component = %component.id, run = %record.id, attempt, retry_in = ?retries.backoff, "job run failed; retrying");
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return record,
-                _ = tokio::time::sleep(retries.backoff) => {}
-            }
-            attempt += 1;
-            id = history::new_id(history::now_ms());
-        }
     }
 
     fn new_record(
@@ -535,79 +370,107 @@ impl Jobs {
         }
     }
 
-    /// Runs `request` once through the envelope and records it.
+    /// Waits for a slot for a scheduled or message run; `None` if the component's
+    /// triggers or the host stop meanwhile.
+    async fn admit(
+        &self,
+        component: &DeployedComponent,
+        stop: Option<&CancellationToken>,
+    ) -> Option<Permit> {
+        let stopped = async {
+            match stop {
+                Some(s) => s.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            p = component.scaler.admit_wait() => Some(p),
+            _ = stopped => None,
+            _ = self.shutdown.cancelled() => None,
+        }
+    }
+
+    /// Runs one attempt through the envelope and records it.
     async fn execute(
         &self,
         component: &Arc<DeployedComponent>,
         history: &History,
         request: &RunRequest,
-        id: String,
-        output: Arc<Output>,
-        attempt: u32,
-    ) -> RunRecord {
-        self.execute_admitted(component, history, request, (id, output, attempt), None)
-            .await
-    }
-
-    /// [`Jobs::execute`] with the slot the run may already hold.
-    async fn execute_admitted(
-        &self,
-        component: &Arc<DeployedComponent>,
-        history: &History,
-        request: &RunRequest,
-        (id, output, attempt): (String, Arc<Output>, u32),
-        permit: Option<Permit>,
+        attempt: Attempt,
     ) -> RunRecord {
         let spec = &component.spec.triggers.job;
-        let mut record = self.new_record(component, request, &id, attempt);
+        let id = attempt.id.clone();
+        let mut record = self.new_record(component, request, &id, attempt.number);
         if let Err(e) = history.put(&record).await {
             tracing::warn!(component = %component.id, run = %id, error = %e, "cannot record the run's start");
         }
-        let cancel = CancellationToken::new();
         let (ended_tx, ended) = tokio::sync::watch::channel(false);
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        lock(&self.live).insert(
             id.clone(),
             Arc::new(LiveRun {
-                cancel: cancel.clone(),
+                app: record.app.clone(),
+                component: record.component.clone(),
+                cancel: attempt.cancel.clone(),
                 ended,
             }),
         );
-        let mut args = vec![component.id.component.to_string()];
-        args.extend(request.args.clone().unwrap_or_else(|| spec.args.clone()));
-        let mut env = request.env.clone();
-        if let Some(subject) = &request.subject {
-            env.push((SUBJECT_ENV.to_string(), subject.clone()));
-        }
-        let io = CommandIo {
-            args,
-            env,
-            stdin: request.stdin.clone(),
-            stdout: output.sink(Stream::Stdout),
-            stderr: output.sink(Stream::Stderr),
-        };
-        let trace = TraceContext::for_invocation(None);
-        let call = JobCall(CommandRun {
-            io: Arc::new(io),
-            timeout: spec.timeout,
-            cancel,
-            traceparent: Some(trace.header_value()),
-        });
-        let what = format!("run {id}");
-        let cx = Context {
-            component,
-            metrics: &self.requests,
-            trace: &trace,
-            what: &what,
-        };
-        let started = std::time::Instant::now();
+        let timeout = spec.timeout.unwrap_or(component.timeout);
         // Manual runs answer at once when the component cannot take them; scheduled
         // and message runs wait for a slot, as messages do.
-        let admission = match (permit, request.trigger) {
-            (Some(p), _) => Admission::Admitted(p),
-            (None, RunTrigger::Manual) => Admission::Admit,
-            (None, _) => Admission::Admitted(component.scaler.admit_wait().await),
+        let admission = match (attempt.permit, request.trigger) {
+            (Some(p), _) => Some(Admission::Admitted(p)),
+            (None, RunTrigger::Manual) => Some(Admission::Admit),
+            (None, _) => self
+                .admit(component, attempt.stop.as_ref())
+                .await
+                .map(Admission::Admitted),
         };
-        let result = envelope::invoke(cx, admission, call).await;
+        let started = std::time::Instant::now();
+        let result = match admission {
+            None => Err(Failure::Invoke(InvokeError::Cancelled(
+                "the job was undeployed, redeployed or the host stopped before the run got a slot"
+                    .into(),
+            ))),
+            Some(admission) => {
+                if let Some(lease) = &attempt.lease {
+                    // The lease covers the run from now, not from the tick.
+                    let until = history::now_ms()
+                        .saturating_add(timeout.as_millis() as u64)
+                        .saturating_add(LEASE_MARGIN.as_millis() as u64);
+                    if let Err(e) = history.renew_lease(lease, until).await {
+                        tracing::warn!(component = %component.id, error = %e, "cannot renew the job's lease");
+                    }
+                }
+                let mut args = vec![component.id.component.to_string()];
+                args.extend(request.args.clone().unwrap_or_else(|| spec.args.clone()));
+                let mut env = request.env.clone();
+                if let Some(subject) = &request.subject {
+                    env.push((SUBJECT_ENV.to_string(), subject.clone()));
+                }
+                let io = CommandIo {
+                    args,
+                    env,
+                    stdin: request.stdin.clone(),
+                    stdout: attempt.output.sink(Stream::Stdout),
+                    stderr: attempt.output.sink(Stream::Stderr),
+                };
+                let trace = TraceContext::for_invocation(None);
+                let call = JobCall(CommandRun {
+                    io: Arc::new(io),
+                    timeout: Some(timeout),
+                    cancel: attempt.cancel.clone(),
+                    traceparent: Some(trace.header_value()),
+                });
+                let what = format!("run {id}");
+                let cx = Context {
+                    component,
+                    metrics: &self.requests,
+                    trace: &trace,
+                    what: &what,
+                };
+                envelope::invoke(cx, admission, call).await
+            }
+        };
         record.duration_ms = Some(started.elapsed().as_millis() as u64);
         match result {
             Ok(code) => {
@@ -625,27 +488,18 @@ impl Jobs {
                 };
                 record.error = Some(match &e {
                     Failure::Shed(Shed::Stopped) => "the component is stopped".to_string(),
+                    Failure::Invoke(InvokeError::Cancelled(why)) => why.clone(),
                     other => brief(&other.to_string()),
                 });
             }
         }
-        let (stdout, stderr) = output.tails();
+        let (stdout, stderr) = attempt.output.tails();
         record.set_output(&stdout, &stderr);
         if let Err(e) = history.put(&record).await {
             tracing::warn!(component = %component.id, run = %id, error = %e, "cannot record the run");
         }
-        if let Err(e) = history.prune(spec.keep_runs as usize).await {
-            tracing::warn!(component = %component.id, error = %e, "cannot prune the job's history");
-        }
         self.count(&record);
-        if let Some(run) = self
-            .live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id)
-        {
-            drop(run);
-        }
+        lock(&self.live).remove(&id);
         let _ = ended_tx.send(true);
         tracing::info!(
             component = %component.id,
@@ -691,89 +545,6 @@ impl Jobs {
                 .last_success
                 .get_or_create(&job)
                 .set(end as f64 / 1000.0);
-        }
-    }
-
-    /// Subscribes the job's `on_message` subjects durably (JetStream): one run per
-    /// message, retried by redelivery, then dead-lettered.
-    async fn subscribe(
-        self: Arc<Self>,
-        component: Arc<DeployedComponent>,
-        history: History,
-        bus: Arc<dyn Bus>,
-        stop: CancellationToken,
-    ) -> anyhow::Result<()> {
-        let spec = &component.spec.triggers.job;
-        let Some(nats) = bus.as_nats() else {
-            anyhow::bail!(
-                "job.on_message needs NATS with JetStream (runs per message are durable); this host runs the in-process bus"
-            );
-        };
-        let delivery = crate::subscriber::durable::Delivery {
-            subjects: spec.on_message.clone(),
-            group: format!("{}.{}.job", component.id.app, component.id.component),
-            max_deliver: spec.retries.attempts.max(1),
-            backoff: vec![spec.retries.backoff],
-            ack_wait: spec.timeout.unwrap_or(component.timeout)
-                + crate::subscriber::durable::ACK_MARGIN,
-        };
-        let handler: crate::subscriber::durable::Handler = {
-            let (this, component) = (self.clone(), component.clone());
-            Arc::new(move |message, permit| {
-                let (this, component, history) = (this.clone(), component.clone(), history.clone());
-                Box::pin(async move {
-                    this.message_run(&component, &history, message, permit)
-                        .await
-                })
-            })
-        };
-        crate::subscriber::durable::start_with(
-            component.clone(),
-            delivery,
-            handler,
-            nats.clone(),
-            stop,
-            self.tracker.clone(),
-        )
-        .await
-    }
-
-    /// One run for one message; a failed run fails the delivery.
-    async fn message_run(
-        &self,
-        component: &Arc<DeployedComponent>,
-        history: &History,
-        message: crate::bus::Message,
-        permit: Permit,
-    ) -> Result<(), Failure> {
-        let request = RunRequest {
-            trigger: RunTrigger::Message,
-            args: None,
-            env: Vec::new(),
-            stdin: message.body.clone(),
-            subject: Some(message.subject.clone()),
-            tick_ms: None,
-            caught_up: false,
-        };
-        let id = history::new_id(history::now_ms());
-        let attempt = 1;
-        let record = self
-            .execute_admitted(
-                component,
-                history,
-                &request,
-                (id, Arc::new(Output::default()), attempt),
-                Some(permit),
-            )
-            .await;
-        if record.succeeded() {
-            Ok(())
-        } else {
-            Err(Failure::Invoke(InvokeError::Handler(format!(
-                "run {} ended: {}",
-                record.id,
-                describe(&record)
-            ))))
         }
     }
 }

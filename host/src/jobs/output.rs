@@ -12,9 +12,9 @@ use crate::capability::wasi::OutputSink;
 /// Bytes of each stream kept in the history (the last ones).
 pub const KEPT: usize = 32 * 1024;
 
-/// Chunks buffered for a follower that reads slower than the guest writes; a follower
-/// further behind is told how many it lost.
-const FOLLOW_BUFFER: usize = 1024;
+/// Chunks buffered for a follower that reads slower than the guest writes (at most
+/// 16 KiB each: 4 MiB); a follower further behind is told how many it lost.
+const FOLLOW_BUFFER: usize = 256;
 
 /// Which stream a chunk was written to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -99,30 +99,6 @@ impl Schedule {
             }
         }
     }
-
-    /// The last tick at or before `at`, if one can be found (for `catch_up`): the
-    /// latest tick in the `window` before `at`.
-    pub fn last_before(
-        &self,
-        at: DateTime<Utc>,
-        window: Duration,
-        tz: chrono_tz::Tz,
-    ) -> Option<DateTime<Utc>> {
-        let start = at - chrono::Duration::from_std(window).ok()?;
-        let mut last = None;
-        let mut t = start;
-        // At most a few thousand steps: the window is bounded by the caller.
-        for _ in 0..100_000 {
-            match self.next_after(t, tz) {
-                Some(n) if n <= at => {
-                    last = Some(n);
-                    t = n;
-                }
-                _ => break,
-            }
-        }
-        last
-    }
 }
 
 /// What a tick does while a run of the job is still going.
@@ -213,6 +189,26 @@ impl JobSpec {
     }
 }
 
+/// The longest `job.timeout`.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest `retries.backoff`.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
+
+/// A duration of at most `max`.
+fn bounded(
+    t: &mut Table<'_>,
+    key: &'static str,
+    max: Duration,
+) -> Result<Option<Duration>, ManifestError> {
+    t.parsed(key, |text| {
+        let d = crate::section::parse_duration(text)?;
+        if d > max {
+            return Err(format!("at most {}", humantime::format_duration(max)));
+        }
+        Ok(d)
+    })
+}
+
 fn retries(job: &mut Table<'_>) -> Result<Retries, ManifestError> {
     let Some(r) = job.table("retries")? else {
         return Ok(Retries {
@@ -221,7 +217,7 @@ fn retries(job: &mut Table<'_>) -> Result<Retries, ManifestError> {
         });
     };
     let attempts = r.count("attempts", 1, 100)?.unwrap_or(1);
-    let backoff = r.duration("backoff")?.unwrap_or(Duration::from_secs(1));
+    let backoff = bounded(r, "backoff", MAX_BACKOFF)?.unwrap_or(Duration::from_secs(1));
     Ok(Retries { attempts, backoff })
 }
 
@@ -252,7 +248,7 @@ impl Trigger for JobTrigger {
             concurrency: job
                 .parsed("concurrency", Concurrency::parse)?
                 .unwrap_or_default(),
-            timeout: job.duration("timeout")?,
+            timeout: bounded(job, "timeout", MAX_TIMEOUT)?,
             retries: retries(job)?,
             keep_runs: job
                 .count("keep_runs", 1, MAX_KEEP_RUNS as i64)?
@@ -336,18 +332,5 @@ mod tests {
         assert!(e.contains("duration") || e.contains("@every"), "{e}");
         let e = Schedule::parse("@every 1500ms").unwrap_err();
         assert!(e.contains("whole seconds"), "{e}");
-    }
-
-    #[test]
-    fn last_tick_before_for_catch_up() {
-        let s = Schedule::parse("0 0 7 * * *").unwrap();
-        let last = s
-            .last_before(
-                at("2026-12-08T12:00:00Z"),
-                Duration::from_secs(2 * 86_400),
-                chrono_tz::UTC,
-            )
-            .unwrap();
-        assert_eq!(last, at("2026-12-08T07:00:00Z"));
     }
 }
