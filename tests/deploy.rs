@@ -397,3 +397,95 @@ fn the_example_manifests_are_valid() {
         dir.display()
     );
 }
+
+/// `wasmhive history` lists the versions that went live; `wasmhive rollback` deploys
+/// the previous one (or `--to` a named one) from the host's history, with no upload
+/// and no compile, while clients keep getting answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollback_redeploys_an_earlier_version_from_the_history() {
+    let ws = Workspace::new();
+    let host = Host::start(&[]);
+    for (file, version, greeting) in [
+        ("v1.toml", "1.0.0", "hello"),
+        ("v2.toml", "2.0.0", "bonjour"),
+        ("v3.toml", "3.0.0", "hallo"),
+    ] {
+        let m = hello(&ws, file, version, greeting);
+        let out = host.cli(&["deploy", m.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = host.cli(&["history", "hello", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let versions: Vec<&str> = history["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["3.0.0", "2.0.0", "1.0.0"], "newest first");
+    assert_eq!(history["current"], "3.0.0");
+
+    // Clients keep asking during the rollbacks: every answer is one version's.
+    let url = host.url("/hello");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (url, stop) = (url.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut answers = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = get(&url).await;
+                assert_eq!(r.status, 200, "{r:?}");
+                assert!(
+                    ["hallo, world\n", "bonjour, world\n", "hello, world\n"]
+                        .contains(&r.text.as_str()),
+                    "{r:?}"
+                );
+                answers += 1;
+            }
+            answers
+        }));
+    }
+
+    let out = host.cli(&["rollback", "hello"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        report.contains("deployed hello 2.0.0 (replaced 3.0.0)"),
+        "{report}"
+    );
+    assert!(
+        !report.contains("loaded from compiled"),
+        "no compile: {report}"
+    );
+    assert_eq!(get(host.url("/hello")).await, (200, "bonjour, world\n"));
+
+    let out = host.cli(&["rollback", "hello", "--to", "1.0.0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(get(host.url("/hello")).await, (200, "hello, world\n"));
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        assert!(c.await.unwrap() > 0);
+    }
+
+    let out = host.cli(&["history", "hello"]);
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(listing.starts_with("hello: running 1.0.0"), "{listing}");
+    assert!(listing.contains("rollback from 2.0.0"), "{listing}");
+
+    let out = host.cli(&["rollback", "hello", "--to", "9.9.9"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no version \"9.9.9\" in its history"),
+        "{}",
+        stderr(&out)
+    );
+    let out = host.cli(&["rollback", "nope"]);
+    assert!(
+        stderr(&out).contains("no app named \"nope\""),
+        "{}",
+        stderr(&out)
+    );
+}

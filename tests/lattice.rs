@@ -1796,3 +1796,34 @@ async fn hosts_started_before_nats_join_when_it_appears() {
     wait_answer("b", &b, "/hello/x", 200, "hi, x\n").await;
     wait_listing("a", &a, lattice, &["a", "b"]).await;
 }
+
+/// A rollback asked of any host goes back to the lattice's previous version on every
+/// host; the history is the lattice's, not one host's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollback_reaches_every_host() {
+    let nats = NatsServer::start();
+    let lattice = "rollback1";
+    let a = join(&nats, lattice, "a", &[]);
+    let b = join(&nats, lattice, "b", &[]);
+    let ws = Workspace::new();
+    deploy(&a.1, &hello_app(&ws, "hello", "1.0.0", "hello", ""));
+    deploy(&a.1, &hello_app(&ws, "hello", "2.0.0", "bonjour", ""));
+    for (name, host) in [&a, &b] {
+        wait_answer(name, host, "/hello", 200, "bonjour, world\n").await;
+    }
+    let out = b.1.cli(&["history", "hello"]);
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        listing.contains("2.0.0") && listing.contains("1.0.0"),
+        "host b sees the versions deployed through a: {listing}"
+    );
+    let out = b.1.cli(&["rollback", "hello"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, host) in [&a, &b] {
+        wait_answer(name, host, "/hello", 200, "hello, world\n").await;
+    }
+}

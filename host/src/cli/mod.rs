@@ -392,6 +392,28 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// An app's last versions (up to 10), newest first: version, when, how it came,
+    /// its manifest's digest.
+    History {
+        /// The app.
+        app: String,
+        /// Print the history as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Deploy an earlier version of an app again, from the host's history: no upload,
+    /// no compile. Default: the version before the running one.
+    Rollback {
+        /// The app.
+        app: String,
+        /// The version to go back to.
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Run a job now on a host: its output is printed as it is written, and this
     /// command ends with the run's exit code (70: it trapped; 124: it ran past its
     /// deadline; 69: it could not start or was stopped).
@@ -546,6 +568,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await?;
             Ok(())
         }
+        Command::History { app, json, admin } => {
+            let history = admin.client()?.history(&app).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&history)?);
+            } else {
+                print!("{}", history.render());
+            }
+            Ok(())
+        }
+        Command::Rollback { app, to, admin } => {
+            let report = admin.client()?.rollback(&app, to.as_deref()).await?;
+            print_report(&report);
+            Ok(())
+        }
         Command::Run {
             app,
             component,
@@ -595,6 +631,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
 /// `wasmhive deploy`: uploads what the host lacks, deploys, prints the report.
 async fn deploy(manifest: &std::path::Path, admin: &AdminClient) -> anyhow::Result<()> {
     let report = admin.deploy(manifest).await?;
+    print_report(&report);
+    Ok(())
+}
+
+/// Prints a deploy's report: the version now serving and how each component loaded.
+fn print_report(report: &crate::control::DeployReport) {
     match &report.replaced {
         Some(old) => println!(
             "deployed {} {} (replaced {old})",
@@ -613,7 +655,6 @@ async fn deploy(manifest: &std::path::Path, admin: &AdminClient) -> anyhow::Resu
             c.routes.join(", ")
         );
     }
-    Ok(())
 }
 
 /// `wasmhive deploy --nats URL`: checks the app offline, then writes its component

@@ -17,6 +17,8 @@
 //! | GET | `/v1/apps/{app}/components/{c}/runs[?limit=N]` | `{"runs": [...]}`, newest first, without output |
 //! | GET | `/v1/apps/{app}/components/{c}/runs/{id}` | one run with its output ([`RunRecord`](crate::jobs::RunRecord)) |
 //! | POST | `/v1/apps/{app}/components/{c}/runs/{id}/stop` | stops the run if it is going on this host |
+//! | GET | `/v1/apps/{app}/history` | the app's last versions, newest first ([`History`](super::history::History)) |
+//! | POST | `/v1/apps/{app}/rollback` | `{"to": VERSION}` (optional): deploys that earlier version again, or the one before the running version → [`DeployReport`](super::DeployReport) |
 //! | GET | `/v1/jobs[/{app}]` | every job: schedule, next run, last runs ([`JobList`](super::jobs::JobList)) |
 //! | GET | `/v1/runs/{id}` | a run of any deployed job, with its output |
 //! | POST | `/v1/publish` | publish ([`PublishRequest`](super::PublishRequest)); with `request_timeout_ms`, wait for the reply ([`PublishReply`](super::PublishReply)) |
@@ -218,6 +220,23 @@ async fn endpoint(api: &AdminApi, req: Request<Incoming>) -> Response<Body> {
                 rest @ ..,
             ],
         ) => runs(control, method, (app, component), rest, req).await,
+        (&Method::GET, ["v1", "apps", app, "history"]) => match control.history(app).await {
+            Ok(h) => body::json(StatusCode::OK, &h),
+            Err(e) => error(deploy_status(&e), e.to_string()),
+        },
+        (&Method::POST, ["v1", "apps", app, "rollback"]) => {
+            let to: RollbackRequest = match read_json(req, "rollback request").await {
+                Ok(r) => r,
+                Err(r) => return r,
+            };
+            match control.rollback(app, to.to.as_deref()).await {
+                Ok(report) => body::json(StatusCode::OK, &report),
+                Err(e) => {
+                    tracing::warn!(error = %e, "rollback refused");
+                    error(deploy_status(&e), e.to_string())
+                }
+            }
+        }
         (&Method::GET, ["v1", "jobs"]) => job_list(control, None).await,
         (&Method::GET, ["v1", "jobs", app]) => job_list(control, Some(app)).await,
         (&Method::GET, ["v1", "runs", id]) => match control.find_run(id).await {
@@ -242,6 +261,14 @@ async fn endpoint(api: &AdminApi, req: Request<Incoming>) -> Response<Body> {
             format!("no admin endpoint {method} {path}"),
         ),
     }
+}
+
+/// `POST /v1/apps/{app}/rollback`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct RollbackRequest {
+    /// The version to go back to (default: the one before the running version).
+    #[serde(default)]
+    pub to: Option<String>,
 }
 
 /// `GET /v1/jobs[/{app}]`.

@@ -257,6 +257,29 @@ impl AdminClient {
         self.check(resp).await
     }
 
+    /// `GET /v1/apps/{app}/history`.
+    pub async fn history(&self, app: &str) -> anyhow::Result<super::history::History> {
+        self.get_json(&format!("/v1/apps/{app}/history"), "history")
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/rollback`.
+    pub async fn rollback(&self, app: &str, to: Option<&str>) -> anyhow::Result<DeployReport> {
+        let resp = self
+            .request(reqwest::Method::POST, &format!("/v1/apps/{app}/rollback"))
+            .json(&super::api::RollbackRequest {
+                to: to.map(str::to_string),
+            })
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.check(resp)
+            .await?
+            .json()
+            .await
+            .context("invalid rollback report")
+    }
+
     /// `GET /v1/jobs[/{app}]`.
     pub async fn jobs(&self, app: Option<&str>) -> anyhow::Result<super::jobs::JobList> {
         let path = match app {

@@ -12,6 +12,7 @@ pub mod api;
 pub mod blobs;
 pub mod client;
 mod converge;
+pub mod history;
 pub mod jobs;
 pub mod kv;
 pub mod metrics;
@@ -338,10 +339,20 @@ impl ControlPlane {
     /// In a lattice the app is also written to the lattice (component bytes first,
     /// then the record naming them), and every host converges to it.
     pub async fn deploy(&self, request: DeployRequest) -> Result<DeployReport, DeployError> {
+        self.deploy_as(request, "deploy").await
+    }
+
+    /// [`ControlPlane::deploy`], saying in the deploy history how the version came
+    /// (`deploy`, `rollback from 0.2.0`).
+    pub(crate) async fn deploy_as(
+        &self,
+        request: DeployRequest,
+        how: &str,
+    ) -> Result<DeployReport, DeployError> {
         self.refuse_while_joining()?;
         let Some(lattice) = self.lattice().cloned() else {
             let app = self.build(request).await?;
-            return self.activate(app).await;
+            return self.activate_as(app, how).await;
         };
         // What runs here already is only written to the lattice, not built again.
         if let Some(running) = self.running(&request) {
@@ -360,7 +371,7 @@ impl ControlPlane {
             // The watcher applied this very record first.
             return Ok(report_of(&app, None));
         }
-        let report = self.activate(app).await?;
+        let report = self.activate_as(app, how).await?;
         applied.insert(report.app.clone(), revision);
         self.lock_refused().remove(&report.app);
         Ok(report)
@@ -400,6 +411,12 @@ impl ControlPlane {
     /// Swaps a built app version in: places it (in a lattice), subscribes what runs
     /// here, persists it (alone), and publishes the new snapshot.
     pub(crate) async fn activate(&self, app: App) -> Result<DeployReport, DeployError> {
+        self.activate_as(app, "deploy").await
+    }
+
+    /// [`ControlPlane::activate`], recording the version in the deploy history as
+    /// come by `how`.
+    async fn activate_as(&self, app: App, how: &str) -> Result<DeployReport, DeployError> {
         let name = app.name().to_string();
         let version = app.manifest.app.version.clone();
         let placed = self.place(&app);
@@ -437,6 +454,10 @@ impl ControlPlane {
             })?;
         report.replaced = previous.as_ref().map(|p| p.manifest.app.version.clone());
         tracing::info!(app = %name, %version, replaced = ?report.replaced, "deployed");
+        let live = self.apps.snapshot().apps.get(&name).cloned();
+        if let Some(live) = live {
+            self.record_version(&live, how).await;
+        }
         Ok(report)
     }
 
