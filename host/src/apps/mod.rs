@@ -108,6 +108,9 @@ pub struct ComponentStats {
     pub calls_local: AtomicU64,
     /// Service calls to it forwarded to another host of the lattice.
     pub calls_remote: AtomicU64,
+    /// Invocations that ended with a status of 500 or more (a guest's own 5xx
+    /// included), for rollout analysis.
+    pub server_errors: AtomicU64,
 }
 
 impl ComponentStats {
@@ -166,6 +169,39 @@ impl App {
     }
 }
 
+/// A new version of an app loaded beside the serving one during a rollout: HTTP
+/// requests to the app's routes go to it by weight (canary) or by preview header.
+pub struct Candidate {
+    /// The new version.
+    pub app: Arc<App>,
+    /// Its share of requests, per-mille (0 for blue-green: preview only).
+    pub weight: std::sync::atomic::AtomicU32,
+    /// The header (lowercase) whose value, equal to the new version, selects it.
+    pub preview_header: http::HeaderName,
+}
+
+impl Candidate {
+    /// Whether a request with `headers` goes to the new version.
+    pub fn takes(&self, headers: &http::HeaderMap) -> bool {
+        if headers
+            .get(&self.preview_header)
+            .is_some_and(|v| v.as_bytes() == self.app.manifest.app.version.as_bytes())
+        {
+            return true;
+        }
+        let weight = self.weight.load(Ordering::Relaxed);
+        weight > 0 && rand::random_range(0..1000) < weight
+    }
+
+    /// The new version's component named like `component`, if it has one.
+    pub fn component(&self, component: &DeployedComponent) -> Option<&Arc<DeployedComponent>> {
+        self.app
+            .components
+            .iter()
+            .find(|c| c.id.component == component.id.component)
+    }
+}
+
 /// An immutable view of everything deployed.
 #[derive(Default)]
 pub struct Snapshot {
@@ -173,6 +209,8 @@ pub struct Snapshot {
     pub apps: BTreeMap<String, Arc<App>>,
     /// The live route table.
     pub routes: RouteTable<Arc<DeployedComponent>>,
+    /// New versions loaded beside the serving ones (rollouts), by app.
+    pub candidates: BTreeMap<String, Arc<Candidate>>,
 }
 
 impl Snapshot {
@@ -187,7 +225,27 @@ impl Snapshot {
                 }
             }
         }
-        Ok(Snapshot { apps, routes })
+        Ok(Snapshot {
+            apps,
+            routes,
+            candidates: BTreeMap::new(),
+        })
+    }
+
+    /// The component that serves a request `routed` to `component`: the new version's
+    /// when the app has a rollout and it takes the request, else `component`.
+    pub fn pick<'a>(
+        &'a self,
+        component: &'a Arc<DeployedComponent>,
+        headers: &http::HeaderMap,
+    ) -> &'a Arc<DeployedComponent> {
+        if self.candidates.is_empty() {
+            return component;
+        }
+        match self.candidates.get(&*component.id.app) {
+            Some(c) if c.takes(headers) => c.component(component).unwrap_or(component),
+            _ => component,
+        }
     }
 
     /// Every deployed component, app by app.
@@ -223,16 +281,17 @@ impl Apps {
     /// the version that was replaced, if any.
     pub async fn put(
         &self,
-        app: App,
+        app: Arc<App>,
         commit: impl FnOnce(&App) -> Result<(), String>,
     ) -> Result<Option<Arc<App>>, String> {
         let _w = self.writer.lock().await;
         let current = self.current.load_full();
         let mut apps = current.apps.clone();
         let name = app.name().to_string();
-        let app = Arc::new(app);
-        let previous = apps.insert(name, app.clone());
-        let next = Snapshot::build(apps)?;
+        let previous = apps.insert(name.clone(), app.clone());
+        let mut next = Snapshot::build(apps)?;
+        next.candidates = current.candidates.clone();
+        next.candidates.remove(&name);
         commit(&app)?;
         self.current.store(Arc::new(next));
         Ok(previous)
@@ -252,9 +311,42 @@ impl Apps {
         }
         let mut apps = current.apps.clone();
         let removed = apps.remove(name);
-        let next = Snapshot::build(apps)?;
+        let mut next = Snapshot::build(apps)?;
+        next.candidates = current.candidates.clone();
+        next.candidates.remove(name);
         commit()?;
         self.current.store(Arc::new(next));
         Ok(removed)
+    }
+}
+
+impl Apps {
+    /// Loads `candidate` beside its app's serving version (replacing an earlier
+    /// candidate of that app).
+    pub async fn stage(&self, candidate: Arc<Candidate>) {
+        self.with_candidates(|c| {
+            c.insert(candidate.app.name().to_string(), candidate);
+        })
+        .await;
+    }
+
+    /// Drops the candidate of `app`, if any; returns it.
+    pub async fn unstage(&self, app: &str) -> Option<Arc<Candidate>> {
+        let mut removed = None;
+        self.with_candidates(|c| removed = c.remove(app)).await;
+        removed
+    }
+
+    async fn with_candidates(&self, change: impl FnOnce(&mut BTreeMap<String, Arc<Candidate>>)) {
+        let _w = self.writer.lock().await;
+        let current = self.current.load_full();
+        let mut candidates = current.candidates.clone();
+        change(&mut candidates);
+        // The serving apps' routes did not conflict a moment ago: they still do not.
+        let Ok(mut next) = Snapshot::build(current.apps.clone()) else {
+            return;
+        };
+        next.candidates = candidates;
+        self.current.store(Arc::new(next));
     }
 }

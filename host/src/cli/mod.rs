@@ -1,6 +1,7 @@
 //! The `wasmhive` command line: `up`, `deploy`, `undeploy`, `stop`, `start`, `status`, `hosts`, `kv`, `validate`, `publish`, `subscribe`.
 
 mod jobs;
+mod rollout;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -254,7 +255,7 @@ enum KvOp {
 
 /// How a client command reaches a host's admin API.
 #[derive(clap::Args)]
-struct AdminArgs {
+pub(crate) struct AdminArgs {
     /// The host's admin address.
     #[arg(long, env = "WASMHIVE_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
     admin: String,
@@ -274,7 +275,7 @@ struct AdminArgs {
 }
 
 impl AdminArgs {
-    fn client(&self) -> anyhow::Result<AdminClient> {
+    pub(crate) fn client(&self) -> anyhow::Result<AdminClient> {
         AdminClient::new(
             &self.admin,
             crate::control::token::client_token(self.token.clone(), &self.data_dir),
@@ -305,6 +306,17 @@ enum Command {
         /// With --nats: a `.creds` file for NATS.
         #[arg(long, env = "WASMHIVE_NATS_CREDS")]
         nats_creds: Option<PathBuf>,
+        /// How the new version takes over: immediate, canary or blue-green (default:
+        /// the manifest's `[rollout] strategy`, else immediate).
+        #[arg(long)]
+        strategy: Option<String>,
+        /// Deploy even while a rollout of the app is running (it is aborted).
+        #[arg(long)]
+        force: bool,
+        /// Follow the rollout this deploy starts, printing each step; exit 0 once
+        /// promoted, 1 if aborted.
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -389,6 +401,25 @@ enum Command {
         /// Print each message as a JSON line (subject, data, headers).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// A rollout's state: `wasmhive rollout status APP`.
+    Rollout {
+        #[command(subcommand)]
+        op: rollout::RolloutOp,
+    },
+    /// Send all of a rollout's traffic to the new version now (blue-green: switch).
+    Promote {
+        /// The app.
+        app: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stop a rollout: all traffic back to the version serving before it.
+    Abort {
+        /// The app.
+        app: String,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -501,10 +532,47 @@ async fn run(command: Command) -> anyhow::Result<()> {
             lattice,
             nats_creds,
             admin,
+            ..
         } => deploy_to_lattice(&manifest, &url, &lattice, nats_creds, &admin.data_dir).await,
         Command::Deploy {
-            manifest, admin, ..
-        } => deploy(&manifest, &admin.client()?).await,
+            manifest,
+            strategy,
+            force,
+            wait,
+            admin,
+            ..
+        } => {
+            let client = admin.client()?;
+            let report = client
+                .deploy_with(&manifest, strategy.as_deref(), force)
+                .await?;
+            print_report(&report);
+            match report.rollout {
+                Some(_) if wait => rollout::follow(&client, &report.app).await,
+                Some(s) => {
+                    println!(
+                        "{s} rollout of {} started: `wasmhive rollout status {}`",
+                        report.app, report.app
+                    );
+                    Ok(())
+                }
+                None => Ok(()),
+            }
+        }
+        Command::Rollout { op } => rollout::run(op).await,
+        Command::Promote { app, admin } => {
+            let v = admin.client()?.rollout_action(&app, "promote").await?;
+            println!(
+                "promoted {app} {}",
+                v["version"].as_str().unwrap_or_default()
+            );
+            Ok(())
+        }
+        Command::Abort { app, admin } => {
+            admin.client()?.rollout_action(&app, "abort").await?;
+            println!("aborted the rollout of {app}: the previous version serves everything");
+            Ok(())
+        }
         Command::Undeploy { app, admin } => {
             admin.client()?.undeploy(&app).await?;
             println!("undeployed {app}");
@@ -626,13 +694,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// `wasmhive deploy`: uploads what the host lacks, deploys, prints the report.
-async fn deploy(manifest: &std::path::Path, admin: &AdminClient) -> anyhow::Result<()> {
-    let report = admin.deploy(manifest).await?;
-    print_report(&report);
-    Ok(())
 }
 
 /// Prints a deploy's report: the version now serving and how each component loaded.

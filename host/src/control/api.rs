@@ -17,6 +17,9 @@
 //! | GET | `/v1/apps/{app}/components/{c}/runs[?limit=N]` | `{"runs": [...]}`, newest first, without output |
 //! | GET | `/v1/apps/{app}/components/{c}/runs/{id}` | one run with its output ([`RunRecord`](crate::jobs::RunRecord)) |
 //! | POST | `/v1/apps/{app}/components/{c}/runs/{id}/stop` | stops the run if it is going on this host |
+//! | POST | `/v1/apps?strategy=S&force=1` | a deploy whose `[rollout]` strategy is overridden (`immediate`, `canary`, `blue-green`); `force` replaces a running rollout |
+//! | GET | `/v1/apps/{app}/rollout` | the app's rollout, running or last ended ([`RolloutStatus`](super::rollout::RolloutStatus)) |
+//! | POST | `/v1/apps/{app}/promote`, `/v1/apps/{app}/abort` | all traffic to the new version now (a deploy's swap) / back to the old one |
 //! | GET | `/v1/apps/{app}/history` | the app's last versions, newest first ([`History`](super::history::History)) |
 //! | POST | `/v1/apps/{app}/rollback` | `{"to": VERSION}` (optional): deploys that earlier version again, or the one before the running version → [`DeployReport`](super::DeployReport) |
 //! | GET | `/v1/jobs[/{app}]` | every job: schedule, next run, last runs ([`JobList`](super::jobs::JobList)) |
@@ -177,13 +180,17 @@ async fn endpoint(api: &AdminApi, req: Request<Incoming>) -> Response<Body> {
                 .extensions()
                 .get::<PeerAddr>()
                 .is_some_and(|p| p.0.ip().is_loopback());
+            let options = match deploy_options(req.uri().query()) {
+                Ok(o) => o,
+                Err(e) => return error(StatusCode::BAD_REQUEST, e),
+            };
             match read_json::<DeployRequest>(req, "deploy request").await {
                 Ok(mut request) => {
                     // Only a client on this machine names a directory of this machine.
                     if !local {
                         request.manifest_dir = None;
                     }
-                    deploy(control, request).await
+                    deploy(control, request, options).await
                 }
                 Err(r) => r,
             }
@@ -220,6 +227,18 @@ async fn endpoint(api: &AdminApi, req: Request<Incoming>) -> Response<Body> {
                 rest @ ..,
             ],
         ) => runs(control, method, (app, component), rest, req).await,
+        (&Method::GET, ["v1", "apps", app, "rollout"]) => match control.rollout_status(app) {
+            Ok(r) => body::json(StatusCode::OK, &r),
+            Err(e) => error(deploy_status(&e), e.to_string()),
+        },
+        (&Method::POST, ["v1", "apps", app, "promote"]) => match control.promote(app).await {
+            Ok(report) => body::json(StatusCode::OK, &report),
+            Err(e) => error(deploy_status(&e), e.to_string()),
+        },
+        (&Method::POST, ["v1", "apps", app, "abort"]) => match control.abort(app).await {
+            Ok(status) => body::json(StatusCode::OK, &status),
+            Err(e) => error(deploy_status(&e), e.to_string()),
+        },
         (&Method::GET, ["v1", "apps", app, "history"]) => match control.history(app).await {
             Ok(h) => body::json(StatusCode::OK, &h),
             Err(e) => error(deploy_status(&e), e.to_string()),
@@ -584,9 +603,27 @@ async fn publish(control: &ControlPlane, request: super::PublishRequest) -> Resp
     }
 }
 
+/// `?strategy=immediate|canary|blue-green&force=1` of `POST /v1/apps`.
+fn deploy_options(query: Option<&str>) -> Result<super::rollout::DeployOptions, String> {
+    let strategy = match query_param(query, "strategy") {
+        Some(s) => Some(
+            crate::manifest::rollout::Strategy::parse(&s).map_err(|e| format!("strategy: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok(super::rollout::DeployOptions {
+        strategy,
+        force: query_param(query, "force").is_some_and(|v| v != "0"),
+    })
+}
+
 /// `POST /v1/apps`.
-async fn deploy(control: &ControlPlane, request: DeployRequest) -> Response<Body> {
-    match control.deploy(request).await {
+async fn deploy(
+    control: &Arc<ControlPlane>,
+    request: DeployRequest,
+    options: super::rollout::DeployOptions,
+) -> Response<Body> {
+    match control.deploy_with(request, options).await {
         Ok(report) => body::json(StatusCode::OK, &report),
         Err(e) => {
             tracing::warn!(error = %e, "deploy refused");

@@ -99,9 +99,28 @@ impl AdminClient {
 
     /// Uploads the manifest's components (only those the host lacks) and deploys it.
     pub async fn deploy(&self, manifest: &Path) -> anyhow::Result<DeployReport> {
+        self.deploy_with(manifest, None, false).await
+    }
+
+    /// [`AdminClient::deploy`] with a rollout strategy overriding the manifest's, and
+    /// `force` to replace a running rollout.
+    pub async fn deploy_with(
+        &self,
+        manifest: &Path,
+        strategy: Option<&str>,
+        force: bool,
+    ) -> anyhow::Result<DeployReport> {
         let request = request_from_file(manifest, self).await?;
+        let mut query = Vec::new();
+        if let Some(s) = strategy {
+            query.push(("strategy", s.to_string()));
+        }
+        if force {
+            query.push(("force", "1".to_string()));
+        }
         let resp = self
             .request(reqwest::Method::POST, "/v1/apps")
+            .query(&query)
             .json(&request)
             .send()
             .await
@@ -255,6 +274,30 @@ impl AdminClient {
             .await
             .map_err(|e| self.unreachable(e))?;
         self.check(resp).await
+    }
+
+    /// `GET /v1/apps/{app}/rollout`.
+    pub async fn rollout(&self, app: &str) -> anyhow::Result<super::rollout::RolloutStatus> {
+        self.get_json(&format!("/v1/apps/{app}/rollout"), "rollout")
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/promote` or `/abort`: the answer as JSON.
+    pub async fn rollout_action(
+        &self,
+        app: &str,
+        action: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        let resp = self
+            .request(reqwest::Method::POST, &format!("/v1/apps/{app}/{action}"))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.check(resp)
+            .await?
+            .json()
+            .await
+            .with_context(|| format!("invalid {action} answer"))
     }
 
     /// `GET /v1/apps/{app}/history`.

@@ -18,6 +18,7 @@ pub mod kv;
 pub mod metrics;
 mod prepare;
 mod request;
+pub mod rollout;
 pub mod status;
 pub mod token;
 
@@ -130,6 +131,10 @@ pub struct DeployReport {
     pub version: String,
     /// The version it replaced, if any.
     pub replaced: Option<String>,
+    /// Set when the version did not take over at once but started a rollout
+    /// (`canary`, `blue-green`): `replaced` keeps serving meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
     /// Per component: name, digest, flavor, routes, and whether it came from the cache.
     pub components: Vec<status::ComponentStatus>,
 }
@@ -181,6 +186,8 @@ pub struct ControlPlane {
     handlers: tokio_util::task::TaskTracker,
     /// Job runs, schedules and history.
     jobs: Arc<crate::jobs::Jobs>,
+    /// Rollouts, running or last ended, by app.
+    rollouts: std::sync::Mutex<BTreeMap<String, Arc<rollout::Rollout>>>,
     /// Stops the message subscriptions of each deployed app version.
     subscriptions: std::sync::Mutex<BTreeMap<String, Subscribed>>,
     shutdown: CancellationToken,
@@ -212,6 +219,7 @@ fn report_of(app: &App, replaced: Option<String>) -> DeployReport {
         app: app.name().to_string(),
         version: app.manifest.app.version.clone(),
         replaced,
+        rollout: None,
         components: app
             .components
             .iter()
@@ -268,6 +276,7 @@ impl ControlPlane {
             mesh,
             handlers: tokio_util::task::TaskTracker::new(),
             jobs,
+            rollouts: Default::default(),
             subscriptions: Default::default(),
             shutdown,
             lattice,
@@ -352,7 +361,7 @@ impl ControlPlane {
         self.refuse_while_joining()?;
         let Some(lattice) = self.lattice().cloned() else {
             let app = self.build(request).await?;
-            return self.activate_as(app, how).await;
+            return self.activate_as(Arc::new(app), how).await;
         };
         // What runs here already is only written to the lattice, not built again.
         if let Some(running) = self.running(&request) {
@@ -371,7 +380,7 @@ impl ControlPlane {
             // The watcher applied this very record first.
             return Ok(report_of(&app, None));
         }
-        let report = self.activate_as(app, how).await?;
+        let report = self.activate_as(Arc::new(app), how).await?;
         applied.insert(report.app.clone(), revision);
         self.lock_refused().remove(&report.app);
         Ok(report)
@@ -411,12 +420,16 @@ impl ControlPlane {
     /// Swaps a built app version in: places it (in a lattice), subscribes what runs
     /// here, persists it (alone), and publishes the new snapshot.
     pub(crate) async fn activate(&self, app: App) -> Result<DeployReport, DeployError> {
-        self.activate_as(app, "deploy").await
+        self.activate_as(Arc::new(app), "deploy").await
     }
 
     /// [`ControlPlane::activate`], recording the version in the deploy history as
     /// come by `how`.
-    async fn activate_as(&self, app: App, how: &str) -> Result<DeployReport, DeployError> {
+    pub(crate) async fn activate_as(
+        &self,
+        app: Arc<App>,
+        how: &str,
+    ) -> Result<DeployReport, DeployError> {
         let name = app.name().to_string();
         let version = app.manifest.app.version.clone();
         let placed = self.place(&app);
@@ -595,6 +608,8 @@ impl ControlPlane {
     /// is deleted and every host removes it.
     pub async fn undeploy(&self, name: &str) -> Result<(), DeployError> {
         self.refuse_while_joining()?;
+        self.end_rollout(name, rollout::Phase::Aborted, "the app was undeployed")
+            .await;
         if let Some(lattice) = self.lattice() {
             let exists = lattice
                 .apps()

@@ -144,6 +144,19 @@ pub struct AppStatus {
     pub deployed_at: u64,
     /// Components.
     pub components: Vec<ComponentStatus>,
+    /// During a rollout: the new version loaded beside this one and its share of
+    /// requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutShare>,
+}
+
+/// The new version of a rollout in `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutShare {
+    /// Its version.
+    pub version: String,
+    /// Its share of requests, percent (0: preview only).
+    pub weight_percent: f64,
 }
 
 /// One component.
@@ -290,6 +303,12 @@ impl HostStatus {
                         .iter()
                         .map(|c| ComponentStatus::of(c))
                         .collect(),
+                    rollout: snapshot.candidates.get(app.name()).map(|c| RolloutShare {
+                        version: c.app.manifest.app.version.clone(),
+                        weight_percent: f64::from(
+                            c.weight.load(std::sync::atomic::Ordering::Relaxed),
+                        ) / 10.0,
+                    }),
                 })
                 .collect(),
             lattice: None,
@@ -316,6 +335,16 @@ impl HostStatus {
             "ROUTES".into(),
         ]];
         for app in &self.apps {
+            if let Some(r) = &app.rollout {
+                let mut row: [String; 14] = Default::default();
+                row[0] = app.name.clone();
+                row[1] = r.version.clone();
+                row[13] = format!(
+                    "rollout: {}% of requests to {} (beside {})",
+                    r.weight_percent, r.version, app.version
+                );
+                rows.push(row);
+            }
             for c in &app.components {
                 rows.push([
                     app.name.clone(),

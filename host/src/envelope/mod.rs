@@ -252,6 +252,12 @@ impl Settle {
         if std::mem::replace(&mut self.settled, true) {
             return;
         }
+        if self.status >= 500 {
+            self.component
+                .stats
+                .server_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.metrics.record_for(
             &self.component.series,
             &self.component.id,

@@ -178,6 +178,8 @@ impl Gateway {
                 // Only routes with rules pay for keeping the pattern.
                 let guarded = (value.auth.is_some() || value.rate_limit.is_some())
                     .then(|| pattern.to_string());
+                // During a rollout the new version may take the request.
+                let value = snapshot.pick(value, req.headers());
                 match self.prepare_request(req, pattern, &params, trace.header_value()) {
                     Ok(req) => (value.clone(), req, guarded),
                     Err(status) => return body::text(status, "bad request"),

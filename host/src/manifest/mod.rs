@@ -12,6 +12,7 @@
 
 pub mod auth;
 mod component;
+pub mod rollout;
 
 use std::path::Path;
 
@@ -34,6 +35,8 @@ pub struct Manifest {
     pub components: Vec<ComponentSpec>,
     /// `[auth]`: how callers prove who they are.
     pub auth: auth::AuthSpec,
+    /// `[rollout]`: how a new version takes over.
+    pub rollout: rollout::RolloutSpec,
 }
 
 /// `[app]`
@@ -77,6 +80,7 @@ impl Manifest {
             None => return Err(doc.missing("app")),
         };
         let auth = auth::read(&mut doc)?;
+        let rollout = rollout::read(&mut doc)?;
         let mut components = Vec::new();
         for (name, table) in doc.tables("components")? {
             components.push(ComponentSpec::read(name, table)?);
@@ -99,6 +103,7 @@ impl Manifest {
             app,
             components,
             auth,
+            rollout,
         })
     }
 
