@@ -164,7 +164,7 @@ async fn a_failure_after_the_response_head_fails_the_response() {
     let metrics = host.admin_get("/metrics").await.text;
     for status in ["500", "200"] {
         let series = format!(
-            "wasmhive_requests_total{{app=\"faults\",component=\"faults\",trigger=\"http\",status=\"{status}\"}} 1"
+            "wasmhive_requests_total{{app=\"faults\",component=\"faults\",trigger=\"http\",status=\"{status}\",version=\"0.1.0\"}} 1"
         );
         assert!(metrics.contains(&series), "{series} in {metrics}");
     }

@@ -147,6 +147,11 @@ max_error_rate = "1%""#;
     for _ in 0..100 {
         assert_eq!(get(host.url("/maybe")).await, (200, "v1"));
     }
+    let metrics = host.admin_get("/metrics").await.text;
+    assert!(
+        metrics.contains("wasmhive_rollout_aborts_total{app=\"svc\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(host.status()["apps"][0]["version"], "1.0.0");
 }
 
@@ -197,6 +202,21 @@ step_interval = "1h""#;
     assert_eq!(app["version"], "1.0.0");
     assert_eq!(app["rollout"]["version"], "2.0.0");
     assert_eq!(app["rollout"]["weight_percent"], 25.0);
+    let metrics = host.admin_get("/metrics").await.text;
+    assert!(
+        metrics.contains("wasmhive_rollout_weight{app=\"svc\"} 0.25"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wasmhive_rollout_step{app=\"svc\"} 1"),
+        "{metrics}"
+    );
+    for version in ["1.0.0", "2.0.0"] {
+        let series = format!(
+            "wasmhive_requests_total{{app=\"svc\",component=\"api\",trigger=\"http\",status=\"200\",version=\"{version}\"}}"
+        );
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
     // The preview header reaches the new version whatever the weight.
     for _ in 0..20 {
         let r = wasmhive_e2e::send(

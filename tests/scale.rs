@@ -95,7 +95,7 @@ async fn idle_component_scales_to_zero_and_wakes_on_the_next_request() {
         Some(1.0),
         "{text}"
     );
-    let ok = r#"app="hello",component="hello",trigger="http",status="200""#;
+    let ok = r#"app="hello",component="hello",trigger="http",status="200",version="0.1.0""#;
     assert_eq!(
         metric(&text, "wasmhive_requests_total", ok),
         Some(2.0),

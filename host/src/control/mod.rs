@@ -188,6 +188,7 @@ pub struct ControlPlane {
     jobs: Arc<crate::jobs::Jobs>,
     /// Rollouts, running or last ended, by app.
     rollouts: std::sync::Mutex<BTreeMap<String, Arc<rollout::Rollout>>>,
+    rollout_metrics: rollout::RolloutMetrics,
     /// Stops the message subscriptions of each deployed app version.
     subscriptions: std::sync::Mutex<BTreeMap<String, Subscribed>>,
     shutdown: CancellationToken,
@@ -262,6 +263,8 @@ impl ControlPlane {
             requests.clone(),
         );
         jobs.register(&mut registry);
+        let rollout_metrics = rollout::RolloutMetrics::default();
+        rollout_metrics.register(&mut registry);
         Ok(ControlPlane {
             runtime,
             apps,
@@ -277,6 +280,7 @@ impl ControlPlane {
             handlers: tokio_util::task::TaskTracker::new(),
             jobs,
             rollouts: Default::default(),
+            rollout_metrics,
             subscriptions: Default::default(),
             shutdown,
             lattice,

@@ -84,6 +84,58 @@ pub struct RolloutStatus {
     pub analysis: Vec<StepReport>,
 }
 
+/// Labels of the rollout series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct AppLabel {
+    app: String,
+}
+
+/// `wasmhive_rollout_step`, `_weight` and `_aborts_total`, by app.
+#[derive(Default)]
+pub(crate) struct RolloutMetrics {
+    step: prometheus_client::metrics::family::Family<
+        AppLabel,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+    weight: prometheus_client::metrics::family::Family<
+        AppLabel,
+        prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    >,
+    aborts: prometheus_client::metrics::family::Family<
+        AppLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+impl RolloutMetrics {
+    /// Adds the families to `registry`.
+    pub(crate) fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "wasmhive_rollout_step",
+            "The running canary's step (1-based; 0: no rollout running)",
+            self.step.clone(),
+        );
+        registry.register(
+            "wasmhive_rollout_weight",
+            "The new version's share of requests in the app's rollout (0 to 1)",
+            self.weight.clone(),
+        );
+        registry.register(
+            "wasmhive_rollout_aborts",
+            "Rollouts aborted, by analysis or by hand",
+            self.aborts.clone(),
+        );
+    }
+
+    fn set(&self, app: &str, step: usize, weight_per_mille: u32) {
+        let label = AppLabel { app: app.into() };
+        self.step.get_or_create(&label).set(step as i64);
+        self.weight
+            .get_or_create(&label)
+            .set(f64::from(weight_per_mille) / 1000.0);
+    }
+}
+
 /// A rollout on this host.
 pub(crate) struct Rollout {
     status: std::sync::Mutex<RolloutStatus>,
@@ -198,6 +250,8 @@ impl ControlPlane {
         });
         self.apps.stage(candidate).await;
         self.lock_rollouts().insert(name.clone(), rollout.clone());
+        self.rollout_metrics
+            .set(&name, usize::from(strategy == Strategy::Canary), weight);
         if strategy == Strategy::Canary {
             tokio::spawn(self.clone().drive(name.clone()));
         }
@@ -220,6 +274,7 @@ impl ControlPlane {
         while index < spec.steps.len() {
             let weight = spec.steps[index];
             rollout.candidate.weight.store(weight, Ordering::Relaxed);
+            self.rollout_metrics.set(&app, index + 1, weight);
             rollout.update(|s| {
                 s.step = index + 1;
                 s.weight_percent = f64::from(weight) / 10.0;
@@ -291,6 +346,7 @@ impl ControlPlane {
             s.phase = Phase::Promoted;
             s.weight_percent = 100.0;
         });
+        self.rollout_metrics.set(app, 0, 0);
         tracing::info!(%app, to = %rollout.status().to, "rollout promoted");
         Ok(report)
     }
@@ -317,11 +373,19 @@ impl ControlPlane {
         rollout.stop.cancel();
         rollout.candidate.weight.store(0, Ordering::Relaxed);
         self.apps.unstage(app).await;
+        let was_running = rollout.status().phase == Phase::Running;
         rollout.update(|s| {
             s.phase = phase;
             s.weight_percent = 0.0;
             s.reason = Some(reason.to_string());
         });
+        self.rollout_metrics.set(app, 0, 0);
+        if was_running && phase == Phase::Aborted {
+            self.rollout_metrics
+                .aborts
+                .get_or_create(&AppLabel { app: app.into() })
+                .inc();
+        }
         tracing::warn!(%app, to = %rollout.status().to, %reason, "rollout aborted");
     }
 }

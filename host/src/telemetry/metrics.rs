@@ -24,6 +24,8 @@ pub struct RequestLabels {
     pub trigger: &'static str,
     /// HTTP status answered (for other triggers, the status their outcome maps to).
     pub status: u16,
+    /// The app version that served it (two during a rollout).
+    pub version: Arc<str>,
 }
 
 /// Triggers a component's series can hold (raise it when adding more).
@@ -102,6 +104,7 @@ impl RequestMetrics {
             component: id.component.clone(),
             trigger: trigger.name,
             status,
+            version: id.version.clone(),
         };
         let Some(slot) = series.ok.get(trigger.slot).filter(|_| status == 200) else {
             return self.record(&labels(), seconds);
