@@ -29,6 +29,10 @@ version = "{version}"
 source = "{{component:faults}}"
 routes = ["GET /maybe"]
 env = {{ LABEL = "{label}", FAIL_RATE = "{fail_rate}" }}
+[components.front]
+source = "{{component:outbound-call}}"
+routes = ["GET /call"]
+[components.front.calls.api]
 "#
         ),
     )
@@ -279,6 +283,12 @@ preview_header = "x-color""#;
         status.contains("blue-green rollout 1.0.0 -> 2.0.0: running"),
         "{status}"
     );
+    // Service calls stay within a version: the new front calls the new api.
+    let call = host.url("/call?url=http://api/maybe");
+    assert_eq!(get(&call).await, (200, "status=200\nblue"));
+    let previewed =
+        wasmhive_e2e::send(wasmhive_e2e::client().get(&call).header("x-color", "2.0.0")).await;
+    assert_eq!(previewed, (200, "status=200\ngreen"));
 
     let load = Load::start(&host, 8);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;

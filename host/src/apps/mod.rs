@@ -232,6 +232,39 @@ impl Snapshot {
         })
     }
 
+    /// The component `target` of `app` that serves a service call from a component at
+    /// `caller_version`: during a rollout, a caller of the new version calls the new
+    /// version's components, other callers reach it by weight or preview header, as
+    /// requests do.
+    pub fn callee(
+        &self,
+        app: &str,
+        target: &str,
+        caller_version: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<Arc<DeployedComponent>> {
+        let serving = self
+            .apps
+            .get(app)
+            .and_then(|a| a.components.iter().find(|c| &*c.id.component == target));
+        let Some(candidate) = self.candidates.get(app) else {
+            return serving.cloned();
+        };
+        let new = candidate
+            .app
+            .components
+            .iter()
+            .find(|c| &*c.id.component == target);
+        let serving_version = self.apps.get(app).map(|a| a.manifest.app.version.as_str());
+        let from_new = candidate.app.manifest.app.version == caller_version
+            && serving_version != Some(caller_version);
+        if from_new || candidate.takes(headers) {
+            new.or(serving).cloned()
+        } else {
+            serving.cloned()
+        }
+    }
+
     /// The component that serves a request `routed` to `component`: the new version's
     /// when the app has a rollout and it takes the request, else `component`.
     pub fn pick<'a>(

@@ -17,8 +17,9 @@
 //! included) aborts. Aborting drops the new version (requests it is serving finish);
 //! promoting swaps it in as a deploy does. Nothing of a rollout is persisted: a host
 //! restarted mid-rollout comes back on the old version (its record), and the rollout
-//! is gone. Only HTTP requests are split: messages, service calls and jobs stay with
-//! the serving version until promotion.
+//! is gone. HTTP requests and service calls are split (a call from the new version
+//! stays in the new version); messages and jobs stay with the serving version until
+//! promotion.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

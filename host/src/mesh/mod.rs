@@ -342,13 +342,10 @@ impl Mesh for MeshRouter {
         policy: &CallPolicy,
         request: Request<Body>,
     ) -> Result<Response<Body>, ErrorCode> {
-        let Some(component) = self
-            .apps
-            .snapshot()
-            .apps
-            .get(&*caller.app)
-            .and_then(|a| a.components.iter().find(|c| &*c.id.component == target))
-            .cloned()
+        let Some(component) =
+            self.apps
+                .snapshot()
+                .callee(&caller.app, target, &caller.version, request.headers())
         else {
             tracing::warn!(caller = %caller, target, "mesh call to a component that is not deployed");
             return Err(ErrorCode::DestinationNotFound);
