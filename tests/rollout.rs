@@ -15,6 +15,23 @@ fn svc(
     fail_rate: u32,
     rollout: &str,
 ) -> std::path::PathBuf {
+    svc_with(
+        ws,
+        version,
+        label,
+        &format!("FAIL_RATE = \"{fail_rate}\""),
+        rollout,
+    )
+}
+
+/// [`svc`] with `env` (TOML inline-table entries) for the api component.
+fn svc_with(
+    ws: &Workspace,
+    version: &str,
+    label: &str,
+    env: &str,
+    rollout: &str,
+) -> std::path::PathBuf {
     ws.write(
         &format!("svc-{version}.toml"),
         &format!(
@@ -28,7 +45,7 @@ version = "{version}"
 [components.api]
 source = "{{component:faults}}"
 routes = ["GET /maybe"]
-env = {{ LABEL = "{label}", FAIL_RATE = "{fail_rate}" }}
+env = {{ LABEL = "{label}", {env} }}
 [components.front]
 source = "{{component:outbound-call}}"
 routes = ["GET /call"]
@@ -301,4 +318,69 @@ preview_header = "x-color""#;
     assert!(status.contains("promoted"), "{status}");
     // Nothing is left to promote or abort.
     assert!(!host.cli(&["abort", "svc"]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sticky_routing_keeps_a_caller_on_one_version_and_a_slow_canary_fails_its_latency_gate() {
+    let ws = Workspace::new();
+    let sticky = r#"strategy = "canary"
+steps = ["50%"]
+step_interval = "1h"
+sticky = "header:x-user""#;
+    let host = Host::start(&[&svc(&ws, "1.0.0", "v1", 0, sticky)]);
+    let out = host.cli(&[
+        "deploy",
+        svc(&ws, "2.0.0", "v2", 0, sticky).to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut versions = std::collections::BTreeSet::new();
+    for user in 0..20 {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..10 {
+            let r = wasmhive_e2e::send(
+                wasmhive_e2e::client()
+                    .get(host.url("/maybe"))
+                    .header("x-user", format!("user-{user}")),
+            )
+            .await;
+            assert_eq!(r.status, 200);
+            seen.insert(r.text.clone());
+        }
+        assert_eq!(seen.len(), 1, "user-{user} saw {seen:?}");
+        versions.extend(seen);
+    }
+    assert_eq!(
+        versions.len(),
+        2,
+        "the users are split between the versions"
+    );
+    assert!(host.cli(&["abort", "svc"]).status.success());
+
+    // A canary slower than its latency gate is aborted.
+    let gated = r#"strategy = "canary"
+steps = ["50%"]
+step_interval = "300ms"
+min_requests = 10
+max_p99 = "50ms""#;
+    let out = host.cli(&[
+        "deploy",
+        "--force",
+        "--strategy",
+        "immediate",
+        svc(&ws, "1.1.0", "v1", 0, gated).to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let load = Load::start(&host, 8);
+    let out = host.cli(&[
+        "deploy",
+        svc_with(&ws, "3.0.0", "slow", "SLEEP_MS = \"200\"", gated)
+            .to_str()
+            .unwrap(),
+        "--wait",
+    ]);
+    let seen = load.finish().await;
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(stderr(&out).contains("p99 up to"), "{}", stderr(&out));
+    assert!(seen.iter().all(|(s, _)| *s == 200), "slow, not failing");
+    assert_eq!(get(host.url("/maybe")).await, (200, "v1"));
 }

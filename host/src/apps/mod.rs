@@ -111,6 +111,54 @@ pub struct ComponentStats {
     /// Invocations that ended with a status of 500 or more (a guest's own 5xx
     /// included), for rollout analysis.
     pub server_errors: AtomicU64,
+    /// How long invocations took, for rollout analysis.
+    pub latency: LatencyBuckets,
+}
+
+/// Invocation times in doubling buckets from 100 µs (the last one holds the rest):
+/// enough to bound a percentile within a factor of two, with no lock.
+#[derive(Default)]
+pub struct LatencyBuckets([AtomicU64; LATENCY_BUCKETS]);
+
+/// Buckets of [`LatencyBuckets`]: up to ~14 minutes.
+pub const LATENCY_BUCKETS: usize = 24;
+
+impl LatencyBuckets {
+    /// The upper bound of bucket `i`.
+    pub fn bound(i: usize) -> std::time::Duration {
+        std::time::Duration::from_micros(100u64 << i.min(LATENCY_BUCKETS - 1))
+    }
+
+    /// Records one invocation of `seconds`.
+    pub fn record(&self, seconds: f64) {
+        let micros = (seconds * 1e6) as u64;
+        let i = (0..LATENCY_BUCKETS - 1)
+            .find(|i| micros <= 100u64 << i)
+            .unwrap_or(LATENCY_BUCKETS - 1);
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn counts(&self) -> [u64; LATENCY_BUCKETS] {
+        std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed))
+    }
+
+    /// The upper bound of the bucket holding the `q` quantile (0..1) of `counts`.
+    pub fn quantile(counts: &[u64; LATENCY_BUCKETS], q: f64) -> Option<std::time::Duration> {
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(Self::bound(i));
+            }
+        }
+        Some(Self::bound(LATENCY_BUCKETS - 1))
+    }
 }
 
 impl ComponentStats {
@@ -181,8 +229,10 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    /// Whether a request with `headers` goes to the new version.
-    pub fn takes(&self, headers: &http::HeaderMap) -> bool {
+    /// Whether a request with `headers`, from `client` (if known), goes to the new
+    /// version: by preview header, else by weight (by the caller's key when
+    /// `sticky`, so one caller sees one version within a step).
+    pub fn takes(&self, headers: &http::HeaderMap, client: Option<std::net::IpAddr>) -> bool {
         if headers
             .get(&self.preview_header)
             .is_some_and(|v| v.as_bytes() == self.app.manifest.app.version.as_bytes())
@@ -190,7 +240,28 @@ impl Candidate {
             return true;
         }
         let weight = self.weight.load(Ordering::Relaxed);
-        weight > 0 && rand::random_range(0..1000) < weight
+        if weight == 0 {
+            return false;
+        }
+        use crate::manifest::rollout::Sticky;
+        let ip = || client.map(|ip| ip.to_string().into_bytes());
+        let key: Option<Vec<u8>> = match &self.app.manifest.rollout.sticky {
+            None => None,
+            Some(Sticky::ClientIp) => ip(),
+            Some(Sticky::Subject) => headers
+                .get(crate::headers::AUTH_SUBJECT)
+                .map(|v| v.as_bytes().to_vec())
+                .or_else(ip),
+            Some(Sticky::Header(name)) => headers
+                .get(name.as_str())
+                .map(|v| v.as_bytes().to_vec())
+                .or_else(ip),
+        };
+        let bucket = match key {
+            Some(key) => bucket_of(&key),
+            None => rand::random_range(0..1000),
+        };
+        bucket < weight
     }
 
     /// The new version's component named like `component`, if it has one.
@@ -200,6 +271,16 @@ impl Candidate {
             .iter()
             .find(|c| c.id.component == component.id.component)
     }
+}
+
+/// A caller's key as a stable bucket in 0..1000 (FNV-1a).
+fn bucket_of(key: &[u8]) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % 1000) as u32
 }
 
 /// An immutable view of everything deployed.
@@ -258,27 +339,19 @@ impl Snapshot {
         let serving_version = self.apps.get(app).map(|a| a.manifest.app.version.as_str());
         let from_new = candidate.app.manifest.app.version == caller_version
             && serving_version != Some(caller_version);
-        if from_new || candidate.takes(headers) {
+        if from_new || candidate.takes(headers, None) {
             new.or(serving).cloned()
         } else {
             serving.cloned()
         }
     }
 
-    /// The component that serves a request `routed` to `component`: the new version's
-    /// when the app has a rollout and it takes the request, else `component`.
-    pub fn pick<'a>(
-        &'a self,
-        component: &'a Arc<DeployedComponent>,
-        headers: &http::HeaderMap,
-    ) -> &'a Arc<DeployedComponent> {
+    /// The candidate (rollout) of `app`, if it has one.
+    pub fn candidate(&self, app: &str) -> Option<&Arc<Candidate>> {
         if self.candidates.is_empty() {
-            return component;
+            return None;
         }
-        match self.candidates.get(&*component.id.app) {
-            Some(c) if c.takes(headers) => c.component(component).unwrap_or(component),
-            _ => component,
-        }
+        self.candidates.get(app)
     }
 
     /// Every deployed component, app by app.
@@ -381,5 +454,37 @@ impl Apps {
         };
         next.candidates = candidates;
         self.current.store(Arc::new(next));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_quantiles_are_bucket_bounds() {
+        let b = LatencyBuckets::default();
+        for _ in 0..98 {
+            b.record(0.000_05);
+        }
+        b.record(0.030);
+        b.record(0.030);
+        let counts = b.counts();
+        assert_eq!(
+            LatencyBuckets::quantile(&counts, 0.5),
+            Some(LatencyBuckets::bound(0))
+        );
+        // 30 ms falls in the bucket up to 51.2 ms.
+        assert_eq!(
+            LatencyBuckets::quantile(&counts, 0.99),
+            Some(std::time::Duration::from_micros(51_200))
+        );
+        assert_eq!(LatencyBuckets::quantile(&[0; LATENCY_BUCKETS], 0.99), None);
+    }
+
+    #[test]
+    fn sticky_buckets_are_stable() {
+        assert_eq!(bucket_of(b"user-1"), bucket_of(b"user-1"));
+        assert!(bucket_of(b"user-1") < 1000);
     }
 }

@@ -58,8 +58,12 @@ fn render(s: &RolloutStatus) -> String {
         s.preview_header, s.to, s.to
     ));
     for (i, step) in s.analysis.iter().enumerate() {
+        let p99 = step
+            .p99_ms
+            .map(|p| format!(", p99 <= {p} ms"))
+            .unwrap_or_default();
         out.push_str(&format!(
-            "  step {} at {}%: {} requests, {} failed: {}\n",
+            "  step {} at {}%: {} requests, {} failed{p99}: {}\n",
             i + 1,
             step.weight_percent,
             step.requests,

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{ControlPlane, DeployError, DeployReport, DeployRequest};
-use crate::apps::{App, Candidate};
+use crate::apps::{App, Candidate, LATENCY_BUCKETS, LatencyBuckets};
 use crate::manifest::rollout::Strategy;
 
 /// Where a rollout is.
@@ -53,6 +53,9 @@ pub struct StepReport {
     pub requests: u64,
     /// Of them, failed (5xx, trap, timeout).
     pub failed: u64,
+    /// Their p99 latency, as the upper bound of a doubling bucket (within 2x).
+    #[serde(default)]
+    pub p99_ms: Option<f64>,
     /// `passed` or why not.
     pub verdict: String,
 }
@@ -167,14 +170,18 @@ pub struct DeployOptions {
     pub force: bool,
 }
 
-/// Invocations and failures of a version's components so far.
-fn counts(app: &App) -> (u64, u64) {
-    app.components.iter().fold((0, 0), |(n, f), c| {
-        (
-            n + c.stats.invocations.load(Ordering::Relaxed),
-            f + c.stats.server_errors.load(Ordering::Relaxed),
-        )
-    })
+/// Invocations, failures and latency buckets of a version's components so far.
+fn counts(app: &App) -> (u64, u64, [u64; LATENCY_BUCKETS]) {
+    let mut latency = [0; LATENCY_BUCKETS];
+    let (mut n, mut f) = (0, 0);
+    for c in &app.components {
+        n += c.stats.invocations.load(Ordering::Relaxed);
+        f += c.stats.server_errors.load(Ordering::Relaxed);
+        for (sum, add) in latency.iter_mut().zip(c.stats.latency.counts()) {
+            *sum += add;
+        }
+    }
+    (n, f, latency)
 }
 
 impl ControlPlane {
@@ -280,36 +287,44 @@ impl ControlPlane {
                 s.step = index + 1;
                 s.weight_percent = f64::from(weight) / 10.0;
             });
-            let (start_n, start_f) = counts(&rollout.candidate.app);
+            let (start_n, start_f, start_l) = counts(&rollout.candidate.app);
             // The step, extended until it has enough requests to judge.
-            let (requests, failed) = loop {
+            let (requests, failed, latency) = loop {
                 tokio::select! {
                     _ = rollout.stop.cancelled() => return,
                     _ = tokio::time::sleep(spec.step_interval) => {}
                 }
-                let (n, f) = counts(&rollout.candidate.app);
+                let (n, f, l) = counts(&rollout.candidate.app);
                 let (requests, failed) = (n - start_n, f - start_f);
                 if requests >= spec.min_requests {
-                    break (requests, failed);
+                    let latency: [u64; LATENCY_BUCKETS] =
+                        std::array::from_fn(|i| l[i].saturating_sub(start_l[i]));
+                    break (requests, failed, latency);
                 }
             };
             let rate = failed * 1000 / requests.max(1);
-            let passed = rate <= u64::from(spec.max_error_rate);
-            let verdict = if passed {
-                "passed".to_string()
-            } else {
+            let p99 = LatencyBuckets::quantile(&latency, 0.99);
+            let verdict = if rate > u64::from(spec.max_error_rate) {
                 format!(
                     "{failed} of {requests} requests failed ({:.1}%, at most {:.1}% allowed)",
                     rate as f64 / 10.0,
                     f64::from(spec.max_error_rate) / 10.0
                 )
+            } else if let (Some(max), Some(p99)) = (spec.max_p99, p99)
+                && p99 > max
+            {
+                format!("p99 up to {p99:?} (at most {max:?} allowed)")
+            } else {
+                "passed".to_string()
             };
+            let passed = verdict == "passed";
             tracing::info!(%app, step = index + 1, requests, failed, %verdict, "rollout step analysed");
             rollout.update(|s| {
                 s.analysis.push(StepReport {
                     weight_percent: f64::from(weight) / 10.0,
                     requests,
                     failed,
+                    p99_ms: p99.map(|d| d.as_secs_f64() * 1000.0),
                     verdict: verdict.clone(),
                 })
             });

@@ -258,6 +258,7 @@ impl Settle {
                 .server_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        self.component.stats.latency.record(self.seconds);
         self.metrics.record_for(
             &self.component.series,
             &self.component.id,

@@ -178,8 +178,6 @@ impl Gateway {
                 // Only routes with rules pay for keeping the pattern.
                 let guarded = (value.auth.is_some() || value.rate_limit.is_some())
                     .then(|| pattern.to_string());
-                // During a rollout the new version may take the request.
-                let value = snapshot.pick(value, req.headers());
                 match self.prepare_request(req, pattern, &params, trace.header_value()) {
                     Ok(req) => (value.clone(), req, guarded),
                     Err(status) => return body::text(status, "bad request"),
@@ -204,6 +202,9 @@ impl Gateway {
                 );
             }
         };
+        // During a rollout the new version may take the request (decided once the
+        // caller is known, for sticky routing by subject).
+        let candidate = snapshot.candidate(&component.id.app).cloned();
         drop(snapshot);
 
         let mut limit = None;
@@ -227,6 +228,12 @@ impl Gateway {
             }
         }
 
+        let component = match candidate {
+            Some(c) if c.takes(req.headers(), ip) => {
+                c.component(&component).cloned().unwrap_or(component)
+            }
+            _ => component,
+        };
         let buffer = component
             .spec
             .limits

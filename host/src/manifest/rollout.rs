@@ -5,7 +5,8 @@
 //!   of the HTTP traffic in turn (`["5%", "25%", "50%"]`, then 100%); after each
 //!   `step_interval` the host analyses the step (at least `min_requests` requests to
 //!   the new version, at most `max_error_rate` of them failed: 5xx, traps, timeouts)
-//!   and promotes it to the next step, or aborts (all traffic back to the old version).
+//!   and promotes it to the next step, or aborts (all traffic back to the old version);
+//!   `max_p99` adds a latency gate; `sticky` keeps one caller on one version.
 //! - `strategy = "blue-green"`: the new version is loaded beside the old and reached
 //!   only by requests whose `preview_header` says its version, until `wasmhive promote`.
 
@@ -61,6 +62,36 @@ pub struct RolloutSpec {
     pub max_error_rate: u32,
     /// The header whose value, equal to the new version's, sends a request to it.
     pub preview_header: String,
+    /// Keeps one caller on one version within a step.
+    pub sticky: Option<Sticky>,
+    /// Canary: the largest p99 latency a step may have (none: not checked).
+    pub max_p99: Option<Duration>,
+}
+
+/// What identifies a caller for sticky routing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// The verified caller (`wasmhive-auth-subject`), else the client's address.
+    Subject,
+    /// A request header's value (lowercase name), else the client's address.
+    Header(String),
+    /// The client's address.
+    ClientIp,
+}
+
+impl Sticky {
+    fn parse(text: &str) -> Result<Sticky, String> {
+        match text {
+            "subject" => Ok(Sticky::Subject),
+            "client_ip" => Ok(Sticky::ClientIp),
+            _ => match text.strip_prefix("header:") {
+                Some(h) => http::HeaderName::from_bytes(h.as_bytes())
+                    .map(|n| Sticky::Header(n.as_str().to_string()))
+                    .map_err(|_| format!("{h:?} is not a header name")),
+                None => Err("expected \"subject\", \"client_ip\" or \"header:NAME\"".into()),
+            },
+        }
+    }
 }
 
 impl Default for RolloutSpec {
@@ -72,6 +103,8 @@ impl Default for RolloutSpec {
             min_requests: 50,
             max_error_rate: 10,
             preview_header: "x-preview".into(),
+            sticky: None,
+            max_p99: None,
         }
     }
 }
@@ -93,20 +126,6 @@ pub fn read(doc: &mut Table<'_>) -> Result<RolloutSpec, ManifestError> {
     };
     let defaults = RolloutSpec::default();
     let span = t.span();
-    for (key, why) in [
-        (
-            "max_p99",
-            "the latency gate is not built yet: analysis checks the error rate only",
-        ),
-        (
-            "sticky",
-            "sticky routing is not built yet: each request picks a version on its own",
-        ),
-    ] {
-        if t.take::<toml::Value>(key)?.is_some() {
-            return Err(t.invalid(span.clone(), key, why));
-        }
-    }
     let spec = RolloutSpec {
         strategy: t.parsed("strategy", Strategy::parse)?.unwrap_or_default(),
         steps: {
@@ -139,6 +158,8 @@ pub fn read(doc: &mut Table<'_>) -> Result<RolloutSpec, ManifestError> {
                     .map_err(|_| format!("{h:?} is not a header name"))
             })?
             .unwrap_or(defaults.preview_header),
+        sticky: t.parsed("sticky", Sticky::parse)?,
+        max_p99: t.duration("max_p99")?,
     };
     if spec.steps.windows(2).any(|w| w[0] >= w[1]) {
         return Err(t.invalid(span, "steps", "steps must grow"));
