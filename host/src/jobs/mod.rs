@@ -370,23 +370,37 @@ impl Jobs {
         }
     }
 
-    /// Waits for a slot for a scheduled or message run; `None` if the component's
-    /// triggers or the host stop meanwhile.
+    /// Waits for a slot for a scheduled or message run; `None` if the host stops
+    /// meanwhile, or if the component's version ends (`stop`: a redeploy or undeploy)
+    /// while the component is stopped, since nothing would start that version again. A
+    /// version replaced while it is running keeps its capacity, so a run already
+    /// waiting on it goes on, as requests in flight do.
     async fn admit(
         &self,
         component: &DeployedComponent,
         stop: Option<&CancellationToken>,
     ) -> Option<Permit> {
-        let stopped = async {
-            match stop {
-                Some(s) => s.cancelled().await,
-                None => std::future::pending().await,
+        let admit = component.scaler.admit_wait();
+        tokio::pin!(admit);
+        let mut ended = false;
+        loop {
+            let stopped = async {
+                match stop {
+                    Some(s) if !ended => s.cancelled().await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                p = &mut admit => return Some(p),
+                _ = self.shutdown.cancelled() => return None,
+                _ = stopped => {
+                    ended = true;
+                    if component.scaler.is_stopped() {
+                        return None;
+                    }
+                }
             }
-        };
-        tokio::select! {
-            p = component.scaler.admit_wait() => Some(p),
-            _ = stopped => None,
-            _ = self.shutdown.cancelled() => None,
         }
     }
 
