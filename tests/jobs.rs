@@ -595,7 +595,11 @@ concurrency = "allow"
     .await;
     let mut ticks: Vec<u64> = all
         .iter()
-        .map(|r| (r["started_ms"].as_u64().unwrap() + 500) / 1000)
+        .map(|r| {
+            r["tick_ms"]
+                .as_u64()
+                .expect("a scheduled run names its tick")
+        })
         .collect();
     let n = ticks.len();
     ticks.sort_unstable();
