@@ -279,7 +279,16 @@ async fn blue_green_previews_then_switches_with_no_failed_request() {
     let ws = Workspace::new();
     let rollout = r#"strategy = "blue-green"
 preview_header = "x-color""#;
-    let host = Host::start(&[&svc(&ws, "1.0.0", "blue", 0, rollout)]);
+    let blue = svc(&ws, "1.0.0", "blue", 0, rollout);
+    let host = Host::start(&[&blue]);
+    // A rollout needs a new version label.
+    let out = host.cli(&["deploy", blue.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("needs a new version label"),
+        "{}",
+        stderr(&out)
+    );
     let out = host.cli(&[
         "deploy",
         svc(&ws, "2.0.0", "green", 0, rollout).to_str().unwrap(),

@@ -181,9 +181,19 @@ impl ControlPlane {
                     ))
                 })?,
         };
+        if self.rollout_running(app) {
+            return Err(DeployError::Invalid(format!(
+                "a rollout of {app} is in progress: promote or abort it before rolling back"
+            )));
+        }
         let mut request = target.source.clone();
         // A lattice keeps its stopped components stopped across versions.
         request.stopped = running.source.stopped.clone();
+        // A directory named in the lattice's history is not trusted to be this
+        // machine's (as for records applied from the lattice).
+        if self.lattice().is_some() {
+            request.manifest_dir = None;
+        }
         let from = running.manifest.app.version.clone();
         tracing::info!(%app, from = %from, to = %target.version, "rolling back");
         self.deploy_as(request, &format!("rollback from {from}"))

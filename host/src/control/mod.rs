@@ -189,6 +189,8 @@ pub struct ControlPlane {
     /// Rollouts, running or last ended, by app.
     rollouts: std::sync::Mutex<BTreeMap<String, Arc<rollout::Rollout>>>,
     rollout_metrics: rollout::RolloutMetrics,
+    /// Serialises rollout starts, promotions, aborts and their ends.
+    rollout_lock: tokio::sync::Mutex<()>,
     /// Stops the message subscriptions of each deployed app version.
     subscriptions: std::sync::Mutex<BTreeMap<String, Subscribed>>,
     shutdown: CancellationToken,
@@ -281,6 +283,7 @@ impl ControlPlane {
             jobs,
             rollouts: Default::default(),
             rollout_metrics,
+            rollout_lock: Default::default(),
             subscriptions: Default::default(),
             shutdown,
             lattice,
@@ -441,6 +444,7 @@ impl ControlPlane {
         // the versions (both are in the same queue group for a moment).
         let subscriptions = self.subscribe(&app, &placed).await?;
         let mut report = report_of(&app, None);
+        let recorded = app.clone();
         let previous = self
             .apps
             .put(app, |app| {
@@ -471,10 +475,7 @@ impl ControlPlane {
             })?;
         report.replaced = previous.as_ref().map(|p| p.manifest.app.version.clone());
         tracing::info!(app = %name, %version, replaced = ?report.replaced, "deployed");
-        let live = self.apps.snapshot().apps.get(&name).cloned();
-        if let Some(live) = live {
-            self.record_version(&live, how).await;
-        }
+        self.record_version(&recorded, how).await;
         Ok(report)
     }
 

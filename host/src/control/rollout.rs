@@ -195,6 +195,8 @@ impl ControlPlane {
         request: DeployRequest,
         options: DeployOptions,
     ) -> Result<DeployReport, DeployError> {
+        // Deploys, promotions, aborts and undeploys of rollouts happen one at a time.
+        let _one = self.rollout_lock.lock().await;
         let manifest = crate::manifest::Manifest::parse(&request.manifest, &request.origin)?;
         let strategy = options.strategy.unwrap_or(manifest.rollout.strategy);
         let name = manifest.app.name.clone();
@@ -208,7 +210,7 @@ impl ControlPlane {
                     r.status().to
                 )));
             }
-            self.end_rollout(&name, Phase::Aborted, "replaced by a forced deploy")
+            self.end_locked(&r, Phase::Aborted, "replaced by a forced deploy")
                 .await;
         }
         let serving = self.apps.snapshot().apps.get(&name).cloned();
@@ -222,6 +224,12 @@ impl ControlPlane {
             )));
         }
         self.refuse_while_joining()?;
+        if manifest.app.version == serving.manifest.app.version {
+            return Err(DeployError::Invalid(format!(
+                "{name} {} is serving already: a rollout needs a new version label (the preview header and the metrics tell versions apart by it)",
+                serving.manifest.app.version
+            )));
+        }
         let app = Arc::new(self.build(request).await?);
         let spec = app.manifest.rollout.clone();
         let weight = match strategy {
@@ -261,7 +269,7 @@ impl ControlPlane {
         self.rollout_metrics
             .set(&name, usize::from(strategy == Strategy::Canary), weight);
         if strategy == Strategy::Canary {
-            tokio::spawn(self.clone().drive(name.clone()));
+            tokio::spawn(self.clone().drive(rollout.clone()));
         }
         tracing::info!(app = %name, from = %serving.manifest.app.version, to = %app.manifest.app.version, strategy = strategy.as_str(), "rollout started");
         let mut report = super::report_of(&app, Some(serving.manifest.app.version.clone()));
@@ -269,14 +277,9 @@ impl ControlPlane {
         Ok(report)
     }
 
-    /// Drives canary `app` through its steps, then promotes it (or aborts).
-    async fn drive(self: Arc<Self>, app: String) {
-        let Some(rollout) = self.lock_rollouts().get(&app).cloned() else {
-            return;
-        };
-        if rollout.status().strategy != Strategy::Canary.as_str() {
-            return;
-        }
+    /// Drives canary `rollout` through its steps, then promotes it (or aborts).
+    async fn drive(self: Arc<Self>, rollout: Arc<Rollout>) {
+        let app = rollout.status().app;
         let spec = rollout.candidate.app.manifest.rollout.clone();
         let mut index = 0;
         while index < spec.steps.len() {
@@ -329,12 +332,14 @@ impl ControlPlane {
                 })
             });
             if !passed {
-                self.end_rollout(&app, Phase::Aborted, &verdict).await;
+                let _one = self.rollout_lock.lock().await;
+                self.end_locked(&rollout, Phase::Aborted, &verdict).await;
                 return;
             }
             index += 1;
         }
-        if let Err(e) = self.promote(&app).await {
+        let _one = self.rollout_lock.lock().await;
+        if let Err(e) = self.promote_locked(&rollout).await {
             tracing::warn!(%app, error = %e, "cannot promote the rollout");
         }
     }
@@ -349,30 +354,58 @@ impl ControlPlane {
 
     /// Sends all traffic to the new version now: the swap of a deploy.
     pub async fn promote(&self, app: &str) -> Result<DeployReport, DeployError> {
+        let _one = self.rollout_lock.lock().await;
         let rollout = self.running_rollout(app)?;
-        rollout.stop.cancel();
-        let from = rollout.status().from;
-        let report = self
+        self.promote_locked(&rollout).await
+    }
+
+    /// Promotes `rollout` if it is still the app's running one (the rollout lock held).
+    async fn promote_locked(&self, rollout: &Arc<Rollout>) -> Result<DeployReport, DeployError> {
+        let status = rollout.status();
+        let current = self.lock_rollouts().get(&status.app).cloned();
+        if status.phase != Phase::Running || !current.is_some_and(|c| Arc::ptr_eq(&c, rollout)) {
+            return Err(DeployError::Missing(format!(
+                "the rollout of {} to {} is not running any more",
+                status.app, status.to
+            )));
+        }
+        match self
             .activate_as(
                 rollout.candidate.app.clone(),
-                &format!("rollout from {from}"),
+                &format!("rollout from {}", status.from),
             )
-            .await?;
-        rollout.update(|s| {
-            s.phase = Phase::Promoted;
-            s.weight_percent = 100.0;
-        });
-        self.rollout_metrics.set(app, 0, 0);
-        tracing::info!(%app, to = %rollout.status().to, "rollout promoted");
-        Ok(report)
+            .await
+        {
+            Ok(report) => {
+                rollout.stop.cancel();
+                rollout.update(|s| {
+                    s.phase = Phase::Promoted;
+                    s.weight_percent = 100.0;
+                });
+                self.rollout_metrics.set(&status.app, 0, 0);
+                tracing::info!(app = %status.app, to = %status.to, "rollout promoted");
+                Ok(report)
+            }
+            Err(e) => {
+                self.end_locked(rollout, Phase::Aborted, &format!("promotion failed: {e}"))
+                    .await;
+                Err(e)
+            }
+        }
     }
 
     /// Sends all traffic back to the serving version and drops the new one.
     pub async fn abort(&self, app: &str) -> Result<RolloutStatus, DeployError> {
-        self.running_rollout(app)?;
-        self.end_rollout(app, Phase::Aborted, "aborted by an operator")
+        let _one = self.rollout_lock.lock().await;
+        let rollout = self.running_rollout(app)?;
+        self.end_locked(&rollout, Phase::Aborted, "aborted by an operator")
             .await;
         self.rollout_status(app)
+    }
+
+    /// Whether `app` has a rollout running (a rollback waits for it to end).
+    pub(crate) fn rollout_running(&self, app: &str) -> bool {
+        self.running_rollout(app).is_ok()
     }
 
     fn running_rollout(&self, app: &str) -> Result<Arc<Rollout>, DeployError> {
@@ -383,9 +416,24 @@ impl ControlPlane {
             .ok_or_else(|| DeployError::Missing(format!("no rollout of {app} is in progress")))
     }
 
+    /// Ends the running rollout of `app`, if any (undeploy).
     pub(crate) async fn end_rollout(&self, app: &str, phase: Phase, reason: &str) {
-        let rollout = self.lock_rollouts().get(app).cloned();
-        let Some(rollout) = rollout else { return };
+        let _one = self.rollout_lock.lock().await;
+        if let Ok(rollout) = self.running_rollout(app) {
+            self.end_locked(&rollout, phase, reason).await;
+        }
+    }
+
+    /// Ends `rollout` if it is still the app's running one (the rollout lock held).
+    async fn end_locked(&self, rollout: &Arc<Rollout>, phase: Phase, reason: &str) {
+        let app = rollout.status().app;
+        let app = app.as_str();
+        let current = self.lock_rollouts().get(app).cloned();
+        if rollout.status().phase != Phase::Running
+            || !current.is_some_and(|c| Arc::ptr_eq(&c, rollout))
+        {
+            return;
+        }
         rollout.stop.cancel();
         rollout.candidate.weight.store(0, Ordering::Relaxed);
         self.apps.unstage(app).await;
