@@ -127,22 +127,6 @@ impl v1::Host for View<'_, Bus> {
     }
 }
 
-impl v1::HostCallTargetInterface for View<'_, Bus> {
-    async fn new(
-        &mut self,
-        namespace: String,
-        package: String,
-        interface: String,
-    ) -> wasmtime::Result<Resource<CallTarget>> {
-        self.target(namespace, package, interface)
-    }
-
-    async fn drop(&mut self, rep: Resource<CallTarget>) -> wasmtime::Result<()> {
-        self.table.delete(rep)?;
-        Ok(())
-    }
-}
-
 impl v2::Host for View<'_, Bus> {
     async fn set_link_name(
         &mut self,
@@ -166,18 +150,25 @@ impl v2::Host for View<'_, Bus> {
     }
 }
 
-impl v2::HostCallTargetInterface for View<'_, Bus> {
-    async fn new(
-        &mut self,
-        namespace: String,
-        package: String,
-        interface: String,
-    ) -> wasmtime::Result<Resource<CallTarget>> {
-        self.target(namespace, package, interface)
-    }
+/// Both versions' `call-target-interface` resource: the same host type.
+macro_rules! call_target_interface {
+    ($($v:ident),*) => {$(
+        impl $v::HostCallTargetInterface for View<'_, Bus> {
+            async fn new(
+                &mut self,
+                namespace: String,
+                package: String,
+                interface: String,
+            ) -> wasmtime::Result<Resource<CallTarget>> {
+                self.target(namespace, package, interface)
+            }
 
-    async fn drop(&mut self, rep: Resource<CallTarget>) -> wasmtime::Result<()> {
-        self.table.delete(rep)?;
-        Ok(())
-    }
+            async fn drop(&mut self, rep: Resource<CallTarget>) -> wasmtime::Result<()> {
+                self.table.delete(rep)?;
+                Ok(())
+            }
+        }
+    )*};
 }
+
+call_target_interface!(v1, v2);

@@ -183,104 +183,9 @@ impl CommandIo {
             .stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(
                 self.stdin.clone(),
             ))
-            .stdout(Captured {
-                sink: self.stdout.clone(),
-                log: GuestLog::new(grants.clone(), "stdout", trace_id.clone()),
-            })
-            .stderr(Captured {
-                sink: self.stderr.clone(),
-                log: GuestLog::new(grants.clone(), "stderr", trace_id.clone()),
-            });
+            .stdout(GuestLog::new(grants.clone(), "stdout", trace_id.clone()).to(&self.stdout))
+            .stderr(GuestLog::new(grants.clone(), "stderr", trace_id.clone()).to(&self.stderr));
         wasi.build()
-    }
-}
-
-/// A command's output stream: to its sink and to the log.
-#[derive(Clone)]
-struct Captured {
-    sink: Arc<dyn OutputSink>,
-    log: GuestLog,
-}
-
-impl Captured {
-    fn write_bytes(&mut self, bytes: &[u8]) {
-        self.sink.write(bytes);
-        self.log.write_bytes(bytes);
-    }
-}
-
-impl wasmtime_wasi::cli::IsTerminal for Captured {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl wasmtime_wasi::cli::StdoutStream for Captured {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.fresh())
-    }
-
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.fresh())
-    }
-}
-
-impl Captured {
-    fn fresh(&self) -> Captured {
-        Captured {
-            sink: self.sink.clone(),
-            log: GuestLog::new(
-                self.log.grants.clone(),
-                self.log.stream,
-                self.log.trace_id.clone(),
-            ),
-        }
-    }
-}
-
-impl OutputStream for Captured {
-    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.write_bytes(&bytes);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> StreamResult<()> {
-        Ok(())
-    }
-
-    fn check_write(&mut self) -> StreamResult<usize> {
-        // Small writes keep what a run's followers buffer small.
-        Ok(16 * 1024)
-    }
-}
-
-#[async_trait::async_trait]
-impl Pollable for Captured {
-    async fn ready(&mut self) {}
-}
-
-impl tokio::io::AsyncWrite for Captured {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.write_bytes(buf);
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -296,13 +201,14 @@ type TraceId = Arc<Mutex<String>>;
 /// Longest stdout/stderr line kept; longer output is split.
 const MAX_LOG_LINE: usize = 16 * 1024;
 
-/// Guest stdout/stderr: each line becomes a tracing event with the component's name.
-#[derive(Clone)]
+/// Guest stdout/stderr: each line becomes a tracing event with the component's name;
+/// a command run's output also goes to its sink, as written.
 struct GuestLog {
     grants: Arc<Grants>,
     stream: &'static str,
     trace_id: TraceId,
     buf: Vec<u8>,
+    sink: Option<Arc<dyn OutputSink>>,
 }
 
 impl GuestLog {
@@ -312,10 +218,31 @@ impl GuestLog {
             stream,
             trace_id,
             buf: Vec::new(),
+            sink: None,
+        }
+    }
+
+    /// The same log, also writing to `sink`.
+    fn to(mut self, sink: &Arc<dyn OutputSink>) -> Self {
+        self.sink = Some(sink.clone());
+        self
+    }
+
+    /// A fresh writer to the same log and sink (each stdio handle gets one).
+    fn fresh(&self) -> Self {
+        GuestLog {
+            grants: self.grants.clone(),
+            stream: self.stream,
+            trace_id: self.trace_id.clone(),
+            buf: Vec::new(),
+            sink: self.sink.clone(),
         }
     }
 
     fn write_bytes(&mut self, mut bytes: &[u8]) {
+        if let Some(sink) = &self.sink {
+            sink.write(bytes);
+        }
         while let Some(i) = bytes.iter().position(|b| *b == b'\n') {
             self.buf.extend_from_slice(&bytes[..i]);
             self.emit();
@@ -365,19 +292,11 @@ impl wasmtime_wasi::cli::IsTerminal for GuestLog {
 
 impl wasmtime_wasi::cli::StdoutStream for GuestLog {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(GuestLog::new(
-            self.grants.clone(),
-            self.stream,
-            self.trace_id.clone(),
-        ))
+        Box::new(self.fresh())
     }
 
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(GuestLog::new(
-            self.grants.clone(),
-            self.stream,
-            self.trace_id.clone(),
-        ))
+        Box::new(self.fresh())
     }
 }
 
@@ -392,7 +311,8 @@ impl OutputStream for GuestLog {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(64 * 1024)
+        // A run's output is kept small per write: its followers buffer writes.
+        Ok(if self.sink.is_some() { 16 } else { 64 } * 1024)
     }
 }
 

@@ -189,17 +189,10 @@ impl AdminClient {
         &self,
         request: &super::PublishRequest,
     ) -> anyhow::Result<Option<super::PublishReply>> {
-        let resp = self
+        let request = self
             .request(reqwest::Method::POST, "/v1/publish")
-            .json(request)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        self.check(resp)
-            .await?
-            .json()
-            .await
-            .context("invalid publish reply")
+            .json(request);
+        self.json(request, "publish reply").await
     }
 
     /// Prints the messages on `subject` as they arrive (as JSON lines with `json`),
@@ -288,16 +281,8 @@ impl AdminClient {
         app: &str,
         action: &str,
     ) -> anyhow::Result<serde_json::Value> {
-        let resp = self
-            .request(reqwest::Method::POST, &format!("/v1/apps/{app}/{action}"))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        self.check(resp)
-            .await?
-            .json()
-            .await
-            .with_context(|| format!("invalid {action} answer"))
+        let request = self.request(reqwest::Method::POST, &format!("/v1/apps/{app}/{action}"));
+        self.json(request, action).await
     }
 
     /// `GET /v1/apps/{app}/history`.
@@ -308,19 +293,12 @@ impl AdminClient {
 
     /// `POST /v1/apps/{app}/rollback`.
     pub async fn rollback(&self, app: &str, to: Option<&str>) -> anyhow::Result<DeployReport> {
-        let resp = self
+        let request = self
             .request(reqwest::Method::POST, &format!("/v1/apps/{app}/rollback"))
             .json(&super::api::RollbackRequest {
                 to: to.map(str::to_string),
-            })
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        self.check(resp)
-            .await?
-            .json()
-            .await
-            .context("invalid rollback report")
+            });
+        self.json(request, "rollback report").await
     }
 
     /// `GET /v1/jobs[/{app}]`.
@@ -353,11 +331,17 @@ impl AdminClient {
         path: &str,
         what: &str,
     ) -> anyhow::Result<T> {
-        let resp = self
-            .request(reqwest::Method::GET, path)
-            .send()
+        self.json(self.request(reqwest::Method::GET, path), what)
             .await
-            .map_err(|e| self.unreachable(e))?;
+    }
+
+    /// Sends `request` and reads the answer as the JSON document `what`.
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<T> {
+        let resp = request.send().await.map_err(|e| self.unreachable(e))?;
         self.check(resp)
             .await?
             .json()
